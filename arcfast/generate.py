@@ -40,7 +40,9 @@ the step is still launch-bound (~900 small kernels): fusing them is the next win
 Decode-time LoRA (:class:`_RowLoRA`) is graph-safe (no host sync, no data-dependent shapes): every
 row has an adapter slot (the base model is an extra all-zero slot), and the delta is computed as
 
-- ``single``:  one adapter for every row: ``(x A[a]) B[a]``;
+- ``merged``:  one adapter for every row (the default then): no delta at all, the step reads
+               copies of the weights with that adapter merged in (:class:`_MergedLoRA`);
+- ``single``:  one adapter for every row, ``merge_single=False``: ``(x A[a]) B[a]``;
 - ``grouped``: several adapters, ``torch._grouped_mm`` over rows sorted by adapter (CUDA bf16, sm90+);
 - ``gather``:  several adapters elsewhere: each row's A and B gathered, then batched matmuls.
 
@@ -229,6 +231,22 @@ class _RowLoRA:
         return y.view(*lead, W.shape[0])
 
 
+class _MergedLoRA:
+    """The LoRA of a decode step whose rows all use one adapter: that adapter merged into copies of
+    the targeted weights (``W + scaling * (A B)^T``, filled by :meth:`Generator._merge`), so the
+    step runs the base model's kernels only. At r=32 on all seven projections of a 24-layer model
+    this removes 4 x 168 launches (shrink, expand, scale, add) from a step of ~1,500."""
+
+    def __init__(self, engine: "Generator"):
+        self.merged = engine.merged
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.merged
+
+    def linear(self, name: str, x: torch.Tensor, W: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
+        return F.linear(x, self.merged[name], b)
+
+
 def _grouped_mm_ok(device: torch.device, dtype: torch.dtype) -> bool:
     return (device.type == "cuda" and dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm")
             and torch.cuda.get_device_capability(device) >= (9, 0))
@@ -255,6 +273,9 @@ class Generator:
                     the CPU, where a read costs nothing).
     lora_mode:      decode LoRA with several adapters: "auto" (grouped where available, else
                     gather), "grouped", "gather"; or "single" to refuse mixing.
+    merge_single:   when every row of a decode batch uses the same adapter, decode with it merged
+                    into a copy of the targeted weights (mode "merged": no LoRA kernels in the step;
+                    costs one copy of those weights); False keeps the low-rank path (mode "single").
     kv_fraction:    at most this fraction of free CUDA memory goes to the KV cache.
 
     Buffers are allocated at the first call and grown when a later call needs longer rows; the
@@ -263,7 +284,7 @@ class Generator:
 
     def __init__(self, model, lora=None, max_batch: Optional[int] = None, cuda_graphs: Optional[bool] = None,
                  prefill_tokens: Optional[int] = None, sync_every: Optional[int] = None,
-                 lora_mode: str = "auto", kv_fraction: float = 0.5):
+                 lora_mode: str = "auto", kv_fraction: float = 0.5, merge_single: bool = True):
         if lora_mode not in LORA_MODES:
             raise ValueError(f"lora_mode must be one of {LORA_MODES}, not {lora_mode!r}")
         self.model = model
@@ -284,6 +305,9 @@ class Generator:
         self.sync_every = int(sync_every or (8 if cuda else 1))
         self.lora_mode = lora_mode
         self.kv_fraction = kv_fraction
+        self.merge_single = bool(merge_single)
+        self.merged: dict = {}          # layer name -> merged weight (allocated on first use)
+        self._merged_slot = None        # the adapter slot the merged weights hold now
         self.s_block = 512 if cuda else 64  # attention-span bucket (graphs are keyed by it)
         self.n_layers, self.n_heads = cfg.n_layers, cfg.n_heads
         self.n_kv, self.head_dim = cfg.n_kv_heads, cfg.head_dim
@@ -427,7 +451,7 @@ class Generator:
 
     # -- graphs --------------------------------------------------------------------------------
     def _run_steps(self, n_steps: int, B: int, S: int, mode: str, sampling: tuple, seed: int) -> None:
-        lora = _RowLoRA(self, B, mode) if mode != "none" else None
+        lora = None if mode == "none" else _MergedLoRA(self) if mode == "merged" else _RowLoRA(self, B, mode)
         if not self.cuda_graphs:
             for _ in range(n_steps):
                 self._step(B, S, lora, sampling, seed)
@@ -474,8 +498,12 @@ class Generator:
             mode = "none"  # base model only: no LoRA at all
         elif len(present) == 1 and self.lora_mode in ("auto", "single"):
             ids[n:] = present[0]  # padding rows follow the live adapter: no second group
-            mode = "single"
-            self.single.copy_(self.flat[int(present[0])][None])
+            if self.merge_single:
+                mode = "merged"
+                self._merge(int(present[0]))
+            else:
+                mode = "single"
+                self.single.copy_(self.flat[int(present[0])][None])
         elif self.lora_mode == "single":
             raise ValueError("lora_mode='single' but the batch mixes adapters "
                              f"{sorted(int(a) for a in present)}")
@@ -490,6 +518,21 @@ class Generator:
         self.row_adapter[:B].copy_(torch.from_numpy(ids))
         self.stats.lora_modes[mode] = self.stats.lora_modes.get(mode, 0) + 1
         return mode
+
+    def _merge(self, slot: int) -> None:
+        """Fill the merged weights with adapter ``slot`` (in place: captured graphs read them)."""
+        if self._merged_slot == slot:
+            return
+        m, lora = self.model, self.lora
+        s = lora.cfg.scaling
+        for name in lora.slots:
+            W = m.get_submodule(name).weight
+            delta = (lora.A(name)[slot] @ lora.B(name)[slot]).t().to(W.device)   # fp32 [dout, din]
+            out = self.merged.get(name)
+            if out is None:
+                out = self.merged[name] = torch.empty_like(W)
+            out.copy_(torch.add(W.float(), delta, alpha=s))   # out of place: W.float() may be W
+        self._merged_slot = slot
 
     # -- the call ------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -529,6 +572,7 @@ class Generator:
         if self.lora is not None:
             n = self.lora.weight.shape[0]
             self.flat[:n].copy_(self.lora.weight.detach().to(self.dtype))
+            self._merged_slot = None   # the adapters may have changed since the last call
         self.max_new_t.fill_(max_new)
         self.stop_t.fill_(bool(cfg.stop_on_eog))
         sampling, seed = cfg.sampling, cfg.seed

@@ -151,7 +151,7 @@ def test_agrees_with_transformers_generate_with_peft_adapter(model):
 def test_row_lora_equals_lora_step(model):
     """The decode-time LoRA (graph-safe routing) computes what the trainer's LoRAStep computes."""
     lora = _lora(model, n=3, seed=6)
-    gen = Generator(model, lora=lora, max_batch=8)
+    gen = Generator(model, lora=lora, max_batch=8, merge_single=False)
     gen._ensure(64, 4)
     with torch.inference_mode():
         gen.flat[:3].copy_(lora.weight)
@@ -364,3 +364,41 @@ def test_max_output_tokens_covers_fixed_and_scaled_outputs():
     assert max_output_tokens(fixed) == grid_len(7, 7)
     big = Task("big", [Pair(z(10, 10), z(30, 30))], [Pair(z(20, 20))])      # capped at 30
     assert max_output_tokens(big) == grid_len(30, 30)
+
+
+def test_merged_single_adapter_equals_low_rank_path(model):
+    """One adapter for the whole batch decodes with it merged into the weights: the same greedy
+    tokens and log-probabilities as the low-rank path, refreshed when the adapter changes."""
+    lora = _lora(model, n=2, seed=4)
+    prompts = _prompts(5, seed=12)
+    merged = Generator(model, lora=lora)
+    plain = Generator(model, lora=lora, merge_single=False)
+    for a in (1, 0, 1):
+        got, want = merged.generate(prompts, [a] * 5, max_new_tokens=9), plain.generate(prompts, [a] * 5, max_new_tokens=9)
+        for x, y in zip(got, want):
+            _same(x, y.tokens, y.logprobs)
+    assert merged.stats.lora_modes == {"merged": 1} and plain.stats.lora_modes == {"single": 1}
+    with torch.no_grad():   # new weights in the same slot: the next call must not reuse the merge
+        lora.weight[1].mul_(-1.0)
+    got, want = merged.generate(prompts, [1] * 5, max_new_tokens=9), plain.generate(prompts, [1] * 5, max_new_tokens=9)
+    for p, x, y in zip(prompts, got, want):
+        _same(x, y.tokens, y.logprobs)
+        _same(x, *greedy_reference(model, p, lora, 1, max_new_tokens=9))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graphs_merged_equal_eager():
+    m = build_model(preset("tiny"), device="cuda", dtype=torch.bfloat16)
+    init_weights(m, seed=1, std=0.3)
+    lora = MultiLoRA(m, LoRAConfig(r=8, alpha=16.0), n_adapters=2)
+    with torch.no_grad():
+        lora.weight.copy_(torch.randn(lora.weight.shape, generator=torch.Generator().manual_seed(0)).cuda() * 0.3)
+    prompts = _prompts(30, seed=10)
+    eager = Generator(m, lora=lora, cuda_graphs=False, max_batch=16)
+    graphs = Generator(m, lora=lora, cuda_graphs=True, max_batch=16)
+    for a in (1, 0):   # the second adapter replays the graph captured with the first one's merge
+        x, y = eager.generate(prompts, [a] * 30, max_new_tokens=30), graphs.generate(prompts, [a] * 30, max_new_tokens=30)
+        assert graphs.stats.lora_modes == {"merged": graphs.stats.lora_modes["merged"]}
+        for u, v in zip(x, y):
+            assert u.tokens.tolist() == v.tokens.tolist()
+            np.testing.assert_array_equal(u.logprobs, v.logprobs)
