@@ -14,8 +14,10 @@ saved directories (mixed via PEFT's ``adapter_names``). On the CPU: the tiny con
 
 Value: generated tokens per second of one call (prefill included) after a warm-up call on the same
 Generator (which captures the CUDA graphs; its time is in ``extra.first_call_s``).
-``--set prompts=N --set new=N --set prompt_len=N --set adapters=N`` change the sizes; ``--set ops=triton``
-runs our model with the fused Triton kernels (the baseline is unchanged).
+``--set prompts=N --set new=N --set prompt_len=N --set adapters=N`` change the sizes; our model runs
+the fused Triton norm / RoPE / SwiGLU kernels on a GPU (``--set ops=torch``: the plain ones; the
+baseline is unchanged). With one adapter the decode step uses it merged into the weights
+(``Generator(merge_single=True)``, the default); ``--set merge=0`` keeps the low-rank path.
 """
 from __future__ import annotations
 
@@ -133,8 +135,10 @@ def _run(ctx: Context) -> list[Row]:
     s = _sizes(ctx)
     dev = ctx.device
     model = build_model(preset(s["model"]), device=dev, seed=0).eval()
-    if "ops" in ctx.options:  # "triton": the fused norm / rope / SwiGLU kernels in every step
-        model.set_ops(ctx.options["ops"])
+    # The fused Triton norm / RoPE / SwiGLU kernels on a GPU (as a TTFT run has them: the trainer
+    # sets them); --set ops=torch for the plain ones.
+    ops = ctx.options.get("ops", "triton" if dev == "cuda" else "torch")
+    model.set_ops(ops)
     lora = MultiLoRA(model, LoRAConfig(r=s["r"], alpha=2.0 * s["r"]), n_adapters=s["adapters"])
     with torch.no_grad():
         g = torch.Generator(device=lora.weight.device).manual_seed(1)
@@ -142,7 +146,7 @@ def _run(ctx: Context) -> list[Row]:
     prompts = _prompts(s["prompts"], s["prompt_len"])
     n_prompt_tokens = sum(len(p) for p in prompts)
     cfg = GenerationConfig(max_new_tokens=s["new"], stop_on_eog=False)
-    gen = Generator(model, lora=lora)
+    gen = Generator(model, lora=lora, merge_single=ctx.options.get("merge", "1") not in ("0", "false", "no"))
     cases = [("1 adapter", [0] * len(prompts)),
              (f"{s['adapters']} adapters mixed", [i % s["adapters"] for i in range(len(prompts))])]
     if "hf_full_vocab" in ctx.options:
