@@ -144,6 +144,18 @@ class PackedAttention:
             self.max_seqlen = max_seqlen(cu_seqlens)
             self.cu_seqlens = torch.from_numpy(np.asarray(cu_seqlens, dtype=np.int32)).to(sample_ids.device)
 
+    @classmethod
+    def varlen_static(cls, sample_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> "PackedAttention":
+        """Varlen attention reading ``cu_seqlens`` from a device tensor (int32 [S + 1]; trailing
+        zero-length segments allowed) with a fixed ``max_seqlen``: nothing is read from the host,
+        so a CUDA graph can replay it with new segment bounds written into the same tensor."""
+        if _varlen_fn() is None or not sample_ids.is_cuda:
+            raise RuntimeError("varlen attention needs CUDA and torch.nn.attention.varlen or flash_attn")
+        self = cls.__new__(cls)
+        self.impl, self.sample_ids = "varlen", sample_ids
+        self.cu_seqlens, self.max_seqlen = cu_seqlens, int(max_seqlen)
+        return self
+
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         gqa = q.shape[2] != k.shape[2]
         if self.impl == "sdpa":

@@ -1,15 +1,25 @@
-"""`arcfast train`: fine-tune one shared LoRA adapter on a weighted mixture of task sources, before TTFT.
+"""`arcfast train`: fine-tune one shared LoRA adapter, or the whole model (``--full``), on a weighted
+mixture of task sources, before TTFT.
 
     arcfast train --data arc1:train=1.0 --data barc.jsonl=0.5 --val arc1:eval[:20] \\
                   --model qwen2.5-0.5b --out runs/pre --steps 20000 --save-every 500 --budget 2h
     arcfast ttft --adapter runs/pre/adapter ...
 
+    arcfast train --full --data arc1:train=1.0 --model /ckpt --out runs/full --lr 1e-5 ...
+    arcfast ttft --model runs/full/model ...
+
 What a run does (:func:`run_train`): load every source (bad tasks are reported and skipped), load the
 model, attach ONE LoRA adapter (slot 0 of :class:`arcfast.trainer.Trainer`; every token of every batch
 trains it), then take optimizer steps on packed batches from :class:`MixtureStream` until ``steps``
 are done or the budget runs out, with a validation loss every ``val_every`` steps and a checkpoint
-every ``save_every`` steps. The final adapter is written in PEFT format to ``OUT/adapter``. Only LoRA
-is trained; full fine-tuning is not offered.
+every ``save_every`` steps. The final adapter is written in PEFT format to ``OUT/adapter``.
+
+With ``full`` (``--full``) every weight is trained instead (:class:`arcfast.trainer.FullTrainer`: fp32
+master weights and AdamW state, global gradient clipping, no weight decay on norms and biases) and
+the result is a transformers checkpoint directory, ``OUT/model``, that ``arcfast ttft --model`` and
+``load_model`` read. ``--adapter`` then names a PEFT adapter merged into the weights before training
+(``W += alpha / r * B @ A`` on every layer it targets), so a LoRA-pretrained model can be fully
+fine-tuned. A checkpoint records its mode: a LoRA run cannot be resumed as a full one or back.
 
 The mixture. Each source is a list of tasks with a weight. The source of batch ``b`` is drawn with
 probability ``weight / sum(weights)``, so a weight is a source's expected share of the training
@@ -28,10 +38,12 @@ uninterrupted run gives, having lost at most the last ``save_every`` steps.
 
 On disk, under ``OUT``:
 
-- ``checkpoint/``: ``state.pt`` (trainer state: adapter, AdamW moments, schedule; the step; the
-  settings the batches depend on), ``adapter/`` (PEFT copy), ``meta.json``. The directory is built
-  beside its place and renamed into it, so a crash leaves the previous checkpoint or the new one;
-- ``adapter/``: the final adapter (PEFT: adapter_config.json + adapter_model.safetensors);
+- ``checkpoint/``: ``state.pt`` (trainer state: adapter or, with ``--full``, fp32 master weights;
+  AdamW moments, schedule; the step; the settings the batches depend on), ``adapter/`` (PEFT copy) or
+  ``model/`` (transformers copy), ``meta.json``. The directory is built beside its place and renamed
+  into it, so a crash leaves the previous checkpoint or the new one;
+- ``adapter/``: the final adapter (PEFT: adapter_config.json + adapter_model.safetensors), or
+  ``model/`` with ``--full`` (config.json, model.safetensors, the compact tokenizer);
 - ``log.jsonl``: one JSON object per line: ``train`` (mean loss, tokens/s, lr), ``val``,
   ``checkpoint``, ``stop``, ``end`` events;
 - ``run.json``: the summary.
@@ -39,7 +51,6 @@ On disk, under ``OUT``:
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import math
@@ -63,7 +74,7 @@ STATE_FILE = "state.pt"
 _STATE_VERSION = 1
 # Settings that decide which batches a step sees: a checkpoint made with others cannot be resumed
 # into the same run (changing --steps, --val, --budget or --save-every is fine).
-_BATCH_KEYS = ("data", "seed", "row_len", "rows", "max_len", "loss_on", "rank", "alpha", "model")
+_BATCH_KEYS = ("data", "seed", "row_len", "rows", "max_len", "loss_on", "rank", "alpha", "model", "full")
 
 
 def parse_mixture(specs: Sequence[str]) -> list[tuple[str, float]]:
@@ -193,7 +204,9 @@ class FinetuneConfig:
     val: Optional[str] = None              # held-out task source for the validation loss
     model: str = "tiny"
     out: str = "runs/train"
-    adapter: Optional[str] = None          # PEFT adapter to start from (ignored when resuming)
+    adapter: Optional[str] = None          # PEFT adapter to start from (ignored when resuming);
+                                           # with full, merged into the weights
+    full: bool = False                     # train every weight (FullTrainer), write OUT/model
     resume: bool = False
     steps: int = 1000                      # total optimizer steps (the schedule length)
     save_every: int = 100                  # checkpoint interval in steps (0: only at the end)
@@ -220,7 +233,8 @@ class FinetuneConfig:
 
     def batch_settings(self) -> dict:
         d = asdict(self)
-        return {k: d[k] for k in _BATCH_KEYS}
+        skip = ("rank", "alpha") if self.full else ()   # no LoRA in a full run
+        return {k: d[k] for k in _BATCH_KEYS if k not in skip}
 
 
 def _load_source(source: str, what: str, logger) -> list:
@@ -263,6 +277,52 @@ def find_checkpoint(out) -> Optional[Path]:
     return None
 
 
+def merge_adapter(model, adapter) -> list:
+    """Add the PEFT LoRA adapter directory ``adapter`` into ``model``'s weights, in place:
+    ``W += alpha / r * B @ A`` (W [dout, din], PEFT's B [dout, r], A [r, din]) on every layer it
+    targets, summed in fp32 and rounded once to the model's dtype. The model then computes what it
+    computed with the adapter attached. Returns the merged layer names; raises ValueError naming the
+    directory and the layer, before changing anything, when a layer is not in the model or its
+    shape differs."""
+    import torch
+
+    from .adapters import load_adapter
+    from .model import Linear
+
+    cfg, tensors = load_adapter(adapter)
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, Linear)}
+    for name, (a, b) in tensors.items():          # arcfast layout: a [din, r], b [r, dout]
+        m = layers.get(name)
+        if m is None:
+            raise ValueError(f"{adapter}: adapter layer {name!r} is not a linear layer of the model")
+        dout, din = m.weight.shape
+        if (a.shape[0], b.shape[1]) != (din, dout):
+            raise ValueError(f"{adapter}: adapter layer {name} maps {a.shape[0]} -> {b.shape[1]} features, "
+                             f"the model's layer {din} -> {dout}")
+    with torch.no_grad():
+        for name, (a, b) in tensors.items():
+            w = layers[name].weight
+            delta = (a.to(w.device) @ b.to(w.device)).t() * cfg.scaling
+            w.copy_((w.float() + delta).to(w.dtype))
+    return sorted(tensors)
+
+
+def _write_weights(trainer, path: Path, step: int) -> Path:
+    """The trainer's result at ``path``: a PEFT adapter directory, or a transformers checkpoint
+    directory for a :class:`arcfast.trainer.FullTrainer`."""
+    from .trainer import FullTrainer
+
+    if isinstance(trainer, FullTrainer):
+        return trainer.save_model(path)
+    return trainer.save_adapter(0, path, meta={"step": step})
+
+
+def _weights_name(trainer) -> str:
+    from .trainer import FullTrainer
+
+    return "model" if isinstance(trainer, FullTrainer) else "adapter"
+
+
 def save_checkpoint(out, trainer, step: int, settings: dict, segment_len: int) -> Path:
     """Write ``out/checkpoint`` atomically (see the module docstring). Returns its path."""
     import torch
@@ -271,17 +331,32 @@ def save_checkpoint(out, trainer, step: int, settings: dict, segment_len: int) -
     tmp = Path(tempfile.mkdtemp(prefix=f".{CHECKPOINT}.", dir=str(out)))
     try:
         os.chmod(tmp, 0o755)  # mkdtemp's 0700 would outlive the rename
-        buf = io.BytesIO()
+        # Straight to the file (no bytes copy in memory: a full run's state is 12 bytes per weight);
+        # the directory rename below is what makes the checkpoint atomic.
         torch.save({"version": _STATE_VERSION, "step": int(step), "segment_len": int(segment_len),
-                    "settings": settings, "trainer": trainer.state_dict()}, buf)
-        atomic_write(tmp / STATE_FILE, buf.getvalue())
-        trainer.save_adapter(0, tmp / "adapter", meta={"step": step})
+                    "settings": settings, "trainer": trainer.state_dict()}, tmp / STATE_FILE)
+        _write_weights(trainer, tmp / _weights_name(trainer), step)
         atomic_write(tmp / "meta.json", json.dumps({"step": step, "time": time.time(), **settings}, indent=1))
         _swap_in(tmp, out / CHECKPOINT)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out / CHECKPOINT
+
+
+def save_result(out, trainer, step: int) -> Path:
+    """Write the final ``out/adapter`` (LoRA) or ``out/model`` (full) atomically; returns its path."""
+    out = Path(out)
+    final = out / _weights_name(trainer)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=str(out)))
+    try:
+        os.chmod(tmp, 0o755)
+        _write_weights(trainer, tmp, step)
+        _swap_in(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
 
 
 def load_checkpoint(path) -> dict:
@@ -318,7 +393,7 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
     from .lora import LoRAConfig
     from .model import load_model
     from .sampling import SampleConfig
-    from .trainer import TrainConfig, Trainer
+    from .trainer import FullTrainer, TrainConfig, Trainer
     from .ttft import _device, _dtype
 
     t_start = time.time()
@@ -339,7 +414,14 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
             log.warning("%s: no checkpoint to resume from; starting at step 0", out)
         else:
             state = load_checkpoint(ck)
-            diff = {k: (state["settings"].get(k), v) for k, v in settings.items() if state["settings"].get(k) != v}
+            before = {"full": False, **state["settings"]}    # checkpoints from before --full were LoRA
+            if bool(before["full"]) != cfg.full:
+                raise ValueError(
+                    f"{ck}: the checkpoint is of a {'full' if before['full'] else 'LoRA'} run and cannot be resumed "
+                    f"{'with' if cfg.full else 'without'} --full; start a new run (another --out, or no --resume)"
+                    + ("" if before["full"] else f", e.g. with --full --adapter {ck / 'adapter'} to fully fine-tune "
+                                                 f"from its adapter"))
+            diff = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
             if diff:
                 raise ValueError(f"{ck}: cannot resume with other settings than the checkpoint's "
                                  + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items()))
@@ -357,12 +439,20 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
 
     device = _device(cfg.device)
     model = load_model(cfg.model, dtype=_dtype(cfg.dtype, device), device=device)
-    trainer = Trainer(model, LoRAConfig(r=cfg.rank, alpha=cfg.alpha),
-                      TrainConfig(lr=cfg.lr, steps=cfg.steps, warmup_ratio=cfg.warmup_ratio, schedule=cfg.schedule,
-                                  weight_decay=cfg.weight_decay), n_adapters=1)
+    train_cfg = TrainConfig(lr=cfg.lr, steps=cfg.steps, warmup_ratio=cfg.warmup_ratio, schedule=cfg.schedule,
+                            weight_decay=cfg.weight_decay)
+    if cfg.full:
+        if cfg.adapter and not state:
+            merged = merge_adapter(model, cfg.adapter)   # before the trainer copies the weights
+            jlog(event="merge", adapter=str(cfg.adapter), layers=len(merged))
+        trainer = FullTrainer(model, train_cfg)
+    else:
+        trainer = Trainer(model, LoRAConfig(r=cfg.rank, alpha=cfg.alpha), train_cfg, n_adapters=1)
     if state:
         trainer.load_state_dict(state["trainer"])
         trainer.set_total_steps([0], cfg.steps)  # a longer --steps extends the schedule
+    elif cfg.full:
+        pass    # the loaded (and merged) weights are the start
     elif cfg.adapter:
         trainer.load_adapter([0], cfg.adapter, total_steps=cfg.steps)
     else:
@@ -387,7 +477,10 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
         return value
 
     msg = (f"train: {len(sources)} sources ({', '.join(f'{s}={w:g}:{len(t)} tasks' for (s, w), t in zip(mixture, sources))}), "
-           f"model {cfg.model} on {model.device} {model.dtype}, LoRA r={cfg.rank}, steps {start}->{cfg.steps}"
+           f"model {cfg.model} on {model.device} {model.dtype}, "
+           + (f"full fine-tuning ({sum(p.numel() for p in model.parameters()):,} weights)" if cfg.full
+              else f"LoRA r={cfg.rank}")
+           + f", steps {start}->{cfg.steps}"
            + (f", budget {format_duration(deadline.budget)}" if deadline else ""))
     log.info(msg)
     jlog(event="start" if not state else "resume", step=start, message=msg, config=asdict(cfg))
@@ -478,7 +571,7 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
     if stop == "steps" and val_set and (not deadline or deadline.remaining() > val_s + 2.5 * save_s):
         last_val = validate(step)
     checkpoint(step)
-    trainer.save_adapter(0, out / "adapter", meta={"step": step})
+    result = save_result(out, trainer, step)
     if stop != "steps":
         jlog(event="stop", step=step, reason=stop)
     summary = {
@@ -486,7 +579,7 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
         "train_loss": last_loss, "val_loss": last_val, "tokens": tokens,
         "tokens_per_s": round(tokens / max(train_s, 1e-9), 1),
         "source_batches": {src: int(c) for (src, _), c in zip(mixture, stream.counts)},
-        "seconds": round(time.time() - t_start, 2), "adapter": str(out / "adapter"),
+        "seconds": round(time.time() - t_start, 2), ("model" if cfg.full else "adapter"): str(result),
         "checkpoint": str(out / CHECKPOINT),
     }
     atomic_write(out / "run.json", json.dumps(summary, indent=1))
@@ -502,11 +595,13 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``train`` subcommand to an ``argparse`` subparsers object."""
     d = FinetuneConfig()
     p = subparsers.add_parser(
-        "train", help="fine-tune a LoRA adapter on a weighted mixture of task sources (before TTFT)",
+        "train", help="fine-tune a LoRA adapter (or, with --full, the whole model) on a weighted mixture of "
+                      "task sources (before TTFT)",
         description="Fine-tune one LoRA adapter on a weighted mixture of task sources through the streaming "
                     "sampler, with checkpoints, resume and a validation loss; the adapter is written in PEFT "
-                    "format to OUT/adapter for `arcfast ttft --adapter OUT/adapter`. Only LoRA is trained: "
-                    "full fine-tuning is not supported.")
+                    "format to OUT/adapter for `arcfast ttft --adapter OUT/adapter`. With --full every weight "
+                    "is trained instead (fp32 master weights and AdamW state) and the model is written as a "
+                    "transformers checkpoint to OUT/model for `arcfast ttft --model OUT/model`.")
     g = p.add_argument_group("what and where")
     g.add_argument("--data", action="append", default=None, metavar="SOURCE=WEIGHT",
                    help="a task source (bundled set such as arc1:train, Kaggle file, task directory, BARC .jsonl, "
@@ -514,7 +609,11 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                         "(default: arc1:train=1.0)")
     g.add_argument("--val", default=None, help="held-out task source for the validation loss, e.g. arc1:eval[:20]")
     g.add_argument("--model", default=d.model, help="a local Hugging Face checkpoint directory or a built-in preset")
-    g.add_argument("--adapter", default=None, help="PEFT adapter to start from (a resumed run uses its checkpoint)")
+    g.add_argument("--adapter", default=None, help="PEFT adapter to start from (a resumed run uses its checkpoint); "
+                                                   "with --full it is merged into the weights first")
+    g.add_argument("--full", action="store_true",
+                   help="full fine-tuning: train every weight (embedding and LM head included; --rank and --alpha "
+                        "unused) and write OUT/model, a transformers checkpoint, instead of OUT/adapter")
     g.add_argument("--out", default=None, help="output directory (default: runs/train-<date>-<time>)")
     g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     g.add_argument("--budget", default=None, help="wall time for the whole run, e.g. 2h, 30m (default: none)")
@@ -548,7 +647,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
 def config_from_args(args) -> FinetuneConfig:
     return FinetuneConfig(
         data=args.data or ["arc1:train=1.0"], val=args.val, model=args.model,
-        out=args.out or time.strftime("runs/train-%Y%m%d-%H%M%S"), adapter=args.adapter, resume=args.resume,
+        out=args.out or time.strftime("runs/train-%Y%m%d-%H%M%S"), adapter=args.adapter, full=args.full,
+        resume=args.resume,
         steps=args.steps, save_every=args.save_every, val_every=args.val_every, val_batches=args.val_batches,
         log_every=args.log_every, budget=parse_duration(args.budget) if args.budget else None, seed=args.seed,
         device=args.device, dtype=args.dtype, rank=args.rank, alpha=args.alpha, lr=args.lr,
@@ -567,9 +667,11 @@ def cmd_train(args) -> int:
     s = run_train(cfg, deadline=deadline)
     val = f", val loss {s['val_loss']:.4f}" if s["val_loss"] is not None else ""
     print(f"\n{s['steps']}/{s['target_steps']} steps ({s['stopped']}) in {s['seconds']:.1f}s, "
-          f"{s['tokens_per_s']:,.0f} tok/s{val}\nadapter: {s['adapter']}")
+          f"{s['tokens_per_s']:,.0f} tok/s{val}\n"
+          + (f"model: {s['model']}" if "model" in s else f"adapter: {s['adapter']}"))
     return 0
 
 
 __all__ = ["FinetuneConfig", "MixtureStream", "parse_mixture", "source_schedule", "shared_adapter", "run_train",
-           "save_checkpoint", "load_checkpoint", "find_checkpoint", "add_train_parser", "cmd_train"]
+           "save_checkpoint", "save_result", "load_checkpoint", "find_checkpoint", "merge_adapter",
+           "add_train_parser", "cmd_train"]

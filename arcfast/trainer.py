@@ -30,6 +30,10 @@ API
 ``state_dict()`` / ``load_state_dict(sd)``
     Adapters, optimizer state and schedules, for checkpoints and resume.
 
+:class:`FullTrainer` (``FullTrainer(model, train_cfg)``) trains every weight of the model instead,
+with the same ``step`` / ``eval_loss`` / ``state_dict`` surface and one slot (0); ``save_model``
+writes a transformers checkpoint directory (``arcfast train --full``).
+
 What "exactly as if alone" takes (each is a test in tests/test_trainer.py):
 - attention never crosses samples (arcfast.attention), so packing changes no activation;
 - each task's loss is normalised over its own labelled tokens and the total is the SUM over
@@ -83,6 +87,10 @@ class TrainConfig:
     # per step of the tiny model); worth trying only for fixed-shape streams on CUDA.
     compile: bool = False
     checkpoint: bool = False            # recompute each block in backward (activation memory)
+    # Replay each step as a CUDA graph (arcfast.step_graph): fixed shapes per (rows, row_len,
+    # segment bucket), no host work between kernels. Used only where step_graph.graph_support
+    # allows (CUDA, bf16, Triton LoRA path, compact vocabulary); elsewhere the step runs eagerly.
+    cuda_graphs: bool = False
     init_loss_scale: float = 2.0 ** 16  # fp16 only: dynamic loss scaling
 
     def __post_init__(self):
@@ -328,6 +336,15 @@ class Trainer:
         self.loss_scale = train_cfg.init_loss_scale if self.fp16 else 1.0
         self._good_steps = 0
         self.lora.reset(range(n_adapters))
+        self._graphed = None
+        self.graph_status = "off"
+        if train_cfg.cuda_graphs:
+            from .step_graph import StaticStep, graph_support
+
+            why = graph_support(self)
+            self.graph_status = why or "CUDA graphs"
+            if why is None:
+                self._graphed = StaticStep(self, capture=True)
 
     # -- adapters ---------------------------------------------------------------------------------
     def reset_adapters(self, ids: Sequence[int], seeds: Optional[Sequence[int]] = None,
@@ -398,6 +415,8 @@ class Trainer:
 
     def step(self, batch: PackedBatch) -> StepStats:
         """One training step on ``batch`` (adapter_ids = slot of each token's task)."""
+        if self._graphed is not None:
+            return self._graphed.step(batch)
         t0 = time.perf_counter()
         b = prepare_batch(batch, self.model, self.lora, self.n_adapters, self.cfg.attention, self.cfg.lora_path)
         active = b.counts > 0
@@ -456,6 +475,177 @@ class Trainer:
         self.opt.load_state_dict(sd["opt"])
         self.total_steps[:] = sd["total_steps"].numpy()
         self.loss_scale = float(sd["loss_scale"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Full fine-tuning: every weight of the model, one optimizer
+
+def _decays(p: torch.Tensor) -> bool:
+    """Weight decay for matrices only: norm weights and biases (the 1-D parameters) take none."""
+    return p.dim() >= 2
+
+
+class FullTrainer:
+    """Trains every weight of ``model`` (embedding and LM head included: 16 rows each with the
+    compact vocabulary) on packed batches; the surface of :class:`Trainer` with one slot, 0.
+
+        trainer = FullTrainer(load_model("/ckpt", device="cuda"), TrainConfig(lr=1e-5, steps=2000))
+        stats = trainer.step(batch)            # every labelled token trains the model (adapter id 0)
+        trainer.save_model("out/model")        # a transformers checkpoint directory
+
+    ``step(batch) -> StepStats``: per-adapter arrays of length 1. The loss is the mean cross entropy
+    over the batch's labelled tokens (:func:`task_losses` with one group), so a packed batch trains
+    exactly as its samples would as one padded batch. Then, in this order: one global gradient
+    norm over all parameters (clipped to ``max_grad_norm`` with ``clip_grad_norm_``'s formula),
+    AdamW (``torch.optim.AdamW``, decoupled weight decay) at ``lr * lr_factor(...)`` (the warm-up and
+    schedule of :class:`TrainConfig`). Weight decay applies to the matrices only (projections,
+    embedding, LM head); norm weights and biases take none. A batch without labelled tokens does
+    not step (no update, no decay, no schedule step).
+
+    Precision: the optimizer holds fp32 master weights and fp32 AdamW moments. For a bf16 / fp16
+    model the model's gradients are taken in fp32, the master weights stepped and copied back
+    (rounded) into the model after every step, so updates smaller than the model dtype's
+    resolution still add up. fp16 uses :class:`Trainer`'s dynamic loss scaling: a step
+    whose gradient overflowed is skipped and the scale halves; it doubles after 2000 clean steps.
+
+    ``eval_loss(batch) -> np.ndarray [1]`` (nan without labelled tokens); ``state_dict()`` /
+    ``load_state_dict()``: master weights, AdamW state, step count, schedule length, loss scale;
+    ``save_model(path)``: :func:`arcfast.model.save_model` (config, safetensors, compact tokenizer).
+    """
+
+    n_adapters = 1
+
+    def __init__(self, model: CausalLM, train_cfg: TrainConfig):
+        self.model, self.cfg = model, train_cfg
+        model.requires_grad_(True)
+        self.names, self.params = zip(*model.named_parameters())   # tied weights appear once
+        self.mixed = model.dtype != torch.float32
+        if self.mixed:
+            self.master = [p.detach().float().clone().requires_grad_(True) for p in self.params]
+        else:
+            self.master = list(self.params)
+        decay = [m for p, m in zip(self.params, self.master) if _decays(p)]
+        plain = [m for p, m in zip(self.params, self.master) if not _decays(p)]
+        cuda = model.device.type == "cuda"
+        # fused: one kernel for all tensors on CUDA (fp32 masters qualify); the same update rule.
+        self.opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": train_cfg.weight_decay}, {"params": plain, "weight_decay": 0.0}],
+            lr=train_cfg.lr, betas=train_cfg.betas, eps=train_cfg.eps, fused=True if cuda else None)
+        self.steps = 0                   # optimizer steps taken: the schedule position
+        self.total_steps = np.array([train_cfg.steps], dtype=np.int64)
+        self.ops = train_cfg.ops if train_cfg.ops != "auto" else \
+            ("triton" if cuda and _kernels_available("rmsnorm", "swiglu", "rope") else "torch")
+        self.loss_impl = train_cfg.loss if train_cfg.loss != "auto" else \
+            ("triton" if cuda and _kernels_available("cross_entropy") else "torch")
+        model.set_ops(self.ops)
+        if train_cfg.compile:
+            model.compile_blocks(True)
+        self.fp16 = model.dtype == torch.float16
+        self.loss_scale = train_cfg.init_loss_scale if self.fp16 else 1.0
+        self._good_steps = 0
+
+    # The LoRA trainer's forward (checkpointed or not) and fp16 loss-scale policy, shared as they are.
+    _forward_losses = Trainer._forward_losses
+    _forward_checkpointed = Trainer._forward_checkpointed
+    _update_loss_scale = Trainer._update_loss_scale
+
+    def set_total_steps(self, ids: Sequence[int], steps: Union[int, Sequence[int]]) -> None:
+        """Schedule length (``ids`` must be ``[0]``, the one slot: :class:`Trainer`'s signature)."""
+        if [int(i) for i in ids] != [0]:
+            raise ValueError(f"FullTrainer has one slot (0), got {list(ids)}")
+        self.total_steps[:] = np.ravel(steps)[:1]
+
+    def next_lr(self) -> float:
+        """The learning rate of the next step."""
+        total = int(self.total_steps[0])
+        return float(self.cfg.lr * lr_factor(self.steps, total, self.cfg.warmup_for(total), self.cfg.schedule))
+
+    def step(self, batch: PackedBatch) -> StepStats:
+        """One optimizer step on ``batch`` (adapter_ids 0 on every real token, -1 on padding)."""
+        t0 = time.perf_counter()
+        b = prepare_batch(batch, self.model, None, 1, self.cfg.attention)
+        if b.counts[0] == 0:
+            return StepStats(loss=np.full(1, np.nan), label_tokens=b.counts, grad_norm=np.zeros(1), lr=np.zeros(1),
+                             tokens=b.tokens, positions=b.positions, time_s=time.perf_counter() - t0,
+                             stepped=np.zeros(1, bool))
+        losses = self._forward_losses(b)
+        (losses.sum() * self.loss_scale).backward()
+
+        grads = self._master_grads()
+        if self.loss_scale != 1.0:
+            torch._foreach_div_(grads, self.loss_scale)
+        norm = torch.nn.utils.get_total_norm(grads)
+        active = np.ones(1, bool)
+        if self.fp16:
+            active = self._update_loss_scale(norm[None], active)
+        lr = self.next_lr()
+        if active[0]:
+            if self.cfg.max_grad_norm is not None:
+                torch.nn.utils.clip_grads_with_norm_(self.master, self.cfg.max_grad_norm, norm)
+            for g in self.opt.param_groups:
+                g["lr"] = lr
+            self.opt.step()
+            self.steps += 1
+            if self.mixed:
+                with torch.no_grad():
+                    torch._foreach_copy_(list(self.params), self.master)
+        self.opt.zero_grad(set_to_none=True)
+
+        loss_np = losses.detach().double().cpu().numpy()   # the step's one device sync
+        return StepStats(loss=loss_np, label_tokens=b.counts, grad_norm=np.array([float(norm)]),
+                         lr=np.where(active, lr, 0.0), tokens=b.tokens, positions=b.positions,
+                         time_s=time.perf_counter() - t0, stepped=active)
+
+    def _master_grads(self) -> list:
+        """fp32 gradients of the master weights (moved off the model's parameters when mixed). A
+        parameter without a gradient is left out, and torch's AdamW then leaves it alone."""
+        if self.mixed:
+            for p, m in zip(self.params, self.master):
+                m.grad = p.grad.float() if p.grad is not None else None
+                p.grad = None
+        return [m.grad for m in self.master if m.grad is not None]
+
+    @torch.no_grad()
+    def eval_loss(self, batch: PackedBatch) -> np.ndarray:
+        """Mean loss [1] over ``batch``'s labelled tokens without training (nan if none)."""
+        b = prepare_batch(batch, self.model, None, 1, self.cfg.attention, training=False)
+        out = self._forward_losses(b).double().cpu().numpy()
+        out[b.counts == 0] = np.nan
+        return out
+
+    # -- weights and checkpoints ---------------------------------------------------------------------
+    def save_model(self, path) -> Path:
+        """Write the model as a transformers checkpoint directory (see :func:`arcfast.model.save_model`)."""
+        from .model import save_model
+
+        return save_model(self.model, path)
+
+    def state_dict(self) -> dict:
+        """Master weights (fp32 CPU copies, by parameter name), AdamW state (torch's state dict: its
+        moments are the live tensors, save them before the next step), step, schedule, loss scale."""
+        # CPU copies: a device clone would double the masters' GPU memory while a checkpoint is saved.
+        return {"weights": {n: m.detach().to("cpu", copy=True) for n, m in zip(self.names, self.master)},
+                "opt": self.opt.state_dict(), "steps": self.steps,
+                "total_steps": torch.from_numpy(self.total_steps.copy()),
+                "loss_scale": self.loss_scale, "good_steps": self._good_steps}
+
+    @torch.no_grad()
+    def load_state_dict(self, sd: dict) -> None:
+        w = sd["weights"]
+        if set(w) != set(self.names):
+            missing, extra = sorted(set(self.names) - set(w)), sorted(set(w) - set(self.names))
+            raise ValueError(f"FullTrainer state does not match the model: missing {missing[:5]}, unexpected {extra[:5]}")
+        for n, p, m in zip(self.names, self.params, self.master):
+            if tuple(w[n].shape) != tuple(p.shape):
+                raise ValueError(f"FullTrainer state: {n} is {tuple(w[n].shape)}, the model's is {tuple(p.shape)}")
+            m.copy_(w[n])
+            if self.mixed:
+                p.copy_(m)
+        self.opt.load_state_dict(sd["opt"])
+        self.steps = int(sd["steps"])
+        self.total_steps[:] = sd["total_steps"].numpy()
+        self.loss_scale = float(sd["loss_scale"])
+        self._good_steps = int(sd.get("good_steps", 0))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,8 +11,14 @@ config on the CPU.
 
 Options (``--set key=value``): model, steps, warmup, tasks (tasks per native step), per_task
 (samples of each task per native step), row_len, max_len (longest sample), r, hf_steps,
-attention/lora_path/ops/loss/compile/checkpoint (native TrainConfig fields), cases (comma list of
-hf, unsloth, native1, native).
+attention/lora_path/ops/loss/compile/checkpoint (native TrainConfig fields), adapters and
+adapter_max_len (the many-adapter case), cases (comma list of hf, unsloth, native1, native,
+native-graphs, many).
+
+Cases: ``native-graphs`` is ``native`` with the step replayed as a CUDA graph
+(arcfast.step_graph; GPU only). ``many`` packs one sample of each of ``adapters`` tasks (64 on a
+GPU) into one batch and times it with one adapter per task, then the very same batch with every
+token through a single adapter: the ratio is the cost of many adapters (bar: >= 0.9).
 
 Reported per case: trained (real, non-padding) tokens/s, samples/s, peak GPU memory, and MFU =
 model FLOPs / time / peak bf16 FLOP/s of the GPU, where a trained token costs 4 x (weights in the
@@ -176,9 +182,15 @@ def run_case(name: str, ctx: Context, opts: dict, data, ref_cfg) -> dict:
             batches = [pack_samples([(x, y, 0)], len(x)) for x, y, _ in (flat * (1 + n // len(flat)))[:n]]
             lengths = [len(x) for x, _, _ in flat]
             desc = f"native: batch 1, vocab {vocab_size}"
+        elif name == "many":   # the same packed batches through N adapters, then through one
+            return many_adapters(ctx, opts, tc, lcfg)
         else:
             from arcfast.backends.native import NativeBackend
 
+            if name == "native-graphs":
+                from dataclasses import replace
+
+                tc = replace(tc, cuda_graphs=True)
             n_tasks, k = len(data), len(data[0])
             backend = NativeBackend(model, lcfg, tc, n_tasks)
             # Step s trains every task on one of its samples (its slot s mod k): k distinct batches.
@@ -186,7 +198,7 @@ def run_case(name: str, ctx: Context, opts: dict, data, ref_cfg) -> dict:
             packed = [pack_samples(ss, opts["row_len"]) for ss in per_step]
             batches = [packed[s % k] for s in range(n)]
             lengths = [len(x) for x, _, _ in flat]
-            desc = (f"native: {n_tasks} tasks x 1 sample per step, rows of {opts['row_len']}, vocab {vocab_size}, "
+            desc = (f"{name}: {n_tasks} tasks x 1 sample per step, rows of {opts['row_len']}, vocab {vocab_size}, "
                     f"fill {np.mean([b.fill for b in packed]):.2f}")
         step = lambda b: float(np.nanmean(backend.step(b).loss))
     res = _measure(device, step, batches, opts["warmup"])
@@ -196,11 +208,45 @@ def run_case(name: str, ctx: Context, opts: dict, data, ref_cfg) -> dict:
     res["mfu"] = res["tokens_per_s"] * fl / pk if pk else None
     res["desc"] = desc
     res["gflop_per_token"] = fl / 1e9
-    if name == "native":
+    if name in ("native", "native-graphs"):
         res["paths"] = {"attention": tc.attention, "lora_path": tc.lora_path, "ops": backend.ops,
                         "loss": backend.loss_impl, "compile": tc.compile}
     del backend
     _reset_peak(device)
+    return res
+
+
+def many_adapters(ctx: Context, opts: dict, tc, lcfg) -> dict:
+    """Tokens/s of packed steps whose samples belong to ``opts["adapters"]`` tasks (one adapter
+    each), and of the very same batches with every token routed to one adapter."""
+    from arcfast.backends.native import NativeBackend
+    from arcfast.batch import PackedBatch
+    from arcfast.model import load_model
+    from arcfast.trainer import pack_samples
+
+    n = opts["adapters"]
+    data, _ = ttft_samples(n, 1, opts["adapter_max_len"], seed=1)
+    flat = [task[0] for task in data]
+    row_len = max(opts["row_len"], max(len(x) for x, _, _ in flat))
+    packed = pack_samples(flat, row_len)
+    one = PackedBatch(packed.input_ids, packed.labels, packed.position_ids, packed.sample_ids,
+                      np.where(packed.adapter_ids >= 0, 0, -1).astype(np.int32), packed.cu_seqlens)
+    batches = opts["warmup"] + opts["steps"]
+    out = {}
+    for label, batch, n_adapters in (("many", packed, n), ("one", one, 1)):
+        model = load_model(opts["model"], device=ctx.device)
+        backend = NativeBackend(model, lcfg, tc, n_adapters)
+        backend.set_total_steps(range(n_adapters), 10 ** 6)
+        out[label] = _measure(ctx.device, lambda b: float(np.nanmean(backend.step(b).loss)), [batch] * batches,
+                              opts["warmup"])
+        out[label]["peak_gib"] = _peak_gib(ctx.device)
+        del backend, model
+        _reset_peak(ctx.device)
+    res = dict(out["many"])
+    res["single_tokens_per_s"] = out["one"]["tokens_per_s"]
+    res["single"] = out["one"]
+    res["desc"] = (f"many: {n} adapters in one packed batch ({packed.shape[0]} x {row_len}, fill {packed.fill:.2f}) "
+                   f"vs the same batch through 1 adapter")
     return res
 
 
@@ -222,6 +268,8 @@ def run(ctx: Context) -> list[Row]:
         "per_task": int(o.get("per_task", 2)),
         "max_len": int(o.get("max_len", 8192 if cuda else (512 if quick else 2048))),
         "r": int(o.get("r", 32)),
+        "adapters": int(o.get("adapters", 64 if cuda else (4 if quick else 8))),
+        "adapter_max_len": int(o.get("adapter_max_len", 1024 if cuda else 256)),
     }
     # CPU: every padding position costs as much as a token, so rows only as long as a sample.
     opts["row_len"] = int(o.get("row_len", 8192 if cuda else opts["max_len"]))
@@ -231,7 +279,7 @@ def run(ctx: Context) -> list[Row]:
     for k in ("compile", "checkpoint"):
         if k in o:
             opts[k] = o[k].lower() in ("1", "true", "yes")
-    cases = o.get("cases", "hf,unsloth,native1,native").split(",")
+    cases = o.get("cases", "hf,unsloth,native1,native,native-graphs,many").split(",")
     if not cuda:
         torch.set_num_threads(max(1, ctx.threads or torch.get_num_threads()))
     data, how = ttft_samples(opts["tasks"], opts["per_task"], opts["max_len"])
@@ -251,6 +299,9 @@ def run(ctx: Context) -> list[Row]:
         if name == "unsloth" and not status["unsloth"][0]:
             results[name] = {"skipped": status["unsloth"][1]}
             continue
+        if name == "native-graphs" and not cuda:
+            results[name] = {"skipped": "CUDA graphs need a GPU"}
+            continue
         try:
             results[name] = run_case(name, ctx, opts, data, ref_cfg)
         except torch.cuda.OutOfMemoryError as exc:
@@ -267,6 +318,10 @@ def run(ctx: Context) -> list[Row]:
             continue
         extra = {k: v for k, v in r.items() if k not in ("tokens_per_s",)}
         extra.update(common)
+        if name == "many":   # the many-adapter bar: N adapters cost what one does
+            rows.append(Row("train", r["desc"], r["tokens_per_s"], "tokens/s", baseline="same batch, 1 adapter",
+                            baseline_value=r["single_tokens_per_s"], bar=0.9, extra=extra))
+            continue
         is_base = name == "hf"
         rows.append(Row("train", r["desc"], r["tokens_per_s"], "tokens/s",
                         baseline=None if is_base else "hf batch 1, full vocab",

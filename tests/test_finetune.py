@@ -1,4 +1,5 @@
-"""`arcfast train`: mixture proportions, deterministic batches, resume == uninterrupted, budget, outputs."""
+"""`arcfast train`: mixture proportions, deterministic batches, resume == uninterrupted, budget, outputs,
+and --full (a transformers checkpoint out, exact resume, a LoRA adapter merged in first)."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +12,7 @@ import torch
 
 from arcfast.budget import Deadline
 from arcfast.data import load_tasks
+from arcfast.finetune import CHECKPOINT as CHECKPOINT_DIR
 from arcfast.finetune import (FinetuneConfig, MixtureStream, add_train_parser, cmd_train, find_checkpoint,
                               load_checkpoint, parse_mixture, run_train, source_schedule)
 from arcfast.lora import LoRAConfig
@@ -229,3 +231,102 @@ def test_cli_budget_wall_time(tmp_path):
     s = json.loads((tmp_path / "w" / "run.json").read_text())
     assert s["stopped"] == "budget" and s["steps"] > 0
     assert (tmp_path / "w" / "adapter" / "adapter_config.json").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# --full: every weight trained, a transformers checkpoint out
+
+def model_weights(path):
+    """The weights of the checkpoint directory ``path`` as load_model reads them (fp32, CPU)."""
+    return load_model(str(path), dtype=torch.float32, device="cpu").state_dict()
+
+
+def assert_weights_close(a, b, atol=1e-6):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=1e-5, msg=k)
+
+
+def test_full_run_writes_a_transformers_checkpoint(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    s = run_train(_cfg(tmp_path, "f", full=True, steps=3, save_every=2, val_batches=1))
+    out = tmp_path / "f"
+    assert s["model"] == str(out / "model") and "adapter" not in s
+    assert json.loads((out / "run.json").read_text())["model"] == s["model"]
+    assert not (out / "adapter").exists() and not (out / CHECKPOINT_DIR / "adapter").exists()
+    assert (out / CHECKPOINT_DIR / "model" / "config.json").exists()
+    assert np.isfinite(s["val_loss"]) and s["steps"] == 3
+
+    # load_model reads back the trained weights: the checkpoint's fp32 masters, moved from the start.
+    state = load_checkpoint(find_checkpoint(out))
+    assert state["step"] == 3 and state["settings"]["full"] is True and "rank" not in state["settings"]
+    trained = model_weights(s["model"])
+    assert_weights_close(trained, state["trainer"]["weights"], atol=0)
+    start = load_model("tiny", dtype=torch.float32, device="cpu").state_dict()
+    assert max(float((trained[k] - start[k]).abs().max()) for k in start) > 1e-3
+
+    # transformers reads it as it is (compact tokenizer included) and computes the same logits.
+    ours = load_model(s["model"], dtype=torch.float32, device="cpu")
+    hf = AutoModelForCausalLM.from_pretrained(s["model"])
+    tok = AutoTokenizer.from_pretrained(s["model"])
+    ids = torch.as_tensor([[1] + tok.encode("120\n305\n", add_special_tokens=False)])
+    assert ids[0, 1:4].tolist() == [1, 2, 0]
+    with torch.no_grad():
+        torch.testing.assert_close(hf(input_ids=ids).logits, ours.logits(ours(ids)), rtol=1e-4, atol=1e-5)
+
+
+def test_full_resume_equals_uninterrupted_and_keeps_its_mode(tmp_path):
+    kw = dict(full=True, steps=6, save_every=2, val=None)
+    straight = run_train(_cfg(tmp_path, "u", **kw))
+    part = run_train(_cfg(tmp_path, "p", **kw), on_step=lambda step, st: step >= 3)
+    assert part["stopped"] == "requested" and part["steps"] == 3
+    assert load_checkpoint(find_checkpoint(tmp_path / "p"))["step"] == 3    # mid-segment
+    at3 = model_weights(part["model"])
+    resumed = run_train(_cfg(tmp_path, "p", resume=True, **kw))
+    assert resumed["start_step"] == 3 and resumed["steps"] == 6
+    final = model_weights(resumed["model"])
+    assert_weights_close(final, model_weights(straight["model"]))
+    assert max(float((final[k] - at3[k]).abs().max()) for k in final) > 1e-4   # steps 4-6 did train
+
+    # A full checkpoint is not resumed as a LoRA run.
+    with pytest.raises(ValueError, match="full run and cannot be resumed without --full"):
+        run_train(_cfg(tmp_path, "p", resume=True, **{**kw, "full": False}))
+
+
+def test_resume_refuses_a_lora_checkpoint_with_full(tmp_path):
+    run_train(_cfg(tmp_path, "l", steps=2, save_every=1, val=None))
+    with pytest.raises(ValueError, match=r"LoRA run and cannot be resumed with --full.*--full --adapter"):
+        run_train(_cfg(tmp_path, "l", steps=4, save_every=1, val=None, full=True, resume=True))
+
+
+def test_full_from_a_lora_adapter_starts_from_the_merged_weights(tmp_path):
+    from arcfast.finetune import merge_adapter
+
+    lora = run_train(_cfg(tmp_path, "lora", steps=3, save_every=0, val=None, lr=1e-2))
+    s = run_train(_cfg(tmp_path, "full", steps=1, save_every=0, val=None, full=True, adapter=lora["adapter"],
+                       lr=0.0))
+    merged = load_model("tiny", dtype=torch.float32, device="cpu")
+    plain = {k: v.clone() for k, v in merged.state_dict().items()}
+    merge_adapter(merged, lora["adapter"])
+    got = model_weights(s["model"])
+    assert_weights_close(got, merged.state_dict())
+    assert max(float((got[k] - plain[k]).abs().max()) for k in got) > 1e-4   # the adapter was not a no-op
+
+
+def test_cli_full_train_then_ttft_on_its_model(tmp_path, capsys):
+    from arcfast.cli import main
+    from arcfast.submission import validate_submission
+
+    out = tmp_path / "pre"
+    assert main(["train", "--full", "--data", "arc1:train[:4]", "--out", str(out), "--steps", "2",
+                 "--save-every", "0", "--model", "tiny", "--row-len", "1024", "--max-len", "1024",
+                 "--threads", "1", "--device", "cpu", "--dtype", "float32", "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert f"model: {out / 'model'}" in printed and "adapter:" not in printed
+    run = tmp_path / "ttft"
+    assert main(["ttft", "--tasks", "arc1:eval[:1]", "--model", str(out / "model"), "--budget", "40s",
+                 "--out", str(run), "--steps", "1", "--predictions", "1", "--max-new-tokens", "8",
+                 "--row-len", "4096", "--max-len", "4096", "-q"]) == 0
+    assert "random weights" not in capsys.readouterr().out     # it ran the trained checkpoint
+    validate_submission(run / "submission.json", load_tasks("arc1:eval[:1]"))

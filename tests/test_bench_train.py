@@ -1,0 +1,17 @@
+"""The training benchmark's cases run end to end on the CPU (tiny model) and report what they say."""
+from __future__ import annotations
+
+from benchmarks import bench_train
+from benchmarks.runner import Context
+
+
+def test_train_benchmark_quick_cpu():
+    rows = bench_train.run(Context(quick=True, device="cpu", threads=1,
+                                   options={"cases": "hf,native,native-graphs,many", "tasks": "2", "adapters": "3"}))
+    by_case = {r.case.split(":")[0]: r for r in rows if r.unit == "tokens/s"}
+    assert set(by_case) == {"hf", "native", "native-graphs (skipped)", "many"}
+    assert by_case["native"].value > 0 and by_case["native"].baseline_value == by_case["hf"].value
+    many = by_case["many"]
+    assert many.bar == 0.9 and many.value > 0 and many.baseline_value > 0
+    assert many.extra["single"]["tokens"] == many.extra["tokens"]   # the very same batches
+    assert "GPU" in by_case["native-graphs (skipped)"].extra["reason"]

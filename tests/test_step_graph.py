@@ -1,0 +1,180 @@
+"""The fixed-shape training step (arcfast.step_graph) against Trainer.step.
+
+On the CPU the static step runs eagerly: the same loss over all positions, the same padded segment
+buckets and the same per-row AdamW factors that a CUDA graph replays. The capture itself is checked
+against the eager step on a GPU (skipped here).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from arcfast.lora import LoRAConfig
+from arcfast.model import build_model, preset
+from arcfast.step_graph import MIN_SEGMENTS, StaticStep, graph_support, segment_bucket
+from arcfast.trainer import TrainConfig, Trainer, pack_samples
+from test_trainer import make_sample
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def batches(seed: int, n_adapters: int, n_steps: int, row_len: int = 96, rows: int = 2):
+    """Packed batches of ``rows`` x ``row_len``; some steps leave some adapters out."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for s in range(n_steps):
+        present = [a for a in range(n_adapters) if (a + s) % 3 != 0] or [0]
+        samples = [make_sample(rng, a, int(rng.integers(8, 28))) for a in present for _ in range(int(rng.integers(1, 3)))]
+        out.append(pack_samples(samples, row_len, rows=rows))
+    return out
+
+
+def twins(n_adapters: int, cfg: TrainConfig, device="cpu", dtype=torch.float32):
+    made = []
+    for _ in range(2):
+        model = build_model(preset("tiny"), dtype=dtype, device=device, seed=3)
+        tr = Trainer(model, LoRAConfig(r=4, alpha=8), cfg, n_adapters)
+        tr.reset_adapters(range(n_adapters), seeds=[11 + a for a in range(n_adapters)], total_steps=[5, 6, 7, 8][:n_adapters])
+        with torch.no_grad():  # non-zero B, so every path of the LoRA gradient is exercised
+            tr.lora.weight.add_(0.01 * torch.randn(tr.lora.weight.shape, generator=torch.Generator().manual_seed(5)).to(device))
+        made.append(tr)
+    return made
+
+
+def test_segment_bucket():
+    assert [segment_bucket(n) for n in (1, 7, 8, 9, 16, 17, 100)] == [8, 8, 8, 16, 16, 32, 128]
+    assert segment_bucket(0) == MIN_SEGMENTS
+
+
+@pytest.mark.parametrize("weight_decay,max_norm", [(0.0, 1.0), (0.05, 1e-3), (0.0, None)])
+def test_static_step_equals_trainer_step(weight_decay, max_norm):
+    cfg = TrainConfig(lr=3e-3, warmup_ratio=0.3, weight_decay=weight_decay, max_grad_norm=max_norm, attention="sdpa")
+    ref, fast = twins(4, cfg)
+    static = StaticStep(fast, capture=False)
+    assert static.reason.startswith("eager")
+    for k, batch in enumerate(batches(0, 4, 5)):
+        want = ref.step(batch)
+        got = static.step(batch)
+        np.testing.assert_array_equal(got.stepped, want.stepped)
+        np.testing.assert_array_equal(got.label_tokens, want.label_tokens)
+        np.testing.assert_allclose(got.loss, want.loss, rtol=1e-5, equal_nan=True, err_msg=f"step {k}")
+        np.testing.assert_allclose(got.grad_norm, want.grad_norm, rtol=1e-4, atol=1e-7, err_msg=f"step {k}")
+        np.testing.assert_allclose(got.lr, want.lr, rtol=1e-12)
+        assert (got.tokens, got.positions) == (want.tokens, want.positions)
+        np.testing.assert_array_equal(fast.opt.steps, ref.opt.steps)
+        torch.testing.assert_close(fast.lora.weight, ref.lora.weight, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(fast.opt.m, ref.opt.m, rtol=1e-4, atol=1e-8)
+        torch.testing.assert_close(fast.opt.v, ref.opt.v, rtol=1e-4, atol=1e-12)
+    assert not torch.equal(fast.lora.weight, twins(4, cfg)[0].lora.weight)  # it did train
+
+
+def test_absent_adapter_is_untouched_bit_for_bit():
+    cfg = TrainConfig(lr=1e-2, weight_decay=0.1, attention="sdpa")
+    (tr,) = twins(3, cfg)[:1]
+    static = StaticStep(tr, capture=False)
+    rng = np.random.default_rng(1)
+    batch = pack_samples([make_sample(rng, a, 20) for a in (0, 2)], 64, rows=1)
+    before = [t.detach().clone() for t in (tr.lora.weight[1], tr.opt.m[1], tr.opt.v[1])]
+    stats = static.step(batch)
+    assert list(stats.stepped) == [True, False, True] and np.isnan(stats.loss[1])
+    for b, a in zip(before, (tr.lora.weight[1], tr.opt.m[1], tr.opt.v[1])):
+        assert torch.equal(b, a)
+    assert tr.opt.steps.tolist() == [1, 0, 1]
+
+
+def test_segment_buckets_change_nothing():
+    # The same samples as one row (few segments) and spread over rows (more, padded differently).
+    cfg = TrainConfig(lr=2e-3, attention="loop")
+    a, b = twins(2, cfg)
+    rng = np.random.default_rng(2)
+    samples = [make_sample(rng, i % 2, 10) for i in range(6)]
+    one, six = pack_samples(samples, 64, rows=1), pack_samples(samples, 16, rows=6)
+    assert segment_bucket(len(one.cu_seqlens) - 1) == 8 and segment_bucket(len(six.cu_seqlens) - 1) == 16
+    sa = StaticStep(a, capture=False).step(one)
+    sb = StaticStep(b, capture=False).step(six)
+    np.testing.assert_allclose(sa.loss, sb.loss, rtol=1e-5)
+    torch.testing.assert_close(a.lora.weight, b.lora.weight, rtol=1e-4, atol=1e-6)
+
+
+def test_graph_support_and_refusals():
+    cfg = TrainConfig(attention="sdpa")
+    (tr,) = twins(1, cfg)[:1]
+    if not torch.cuda.is_available():
+        assert "CUDA" in graph_support(tr)
+        with pytest.raises(ValueError, match="cannot capture"):
+            StaticStep(tr, capture=True)
+        assert StaticStep(tr).capture is False
+    fp16 = Trainer(build_model(preset("tiny"), dtype=torch.float16, device="cpu"), LoRAConfig(r=2), cfg, 1)
+    with pytest.raises(ValueError, match="fp16"):
+        StaticStep(fp16)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_replay_equals_eager():
+    from arcfast.lora import triton_available
+
+    if not triton_available():
+        pytest.skip("Triton LoRA kernels unavailable")
+    cfg = TrainConfig(lr=3e-3, warmup_ratio=0.2, weight_decay=0.01)
+    eager_tr, graph_tr = twins(4, cfg, device="cuda", dtype=torch.bfloat16)
+    if graph_support(graph_tr):
+        pytest.skip(graph_support(graph_tr))
+    eager, graphed = StaticStep(eager_tr, capture=False), StaticStep(graph_tr, capture=True)
+    data = batches(4, 4, 6, row_len=128, rows=2) + batches(5, 4, 3, row_len=64, rows=4)
+    for k, batch in enumerate(data):
+        want, got = eager.step(batch), graphed.step(batch)
+        np.testing.assert_allclose(got.loss, want.loss, rtol=2e-2, equal_nan=True, err_msg=f"step {k}")
+        torch.testing.assert_close(graph_tr.lora.weight, eager_tr.lora.weight, rtol=2e-2, atol=2e-4)
+    assert 2 <= graphed.captures <= len(data)
+
+
+def test_device_routing_feeds_the_triton_lora_path(monkeypatch):
+    """The graph builds its LoRA step from adapter ids already on the device (no host routing);
+    under the Triton interpreter that path gives the loss and gradients of the host-routed one."""
+    from arcfast.kernels._testing import enable_kernels
+    from arcfast.lora import LoRAStep
+    from arcfast.step_graph import _DeviceRouting
+
+    enable_kernels(monkeypatch)
+    # Two targets (an attention and an MLP projection) keep the interpreter to seconds.
+    tr = Trainer(build_model(preset("tiny"), dtype=torch.float32, device="cpu", seed=3),
+                 LoRAConfig(r=4, alpha=8, targets=("v_proj", "down_proj")), TrainConfig(attention="sdpa"), 3)
+    with torch.no_grad():
+        tr.lora.weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(7))
+    rng = np.random.default_rng(6)
+    batch = pack_samples([make_sample(rng, a, 9) for a in (2, 0, 1)] + [make_sample(rng, 0, 4)], 32, rows=1)
+    ids = torch.from_numpy(batch.input_ids.astype(np.int64))
+    pos = torch.from_numpy(batch.position_ids.astype(np.int64))
+    from arcfast.attention import PackedAttention
+
+    att = PackedAttention(torch.from_numpy(batch.sample_ids), "sdpa")
+    results = []
+    for make in (lambda: tr.lora.begin(batch.adapter_ids, torch.float32, "torch"),
+                 lambda: LoRAStep(tr.lora, _DeviceRouting(torch.from_numpy(batch.adapter_ids.reshape(-1).astype(np.int32)), 3),
+                                  torch.float32, "triton", True)):
+        step = make()
+        loss = tr.model(ids, pos, att, step).square().mean()
+        loss.backward()
+        results.append((loss.detach(), tr.lora.weight.grad.clone()))
+        tr.lora.weight.grad = None
+    assert results[1][1].abs().sum() > 0
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-4, atol=1e-6)
+
+
+def test_trainer_option_falls_back_to_eager_with_a_reason():
+    (plain,) = twins(2, TrainConfig(attention="sdpa"))[:1]
+    (asked,) = twins(2, TrainConfig(attention="sdpa", cuda_graphs=True))[:1]
+    if not torch.cuda.is_available():
+        assert asked._graphed is None and "CUDA" in asked.graph_status
+    batch = batches(8, 2, 1)[0]
+    a, b = plain.step(batch), asked.step(batch)
+    np.testing.assert_array_equal(a.loss, b.loss)
+    assert torch.equal(plain.lora.weight, asked.lora.weight)
