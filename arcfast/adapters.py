@@ -146,3 +146,32 @@ def load_adapter(path) -> tuple[LoRAConfig, dict]:
         if a.shape[1] != cfg.r:
             raise ValueError(f"{w_file}: layer {name} has rank {a.shape[1]}, the config says r={cfg.r}")
     return cfg, tensors
+
+
+def merge_adapter(model, adapter) -> list:
+    """Add the PEFT LoRA adapter directory ``adapter`` into ``model``'s weights, in place:
+    ``W += alpha / r * B @ A`` (W [dout, din], PEFT's B [dout, r], A [r, din]) on every layer it
+    targets, summed in fp32 and rounded once to the model's dtype. The model then computes what it
+    computed with the adapter attached. Returns the merged layer names; raises ValueError naming the
+    directory and the layer, before changing anything, when a layer is not in the model or its
+    shape differs."""
+    import torch
+
+    from .model import Linear
+
+    cfg, tensors = load_adapter(adapter)
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, Linear)}
+    for name, (a, b) in tensors.items():          # arcfast layout: a [din, r], b [r, dout]
+        m = layers.get(name)
+        if m is None:
+            raise ValueError(f"{adapter}: adapter layer {name!r} is not a linear layer of the model")
+        dout, din = m.weight.shape
+        if (a.shape[0], b.shape[1]) != (din, dout):
+            raise ValueError(f"{adapter}: adapter layer {name} maps {a.shape[0]} -> {b.shape[1]} features, "
+                             f"the model's layer {din} -> {dout}")
+    with torch.no_grad():
+        for name, (a, b) in tensors.items():
+            w = layers[name].weight
+            delta = (a.to(w.device) @ b.to(w.device)).t() * cfg.scaling
+            w.copy_((w.float() + delta).to(w.dtype))
+    return sorted(tensors)

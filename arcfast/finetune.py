@@ -277,36 +277,6 @@ def find_checkpoint(out) -> Optional[Path]:
     return None
 
 
-def merge_adapter(model, adapter) -> list:
-    """Add the PEFT LoRA adapter directory ``adapter`` into ``model``'s weights, in place:
-    ``W += alpha / r * B @ A`` (W [dout, din], PEFT's B [dout, r], A [r, din]) on every layer it
-    targets, summed in fp32 and rounded once to the model's dtype. The model then computes what it
-    computed with the adapter attached. Returns the merged layer names; raises ValueError naming the
-    directory and the layer, before changing anything, when a layer is not in the model or its
-    shape differs."""
-    import torch
-
-    from .adapters import load_adapter
-    from .model import Linear
-
-    cfg, tensors = load_adapter(adapter)
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, Linear)}
-    for name, (a, b) in tensors.items():          # arcfast layout: a [din, r], b [r, dout]
-        m = layers.get(name)
-        if m is None:
-            raise ValueError(f"{adapter}: adapter layer {name!r} is not a linear layer of the model")
-        dout, din = m.weight.shape
-        if (a.shape[0], b.shape[1]) != (din, dout):
-            raise ValueError(f"{adapter}: adapter layer {name} maps {a.shape[0]} -> {b.shape[1]} features, "
-                             f"the model's layer {din} -> {dout}")
-    with torch.no_grad():
-        for name, (a, b) in tensors.items():
-            w = layers[name].weight
-            delta = (a.to(w.device) @ b.to(w.device)).t() * cfg.scaling
-            w.copy_((w.float() + delta).to(w.dtype))
-    return sorted(tensors)
-
-
 def _write_weights(trainer, path: Path, step: int) -> Path:
     """The trainer's result at ``path``: a PEFT adapter directory, or a transformers checkpoint
     directory for a :class:`arcfast.trainer.FullTrainer`."""
@@ -443,6 +413,8 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
                             weight_decay=cfg.weight_decay)
     if cfg.full:
         if cfg.adapter and not state:
+            from .adapters import merge_adapter
+
             merged = merge_adapter(model, cfg.adapter)   # before the trainer copies the weights
             jlog(event="merge", adapter=str(cfg.adapter), layers=len(merged))
         trainer = FullTrainer(model, train_cfg)
@@ -673,5 +645,5 @@ def cmd_train(args) -> int:
 
 
 __all__ = ["FinetuneConfig", "MixtureStream", "parse_mixture", "source_schedule", "shared_adapter", "run_train",
-           "save_checkpoint", "save_result", "load_checkpoint", "find_checkpoint", "merge_adapter",
+           "save_checkpoint", "save_result", "load_checkpoint", "find_checkpoint",
            "add_train_parser", "cmd_train"]

@@ -312,6 +312,19 @@ def _kernels_available(*names: str) -> bool:
     return all(importlib.util.find_spec(f"arcfast.kernels.{n}") is not None for n in names)
 
 
+def _setup_model(model: CausalLM, cfg: TrainConfig) -> tuple[str, str]:
+    """Resolve ``cfg.ops`` / ``cfg.loss`` ("auto": the Triton kernels on CUDA), put the ops into
+    ``model`` (and compile its blocks when asked); returns ``(ops, loss_impl)``."""
+    cuda = model.device.type == "cuda"
+    ops = cfg.ops if cfg.ops != "auto" else \
+        ("triton" if cuda and _kernels_available("rmsnorm", "swiglu", "rope") else "torch")
+    loss = cfg.loss if cfg.loss != "auto" else ("triton" if cuda and _kernels_available("cross_entropy") else "torch")
+    model.set_ops(ops)
+    if cfg.compile:
+        model.compile_blocks(True)
+    return ops, loss
+
+
 # ----------------------------------------------------------------------------------------------
 # The trainer
 
@@ -324,14 +337,7 @@ class Trainer:
         self.lora = MultiLoRA(model, lora_cfg, n_adapters)
         self.opt = MultiAdamW(self.lora.weight, train_cfg.betas, train_cfg.eps, train_cfg.weight_decay)
         self.total_steps = np.full(n_adapters, train_cfg.steps, dtype=np.int64)
-        cuda = model.device.type == "cuda"
-        self.ops = train_cfg.ops if train_cfg.ops != "auto" else \
-            ("triton" if cuda and _kernels_available("rmsnorm", "swiglu", "rope") else "torch")
-        self.loss_impl = train_cfg.loss if train_cfg.loss != "auto" else \
-            ("triton" if cuda and _kernels_available("cross_entropy") else "torch")
-        model.set_ops(self.ops)
-        if train_cfg.compile:
-            model.compile_blocks(True)
+        self.ops, self.loss_impl = _setup_model(model, train_cfg)
         self.fp16 = model.dtype == torch.float16
         self.loss_scale = train_cfg.init_loss_scale if self.fp16 else 1.0
         self._good_steps = 0
@@ -533,13 +539,7 @@ class FullTrainer:
             lr=train_cfg.lr, betas=train_cfg.betas, eps=train_cfg.eps, fused=True if cuda else None)
         self.steps = 0                   # optimizer steps taken: the schedule position
         self.total_steps = np.array([train_cfg.steps], dtype=np.int64)
-        self.ops = train_cfg.ops if train_cfg.ops != "auto" else \
-            ("triton" if cuda and _kernels_available("rmsnorm", "swiglu", "rope") else "torch")
-        self.loss_impl = train_cfg.loss if train_cfg.loss != "auto" else \
-            ("triton" if cuda and _kernels_available("cross_entropy") else "torch")
-        model.set_ops(self.ops)
-        if train_cfg.compile:
-            model.compile_blocks(True)
+        self.ops, self.loss_impl = _setup_model(model, train_cfg)
         self.fp16 = model.dtype == torch.float16
         self.loss_scale = train_cfg.init_loss_scale if self.fp16 else 1.0
         self._good_steps = 0

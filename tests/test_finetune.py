@@ -301,7 +301,7 @@ def test_resume_refuses_a_lora_checkpoint_with_full(tmp_path):
 
 
 def test_full_from_a_lora_adapter_starts_from_the_merged_weights(tmp_path):
-    from arcfast.finetune import merge_adapter
+    from arcfast.adapters import merge_adapter
 
     lora = run_train(_cfg(tmp_path, "lora", steps=3, save_every=0, val=None, lr=1e-2))
     s = run_train(_cfg(tmp_path, "full", steps=1, save_every=0, val=None, full=True, adapter=lora["adapter"],

@@ -198,7 +198,7 @@ def test_state_dict_round_trip_equals_uninterrupted():
 
 def test_merged_adapter_gives_the_logits_of_the_model_with_the_adapter(tmp_path):
     from arcfast.adapters import save_adapter
-    from arcfast.finetune import merge_adapter
+    from arcfast.adapters import merge_adapter
 
     lcfg = LoRAConfig(r=4, alpha=12.0)            # scaling 3: a forgotten scaling shows
     model = load_model("tiny", seed=0)
