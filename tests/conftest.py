@@ -28,3 +28,18 @@ def _import_triton_for_the_interpreter() -> None:
 
 
 _import_triton_for_the_interpreter()
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny-tensor tests, which torch's intra-op pool only slows
+    (5x on a busy 2-core machine). Opt in per module: ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -13,13 +13,7 @@ from arcfast.lora import LoRAConfig
 from arcfast.model import load_model, to_hf
 from arcfast.trainer import TrainConfig, Trainer, pack_samples
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 LCFG = LoRAConfig(r=4, alpha=8, targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",

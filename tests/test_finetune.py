@@ -20,17 +20,11 @@ from arcfast.model import load_model
 from arcfast.sampling import SampleConfig
 from arcfast.trainer import TrainConfig, Trainer
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ROW = 1024
 SMALL = dict(model="tiny", rank=4, alpha=8.0, lr=3e-3, row_len=ROW, max_len=ROW, rows=1, warmup_ratio=0.2,
              val_batches=2, log_every=2, threads=1, progress=False, device="cpu", dtype="float32")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def parser():

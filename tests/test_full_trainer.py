@@ -12,13 +12,7 @@ from arcfast.lora import LoRAConfig, MultiLoRA
 from arcfast.model import load_model, to_hf
 from arcfast.trainer import FullTrainer, TrainConfig, pack_samples
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_sample(rng, n):

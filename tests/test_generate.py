@@ -13,6 +13,8 @@ from arcfast.model import build_model, init_weights, preset
 from arcfast.reference.generate import greedy_reference, hf_generate, hf_with_adapter
 from arcfast.task import Pair, Task
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 LP_TOL = 2e-4
 
 
@@ -44,15 +46,6 @@ def _same(a: Generation, tokens, logprobs):
     assert a.tokens.dtype == np.int32 and a.logprobs.dtype == np.float32
     assert a.tokens.tolist() == list(np.asarray(tokens).tolist())
     np.testing.assert_allclose(a.logprobs, logprobs, rtol=0, atol=LP_TOL)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny tensors: torch's intra-op thread pool only adds waits (5x slower on a busy 2-core box).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

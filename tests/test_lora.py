@@ -10,13 +10,7 @@ import torch
 from arcfast.lora import LoRAConfig, MultiLoRA, Routing, lora_delta_grouped, lora_delta_torch
 from arcfast.model import load_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def per_token_delta(x, A, B, ids, scaling):

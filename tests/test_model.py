@@ -13,14 +13,7 @@ from arcfast.attention import PackedAttention, causal_attention, packed_mask
 from arcfast.model import (PRESETS, ModelConfig, build_model, compact_token_ids, from_hf, hf_config, load_model,
                            preset, save_model, to_hf)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: threads only contend on a shared 2-core machine (10x slower measured).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,

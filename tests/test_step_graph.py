@@ -16,13 +16,7 @@ from arcfast.step_graph import MIN_SEGMENTS, StaticStep, graph_support, segment_
 from arcfast.trainer import TrainConfig, Trainer, pack_samples
 from test_trainer import make_sample
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def batches(seed: int, n_adapters: int, n_steps: int, row_len: int = 96, rows: int = 2):

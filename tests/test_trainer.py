@@ -13,13 +13,7 @@ from arcfast.model import build_model, load_model
 from arcfast.trainer import (MultiAdamW, TrainConfig, Trainer, clip_per_adapter, lr_factor, pack_samples,
                              prepare_batch, task_losses, unpack_samples)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_sample(rng, adapter, n):
