@@ -395,3 +395,22 @@ def test_cuda_graphs_merged_equal_eager():
         for u, v in zip(x, y):
             assert u.tokens.tolist() == v.tokens.tolist()
             np.testing.assert_array_equal(u.logprobs, v.logprobs)
+
+
+@pytest.mark.parametrize("family", ["qwen3", "llama"])
+def test_fused_merged_step_other_families(family):
+    """q/k norms (Qwen3) and bias-free projections (Llama) through the fused merged step, with a
+    LoRA on some projections only."""
+    from dataclasses import replace
+
+    cfg = replace(preset("tiny"), family=family, qkv_bias=False, qk_norm=family == "qwen3", name=family)
+    m = build_model(cfg, device="cpu", dtype=torch.float32)
+    init_weights(m, seed=2, std=0.3)
+    lora = MultiLoRA(m, LoRAConfig(r=4, alpha=8.0, targets=("q_proj", "v_proj", "up_proj")), n_adapters=1)
+    with torch.no_grad():
+        lora.weight.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(3))
+    prompts = _prompts(4, seed=13)
+    for a in (0, -1):
+        got = Generator(m, lora=lora).generate(prompts, [a] * 4, max_new_tokens=8)
+        for p, x in zip(prompts, got):
+            _same(x, *greedy_reference(m, p, lora if a >= 0 else None, a, max_new_tokens=8))
