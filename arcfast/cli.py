@@ -60,8 +60,18 @@ def _add_ttft(sub) -> None:
     g = p.add_argument_group("inference")
     g.add_argument("--predictions", type=int, default=d.predictions, help="predictions per test input")
     g.add_argument("--max-new-tokens", type=int, default=None, help="default: from the 30x30 size limit")
+    _add_rescore_flags(g, d)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_ttft)
+
+
+def _add_rescore_flags(g, d) -> None:
+    g.add_argument("--rescore", type=int, default=d.rescore, metavar="M",
+                   help="re-rank the voted candidates by their log-probability summed over M augmentations "
+                        "(0: off; default %(default)s)")
+    g.add_argument("--rescore-top", type=int, default=d.rescore_top, metavar="K",
+                   help="with --rescore: how many voted candidates per test input are re-scored "
+                        "(default %(default)s)")
 
 
 def cmd_ttft(args) -> int:
@@ -76,7 +86,8 @@ def cmd_ttft(args) -> int:
                      seed=args.seed, rank=args.rank, alpha=args.alpha, lr=args.lr, steps=args.steps,
                      samples_per_task=args.samples_per_task, tasks_per_group=args.tasks_per_group,
                      row_len=args.row_len, max_len=args.max_len, predictions=args.predictions,
-                     max_new_tokens=args.max_new_tokens, resume=args.resume, progress=not args.quiet)
+                     max_new_tokens=args.max_new_tokens, rescore=args.rescore, rescore_top=args.rescore_top,
+                     resume=args.resume, progress=not args.quiet)
     rank, world = _dist()
     if world > 1:
         import torch
@@ -120,6 +131,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--steps", type=int, default=d.steps, help="with --ttft: optimizer steps per task")
     p.add_argument("--predictions", type=int, default=d.predictions)
     p.add_argument("--max-new-tokens", type=int, default=None)
+    _add_rescore_flags(p, d)
     p.add_argument("--budget", default="24h", help="wall time limit (default 24h)")
     p.add_argument("--out", default=None, help="output directory (default: runs/eval-<date>-<time>)")
     p.add_argument("--device", default=d.device)
@@ -145,8 +157,8 @@ def cmd_eval(args) -> int:
     cfg = TTFTConfig(tasks=args.tasks, solutions=args.solutions, model=args.model, adapter=args.adapter,
                      budget=budget, out=out, device=args.device, dtype=args.dtype, seed=args.seed,
                      rank=args.rank, steps=args.steps, tasks_per_group=args.tasks_per_group,
-                     predictions=args.predictions, max_new_tokens=args.max_new_tokens, train=args.ttft,
-                     progress=not args.quiet)
+                     predictions=args.predictions, max_new_tokens=args.max_new_tokens, rescore=args.rescore,
+                     rescore_top=args.rescore_top, train=args.ttft, progress=not args.quiet)
     summary = TTFTRun(cfg, deadline=Deadline(budget, start=getattr(args, "started", None))).run()
     _print_summary(summary, cfg.out_dir)
     _note_random_weights(cfg.model)

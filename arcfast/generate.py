@@ -752,7 +752,7 @@ class Generator:
                 ad = np.where(ad == self.n_slots - 1, -1, ad)
                 if (ad >= 0).any():
                     lora = self.lora.begin(np.repeat(ad[:, None], L, axis=1).astype(np.int32), self.dtype,
-                                           training=False)
+                                           training=False, base_tokens=True)
             ids_t = torch.from_numpy(ids).to(dev)
             lens_t = torch.from_numpy(lens[group]).to(dev)
             keys_t = torch.from_numpy(keys[group]).to(dev)

@@ -73,11 +73,14 @@ class Routing:
     ``adapter_ids`` int32 [T] on the device (-1: no adapter); ``perm`` int64 [T'] the non-padding
     token indices sorted (stably) by adapter; ``counts[a]`` tokens of adapter a (host ints);
     ``offsets`` int32 [N] cumulative ends of the groups in ``perm`` order (``torch._grouped_mm``'s
-    ``offs``); ``single`` the adapter id when it is the only one present, else None (padding tokens
-    then go through it too: harmless, as padding never reaches a real token nor carries loss).
+    ``offs``); ``single`` the adapter id when it is the only one present, else None: the -1 tokens
+    then go through it too, which is harmless for padding (it never reaches a real token nor carries
+    loss). ``base_tokens=True`` says the -1 tokens are real base-model tokens (mixed prompts of a
+    generator's prefill), which must get no delta: ``single`` is then set only when every token
+    has that one adapter.
     """
 
-    def __init__(self, adapter_ids: np.ndarray, n_adapters: int, device):
+    def __init__(self, adapter_ids: np.ndarray, n_adapters: int, device, base_tokens: bool = False):
         ids = np.asarray(adapter_ids, dtype=np.int32).reshape(-1)
         if ids.size and (ids.max() >= n_adapters or ids.min() < -1):
             bad = int(ids[(ids >= n_adapters) | (ids < -1)][0])
@@ -87,7 +90,8 @@ class Routing:
         counts = np.bincount(ids[ids >= 0], minlength=n_adapters)
         self.counts = counts.tolist()
         self.present = [a for a in range(n_adapters) if counts[a] > 0]
-        self.single = self.present[0] if len(self.present) == 1 else None
+        only = len(self.present) == 1 and (not base_tokens or counts[self.present[0]] == ids.size)
+        self.single = self.present[0] if only else None
         order = np.argsort(ids, kind="stable")
         order = order[ids[order] >= 0]
         self.adapter_ids = torch.from_numpy(ids).to(device, non_blocking=True)
@@ -226,9 +230,10 @@ class MultiLoRA(nn.Module):
 
     # -- one forward ----------------------------------------------------------------------------
     def begin(self, adapter_ids: np.ndarray, dtype: torch.dtype, path: str = "auto",
-              training: bool = True) -> "LoRAStep":
-        """The LoRA of one forward: ``adapter_ids`` int32 numpy [R, L] or [T] (-1: none)."""
-        routing = Routing(adapter_ids, self.n_adapters, self.weight.device)
+              training: bool = True, base_tokens: bool = False) -> "LoRAStep":
+        """The LoRA of one forward: ``adapter_ids`` int32 numpy [R, L] or [T] (-1: none).
+        ``base_tokens``: the -1 tokens are real base-model tokens, not padding (see :class:`Routing`)."""
+        routing = Routing(adapter_ids, self.n_adapters, self.weight.device, base_tokens)
         return LoRAStep(self, routing, dtype, path, training)
 
 

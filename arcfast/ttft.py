@@ -8,7 +8,9 @@ What a run does, top to bottom (:func:`run_ttft`):
    group; the one-task-at-a-time backends use groups of one);
 3. for each group: ask the planner how many steps fit, train fresh adapters (or continue from
    ``--adapter``), save each task's adapter in PEFT format, predict its test outputs under test-time
-   augmentations with its adapter, vote, and update the submission and the report;
+   augmentations with its adapter, vote, optionally re-rank the top candidates by their
+   teacher-forced log-probability summed over other augmentations (``--rescore``, arcfast.score),
+   and update the submission and the report;
 4. finish before the deadline: the planner keeps time for every remaining group's inference and a
    safety margin; a group that gets no steps is predicted with the base (or pretrained) adapter, and
    a group that gets no time at all keeps its fallback answers.
@@ -69,11 +71,20 @@ class TTFTConfig:
     # inference
     predictions: int = 8                   # per test input
     max_new_tokens: Optional[int] = None
+    rescore: int = 0                       # re-rank candidates by their score under M augmentations; 0: off
+    rescore_top: int = 8                   # how many voted candidates per test input are re-scored
     train: bool = True                     # False: predict with the base model / --adapter only
     # bookkeeping
     resume: bool = False
     progress: bool = True
     margin: Optional[float] = None         # safety margin in seconds (default: Deadline's)
+
+    def __post_init__(self):
+        if self.rescore < 0:
+            raise ValueError(f"rescore must be >= 0 augmentations (0: off), got {self.rescore}")
+        if self.rescore_top < 2:
+            raise ValueError(f"rescore_top must be >= 2 (re-ranking one candidate changes nothing), "
+                             f"got {self.rescore_top}")
 
     @property
     def out_dir(self) -> Path:
@@ -94,6 +105,9 @@ class TaskRun:
     attempts: list = field(default_factory=list)   # per test input: up to 2 grids (lists)
     votes: list = field(default_factory=list)      # per test input: count of the winning grid
     predictions: list = field(default_factory=list)  # per test input: number of predictions
+    # per test input: None (not re-scored), else the re-scored candidates in their new order as
+    # {"vote_rank": place after voting, "votes": count, "score": summed log-probability}
+    rescore: list = field(default_factory=list)
     metrics: Optional[dict] = None
     error: Optional[str] = None
 
@@ -173,7 +187,7 @@ def _task_result(r: TaskRun):
     return TaskResult(task_id=r.task_id, metrics=r.metrics, train_seconds=r.train_seconds,
                       inference_seconds=r.inference_seconds, steps=r.steps, train_tokens=r.train_tokens,
                       generated_tokens=r.generated_tokens, predictions=r.predictions, votes=r.votes,
-                      error=r.error)
+                      error=r.error, extra={"rescore": r.rescore} if any(x is not None for x in r.rescore) else {})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -394,23 +408,77 @@ class TTFTRun:
         if self.generator.stats.cut_by_deadline:
             self.log(event="inference_cut", tasks=[t.id for t in group],
                      prompts=self.generator.stats.cut_by_deadline, reason="deadline")
+        voted = [[vote(p, top_k=None) for p in per_test] for per_test in preds]
+        ranked = [list(v) for v in voted]
+        scores: list = [[None] * len(per_test) for per_test in preds]
+        if cfg.rescore > 0:
+            self._rescore_group(model, infer_lora, group, voted, ranked, scores, stop_at)
         per_task = (time.perf_counter() - t0) / len(group)
-        for t, per_test in zip(group, preds):
+        for i, (t, per_test) in enumerate(zip(group, preds)):
             r = runs[t.id]
             r.inference_seconds = per_task
             if t.id in errors:
                 r.error = (r.error + "; " if r.error else "") + str(errors[t.id])
-            r.attempts, r.votes, r.predictions = [], [], []
-            for preds_i in per_test:
-                cands = vote(preds_i, top_k=2)
-                r.attempts.append([c.grid.tolist() for c in cands])
+            r.attempts, r.votes, r.predictions, r.rescore = [], [], [], scores[i]
+            for preds_i, cands in zip(per_test, ranked[i]):
+                r.attempts.append([c.grid.tolist() for c in cands[:2]])
                 r.votes.append(cands[0].count if cands else 0)
                 r.predictions.append(len(preds_i))
                 r.generated_tokens += sum(p.n_tokens for p in preds_i)
             if t.has_solutions and per_test:
                 from .metrics import score_task
 
-                r.metrics = score_task(t, per_test)
+                r.metrics = score_task(t, per_test, [c[:2] for c in ranked[i]])
+
+    def _rescore_group(self, model, infer_lora, group, voted, ranked, scores, stop_at) -> None:
+        """Re-rank the top ``rescore_top`` voted candidates of every test input of ``group`` with
+        two or more of them by their log-probability summed over ``rescore`` augmentations (one
+        batched scoring call); fills ``ranked`` and ``scores`` in place. Skipped, with a log event,
+        when even its first batch would not end by ``stop_at``; otherwise stopped between batches at
+        ``stop_at`` (test inputs left unscored keep their voting order)."""
+        from .augment import test_time_augmentations
+        from .score import (RescoreJob, build_sequences, default_batch_tokens, rank_jobs, rescore_items,
+                            score_sequences)
+
+        cfg = self.cfg
+        jobs, where = [], []
+        for i, t in enumerate(group):
+            # A seed apart from the prediction's: the candidates are judged from other viewpoints.
+            augs = test_time_augmentations(t, cfg.rescore, seed=cfg.seed + 1)
+            for ti, cands in enumerate(voted[i]):
+                if len(cands) >= 2:
+                    jobs.append(RescoreJob(t, ti, cands[:cfg.rescore_top], augs, i))
+                    where.append((i, ti))
+        if not jobs:
+            return
+        ids = sorted({group[i].id for i, _ in where})
+        try:
+            seqs = build_sequences(rescore_items(jobs), max_prompt_len=cfg.max_len)
+        except ValueError as e:
+            self.log(event="rescore_skipped", tasks=ids, reason=str(e))
+            return
+        # A scoring forward costs about what the generator's prefill did per token. Test inputs are
+        # scored in order and each one finished is used, so the work is worth starting when its
+        # first batch fits; the deadline stops it between batches.
+        st = self.generator.stats
+        per_token = st.prefill_s / st.prompt_tokens if st.prompt_tokens and st.prefill_s > 0 else 0.0
+        first = per_token * min(seqs.n_tokens, default_batch_tokens(model.device))
+        left = stop_at - self.deadline.clock()
+        if left <= first:
+            self.log(event="rescore_skipped", tasks=ids, tokens=seqs.n_tokens, first_batch_s=round(first, 2),
+                     left_s=round(left, 2), reason="deadline")
+            return
+        t0 = time.perf_counter()
+        out = rank_jobs(jobs, score_sequences(model, infer_lora, seqs, deadline=stop_at))
+        cut = sum(r is None for r in out)
+        for (i, ti), job, new in zip(where, jobs, out):
+            if new is None:
+                continue
+            ranked[i][ti] = new + list(voted[i][ti][len(job.candidates):])
+            place = {c.members: k for k, c in enumerate(voted[i][ti])}  # members: disjoint, so unique
+            scores[i][ti] = [{"vote_rank": place[c.members], "votes": c.count, "score": c.score} for c in new]
+        self.log(event="rescore", tasks=ids, test_inputs=len(jobs), sequences=len(seqs), tokens=seqs.n_tokens,
+                 seconds=round(time.perf_counter() - t0, 3), cut_by_deadline=cut)
 
     # -- bookkeeping ----------------------------------------------------------------------------
     def _finish_task(self, task, r: TaskRun, resumed: bool = False) -> None:

@@ -126,3 +126,118 @@ def test_ttft_under_torchrun_shards_tasks_and_merges_the_submission(tmp_path):
         rec = json.loads((out / "tasks" / f"{t.id}.json").read_text())
         if rec["attempts"] and rec["attempts"][0]:
             assert merged[t.id][0]["attempt_1"] == rec["attempts"][0][0]
+
+
+# -- re-scoring --------------------------------------------------------------------------------
+
+def _bigram_checkpoint(path):
+    """A model whose next token depends only on the current one: OUTPUT -> 3 -> ROW -> EOG (every
+    other token -> EOG). Its every answer is the 1x1 grid [[3]] in the prompt's frame, so colour-
+    permuted predictions invert to distinct grids: candidates for re-scoring, from a real forward."""
+    import dataclasses
+
+    import torch
+
+    from arcfast import tokens as T
+    from arcfast.model import build_model, preset, save_model
+
+    m = build_model(dataclasses.replace(preset("tiny"), tie_embeddings=False), dtype=torch.float32, device="cpu")
+    nxt = {T.OUTPUT: 3, 3: T.ROW, T.ROW: T.EOG}
+    with torch.no_grad():
+        # Attention and MLP add nothing: the last hidden state is the current token's embedding.
+        for blk in m.model.layers:
+            blk.self_attn.o_proj.weight.zero_()
+            blk.mlp.down_proj.weight.zero_()
+        m.model.embed_tokens.weight.zero_()
+        m.lm_head.weight.zero_()
+        m.model.norm.weight.fill_(1.0)
+        for t in range(T.VOCAB_SIZE):
+            m.model.embed_tokens.weight[t, t] = 1.0
+            m.lm_head.weight[nxt.get(t, T.EOG), t] = 2.0   # a logit margin of 16 after the norm
+    return save_model(m, path)
+
+
+@pytest.fixture(scope="module")
+def bigram(tmp_path_factory):
+    return _bigram_checkpoint(tmp_path_factory.mktemp("bigram") / "model")
+
+
+def _checked_rescore(rec) -> int:
+    """Asserts every re-scored test input's record is well formed; returns how many there are."""
+    n = 0
+    for ti, entry in enumerate(rec["rescore"]):
+        if entry is None:
+            continue
+        n += 1
+        scores = [e["score"] for e in entry]
+        assert len(entry) >= 2 and scores == sorted(scores, reverse=True) and all(s <= 0 for s in scores)
+        assert sorted(e["vote_rank"] for e in entry) == list(range(len(entry)))
+        assert rec["votes"][ti] == entry[0]["votes"]
+    return n
+
+
+def test_ttft_rescore_writes_scores_to_the_task_results_and_report(tmp_path, bigram):
+    out = tmp_path / "run"
+    assert main(["ttft", "--tasks", "arc1:eval[:2]", "--model", str(bigram), "--budget", "40s", "--out", str(out),
+                 "--steps", "1", "--predictions", "4", "--rescore", "2", "--rescore-top", "3",
+                 "--row-len", "4096", "--max-len", "4096", "-q"]) == 0
+    tasks = load_tasks("arc1:eval[:2]")
+    validate_submission(out / "submission.json", tasks)
+    sub = json.loads((out / "submission.json").read_text())
+    report = {r["task_id"]: r for r in json.loads((out / "report.json").read_text())["tasks"]}
+    rescored = 0
+    for t in tasks:
+        rec = json.loads((out / "tasks" / f"{t.id}.json").read_text())
+        rescored += _checked_rescore(rec)
+        assert all(e is None or len(e) <= 3 for e in rec["rescore"])
+        for ti, attempts in enumerate(rec["attempts"]):
+            assert attempts and sub[t.id][ti]["attempt_1"] == attempts[0]
+        if any(e is not None for e in rec["rescore"]):
+            assert report[t.id]["extra"]["rescore"] == rec["rescore"]
+    assert rescored >= 2
+    events = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert any(e.get("event") == "rescore" and e["test_inputs"] == rescored for e in events)
+
+
+def test_eval_rescore_ranks_by_the_summed_teacher_forced_score(tmp_path, bigram):
+    from arcfast.augment import test_time_augmentations
+    from arcfast.model import load_model
+    from arcfast.reference.score import score_item_reference
+
+    out = tmp_path / "eval"
+    assert main(["eval", "--tasks", "arc1:train[:1]", "--model", str(bigram), "--out", str(out),
+                 "--predictions", "4", "--rescore", "3", "-q"]) == 0
+    (task,) = load_tasks("arc1:train[:1]")
+    rec = json.loads((out / "tasks" / f"{task.id}.json").read_text())
+    assert _checked_rescore(rec) >= 1 and rec["metrics"] is not None
+    model = load_model(str(bigram))
+    augs = test_time_augmentations(task, 3, seed=1)   # the run's seed 0, plus one
+    for ti, entry in enumerate(rec["rescore"]):
+        if entry is not None:   # the submitted grid's score, recomputed alone
+            want = sum(score_item_reference(model, task, ti, np.array(rec["attempts"][ti][0]), a) for a in augs)
+            assert entry[0]["score"] == pytest.approx(want, abs=1e-3)
+
+
+def test_ttft_rescore_with_nothing_parsed_keeps_the_fallbacks(tmp_path, bigram):
+    from arcfast.submission import fallback_grid
+
+    out = tmp_path / "run"
+    # Two tokens ("3", ROW) hold no grid: every prediction of every test input fails to parse.
+    assert main(["ttft", "--tasks", "arc1:eval[:1]", "--model", str(bigram), "--budget", "30s", "--out", str(out),
+                 "--steps", "1", "--predictions", "2", "--max-new-tokens", "2", "--rescore", "2",
+                 "--row-len", "4096", "--max-len", "4096", "-q"]) == 0
+    (task,) = load_tasks("arc1:eval[:1]")
+    validate_submission(out / "submission.json", [task])
+    rec = json.loads((out / "tasks" / f"{task.id}.json").read_text())
+    assert rec["attempts"] == [[]] * len(task.test) and rec["rescore"] == [None] * len(task.test)
+    sub = json.loads((out / "submission.json").read_text())
+    for ti in range(len(task.test)):
+        assert sub[task.id][ti] == {"attempt_1": fallback_grid(task, ti), "attempt_2": fallback_grid(task, ti)}
+
+
+def test_rescore_flags_are_checked(tmp_path, capsys):
+    assert main(["ttft", "--rescore", "-1", "--out", str(tmp_path / "a"), "-q"]) == 2
+    assert "rescore must be >= 0" in capsys.readouterr().err
+    assert main(["eval", "--tasks", "arc1:train[:1]", "--rescore", "2", "--rescore-top", "1",
+                 "--out", str(tmp_path / "b"), "-q"]) == 2
+    assert "rescore_top must be >= 2" in capsys.readouterr().err

@@ -414,3 +414,15 @@ def test_fused_merged_step_other_families(family):
         got = Generator(m, lora=lora).generate(prompts, [a] * 4, max_new_tokens=8)
         for p, x in zip(prompts, got):
             _same(x, *greedy_reference(m, p, lora if a >= 0 else None, a, max_new_tokens=8))
+
+
+def test_base_prompts_beside_one_adapter_get_no_delta(model):
+    """A prefill micro-batch holding base-model prompts (-1) and prompts of exactly one adapter:
+    the base prompts must not go through that adapter (its -1 tokens are real, not padding)."""
+    lora = _lora(model, n=2, seed=8)
+    prompts = _prompts(4, seed=14)
+    adapters = [-1, 0, -1, 0]
+    for merge in (True, False):
+        mixed = Generator(model, lora=lora, merge_single=merge).generate(prompts, adapters, max_new_tokens=6)
+        for p, a, o in zip(prompts, adapters, mixed):
+            _same(o, *greedy_reference(model, p, lora if a >= 0 else None, a, max_new_tokens=6))

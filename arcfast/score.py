@@ -1,0 +1,345 @@
+"""Teacher-forced scores of candidate answers, and re-ranking by the augmentation product.
+
+    items = [ScoreItem(task, 0, grid, aug, adapter), ...]      # grid in the task's original frame
+    s = score_candidates(model, lora, items)                   # float64 [n]: summed log-probabilities
+    ranked = rescore_predictions(model, lora, task, 0, vote(preds, top_k=None), augs, adapter)
+
+An item's sequence is the inference prompt of ``task.test[test_index]`` under ``augmentation`` (the
+one :func:`arcfast.prompts.build_inference_prompts` builds for generation) followed by the augmented
+grid in the compact format, its end-of-grid token included. Its score is the sum over the grid's
+tokens of their log-probabilities: the fp32 log-softmax of the model's logits, as
+:class:`arcfast.generate.Generation` records them, so the score of a greedy output's own grid equals
+that output's ``logprob``.
+
+Fast path: a batch of sequences (at most ``batch_tokens`` tokens) is packed whole into rows
+(:func:`arcfast.packing.best_fit_decreasing`), attention never crosses sequences
+(:class:`arcfast.attention.PackedAttention`), each token goes through its own item's adapter
+(:meth:`arcfast.lora.MultiLoRA.begin`), and one no-grad forward runs per batch; only the scored
+positions go through the LM head. The plain reference (:mod:`arcfast.reference.score`) runs each
+sequence alone through the model's own unpacked forward.
+
+Re-scoring (:func:`rescore_jobs`): every voted candidate of a test input is scored under M
+augmentations and the candidates are ranked by the sum (:func:`arcfast.vote.rescore`), all test
+inputs of all tasks in one batched call. Items are scored in the order given, batch after batch, so
+when a ``deadline`` stops the work the items left unscored (NaN) are the last ones, and only the test
+inputs they belong to keep their voting order.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import NamedTuple, Optional, Sequence
+
+import numpy as np
+
+from . import tokens as T
+from .augment import Augmentation
+from .task import Task
+from .vote import Candidate, check_grid, grid_key, rescore
+
+
+class ScoreItem(NamedTuple):
+    """One grid to score: ``grid`` (uint8 [h, w], the task's original frame) as the answer to
+    ``task.test[test_index]`` prompted under ``augmentation``, through MultiLoRA row ``adapter``
+    (-1: the base model)."""
+
+    task: Task
+    test_index: int
+    grid: np.ndarray
+    augmentation: Augmentation
+    adapter: int = -1
+
+
+@dataclass
+class Sequences:
+    """Token sequences to score: ``prompts[i]`` (int32 [P_i], ending with OUTPUT) followed by
+    ``targets[i]`` (int32 [G_i], the scored tokens), through adapter ``adapters[i]`` (int64 [n],
+    -1: the base model)."""
+
+    prompts: list
+    targets: list
+    adapters: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def n_tokens(self) -> int:
+        """Tokens the forwards will run over (prompts and targets)."""
+        return int(sum(len(p) + len(t) for p, t in zip(self.prompts, self.targets)))
+
+
+def _where(task: Task, test_index: int) -> str:
+    return f"task {task.id} ({task.source or 'no source'}), test input {test_index}"
+
+
+def build_sequences(items: Sequence, max_prompt_len: Optional[int] = None,
+                    max_size: int = T.MAX_SIZE) -> Sequences:
+    """The sequences of ``items`` (:class:`ScoreItem` or 5-tuples in its field order).
+
+    Each (task, test input, augmentation) prompt is built once however many grids share it;
+    ``max_prompt_len`` drops demonstrations as generation does (pass the same value). Raises
+    ValueError naming the task, test input and item for a bad grid, index or prompt.
+    """
+    from .formats import encode_batch
+    from .prompts import build_inference_prompts
+
+    items = [ScoreItem(*it) for it in items]
+    by_test: dict[tuple, list] = {}     # (task, test) -> distinct augmentations, first-seen order
+    for k, it in enumerate(items):
+        if not 0 <= int(it.test_index) < len(it.task.test):
+            raise ValueError(f"item {k}: task {it.task.id} has {len(it.task.test)} test inputs, "
+                             f"no test input {it.test_index}")
+        augs = by_test.setdefault((id(it.task), int(it.test_index)), [])
+        if it.augmentation not in augs:
+            augs.append(it.augmentation)
+    prompt_of: dict[tuple, np.ndarray] = {}
+    tasks = {id(it.task): it.task for it in items}
+    for (tid, ti), augs in by_test.items():
+        try:
+            built = build_inference_prompts(tasks[tid], ti, augs, max_len=max_prompt_len, max_size=max_size)
+        except ValueError as e:
+            raise ValueError(f"{_where(tasks[tid], ti)}: {e}") from None
+        for a, p in zip(augs, built):
+            prompt_of[(tid, ti, a)] = p
+    grids = []
+    for k, it in enumerate(items):
+        where = f"{_where(it.task, it.test_index)}, item {k}"
+        g = check_grid(it.grid, where, max_size)
+        try:
+            grids.append(it.augmentation.apply_grid(g, "output", max_size))
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+    targets = encode_batch(grids, "compact", max_size=max_size) if grids else []
+    prompts = [prompt_of[(id(it.task), int(it.test_index), it.augmentation)] for it in items]
+    adapters = np.array([int(it.adapter) for it in items], dtype=np.int64)
+    return Sequences(prompts, [np.asarray(t, np.int32) for t in targets], adapters)
+
+
+def _check(model, lora, seqs: Sequences) -> None:
+    V = model.config.vocab_size if model.config.token_ids is None else T.VOCAB_SIZE
+    if not (len(seqs.prompts) == len(seqs.targets) == len(seqs.adapters)):
+        raise ValueError(f"{len(seqs.prompts)} prompts, {len(seqs.targets)} targets and "
+                         f"{len(seqs.adapters)} adapter ids: one each per sequence")
+    n_ad = 0 if lora is None else lora.n_adapters
+    for i, (p, t, a) in enumerate(zip(seqs.prompts, seqs.targets, seqs.adapters)):
+        for name, x in (("prompt", p), ("target", t)):
+            x = np.asarray(x)
+            if x.ndim != 1 or x.shape[0] == 0 or x.dtype.kind not in "iu":
+                raise ValueError(f"sequence {i}: its {name} must be a non-empty 1-D integer array, "
+                                 f"got shape {x.shape} dtype {x.dtype}")
+            bad = np.flatnonzero((x < 0) | (x >= V))
+            if bad.size:
+                raise ValueError(f"sequence {i}: {name} token id {int(x[bad[0]])} at position {int(bad[0])} "
+                                 f"is outside the vocabulary 0..{V - 1}")
+        if not -1 <= int(a) < n_ad:
+            have = "no LoRA was given" if lora is None else f"the LoRA holds adapters 0..{n_ad - 1}"
+            raise ValueError(f"sequence {i}: adapter id {int(a)} is invalid ({have}; -1 = base model)")
+
+
+def _batches(lens: np.ndarray, budget: int) -> list[np.ndarray]:
+    """Consecutive runs of indices holding at most ``budget`` tokens each (a longer sequence alone)."""
+    out, start, used = [], 0, 0
+    for i, n in enumerate(lens.tolist()):
+        if i > start and used + n > budget:
+            out.append(np.arange(start, i))
+            start, used = i, 0
+        used += n
+    if start < len(lens):
+        out.append(np.arange(start, len(lens)))
+    return out
+
+
+def _head_rows(vocab: int) -> int:
+    # Logits of a full 152k vocabulary are 0.6 MB a position in fp32: bound them to ~256 MB a chunk.
+    return max(1, (1 << 26) // vocab)
+
+
+def _forward_batch(model, lora, prompts, targets, adapters, row_len: int, attention: str,
+                   lora_path: str) -> np.ndarray:
+    """Packed forward of one batch: float32 [sum of target lengths], the targets' log-probabilities
+    in sequence order."""
+    import torch
+
+    from .attention import PackedAttention
+    from .packing import best_fit_decreasing
+
+    lens = np.array([len(p) + len(t) for p, t in zip(prompts, targets)], dtype=np.int64)
+    row, off, R = best_fit_decreasing(lens, max(int(row_len), int(lens.max())))
+    # Rows as wide as the fullest one only: a padding column costs as much as a token.
+    L = int((off + lens).max())
+    ids = np.full((R, L), T.PAD, np.int64)
+    pos = np.zeros((R, L), np.int64)
+    sid = np.full((R, L), -1, np.int32)
+    aid = np.full((R, L), -1, np.int32)
+    used = np.zeros(R, np.int64)
+    pred, tgt = [], []
+    for j, (p, t) in enumerate(zip(prompts, targets)):
+        r, o, n = int(row[j]), int(off[j]), int(lens[j])
+        ids[r, o:o + n] = np.concatenate([p, t])
+        pos[r, o:o + n] = np.arange(n)
+        sid[r, o:o + n] = j
+        aid[r, o:o + n] = adapters[j]
+        used[r] = max(used[r], o + n)
+        # Position P-1+g (the prompt's OUTPUT, then each target token) predicts target token g.
+        pred.append(r * L + o + len(p) - 1 + np.arange(len(t)))
+        tgt.append(t)
+    starts = [int(row[j]) * L + int(off[j]) for j in range(len(lens))]
+    tails = [r * L + int(used[r]) for r in range(R) if used[r] < L]
+    cu = np.array(sorted(set(starts + tails + [R * L])), dtype=np.int32)
+    pred_np, tgt_np = np.concatenate(pred), np.concatenate(tgt).astype(np.int64)
+    if model.config.token_ids is not None:  # a full-vocabulary model: compact id -> its token id
+        table = np.asarray(model.config.token_ids, dtype=np.int64)
+        ids, tgt_np = table[ids], table[tgt_np]
+
+    dev = model.device
+
+    def t_(a, dtype):
+        return torch.from_numpy(np.ascontiguousarray(a)).to(dev, dtype=dtype, non_blocking=True)
+
+    with torch.inference_mode():
+        att = PackedAttention(t_(sid, torch.int32), attention, cu_seqlens=cu, dtype=model.dtype)
+        step = lora.begin(aid, model.dtype, lora_path, training=False, base_tokens=True) \
+            if lora is not None and (aid >= 0).any() else None
+        hidden = model(t_(ids, torch.long), t_(pos, torch.long), att, step)
+        h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, t_(pred_np, torch.long))
+        targets_t = t_(tgt_np, torch.long)
+        chunk = _head_rows(model.config.vocab_size)
+        parts = []
+        for c in range(0, h.shape[0], chunk):
+            logp = torch.log_softmax(model.logits(h[c:c + chunk]).float(), dim=-1)
+            parts.append(logp.gather(1, targets_t[c:c + chunk, None])[:, 0])
+        return torch.cat(parts).cpu().numpy()
+
+
+def default_batch_tokens(device) -> int:
+    """Tokens per scoring forward by default: 32768 on CUDA, 4096 on the CPU. A batch started just
+    before a deadline must end well within the run's safety margin (4k tokens of the tiny model
+    take about 0.4 s on one CPU core)."""
+    import torch
+
+    return 32768 if torch.device(device).type == "cuda" else 4096
+
+
+def target_logprobs(model, lora, seqs: Sequences, batch_tokens: Optional[int] = None,
+                    row_len: Optional[int] = None, attention: str = "auto", lora_path: str = "auto",
+                    deadline: Optional[float] = None) -> list:
+    """Per-token log-probabilities of every sequence's target given its prompt.
+
+    model:        an :class:`arcfast.model.CausalLM` (any dtype/device).
+    lora:         the :class:`arcfast.lora.MultiLoRA` ``seqs.adapters`` index, or None.
+    batch_tokens: tokens per forward (default :func:`default_batch_tokens`; a longer sequence runs
+                  alone).
+    row_len:      tokens per packed row (default: ``min(batch_tokens, 8192)``, at least the longest
+                  sequence of the batch).
+    attention:    :class:`arcfast.attention.PackedAttention` impl; ``lora_path``: the LoRA path.
+    deadline:     a ``time.monotonic()`` instant: batches not started by then are not run.
+
+    Returns a list with, per sequence, float32 [G_i] (fp32 log-softmax, temperature 1), or ``None``
+    for a sequence the deadline left unscored.
+    """
+    _check(model, lora, seqs)
+    n = len(seqs)
+    out: list = [None] * n
+    if n == 0:
+        return out
+    budget = int(batch_tokens or default_batch_tokens(model.device))
+    if budget < 1:
+        raise ValueError(f"batch_tokens must be >= 1, got {batch_tokens}")
+    rows = int(row_len or min(budget, 8192))
+    lens = np.array([len(p) + len(t) for p, t in zip(seqs.prompts, seqs.targets)], dtype=np.int64)
+    prompts = [np.asarray(p, np.int64) for p in seqs.prompts]
+    targets = [np.asarray(t, np.int64) for t in seqs.targets]
+    for idx in _batches(lens, budget):
+        if deadline is not None and time.monotonic() > deadline:
+            break
+        lp = _forward_batch(model, lora, [prompts[i] for i in idx], [targets[i] for i in idx],
+                            seqs.adapters[idx], rows, attention, lora_path)
+        ends = np.cumsum([len(targets[i]) for i in idx])[:-1]
+        for i, x in zip(idx, np.split(lp, ends)):
+            out[int(i)] = x
+    return out
+
+
+def score_sequences(model, lora, seqs: Sequences, **kwargs) -> np.ndarray:
+    """float64 [n]: each sequence's summed target log-probability (NaN where a ``deadline`` left it
+    unscored). ``kwargs`` go to :func:`target_logprobs`."""
+    lps = target_logprobs(model, lora, seqs, **kwargs)
+    return np.array([math.nan if lp is None else float(np.sum(lp, dtype=np.float64)) for lp in lps],
+                    dtype=np.float64)
+
+
+def score_candidates(model, lora, items: Sequence, max_prompt_len: Optional[int] = None, **kwargs) -> np.ndarray:
+    """float64 [n]: the teacher-forced log-probability of each item's grid, end-of-grid included
+    (see the module docstring). ``items``: :class:`ScoreItem` (or 5-tuples ``(task, test_index,
+    grid, augmentation, adapter)``); ``kwargs`` go to :func:`target_logprobs`."""
+    return score_sequences(model, lora, build_sequences(items, max_prompt_len), **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Re-ranking voted candidates
+
+@dataclass
+class RescoreJob:
+    """The candidates of one test input to re-rank: each is scored under every augmentation of
+    ``augmentations`` through adapter ``adapter``."""
+
+    task: Task
+    test_index: int
+    candidates: Sequence[Candidate]
+    augmentations: Sequence[Augmentation]
+    adapter: int = -1
+
+
+def rescore_items(jobs: Sequence[RescoreJob]) -> list[ScoreItem]:
+    """The items of ``jobs``: job by job, then candidate by candidate, then augmentation."""
+    return [ScoreItem(j.task, j.test_index, c.grid, a, j.adapter)
+            for j in jobs for c in j.candidates for a in j.augmentations]
+
+
+def rank_jobs(jobs: Sequence[RescoreJob], scores: np.ndarray) -> list:
+    """Each job's candidates ranked by their summed scores (:func:`arcfast.vote.rescore`; each
+    carries its sum in ``score``), from ``scores`` float [len(rescore_items(jobs))]; ``None`` for a
+    job with an unscored (NaN) item."""
+    scores = np.asarray(scores, dtype=np.float64)
+    want = sum(len(j.candidates) * len(j.augmentations) for j in jobs)
+    if scores.shape != (want,):
+        raise ValueError(f"rank_jobs: {scores.shape} scores for {want} items")
+    out, k = [], 0
+    for j in jobs:
+        m, c = len(j.augmentations), len(j.candidates)
+        s = scores[k:k + c * m].reshape(c, m)
+        k += c * m
+        if c == 0 or np.isnan(s).any():
+            out.append(None if c else [])
+            continue
+        table = {(grid_key(cand.grid), ai): float(s[ci, ai])
+                 for ci, cand in enumerate(j.candidates) for ai in range(m)}
+        out.append(rescore(j.candidates, lambda g, ai: table[(grid_key(g), ai)], range(m)))
+    return out
+
+
+def rescore_jobs(model, lora, jobs: Sequence[RescoreJob], max_prompt_len: Optional[int] = None,
+                 **kwargs) -> list:
+    """Re-rank the candidates of many test inputs in one batched scoring call. Returns, per job, its
+    candidates ranked by summed score, or ``None`` where a ``deadline`` (in ``kwargs``, with the
+    other :func:`target_logprobs` settings) stopped the scoring first."""
+    items = rescore_items(jobs)
+    return rank_jobs(jobs, score_candidates(model, lora, items, max_prompt_len, **kwargs))
+
+
+def rescore_predictions(model, lora, task: Task, test_index: int, candidates: Sequence[Candidate],
+                        augmentations: Sequence[Augmentation], adapter: int = -1,
+                        max_prompt_len: Optional[int] = None, **kwargs) -> list[Candidate]:
+    """``candidates`` (e.g. ``vote(predictions, top_k=None)``) of ``task.test[test_index]`` ranked
+    by their log-probability summed over ``augmentations``, highest first, each with its sum in
+    ``score`` (ties keep the given order)."""
+    if not augmentations:
+        raise ValueError("rescore_predictions: needs at least one augmentation")
+    job = RescoreJob(task, test_index, list(candidates), list(augmentations), adapter)
+    return rescore_jobs(model, lora, [job], max_prompt_len, **kwargs)[0]
+
+
+__all__ = ["ScoreItem", "Sequences", "build_sequences", "default_batch_tokens", "target_logprobs", "score_sequences",
+           "score_candidates", "RescoreJob", "rescore_items", "rank_jobs", "rescore_jobs", "rescore_predictions"]
