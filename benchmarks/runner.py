@@ -3,6 +3,7 @@
     python -m benchmarks                 # all benchmarks, full size
     python -m benchmarks --quick         # small sizes (what the test suite runs)
     python -m benchmarks -k encode       # only benchmarks whose name contains "encode"
+    python -m benchmarks -x workload     # all but those whose name contains "workload"
 
 A benchmark is a module ``benchmarks/bench_<name>.py`` with ``run(ctx: Context) -> list[Row]``.
 The runner prints one table and writes ``benchmarks/results/<date>-<host>.json`` stamped with the
@@ -155,6 +156,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes, seconds per benchmark")
     ap.add_argument("-k", dest="only", default="", help="run benchmarks whose name contains this")
+    ap.add_argument("-x", "--exclude", action="append", default=[], metavar="NAME",
+                    help="skip benchmarks whose name contains this (repeatable)")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     ap.add_argument("--threads", type=int, default=0, help="threads for the C++ batch paths (0 = all)")
     ap.add_argument("--out", default=str(RESULTS_DIR), help="directory for the JSON results")
@@ -176,7 +179,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     rows: list[Row] = []
     errors: dict[str, str] = {}
     for name in discover():
-        if args.only and args.only not in name:
+        if (args.only and args.only not in name) or any(x in name for x in args.exclude):
             continue
         t0 = time.perf_counter()
         print(f"[{name}] running...", file=sys.stderr, flush=True)

@@ -52,3 +52,18 @@ def test_runner_reports_a_broken_benchmark_and_keeps_going(tmp_path, monkeypatch
     assert "good" in out.out and "kaput" in out.err
     doc = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert doc["errors"] == {"bench_zz_bad": "RuntimeError: kaput"}
+
+
+def test_exclude_skips_matching_benchmarks(tmp_path, monkeypatch, capsys):
+    import types, sys
+
+    ran = []
+    for name in ("bench_zz_keep", "bench_zz_workload"):
+        mod = types.ModuleType(f"benchmarks.{name}")
+        mod.run = lambda ctx, name=name: ran.append(name) or [Row(name, "case", 1.0, "u")]
+        monkeypatch.setitem(sys.modules, f"benchmarks.{name}", mod)
+    monkeypatch.setattr(runner, "discover", lambda: ["bench_zz_keep", "bench_zz_workload"])
+    assert runner.main(["--device", "cpu", "--no-save", "-x", "workload"]) == 0
+    assert ran == ["bench_zz_keep"]
+    assert runner.main(["--device", "cpu", "--no-save", "-k", "zz", "-x", "keep", "-x", "nothing"]) == 0
+    assert ran == ["bench_zz_keep", "bench_zz_workload"]

@@ -1,0 +1,397 @@
+"""The whole TTFT workload through the real ``arcfast ttft`` engine, against the hf recipe's time for
+the same work estimated from step times measured in the same run.
+
+    python -m benchmarks -k workload                      # CUDA: the full workload below
+    python -m benchmarks -k workload --quick              # tiny model, 3 tasks: seconds on a CPU
+    python -m benchmarks -k workload --set tasks=100 --set group=64
+
+Workload (CUDA default): the ARC-AGI-1 evaluation set (400 tasks), a fresh LoRA adapter per task
+(r = 32, alpha 64, every projection), 300 training samples per task (300 optimizer steps of one
+sample each, so every task gets the batch-1 recipe's steps), 96 predictions per test input (the
+augmentations of ``arcfast.augment.test_time_augmentations``), voting, adapters, submission and
+report written; the Qwen2.5-0.5B architecture with random weights (nothing is downloaded). On the CPU
+and with ``--quick``: the tiny model, 3 tasks, 4 samples, 4 predictions, at most 48 new tokens.
+
+The engine runs in-process as :class:`arcfast.ttft.TTFTRun` with a budget far beyond the work (24 h
+by default), so the step planner never cuts a task short; the benchmark then checks from the run's
+own results that every task took exactly its steps and every test input got every prediction, that
+no step or generation was stopped by the deadline, that ``submission.json`` answers every test input
+of every task (:func:`arcfast.submission.validate_submission`) and that the report files exist.
+
+The hf estimate, measured in the same process after the run (the arcfast model freed first):
+
+- training: :class:`arcfast.backends.hf.HFBackend` (transformers + PEFT, batch 1, the full
+  vocabulary: the common recipe, as in ``bench_train``) steps over samples of the workload's own
+  tasks (one each, tasks evenly spaced through the set), ``hf_warmup`` untimed then ``hf_steps``
+  timed; mean seconds per sample x the run's samples;
+- inference: transformers ``generate`` + PEFT (greedy, one batch of ``hf_prompts`` real inference
+  prompts of a task: the predictions of one test input) for ``hf_gen_tasks`` tasks at even quantiles
+  of prompt length, each forced to the mean number of tokens the run generated per prediction;
+  mean seconds per prediction x the run's predictions.
+
+Rows (seconds: lower is better, ratio = hf estimate / arcfast): the whole workload, its training and
+inference phases, trained tokens/s, samples/s and generated tokens/s against the hf measurements,
+and the bar: the full workload on one H100 in at most 30 minutes (ratio = 1800 s / wall time, bar
+1x; only set for the full workload on CUDA).
+
+Options (``--set key=value``): tasks (count, from the start of ``source``), source (default
+arc1:eval), samples (per task), per_step (samples of each task per step; samples must be a multiple),
+predictions, model, group (tasks per packed group; 0 = the engine's default: 32 on a GPU),
+row_len and max_len (8192; 4096 on the CPU: from ONE_DEMO_MAX = 3,729 on no sample slot can be
+empty, so every task provably gets all its samples), rank, max_new (max new tokens; default the
+engine's bound per task), budget, out (run directory; default a temporary one, removed afterwards
+unless keep=1), hf_steps, hf_warmup, hf_prompts, hf_gen_tasks, cases (``arcfast`` to skip the hf
+estimate).
+
+Reading the numbers: the hf estimate counts only steps and generation, none of the recipe's
+per-task overheads (adapter reset, saving, voting), so it flatters the baseline. A random-weight
+model rarely emits the end-of-grid token, so its outputs run to the length bound: inference costs
+more than with a trained model, on both sides alike (the hf batches generate the run's own mean).
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .bench_train import _reset_peak as _free, _sync
+from .runner import Context, Row
+
+BENCH = "workload"
+BAR_SECONDS = 1800.0                               # the promise: 30 minutes on one H100
+FULL = dict(tasks=400, samples=300, predictions=96)  # the workload the bar is stated for
+# Log events that mean the run did less than the workload asks.
+CUT_EVENTS = ("stop_early", "out_of_time", "inference_cut", "no_training")
+# The longest training prompt with one demonstration: BOS, then two pairs of 30 x 30 grids, each
+# grid behind its INPUT / OUTPUT marker. The sampler drops demonstrations down to one, so with
+# max_len at least this no slot is ever left empty and every step gives every task its samples.
+ONE_DEMO_MAX = 1 + 2 * (2 + 2 * (30 * 31 + 1))
+
+
+def _options(ctx: Context) -> dict:
+    cuda = ctx.device == "cuda"
+    if cuda and not ctx.quick:
+        s = dict(model="qwen2.5-0.5b", **FULL, hf_steps=20, hf_warmup=3, hf_prompts=96, hf_gen_tasks=3)
+    else:
+        # A random tiny model rarely emits EOG: 48 new tokens keep its outputs (and the hf
+        # baseline's forced ones) short enough for seconds on two CPU cores.
+        s = dict(model="tiny", tasks=3, samples=4, predictions=4, hf_steps=3, hf_warmup=1, hf_prompts=2,
+                 hf_gen_tasks=1, max_new=48)
+    s.setdefault("max_new", None)
+    s.update(source="arc1:eval", per_step=1, group=0, rank=32, budget="24h", out=None, keep=False, cases="arcfast,hf",
+             row_len=8192 if cuda else 4096, max_len=8192 if cuda else 4096)
+    o = ctx.options
+    for k in ("tasks", "samples", "predictions", "per_step", "group", "rank", "row_len", "max_len", "max_new",
+              "hf_steps", "hf_warmup", "hf_prompts", "hf_gen_tasks"):
+        if k in o:
+            s[k] = int(o[k])
+    for k in ("model", "source", "budget", "out", "cases"):
+        if k in o:
+            s[k] = o[k]
+    if "keep" in o:
+        s["keep"] = o["keep"].lower() in ("1", "true", "yes")
+    if s["samples"] % s["per_step"]:
+        raise ValueError(f"samples={s['samples']} is not a multiple of per_step={s['per_step']}")
+    if min(s["tasks"], s["samples"], s["predictions"], s["hf_steps"], s["hf_prompts"], s["hf_gen_tasks"]) < 1:
+        raise ValueError("tasks, samples, predictions, hf_steps, hf_prompts and hf_gen_tasks must be >= 1")
+    s["max_len"] = min(s["max_len"], s["row_len"])
+    return s
+
+
+def _is_full(s: dict, device: str) -> bool:
+    return device == "cuda" and s["source"] == "arc1:eval" and all(s[k] >= v for k, v in FULL.items())
+
+
+# ----------------------------------------------------------------------------------------------
+# arcfast: the real engine
+
+def run_arcfast(s: dict, device: str, out: Path) -> dict:
+    """Run ``arcfast ttft`` on the workload into ``out``; returns what it did and what was checked.
+
+    Raises RuntimeError when the submission is invalid or a report file is missing (the run is then
+    not the workload's output); a run that did less than the workload (a task short of its steps or
+    predictions, a deadline cut) is returned with ``complete=False`` and the shortfall listed.
+    """
+    from arcfast.budget import parse_duration
+    from arcfast.data import load_tasks
+    from arcfast.submission import SubmissionError, validate_submission
+    from arcfast.ttft import TTFTConfig, TTFTRun
+
+    spec = s["source"] if s["tasks"] >= 400 and s["source"] == "arc1:eval" else f"{s['source']}[:{s['tasks']}]"
+    steps = s["samples"] // s["per_step"]
+    cfg = TTFTConfig(tasks=spec, model=s["model"], budget=parse_duration(s["budget"]), out=str(out),
+                     backend="native", device=device, seed=0, rank=s["rank"], alpha=2.0 * s["rank"], steps=steps,
+                     samples_per_task=s["per_step"], tasks_per_group=s["group"], row_len=s["row_len"],
+                     max_len=s["max_len"], predictions=s["predictions"], max_new_tokens=s["max_new"],
+                     progress=False)
+    t0 = time.perf_counter()
+    ttft = TTFTRun(cfg)
+    summary = ttft.run()
+    _sync(device)
+    wall = time.perf_counter() - t0
+    results = dict(ttft.results)
+    group_size = ttft.generator.lora.weight.shape[0] if getattr(ttft, "generator", None) is not None else None
+    del ttft
+    _free(device)
+
+    tasks = load_tasks(spec)
+    # What the run did, read back from its own per-task results and log.
+    # A task's steps are its group's; each step holds per_step samples of every task unless a slot
+    # was left empty, which cannot happen from ONE_DEMO_MAX on. Below it, a task that got no token
+    # at all is short; one that got some may still be short, and the check says so.
+    short_steps = sorted(t.id for t in tasks if t.id not in results or results[t.id].steps != steps
+                         or (steps > 0 and results[t.id].train_tokens == 0))
+    samples_verified = s["max_len"] >= ONE_DEMO_MAX
+    short_preds = sorted(t.id for t in tasks if t.id not in results
+                         or list(results[t.id].predictions) != [s["predictions"]] * len(t.test))
+    events: dict = {}
+    with open(out / "log.jsonl") as f:
+        for line in f:
+            ev = json.loads(line).get("event")
+            if ev in CUT_EVENTS:
+                events[ev] = events.get(ev, 0) + 1
+    try:
+        validate_submission(out / "submission.json", tasks)
+    except SubmissionError as e:
+        raise RuntimeError(f"the workload's submission is invalid: {e}") from None
+    missing = [n for n in ("report.json", "report.md", "report.png", "run.json")
+               if not (out / n).is_file() or (out / n).stat().st_size == 0]
+    if missing:
+        raise RuntimeError(f"{out}: the run did not write {', '.join(missing)}")
+
+    rs = list(results.values())
+    n_inputs = sum(len(t.test) for t in tasks)
+    return {
+        "wall_s": wall,
+        "run_seconds": summary["seconds"],
+        "train_s": sum(r.train_seconds for r in rs),
+        "inference_s": sum(r.inference_seconds for r in rs),
+        "tasks": len(tasks),
+        "test_inputs": n_inputs,
+        "steps_per_task": steps,
+        "samples_per_task": s["samples"],
+        "samples": sum(r.steps for r in rs) * s["per_step"],
+        "predictions": sum(sum(r.predictions) for r in rs),
+        "train_tokens": sum(r.train_tokens for r in rs),
+        "generated_tokens": sum(r.generated_tokens for r in rs),
+        "answered": summary["answered"],
+        "backend": summary["backend"],
+        "group_size": group_size,
+        "task_errors": sum(1 for r in rs if r.error),
+        "complete": not short_steps and not short_preds and not events and samples_verified,
+        "samples_verified": samples_verified,
+        "short_steps": short_steps[:20],
+        "short_predictions": short_preds[:20],
+        "cut_events": events,
+        "submission_valid": True,
+        "tasks_spec": spec,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# hf: the common recipe's step times, measured on the same tasks
+
+def _spread(n: int, k: int) -> list[int]:
+    """``k`` indices evenly spread over ``range(n)`` (repeating when k > n)."""
+    return [int(i * n / k) % n for i in range(k)] if k <= n else [i % n for i in range(k)]
+
+
+def hf_train(s: dict, device: str, tasks) -> dict:
+    """Time the hf backend (batch 1, full vocabulary) on one sample each of tasks spread through
+    ``tasks``: ``hf_warmup`` untimed steps, then ``hf_steps`` timed."""
+    from arcfast.backends import select_backend
+    from arcfast.lora import LoRAConfig
+    from arcfast.model import load_model
+    from arcfast.sampling import SampleConfig, make_samples
+    from arcfast.trainer import TrainConfig, pack_samples
+
+    n = s["hf_warmup"] + s["hf_steps"]
+    chosen = [tasks[i] for i in _spread(len(tasks), n)]
+    # Distinct tasks draw their slot 0; a task met again draws its next slot.
+    per = max(1, math.ceil(n / len(tasks)))
+    ss = make_samples(list({t.id: t for t in chosen}.values()), per, seed=0,
+                      config=SampleConfig(max_len=s["max_len"]))
+    by_task: dict = {}
+    for x in ss:
+        by_task.setdefault(x.task_id, []).append(x)
+    if not by_task:
+        raise RuntimeError(f"no sample of the chosen tasks fits max_len={s['max_len']}")
+    used: dict = {}
+    samples = []
+    for t in chosen:
+        if t.id not in by_task:   # every draw too long (only when max_len < ONE_DEMO_MAX)
+            continue
+        k = used.get(t.id, 0)
+        used[t.id] = k + 1
+        x = by_task[t.id][k % len(by_task[t.id])]
+        samples.append((x.input_ids.astype(np.int32), x.labels.astype(np.int32), 0))
+    samples = [samples[i % len(samples)] for i in range(n)]
+
+    cls, _ = select_backend("hf")
+    model = load_model(s["model"], device=device, vocab="full")
+    lcfg = LoRAConfig(r=s["rank"], alpha=2.0 * s["rank"])
+    backend = cls(model, lcfg, TrainConfig(lr=1e-4, steps=1000, warmup_steps=0), 1)
+    vocab = model.config.vocab_size
+    del model
+    batches = [pack_samples([smp], len(smp[0])) for smp in samples]
+    for b in batches[:s["hf_warmup"]]:
+        backend.step(b)
+    _sync(device)
+    timed = batches[s["hf_warmup"]:]
+    t0 = time.perf_counter()
+    for b in timed:
+        backend.step(b)
+    _sync(device)
+    dt = time.perf_counter() - t0
+    tokens = sum(b.n_tokens for b in timed)
+    return {"backend": backend, "vocab": vocab, "seconds": dt, "steps": len(timed), "tokens": tokens,
+            "s_per_sample": dt / len(timed), "s_per_token": dt / tokens, "tasks_sampled": len(set(used))}
+
+
+def hf_generate(s: dict, device: str, peft, tasks, new_tokens: int, token_ids=None) -> dict:
+    """Time transformers ``generate`` + PEFT on ``hf_prompts`` real inference prompts (test input 0)
+    of ``hf_gen_tasks`` tasks at even quantiles of prompt length, ``new_tokens`` forced per prompt."""
+    import torch
+
+    from arcfast.augment import test_time_augmentations
+    from arcfast.prompts import build_inference_prompt, build_inference_prompts
+
+    from .bench_generate import _hf_generate
+
+    lens = []
+    for i, t in enumerate(tasks):
+        try:
+            lens.append((len(build_inference_prompt(t, 0, max_len=s["max_len"])), i))
+        except ValueError:  # no demonstration fits max_len: the run skipped it too
+            continue
+    lens.sort()
+    k = min(s["hf_gen_tasks"], len(lens))
+    picks = [lens[int((j + 0.5) * len(lens) / k)][1] for j in range(k)]
+    table = None if token_ids is None else np.asarray(token_ids, np.int64)
+    peft.eval()
+    per_pred, rates, done = [], [], []
+    for i in picks:
+        t = tasks[i]
+        augs = test_time_augmentations(t, s["predictions"], seed=0)[:s["hf_prompts"]]
+        prompts = build_inference_prompts(t, 0, augs, max_len=s["max_len"])
+        if table is not None:
+            prompts = [table[p] for p in prompts]
+        _hf_generate(peft, prompts[:2], 2, device)   # warm-up
+        batch = len(prompts)
+        while True:
+            try:
+                _sync(device)
+                t0 = time.perf_counter()
+                n_tok = sum(_hf_generate(peft, prompts[j:j + batch], new_tokens, device)
+                            for j in range(0, len(prompts), batch))
+                _sync(device)
+                dt = time.perf_counter() - t0
+                break
+            except torch.cuda.OutOfMemoryError:
+                if batch == 1:
+                    raise
+                batch = max(1, batch // 2)   # what the recipe would do on this GPU
+                _free(device)
+        per_pred.append(dt / len(prompts))
+        rates.append(n_tok / dt)
+        done.append({"task": t.id, "prompts": len(prompts), "batch": batch, "seconds": dt,
+                     "mean_prompt_len": float(np.mean([len(p) for p in prompts]))})
+    return {"s_per_prediction": float(np.mean(per_pred)), "tokens_per_s": float(np.mean(rates)),
+            "new_tokens": new_tokens, "batches": done}
+
+
+# ----------------------------------------------------------------------------------------------
+
+def run(ctx: Context) -> list[Row]:
+    import torch
+
+    threads = torch.get_num_threads()
+    if ctx.device == "cpu":
+        # The tiny CPU shapes gain nothing from torch's intra-op pool (see bench_generate): one
+        # thread unless asked.
+        torch.set_num_threads(ctx.threads or 1)
+    try:
+        return _run(ctx)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(ctx: Context) -> list[Row]:
+    import torch
+
+    s = _options(ctx)
+    dev = ctx.device
+    cases = s["cases"].split(",")
+    if "arcfast" not in cases:
+        raise ValueError("cases must include arcfast (the hf estimate scales the run's own work)")
+    tmp = None
+    if s["out"] is None:
+        tmp = tempfile.mkdtemp(prefix="arcfast-workload-")
+        out = Path(tmp) / "run"
+    else:
+        out = Path(s["out"])
+    try:
+        a = run_arcfast(s, dev, out)
+    finally:
+        if tmp is not None and not s["keep"]:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    h: dict = {}
+    if "hf" in cases:
+        from arcfast.data import load_tasks
+
+        tasks = load_tasks(a["tasks_spec"])
+        tr = hf_train(s, dev, tasks)
+        backend = tr.pop("backend")
+        mean_new = max(1, round(a["generated_tokens"] / max(1, a["predictions"])))
+        with torch.no_grad():
+            ge = hf_generate(s, dev, backend.peft, tasks, mean_new, backend.config.token_ids)
+        del backend
+        _free(dev)
+        h = {"train": tr, "generate": ge,
+             "train_s": tr["s_per_sample"] * a["samples"],
+             "inference_s": ge["s_per_prediction"] * a["predictions"],
+             # The same from seconds per token: differs when the timed samples' lengths do.
+             "train_s_by_tokens": tr["s_per_token"] * a["train_tokens"]}
+        h["total_s"] = h["train_s"] + h["inference_s"]
+
+    what = (f"{s['model']}, {a['tasks']} tasks x {a['samples_per_task']} samples, "
+            f"{s['predictions']} predictions/input, {dev}")
+    if not a["complete"]:
+        what += " (INCOMPLETE: see extra)"
+    base = "hf recipe (estimated)"
+    extra = {k: v for k, v in a.items() if k not in ("tasks_spec",)}
+    extra.update(options={k: v for k, v in s.items() if k != "out"}, hf=h or None)
+    train_tps = a["train_tokens"] / a["train_s"] if a["train_s"] else 0.0
+    gen_tps = a["generated_tokens"] / a["inference_s"] if a["inference_s"] else 0.0
+    hf_tr, hf_ge = h.get("train", {}), h.get("generate", {})
+    rows = [
+        Row(BENCH, f"{what}: wall time", a["wall_s"], "s", base if h else None, h.get("total_s"),
+            higher_is_better=False, extra=extra),
+        Row(BENCH, "training phase", a["train_s"], "s", "hf: s/sample x samples" if h else None, h.get("train_s"),
+            higher_is_better=False, extra={"samples": a["samples"], "hf_s_per_sample": hf_tr.get("s_per_sample")}),
+        Row(BENCH, "inference phase", a["inference_s"], "s", "hf: s/prediction x predictions" if h else None,
+            h.get("inference_s"), higher_is_better=False,
+            extra={"predictions": a["predictions"], "hf_s_per_prediction": hf_ge.get("s_per_prediction")}),
+        Row(BENCH, "training: trained tokens/s", train_tps, "tokens/s",
+            "hf batch 1, full vocab" if h else None, hf_tr["tokens"] / hf_tr["seconds"] if hf_tr else None,
+            extra={"train_tokens": a["train_tokens"]}),
+        Row(BENCH, "training: samples/s", a["samples"] / a["train_s"] if a["train_s"] else 0.0, "samples/s",
+            "hf batch 1, full vocab" if h else None, 1.0 / hf_tr["s_per_sample"] if hf_tr else None),
+        Row(BENCH, "inference: generated tokens/s", gen_tps, "generated tok/s",
+            "transformers generate + PEFT" if h else None, hf_ge.get("tokens_per_s"),
+            extra={"generated_tokens": a["generated_tokens"]}),
+    ]
+    full = _is_full(s, dev)
+    rows.append(Row(BENCH, "the whole workload on one GPU in 30 minutes" if full else
+                    f"30-minute bar (not the full workload: {what})", a["wall_s"], "s", "30 minutes",
+                    # An incomplete run has no ratio, so the bar reads as missed.
+                    BAR_SECONDS if a["complete"] else None, higher_is_better=False, bar=1.0 if full else None,
+                    extra={"gpu": torch.cuda.get_device_name(0) if dev == "cuda" else None,
+                           "complete": a["complete"]}))
+    return rows
