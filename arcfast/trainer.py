@@ -391,12 +391,14 @@ class Trainer:
 
         return to_peft(self.lora.get(i), dtype)
 
-    def save_adapter(self, i: int, path, base_model: str = "", meta: Optional[dict] = None) -> Path:
-        """Write adapter ``i`` as a PEFT directory (adapter_config.json + adapter_model.safetensors)."""
+    def save_adapter(self, i: int, path, base_model: str = "", meta: Optional[dict] = None,
+                     dtype: Optional[torch.dtype] = None) -> Path:
+        """Write adapter ``i`` as a PEFT directory (adapter_config.json + adapter_model.safetensors),
+        in ``dtype`` (default fp32, the master weights)."""
         from .adapters import save_adapter
 
         return save_adapter(path, self.lora.get(i), self.lora_cfg,
-                            base_model=base_model or self.model.config.name, meta=meta)
+                            base_model=base_model or self.model.config.name, dtype=dtype, meta=meta)
 
     # -- steps --------------------------------------------------------------------------------------
     def _forward_losses(self, b: DeviceBatch) -> torch.Tensor:

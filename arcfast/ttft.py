@@ -242,6 +242,8 @@ class TTFTRun:
 
     # -- the run --------------------------------------------------------------------------------
     def run(self) -> dict:
+        import torch
+
         from .lora import MultiLoRA
         from .report import RunReport
         from .submission import SubmissionWriter
@@ -258,6 +260,9 @@ class TTFTRun:
 
         model = self.load_model()
         gpu = model.device.type == "cuda"
+        # Per-task adapters are for inference, which runs in the model's dtype: a bf16 model's
+        # adapters are saved in bf16 (35 MB instead of 70 for Qwen2.5-0.5B at r=32; 400 tasks: 14 GB).
+        self.adapter_dtype = model.dtype if model.dtype in (torch.bfloat16, torch.float16) else None
         group_size = cfg.tasks_per_group or (32 if gpu else 8)
         backend, lora_cfg, reason = self.make_backend(model, group_size)
         group_size = backend.n_adapters
@@ -370,7 +375,8 @@ class TTFTRun:
             r.train_tokens = int(tokens[i])
             r.final_loss = None if np.isnan(losses[i]) else float(losses[i])
             try:
-                backend.save_adapter(i, self.out / "adapters" / t.id, meta={"task": t.id, "steps": done})
+                backend.save_adapter(i, self.out / "adapters" / t.id, meta={"task": t.id, "steps": done},
+                                     dtype=self.adapter_dtype)
             except Exception as e:  # a full disk must not lose the answers
                 r.error = f"saving adapter: {type(e).__name__}: {e}"
                 log.error("%s: %s", t.id, r.error)

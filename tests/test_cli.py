@@ -241,3 +241,17 @@ def test_rescore_flags_are_checked(tmp_path, capsys):
     assert main(["eval", "--tasks", "arc1:train[:1]", "--rescore", "2", "--rescore-top", "1",
                  "--out", str(tmp_path / "b"), "-q"]) == 2
     assert "rescore_top must be >= 2" in capsys.readouterr().err
+
+
+def test_ttft_bf16_saves_adapters_in_bf16(tmp_path):
+    """Per-task adapters are saved in the model's half dtype (they serve inference in it)."""
+    from safetensors import safe_open
+
+    out = tmp_path / "run"
+    assert main(["ttft", "--tasks", "arc1:eval[:1]", "--budget", "40s", "--out", str(out), "--steps", "1",
+                 "--dtype", "bfloat16", "--predictions", "1", "--max-new-tokens", "4", "--row-len", "4096",
+                 "--max-len", "4096", "-q"]) == 0
+    files = list((out / "adapters").glob("*/adapter_model.safetensors"))
+    assert len(files) == 1
+    with safe_open(str(files[0]), "pt") as f:
+        assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.bfloat16"}

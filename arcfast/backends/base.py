@@ -45,5 +45,6 @@ class Backend:
     def export_adapter(self, i: int) -> dict:
         raise NotImplementedError
 
-    def save_adapter(self, i: int, path, base_model: str = "", meta: Optional[dict] = None) -> Path:
+    def save_adapter(self, i: int, path, base_model: str = "", meta: Optional[dict] = None,
+                     dtype=None) -> Path:
         raise NotImplementedError

@@ -160,7 +160,9 @@ class HFBackend(Backend):
 
         return to_peft(self.adapter_tensors(), dtype)
 
-    def save_adapter(self, i: int, path, base_model: str = "", meta: Optional[dict] = None) -> Path:
+    def save_adapter(self, i: int, path, base_model: str = "", meta: Optional[dict] = None,
+                     dtype=None) -> Path:
         from ..adapters import save_adapter
 
-        return save_adapter(path, self.adapter_tensors(), self.lora_cfg, base_model or self.config.name, meta=meta)
+        return save_adapter(path, self.adapter_tensors(), self.lora_cfg, base_model or self.config.name,
+                            dtype=dtype, meta=meta)
