@@ -6,6 +6,7 @@
 #   bash benchmarks/gpu.sh [RESULTS_DIR] [extra args for python -m benchmarks]
 #   PARTS="profile workload" bash benchmarks/gpu.sh /root/out     # only some parts
 # PARTS (default all, in this order): tests bench profile workload plot
+#   WORKLOAD="--set tasks=50 --set spread=1" bash benchmarks/gpu.sh   # every 8th task, projected to 400
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-benchmarks/results}; shift || true
@@ -30,7 +31,7 @@ if has workload; then
   # The whole workload: arc1:eval (400 tasks), 300 samples and 96 predictions per test input, with
   # the hf recipe's estimated time; bar: at most 30 minutes. --set group=16 if 32 tasks per packed
   # step do not fit in memory.
-  $PY -m benchmarks -k workload --out "$out" "$@"
+  $PY -m benchmarks -k workload --out "$out" ${WORKLOAD:-} "$@"
 fi
 if has plot; then
   ls "$out"/*.json >/dev/null 2>&1 && $PY -m benchmarks.plot "$out"/*.json -o "$out/tokens_per_s.png"

@@ -71,6 +71,12 @@ def test_options_and_the_bar():
     assert cpu["model"] == "tiny" and cpu["tasks"] < 10
     with pytest.raises(ValueError, match="multiple of per_step"):
         bench_workload._options(Context(options={"samples": "5", "per_step": "2"}))
+    assert bench_workload.task_spec(part) == "arc1:eval[:100]"
+    spread = bench_workload._options(Context(device="cuda", options={"tasks": "50", "spread": "1"}))
+    assert bench_workload.task_spec(spread) == "arc1:eval[::8]" and not bench_workload._is_full(spread, "cuda")
+    from arcfast.data import load_tasks
+
+    assert len(load_tasks(bench_workload.task_spec(spread))) == 50
     assert bench_workload._spread(400, 4) == [0, 100, 200, 300]
     assert bench_workload._spread(2, 5) == [0, 1, 0, 1, 0]
 
