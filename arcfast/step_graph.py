@@ -248,8 +248,14 @@ class StaticStep:
             buf = self._buffers[key] = _Buffers.empty(R, L, key[2], tr.n_adapters, tr.model.device)
         self._fill(buf, h.arrays)
         if self.capture:
-            losses, norms = self._replay(key, buf, h.arrays)
-        else:
+            try:
+                losses, norms = self._replay(key, buf, h.arrays)
+            except RuntimeError as e:
+                if key in self._graphs or self.captures:
+                    raise   # a graph that worked before: not a capture problem
+                self._give_up(e)
+                self._fill(buf, h.arrays)
+        if not self.capture:
             att, lora_step = self._eager_inputs(batch, buf)
             losses, norms = self._compute(buf, att, lora_step)
         tr.opt.steps[h.active] += 1
@@ -258,6 +264,19 @@ class StaticStep:
         loss_np[~h.active] = np.nan
         return StepStats(loss=loss_np, label_tokens=h.counts, grad_norm=norms_np, lr=np.where(h.active, h.lr, 0.0),
                          tokens=h.tokens, positions=h.positions, time_s=time.perf_counter() - t0, stepped=h.active)
+
+    def _give_up(self, err: Exception) -> None:
+        """The first capture failed (an op that cannot be captured on this stack): run eagerly
+        from now on. The warm-ups changed no state (neutral optimizer factors), so nothing is lost."""
+        import warnings
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self._graphs.clear()
+        self.trainer.lora.weight.grad = None
+        self.capture = False
+        self.reason = f"eager (capture failed: {type(err).__name__}: {str(err).splitlines()[0][:200]})"
+        warnings.warn(f"arcfast: CUDA graph capture of the training step failed, running eagerly: {err}")
 
     @staticmethod
     def _fill(buf: _Buffers, arrays: dict) -> None:

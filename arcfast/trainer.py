@@ -343,14 +343,19 @@ class Trainer:
         self._good_steps = 0
         self.lora.reset(range(n_adapters))
         self._graphed = None
-        self.graph_status = "off"
+        self._graph_refusal = "off"
         if train_cfg.cuda_graphs:
             from .step_graph import StaticStep, graph_support
 
-            why = graph_support(self)
-            self.graph_status = why or "CUDA graphs"
-            if why is None:
+            self._graph_refusal = graph_support(self)
+            if self._graph_refusal is None:
                 self._graphed = StaticStep(self, capture=True)
+
+    @property
+    def graph_status(self) -> str:
+        """How steps run: "CUDA graphs", or why not (``TrainConfig.cuda_graphs`` off, unsupported
+        here, or a capture that failed and fell back to eager steps)."""
+        return self._graphed.reason if self._graphed is not None else self._graph_refusal
 
     # -- adapters ---------------------------------------------------------------------------------
     def reset_adapters(self, ids: Sequence[int], seeds: Optional[Sequence[int]] = None,

@@ -210,7 +210,7 @@ def run_case(name: str, ctx: Context, opts: dict, data, ref_cfg) -> dict:
     res["gflop_per_token"] = fl / 1e9
     if name in ("native", "native-graphs"):
         res["paths"] = {"attention": tc.attention, "lora_path": tc.lora_path, "ops": backend.ops,
-                        "loss": backend.loss_impl, "compile": tc.compile}
+                        "loss": backend.loss_impl, "compile": tc.compile, "steps": backend.graph_status}
     del backend
     _reset_peak(device)
     return res
