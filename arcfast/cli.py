@@ -46,6 +46,9 @@ def _add_ttft(sub) -> None:
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     g.add_argument("--dtype", default=d.dtype, help="auto, float32, bfloat16 or float16")
     g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--cuda-graphs", action="store_true",
+                   help="replay each training step as a CUDA graph (native backend on a GPU; falls back to "
+                        "eager steps, and says why, where it cannot)")
     g = p.add_argument_group("training recipe (per task)")
     g.add_argument("--rank", type=int, default=d.rank, help="LoRA rank")
     g.add_argument("--alpha", type=float, default=d.alpha, help="LoRA alpha")
@@ -87,7 +90,7 @@ def cmd_ttft(args) -> int:
                      samples_per_task=args.samples_per_task, tasks_per_group=args.tasks_per_group,
                      row_len=args.row_len, max_len=args.max_len, predictions=args.predictions,
                      max_new_tokens=args.max_new_tokens, rescore=args.rescore, rescore_top=args.rescore_top,
-                     resume=args.resume, progress=not args.quiet)
+                     cuda_graphs=args.cuda_graphs, resume=args.resume, progress=not args.quiet)
     rank, world = _dist()
     if world > 1:
         import torch

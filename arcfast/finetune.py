@@ -230,6 +230,7 @@ class FinetuneConfig:
     loss_on: str = "target"
     threads: int = 2
     progress: bool = True
+    cuda_graphs: bool = False              # LoRA steps replayed as CUDA graphs (fixed rows x row_len)
 
     def batch_settings(self) -> dict:
         d = asdict(self)
@@ -410,7 +411,7 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
     device = _device(cfg.device)
     model = load_model(cfg.model, dtype=_dtype(cfg.dtype, device), device=device)
     train_cfg = TrainConfig(lr=cfg.lr, steps=cfg.steps, warmup_ratio=cfg.warmup_ratio, schedule=cfg.schedule,
-                            weight_decay=cfg.weight_decay)
+                            weight_decay=cfg.weight_decay, cuda_graphs=cfg.cuda_graphs)
     if cfg.full:
         if cfg.adapter and not state:
             from .adapters import merge_adapter
@@ -451,7 +452,7 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
     msg = (f"train: {len(sources)} sources ({', '.join(f'{s}={w:g}:{len(t)} tasks' for (s, w), t in zip(mixture, sources))}), "
            f"model {cfg.model} on {model.device} {model.dtype}, "
            + (f"full fine-tuning ({sum(p.numel() for p in model.parameters()):,} weights)" if cfg.full
-              else f"LoRA r={cfg.rank}")
+              else f"LoRA r={cfg.rank}" + (f", steps: {trainer.graph_status}" if cfg.cuda_graphs else ""))
            + f", steps {start}->{cfg.steps}"
            + (f", budget {format_duration(deadline.budget)}" if deadline else ""))
     log.info(msg)
@@ -611,6 +612,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--dtype", default=d.dtype, help="auto, float32, bfloat16 or float16")
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--threads", type=int, default=d.threads, help="sampler threads per source")
+    g.add_argument("--cuda-graphs", action="store_true",
+                   help="replay each LoRA step as a CUDA graph (GPU; eager steps, and why, where it cannot)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
     return p
@@ -626,7 +629,7 @@ def config_from_args(args) -> FinetuneConfig:
         device=args.device, dtype=args.dtype, rank=args.rank, alpha=args.alpha, lr=args.lr,
         warmup_ratio=args.warmup_ratio, schedule=args.schedule, weight_decay=args.weight_decay,
         row_len=args.row_len, rows=args.rows, max_len=args.max_len, loss_on=args.loss_on, threads=args.threads,
-        progress=not args.quiet)
+        progress=not args.quiet, cuda_graphs=args.cuda_graphs)
 
 
 def cmd_train(args) -> int:

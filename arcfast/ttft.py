@@ -68,6 +68,7 @@ class TTFTConfig:
     tasks_per_group: int = 0               # 0: 8 on the CPU, 32 on a GPU
     row_len: int = 8192
     max_len: int = 8192                    # longest training prompt
+    cuda_graphs: bool = False              # replay training steps as CUDA graphs (native backend, GPU)
     # inference
     predictions: int = 8                   # per test input
     max_new_tokens: Optional[int] = None
@@ -235,7 +236,8 @@ class TTFTRun:
 
         cls, reason = select_backend(self.cfg.backend)
         lora_cfg = LoRAConfig(r=self.cfg.rank, alpha=self.cfg.alpha)
-        train_cfg = TrainConfig(lr=self.cfg.lr, steps=self.cfg.steps, warmup_ratio=self.cfg.warmup_ratio)
+        train_cfg = TrainConfig(lr=self.cfg.lr, steps=self.cfg.steps, warmup_ratio=self.cfg.warmup_ratio,
+                                cuda_graphs=self.cfg.cuda_graphs)
         n = min(n_adapters, cls.max_adapters)
         backend = make_backend(cls.name, model, lora_cfg, train_cfg, n_adapters=n)
         return backend, lora_cfg, reason
@@ -266,7 +268,8 @@ class TTFTRun:
         group_size = cfg.tasks_per_group or (32 if gpu else 8)
         backend, lora_cfg, reason = self.make_backend(model, group_size)
         group_size = backend.n_adapters
-        msg = (f"backend {backend.name} ({reason}); model {cfg.model} on {model.device} {model.dtype}; "
+        steps_how = f", steps: {backend.graph_status}" if cfg.cuda_graphs and hasattr(backend, "graph_status") else ""
+        msg = (f"backend {backend.name} ({reason}{steps_how}); model {cfg.model} on {model.device} {model.dtype}; "
                f"{len(mine)} tasks in groups of {group_size}; budget {format_duration(cfg.budget)}")
         log.info(msg)
         self.log(event="start", message=msg, rank=self.rank, world=self.world, tasks=len(mine))

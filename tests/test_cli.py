@@ -255,3 +255,17 @@ def test_ttft_bf16_saves_adapters_in_bf16(tmp_path):
     assert len(files) == 1
     with safe_open(str(files[0]), "pt") as f:
         assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.bfloat16"}
+
+
+def test_cuda_graphs_flag_reaches_the_trainer_and_the_log(tmp_path):
+    import torch
+
+    out = tmp_path / "run"
+    assert main(["ttft", "--tasks", "arc1:eval[:1]", "--budget", "40s", "--out", str(out), "--steps", "2",
+                 "--cuda-graphs", "--predictions", "1", "--max-new-tokens", "4", "--row-len", "4096",
+                 "--max-len", "4096", "-q"]) == 0
+    start = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()][0]
+    assert start["event"] == "start" and "steps: " in start["message"]
+    if not torch.cuda.is_available():
+        assert "CUDA graphs need a CUDA device" in start["message"]
+    validate_submission(out / "submission.json", load_tasks("arc1:eval[:1]"))
