@@ -42,8 +42,8 @@ predictions, model, group (tasks per packed group; 0 = the engine's default: 32 
 row_len and max_len (8192; 4096 on the CPU: from ONE_DEMO_MAX = 3,729 on no sample slot can be
 empty, so every task provably gets all its samples), rank, max_new (max new tokens; default the
 engine's bound per task), budget, out (run directory; default a temporary one, removed afterwards
-unless keep=1), hf_steps, hf_warmup, hf_prompts, hf_gen_tasks, cases (``arcfast`` to skip the hf
-estimate).
+unless keep=1), graphs (1: training steps as CUDA graphs, ``arcfast ttft --cuda-graphs``),
+hf_steps, hf_warmup, hf_prompts, hf_gen_tasks, cases (``arcfast`` to skip the hf estimate).
 
 Reading the numbers: the hf estimate counts only steps and generation, none of the recipe's
 per-task overheads (adapter reset, saving, voting), so it flatters the baseline. A random-weight
@@ -86,7 +86,7 @@ def _options(ctx: Context) -> dict:
                  hf_gen_tasks=1, max_new=48)
     s.setdefault("max_new", None)
     s.update(source="arc1:eval", per_step=1, group=0, rank=32, budget="24h", out=None, keep=False, cases="arcfast,hf",
-             spread=False,
+             spread=False, graphs=False,
              row_len=8192 if cuda else 4096, max_len=8192 if cuda else 4096)
     o = ctx.options
     for k in ("tasks", "samples", "predictions", "per_step", "group", "rank", "row_len", "max_len", "max_new",
@@ -96,7 +96,7 @@ def _options(ctx: Context) -> dict:
     for k in ("model", "source", "budget", "out", "cases"):
         if k in o:
             s[k] = o[k]
-    for k in ("keep", "spread"):
+    for k in ("keep", "spread", "graphs"):
         if k in o:
             s[k] = o[k].lower() in ("1", "true", "yes")
     if s["samples"] % s["per_step"]:
@@ -142,7 +142,7 @@ def run_arcfast(s: dict, device: str, out: Path) -> dict:
                      backend="native", device=device, seed=0, rank=s["rank"], alpha=2.0 * s["rank"], steps=steps,
                      samples_per_task=s["per_step"], tasks_per_group=s["group"], row_len=s["row_len"],
                      max_len=s["max_len"], predictions=s["predictions"], max_new_tokens=s["max_new"],
-                     progress=False)
+                     cuda_graphs=s["graphs"], progress=False)
     t0 = time.perf_counter()
     ttft = TTFTRun(cfg)
     summary = ttft.run()
