@@ -7,9 +7,14 @@ from benchmarks.runner import Context
 
 def test_train_benchmark_quick_cpu():
     rows = bench_train.run(Context(quick=True, device="cpu", threads=1,
-                                   options={"cases": "hf,native,native-graphs,many", "tasks": "2", "adapters": "3"}))
+                                   options={"cases": "hf,hf-batch,native,native-graphs,many", "tasks": "2",
+                                            "adapters": "3"}))
     by_case = {r.case.split(":")[0]: r for r in rows if r.unit == "tokens/s"}
-    assert set(by_case) == {"hf", "native", "native-graphs (skipped)", "many"}
+    assert set(by_case) == {"hf", "hf-batch", "native", "native-graphs (skipped)", "many"}
+    assert by_case["hf-batch"].extra["desc"].startswith("hf-batch: batch 2 (padded), vocab 16")
+    bars = [r for r in rows if r.case.startswith("bar:")]
+    assert [(r.case, r.bar) for r in bars] == [("bar: native vs hf, samples/s", 4.0)]
+    assert bars[0].value > 0 and bars[0].baseline_value > 0
     assert by_case["native"].value > 0 and by_case["native"].baseline_value == by_case["hf"].value
     many = by_case["many"]
     assert many.bar == 0.9 and many.value > 0 and many.baseline_value > 0
