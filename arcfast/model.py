@@ -664,13 +664,24 @@ def from_hf(hf_model, dtype=None) -> CausalLM:
 
 def compact_tokenizer():
     """A transformers tokenizer of the compact format: one token per symbol, token id == compact id
-    (``"12\\n"`` -> ``[1, 2, 10]``), BOS ``"B"``, EOS ``"E"`` (end of grid), PAD ``"P"``."""
-    from tokenizers import Tokenizer, models
+    (``"12\\n"`` -> ``[1, 2, 10]``), BOS ``"B"``, EOS ``"E"`` (end of grid), PAD ``"P"``.
+
+    Byte-level BPE (``"\\n"`` is stored as ``"Ċ"``, as GPT-2-style vocabularies do) with UNK = PAD:
+    transformers' ``AutoTokenizer`` loads a saved checkpoint's tokenizer as its model type's class
+    (``Qwen2Tokenizer`` for Qwen2), which re-reads the vocabulary byte-level and adds its own
+    ``<|endoftext|>`` unless every special token is one of ours. So built, the checkpoint encodes
+    and decodes the same under either class and keeps exactly 16 tokens (Unsloth refuses a tokenizer
+    larger than the embedding)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE(vocab={s: i for i, s in enumerate(T.SYMBOLS)}, merges=[]))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=T.SYMBOLS[T.BOS],
-                                   eos_token=T.SYMBOLS[T.EOG], pad_token=T.SYMBOLS[T.PAD])
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    vocab = {"".join(p for p, _ in byte_level.pre_tokenize_str(s)): i for i, s in enumerate(T.SYMBOLS)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = byte_level
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=T.SYMBOLS[T.BOS], eos_token=T.SYMBOLS[T.EOG],
+                                   pad_token=T.SYMBOLS[T.PAD], unk_token=T.SYMBOLS[T.PAD])
 
 
 def save_model(model: CausalLM, path) -> Path:

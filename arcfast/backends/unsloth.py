@@ -8,9 +8,28 @@ tokenizer included). Steps, schedule, clipping and adapters are the hf backend's
 from __future__ import annotations
 
 import tempfile
+from pathlib import Path
+
+from .. import tokens as T
 
 from .base import BackendUnavailable
 from .hf import HFBackend
+
+
+def checkpoint_for_unsloth(model, path) -> Path:
+    """Write ``model`` as a checkpoint directory Unsloth's ``from_pretrained`` loads: Unsloth needs a
+    tokenizer whose vocabulary fits the model's and that has a pad token. A compact-vocabulary model
+    gets its compact tokenizer from :func:`arcfast.model.save_model`; a full-vocabulary preset (random
+    weights, no tokenizer of its own) gets the compact one too: its 16 ids are the model's first 16
+    tokens, which is what a random full-vocabulary preset reads compact batches as."""
+    from ..model import compact_tokenizer, save_model
+
+    path = save_model(model, path)
+    if not (Path(path) / "tokenizer_config.json").exists():
+        if model.config.vocab_size < T.VOCAB_SIZE:
+            raise ValueError(f"cannot give Unsloth a tokenizer for a {model.config.vocab_size}-token vocabulary")
+        compact_tokenizer().save_pretrained(str(path))
+    return Path(path)
 
 
 class UnslothBackend(HFBackend):
@@ -27,12 +46,10 @@ class UnslothBackend(HFBackend):
             from unsloth import FastLanguageModel
         except Exception as exc:  # ImportError, or its own refusal without a GPU
             raise BackendUnavailable(f"unsloth not importable: {type(exc).__name__}: {exc}") from exc
-        from ..model import save_model
-
         path = self._checkpoint
         if path is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="arcfast-unsloth-")
-            path = save_model(model, self._tmp.name)
+            path = checkpoint_for_unsloth(model, self._tmp.name)
         fm, _tok = FastLanguageModel.from_pretrained(
             model_name=str(path), max_seq_length=model.config.max_position, dtype=model.dtype,
             load_in_4bit=False, local_files_only=True)

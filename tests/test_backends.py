@@ -1,0 +1,42 @@
+"""Backend selection and what the Unsloth backend hands to Unsloth (Unsloth itself needs a GPU)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from arcfast import tokens as T
+from arcfast.backends import BackendUnavailable, backend_status, select_backend
+from arcfast.backends.unsloth import checkpoint_for_unsloth
+from arcfast.model import build_model, load_model, preset
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_auto_is_native_and_unavailable_backends_say_why():
+    cls, reason = select_backend("auto")
+    assert cls.name == "native" and reason.startswith("native:")
+    status = backend_status()
+    assert set(status) == {"native", "hf", "unsloth"} and status["hf"][0]
+    if not status["unsloth"][0]:
+        with pytest.raises(BackendUnavailable, match="unsloth not importable"):
+            select_backend("unsloth")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        select_backend("vllm")
+
+
+@pytest.mark.parametrize("vocab", ["compact", "full"])
+def test_unsloth_checkpoint_has_a_fitting_tokenizer_with_a_pad_token(tmp_path, vocab):
+    from transformers import AutoTokenizer
+
+    model = build_model(preset("tiny", vocab=vocab), dtype=torch.float32, device="cpu", seed=4)
+    path = checkpoint_for_unsloth(model, tmp_path / "ckpt")
+    tok = AutoTokenizer.from_pretrained(str(path))
+    cfg = json.loads((path / "config.json").read_text())
+    assert tok.pad_token is not None and len(tok) <= cfg["vocab_size"]
+    assert tok("12\n3", add_special_tokens=False)["input_ids"] == [1, 2, T.ROW, 3]
+    assert tok.decode([1, 2, T.ROW, 3]) == "12\n3"
+    back = load_model(str(path), dtype=torch.float32, vocab="full")
+    for (k, a), (_, b) in zip(sorted(model.state_dict().items()), sorted(back.state_dict().items())):
+        assert torch.equal(a, b), k
