@@ -26,26 +26,60 @@ How a call runs:
    the next steps run at the smaller size. Freed rows are refilled from the queue.
 
 On CUDA each decode step is a CUDA graph, captured once per (batch bucket, attention span bucket,
-LoRA mode, sampling settings) and replayed: the step is ~500 small kernels for a 24-layer model,
-which is where the 30-90 ms per step of the common stacks goes. Graphs share one memory pool and
-read only static buffers (the cache, the row state, a compute-dtype copy of the adapters).
-``cuda_graphs=False`` runs the very same step function eagerly: that is the plain path the tests
-hold the graphs equal to, and the only path on the CPU. Measured on one H100 (Qwen2.5-0.5B
-architecture, bf16, LoRA r=32, 96 prompts of ~1,500 tokens, 200 forced new tokens; python -m
-benchmarks -k generate): 6.5 ms per decode step and 10.2k generated tokens/s with one adapter,
-10.9 ms and 7.2k with 16 adapters mixed, against 706 and 114 tokens/s for transformers
-``generate`` + PEFT in the same run. The weights and cache of such a step are read in ~1 ms, so
-the step is still launch-bound (~900 small kernels): fusing them is the next win.
+LoRA mode, sampling settings) and replayed: the step is 800 to 2,000 small kernels for a 24-layer
+model, by LoRA mode (counts below), which is where the 30-90 ms per step of the common stacks goes.
+Graphs share one memory pool and read only static buffers (the cache, the row state,
+compute-dtype copies of the adapters). ``cuda_graphs=False`` runs the very same step function
+eagerly: that is the plain path the tests hold the graphs equal to, and the only path on the CPU.
+Measured on one H100 (Qwen2.5-0.5B architecture, bf16, LoRA r=32, 96 prompts of ~1,500 tokens,
+200 forced new tokens; python -m benchmarks -k generate), before the fused multi-adapter step
+below: 6.5 ms per decode step and 10.2k generated tokens/s with one adapter, 10.9 ms and 7.2k with
+16 adapters mixed, against 706 and 114 tokens/s for transformers ``generate`` + PEFT in the same
+run. The weights and cache of such a step are read in ~1 ms, so the step is launch-bound.
 
-Decode-time LoRA (:class:`_RowLoRA`) is graph-safe (no host sync, no data-dependent shapes): every
-row has an adapter slot (the base model is an extra all-zero slot), and the delta is computed as
+Decode-time LoRA is graph-safe (no host sync, no data-dependent shapes): every row has an adapter
+slot (the base model is an extra all-zero slot), and a step runs in one of these modes:
 
 - ``merged``:  one adapter (or none) for every row, the default then: no delta at all, the step
                reads copies of the projections with that adapter merged in, q/k/v and gate/up
                fused (:class:`_MergedLoRA`);
-- ``single``:  one adapter for every row, ``merge_single=False``: ``(x A[a]) B[a]``;
-- ``grouped``: several adapters, ``torch._grouped_mm`` over rows sorted by adapter (CUDA bf16, sm90+);
+- ``single``:  one adapter for every row, ``merge_single=False``: ``(x A[a]) B[a]`` on each of the
+               model's projections (:class:`_RowLoRA`);
+- ``grouped``: several adapters, ``torch._grouped_mm`` over rows sorted by adapter (the default on
+               CUDA bf16 sm90+; ``lora_mode="grouped"`` also runs it on the CPU);
 - ``gather``:  several adapters elsewhere: each row's A and B gathered, then batched matmuls.
+
+With several adapters the step is fused (:class:`_FusedRowLoRA`, ``fuse_lora=True``, the default):
+the base q/k/v and gate/up weights are concatenated as in ``merged``, and so are the adapters (per
+slot, the A side by side and the B on a block diagonal with the LoRA scaling folded in), so each
+layer runs four projections, each one base GEMM and one delta added into its output.
+``fuse_lora=False`` keeps the seven projections with a delta each (:class:`_RowLoRA`). Aten ops
+called by one decode step (torch.profiler on the CPU, counted as ``_ops_per_step`` in
+tests/test_generate.py does: ops that may return a view, such as ``view``, ``slice`` or ``to``,
+not counted; the tiny preset with 24 layers, fp32, 8 rows, LoRA r=8 on all seven projections,
+4 adapters and the base model mixed); on CUDA nearly each one is a kernel launch:
+
+    mode                                         ops/step   projection + LoRA ops per layer
+    merged                                          825        4
+    none (the base model, merge_single=False)       897        7
+    single (merge_single=False)                   1,569       35
+    gather, fuse_lora=False                       1,905       49
+    grouped, fuse_lora=False                      2,073       56 (7 of them empty_like)
+    gather or grouped, fused (the default)        1,209       20
+
+The other ~730 ops of a step (norms, RoPE, attention, cache writes, residual adds, the head and
+the token choice) are now the larger part.
+
+The fused buffers are allocated at the first mixed step and refilled in place at each call (the
+model's and the LoRA's weights as they are then): a copy of the base q/k/v and gate/up weights,
+and N+1 slots of adapters in the compute dtype, A as large as the LoRA's, B of q/k/v 3x and B of
+gate/up 2x as large (the zero blocks off the diagonal, which the grouped GEMMs also read). For the
+Qwen2.5-0.5B architecture, r=32, 32 adapters, bf16: 0.47 GB of base copies and 1.77 GB of
+adapters (0.52 GB of A, 1.25 GB of B), where the unfused path's copy is 1.16 GB (allocated only
+when a step reads it); a grouped step with every adapter present reads ~0.6 GB more of B than
+unfused. The gather mode copies each row's A and B: fused, 215 MB per layer at 96 rows of that
+model against 141 MB unfused, so where grouped GEMMs are missing on a GPU the fused gather trades
+launches for memory traffic.
 
 Log-probabilities are the log-softmax of the model's fp32 logits at temperature 1, also when
 sampling. Sampling (``temperature > 0``, optional ``top_k``) uses Gumbel noise drawn from a hash of
@@ -232,30 +266,33 @@ class _RowLoRA:
         return y.view(*lead, W.shape[0])
 
 
+def _split_qkv(attn, y: torch.Tensor, cos, sin):
+    """q [R,L,H,D], k and v [R,L,Hkv,D] of a fused q/k/v projection ``y`` [R, L, dq+2dk], normed
+    and rotated as :meth:`arcfast.model.Attention.qkv` does."""
+    R, L, _ = y.shape
+    dq, dk = attn.n_heads * attn.head_dim, attn.n_kv_heads * attn.head_dim
+    q, k, v = y.split((dq, dk, dk), dim=-1)
+    q = q.view(R, L, attn.n_heads, attn.head_dim)
+    k = k.view(R, L, attn.n_kv_heads, attn.head_dim)
+    v = v.view(R, L, attn.n_kv_heads, attn.head_dim)
+    if attn.q_norm is not None:
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k = attn.ops.rope(q, k, cos, sin)
+    return q, k, v
+
+
 class _MergedLoRA:
     """The decode step when every row uses one adapter (or none): that adapter merged into copies
     of the projections (``W + scaling * (A B)^T``, filled by :meth:`Generator._merge`), with q/k/v
     fused into one matrix and gate/up into another. The step then runs the base model's kernels
-    only, and fewer of them: at r=32 on all seven projections of a 24-layer model this drops the
-    4 x 168 LoRA launches (shrink, expand, scale, add) and 3 x 24 projection launches from a step
-    of ~1,500 (counted with torch.profiler on the plain-torch ops)."""
+    only, and fewer of them (see the module docstring for the counts)."""
 
     def __init__(self, engine: "Generator"):
         self.w = engine.merged    # per layer: {"qkv", "qkv_bias", "o", "gate_up", "down"}
 
     def qkv(self, li: int, attn, h: torch.Tensor, cos, sin):
         w = self.w[li]
-        R, L, _ = h.shape
-        y = F.linear(h, w["qkv"], w["qkv_bias"])
-        dq, dk = attn.n_heads * attn.head_dim, attn.n_kv_heads * attn.head_dim
-        q, k, v = y.split((dq, dk, dk), dim=-1)
-        q = q.view(R, L, attn.n_heads, attn.head_dim)
-        k = k.view(R, L, attn.n_kv_heads, attn.head_dim)
-        v = v.view(R, L, attn.n_kv_heads, attn.head_dim)
-        if attn.q_norm is not None:
-            q, k = attn.q_norm(q), attn.k_norm(k)
-        q, k = attn.ops.rope(q, k, cos, sin)
-        return q, k, v
+        return _split_qkv(attn, F.linear(h, w["qkv"], w["qkv_bias"]), cos, sin)
 
     def o(self, li: int, attn, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.w[li]["o"])
@@ -264,6 +301,65 @@ class _MergedLoRA:
         w = self.w[li]
         gate, up = F.linear(h, w["gate_up"]).chunk(2, dim=-1)
         return F.linear(blk.mlp.ops.swiglu(gate, up), w["down"])
+
+
+def _fused_parts(blk) -> dict:
+    """The projections of a block as the fused steps run them: kind -> the Linear layers whose
+    outputs it concatenates (all of one kind read the same input)."""
+    a, m = blk.self_attn, blk.mlp
+    return {"qkv": (a.q_proj, a.k_proj, a.v_proj), "o": (a.o_proj,),
+            "gate_up": (m.gate_proj, m.up_proj), "down": (m.down_proj,)}
+
+
+class _FusedRowLoRA:
+    """The decode step when rows mix adapters (modes ``grouped`` and ``gather``, ``fuse_lora=True``):
+    four projections per layer instead of seven, each one base GEMM plus one LoRA delta.
+
+    Reads the engine's static buffers (filled in place by :meth:`Generator._fill_fused`):
+    ``fused_w[li]`` the base ``qkv`` [dq+2dk, d] (+ ``qkv_bias``) and ``gate_up`` [2I, d] (o and
+    down use the model's own weights); per kind (``qkv``, ``o``, ``gate_up``, ``down``)
+    ``fused_a[kind]`` [layers, N+1, din, k*r] (the k parts' A side by side) and ``fused_b[kind]``
+    [layers, N+1, k*r, dout] (their B on the block diagonal, times the LoRA scaling; slot N, the
+    base model, and layers the LoRA does not target are zero); and the routing of
+    :meth:`Generator._route` (``perm``, ``offs``, ``row_adapter``). Per projection, x [B, 1, din]:
+
+    - grouped: ``y = x W^T + b``; ``d = grouped_mm(grouped_mm(x[perm], A, offs), B, offs)``;
+      ``y.index_add_(0, perm, d)``: five kernels;
+    - gather:  ``y = baddbmm(x W^T + b, x A[ids], B[ids])`` with each row's A and B gathered:
+      five kernels.
+    """
+
+    def __init__(self, engine: "Generator", B: int, mode: str):
+        self.e, self.B, self.mode = engine, B, mode
+
+    def _linear(self, kind: str, li: int, x: torch.Tensor, W: torch.Tensor, b: Optional[torch.Tensor]):
+        e, B = self.e, self.B
+        x2 = x.reshape(B, x.shape[-1])
+        A, Bm = e.fused_a[kind][li], e.fused_b[kind][li]
+        y = F.linear(x2, W, b)
+        if self.mode == "grouped":
+            perm = e.perm[:B]
+            h = torch._grouped_mm(x2.index_select(0, perm), A, offs=e.offs)
+            # perm is a permutation: each row of y gets exactly one add, so the atomics of CUDA's
+            # index_add_ cannot reorder sums.
+            y.index_add_(0, perm, torch._grouped_mm(h, Bm, offs=e.offs))
+        else:
+            ids = e.row_adapter[:B]
+            h = torch.bmm(x2[:, None, :], A.index_select(0, ids))
+            y = torch.baddbmm(y[:, None, :], h, Bm.index_select(0, ids))[:, 0]
+        return y.view(*x.shape[:-1], W.shape[0])
+
+    def qkv(self, li: int, attn, h: torch.Tensor, cos, sin):
+        w = self.e.fused_w[li]
+        return _split_qkv(attn, self._linear("qkv", li, h, w["qkv"], w["qkv_bias"]), cos, sin)
+
+    def o(self, li: int, attn, x: torch.Tensor) -> torch.Tensor:
+        return self._linear("o", li, x, attn.o_proj.weight, attn.o_proj.bias)
+
+    def mlp(self, li: int, blk, h: torch.Tensor) -> torch.Tensor:
+        gate, up = self._linear("gate_up", li, h, self.e.fused_w[li]["gate_up"], None).chunk(2, dim=-1)
+        down = blk.mlp.down_proj
+        return self._linear("down", li, blk.mlp.ops.swiglu(gate, up), down.weight, down.bias)
 
 
 class _LowRankStep:
@@ -313,6 +409,9 @@ class Generator:
                     merged into a copy of the projections, q/k/v and gate/up fused (mode "merged": no
                     LoRA kernels and fewer launches; costs one copy of the projection weights);
                     False keeps the model's own layers (modes "single" and "none").
+    fuse_lora:      decode mixed adapters (modes "grouped" and "gather") with q/k/v and gate/up
+                    fused and one LoRA delta per fused projection (:class:`_FusedRowLoRA`); False
+                    runs the model's seven projections, each with its own delta (:class:`_RowLoRA`).
     kv_fraction:    at most this fraction of free CUDA memory goes to the KV cache.
 
     Buffers are allocated at the first call and grown when a later call needs longer rows; the
@@ -321,7 +420,8 @@ class Generator:
 
     def __init__(self, model, lora=None, max_batch: Optional[int] = None, cuda_graphs: Optional[bool] = None,
                  prefill_tokens: Optional[int] = None, sync_every: Optional[int] = None,
-                 lora_mode: str = "auto", kv_fraction: float = 0.5, merge_single: bool = True):
+                 lora_mode: str = "auto", kv_fraction: float = 0.5, merge_single: bool = True,
+                 fuse_lora: bool = True):
         if lora_mode not in LORA_MODES:
             raise ValueError(f"lora_mode must be one of {LORA_MODES}, not {lora_mode!r}")
         self.model = model
@@ -345,6 +445,12 @@ class Generator:
         self.merge_single = bool(merge_single)
         self.merged: list = []          # per layer: fused merged weights (allocated on first use)
         self._merged_slot = None        # the adapter slot the merged weights hold now
+        self.fuse_lora = bool(fuse_lora)
+        self.fused_w: list = []         # per layer: base qkv/gate_up fused (see _FusedRowLoRA)
+        self.fused_a: dict = {}         # kind -> [layers, N+1, din, k*r]
+        self.fused_b: dict = {}         # kind -> [layers, N+1, k*r, dout], scaled, block-diagonal
+        self._fresh: set = set()        # adapter buffers already filled in this call
+        self._flat = None
         self.s_block = 512 if cuda else 64  # attention-span bucket (graphs are keyed by it)
         self.n_layers, self.n_heads = cfg.n_layers, cfg.n_heads
         self.n_kv, self.head_dim = cfg.n_kv_heads, cfg.head_dim
@@ -359,13 +465,22 @@ class Generator:
             n, p = lora.weight.shape
             self.n_slots = n + 1  # slot n: the base model (all-zero adapter)
             with torch.inference_mode():
-                self.flat = torch.zeros(n + 1, p, device=self.device, dtype=self.dtype)
                 self.offs = torch.zeros(n + 1, device=self.device, dtype=torch.int32)
                 self.single = torch.zeros(1, p, device=self.device, dtype=self.dtype)
         else:
             self.n_slots = 0
 
     # -- buffers -----------------------------------------------------------------------------
+    @property
+    def flat(self) -> torch.Tensor:
+        """[N+1, P] the adapters in the compute dtype (row N all zero: the base model), read by the
+        unfused low-rank steps; allocated on first use (the fused step reads its own buffers)."""
+        if self._flat is None:
+            with torch.inference_mode():
+                self._flat = torch.zeros(self.n_slots, self.lora.weight.shape[1], device=self.device,
+                                         dtype=self.dtype)
+        return self._flat
+
     def _kv_row_bytes(self, s: int) -> int:
         return self.n_layers * 2 * self.n_kv * s * self.head_dim * torch.finfo(self.dtype).bits // 8
 
@@ -452,7 +567,7 @@ class Generator:
     def _step(self, B: int, S: int, lora, sampling: tuple, seed: int) -> None:
         """One decode step of rows 0..B-1 attending over cache slots 0..S-1; updates the row state
         and the output buffers in place (the body of a captured graph). ``lora``: a
-        :class:`_MergedLoRA` or a :class:`_LowRankStep`."""
+        :class:`_MergedLoRA`, a :class:`_FusedRowLoRA` or a :class:`_LowRankStep`."""
         m = self.model
         tok, pos, ngen, done = self.tok[:B], self.pos[:B], self.ngen[:B], self.done[:B]
         rows = self.rows[:B]
@@ -486,8 +601,12 @@ class Generator:
 
     # -- graphs --------------------------------------------------------------------------------
     def _run_steps(self, n_steps: int, B: int, S: int, mode: str, sampling: tuple, seed: int) -> None:
-        lora = _MergedLoRA(self) if mode == "merged" else \
-            _LowRankStep(None if mode == "none" else _RowLoRA(self, B, mode))
+        if mode == "merged":
+            lora = _MergedLoRA(self)
+        elif mode in ("grouped", "gather") and self.fuse_lora:
+            lora = _FusedRowLoRA(self, B, mode)
+        else:
+            lora = _LowRankStep(None if mode == "none" else _RowLoRA(self, B, mode))
         if not self.cuda_graphs:
             for _ in range(n_steps):
                 self._step(B, S, lora, sampling, seed)
@@ -539,6 +658,7 @@ class Generator:
                 self._merge(int(present[0]))   # the base slot merges nothing
             else:
                 mode = "single"
+                self._refresh("flat")
                 self.single.copy_(self.flat[int(present[0])][None])
         elif self.lora_mode == "single":
             raise ValueError("lora_mode='single' but the batch mixes adapters "
@@ -551,9 +671,60 @@ class Generator:
             self.offs.copy_(torch.from_numpy(np.cumsum(counts).astype(np.int32)))
         else:
             mode = "gather"
+        if mode in ("grouped", "gather"):
+            self._refresh("fused" if self.fuse_lora else "flat")
         self.row_adapter[:B].copy_(torch.from_numpy(ids))
         self.stats.lora_modes[mode] = self.stats.lora_modes.get(mode, 0) + 1
         return mode
+
+    @torch.inference_mode()
+    def _refresh(self, what: str) -> None:
+        """Copy the LoRA's current weights into the ``"flat"`` or ``"fused"`` buffers, once per call
+        (only the buffers the call's modes read), in place: captured graphs read them."""
+        if what in self._fresh:
+            return
+        if what == "flat":
+            self.flat[:self.lora.weight.shape[0]].copy_(self.lora.weight.detach())
+        else:
+            self._fill_fused()
+        self._fresh.add(what)
+
+    def _fill_fused(self) -> None:
+        """Fill the buffers of :class:`_FusedRowLoRA` from the model and the LoRA (allocated at the
+        first call). Also the base weights are copied at every call, as the merged ones are, so a
+        model changed between two calls is decoded as it is now."""
+        lora, layers = self.lora, self.model.model.layers
+        n, r, scaling = lora.weight.shape[0], lora.cfg.r, lora.cfg.scaling
+        kw = dict(device=self.device, dtype=self.dtype)
+        if not self.fused_a:
+            for kind, mods in _fused_parts(layers[0]).items():
+                din, dout = mods[0].in_features, sum(m.out_features for m in mods)
+                # Zeros: the off-diagonal blocks, the base slot and untargeted layers stay zero.
+                self.fused_a[kind] = torch.zeros(self.n_layers, self.n_slots, din, len(mods) * r, **kw)
+                self.fused_b[kind] = torch.zeros(self.n_layers, self.n_slots, len(mods) * r, dout, **kw)
+            for blk in layers:
+                a, m = blk.self_attn, blk.mlp
+                qkv = (a.q_proj, a.k_proj, a.v_proj)
+                self.fused_w.append({
+                    "qkv": torch.empty(sum(p.out_features for p in qkv), a.q_proj.in_features, **kw),
+                    "qkv_bias": None if a.q_proj.bias is None else torch.empty(sum(p.out_features for p in qkv), **kw),
+                    "gate_up": torch.empty(2 * m.gate_proj.out_features, m.gate_proj.in_features, **kw)})
+        for li, blk in enumerate(layers):
+            parts, w = _fused_parts(blk), self.fused_w[li]
+            torch.cat([p.weight for p in parts["qkv"]], out=w["qkv"])
+            if w["qkv_bias"] is not None:
+                torch.cat([p.bias for p in parts["qkv"]], out=w["qkv_bias"])
+            torch.cat([p.weight for p in parts["gate_up"]], out=w["gate_up"])
+            for kind, mods in parts.items():
+                A, Bm = self.fused_a[kind][li], self.fused_b[kind][li]
+                col = 0
+                for j, mod in enumerate(mods):
+                    if mod.name in lora.slots:
+                        A[:n, :, j * r:(j + 1) * r].copy_(lora.A(mod.name).detach())
+                        # Scaled in fp32, rounded to the compute dtype once.
+                        Bm[:n, j * r:(j + 1) * r, col:col + mod.out_features].copy_(
+                            lora.B(mod.name).detach() * scaling)
+                    col += mod.out_features
 
     def _merge(self, slot: int) -> None:
         """Fill the fused merged weights with adapter ``slot`` (the base slot: no adapter), in
@@ -621,9 +792,8 @@ class Generator:
         base = self.n_slots - 1
         slots = np.where(adapters >= 0, adapters, base) if self.lora is not None else adapters
         if self.lora is not None:
-            n = self.lora.weight.shape[0]
-            self.flat[:n].copy_(self.lora.weight.detach().to(self.dtype))
-            self._merged_slot = None   # the adapters may have changed since the last call
+            self._fresh = set()        # the adapters may have changed since the last call
+            self._merged_slot = None
         self.max_new_t.fill_(max_new)
         self.stop_t.fill_(bool(cfg.stop_on_eog))
         sampling, seed = cfg.sampling, cfg.seed
