@@ -581,14 +581,15 @@ class FullTrainer:
         grads = self._master_grads()
         if self.loss_scale != 1.0:
             torch._foreach_div_(grads, self.loss_scale)
-        norm = torch.nn.utils.get_total_norm(grads)
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
         active = np.ones(1, bool)
         if self.fp16:
             active = self._update_loss_scale(norm[None], active)
         lr = self.next_lr()
         if active[0]:
             if self.cfg.max_grad_norm is not None:
-                torch.nn.utils.clip_grads_with_norm_(self.master, self.cfg.max_grad_norm, norm)
+                # clip_grad_norm_'s formula (torch >= 2.4; clip_grads_with_norm_ is 2.6+).
+                torch._foreach_mul_(grads, (self.cfg.max_grad_norm / (norm + 1e-6)).clamp(max=1.0))
             for g in self.opt.param_groups:
                 g["lr"] = lr
             self.opt.step()
