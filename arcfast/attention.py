@@ -39,11 +39,26 @@ import torch.nn.functional as F
 IMPLS = ("auto", "sdpa", "flex", "varlen", "loop")
 
 
+# SDPA's enable_gqa (kv heads shared by groups of query heads, read in place) is torch >= 2.5.
+_SDPA_GQA = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
+    """``F.scaled_dot_product_attention`` on the [R, H, L, D] layout with grouped kv heads
+    (k, v [R, Hkv, L, D], H a multiple of Hkv): ``enable_gqa`` where torch has it, else the kv
+    heads repeated."""
+    if q.shape[1] != k.shape[1]:
+        if _SDPA_GQA:
+            kwargs["enable_gqa"] = True
+        else:
+            rep = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, **kwargs)
+
+
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Causal attention over each whole row (one sample per row). q [R,L,H,D], k/v [R,L,Hkv,D]."""
-    o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                       is_causal=True, enable_gqa=q.shape[2] != k.shape[2])
-    return o.transpose(1, 2)
+    return sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True).transpose(1, 2)
 
 
 def packed_mask(sample_ids: torch.Tensor) -> torch.Tensor:
@@ -159,24 +174,22 @@ class PackedAttention:
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         gqa = q.shape[2] != k.shape[2]
         if self.impl == "sdpa":
-            o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                               attn_mask=self.mask, enable_gqa=gqa)
-            return o.transpose(1, 2)
+            return sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=self.mask).transpose(1, 2)
         if self.impl == "loop":
-            return self._loop(q, k, v, gqa)
+            return self._loop(q, k, v)
         if self.impl == "flex":
             o = _flex_fn(self.compiled)(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                         block_mask=self.block_mask, enable_gqa=gqa)
             return o.transpose(1, 2)
         return self._varlen(q, k, v)
 
-    def _loop(self, q, k, v, gqa):
+    def _loop(self, q, k, v):
         rows = []
         for r, segs in enumerate(self.segments):
             parts = []
             for a, b in segs:
-                o = F.scaled_dot_product_attention(q[r:r + 1, a:b].transpose(1, 2), k[r:r + 1, a:b].transpose(1, 2),
-                                                   v[r:r + 1, a:b].transpose(1, 2), is_causal=True, enable_gqa=gqa)
+                o = sdpa(q[r:r + 1, a:b].transpose(1, 2), k[r:r + 1, a:b].transpose(1, 2),
+                         v[r:r + 1, a:b].transpose(1, 2), is_causal=True)
                 parts.append(o.transpose(1, 2))
             rows.append(torch.cat(parts, dim=1))
         return torch.cat(rows, dim=0)

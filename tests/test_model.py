@@ -236,3 +236,18 @@ def test_loop_attention_refuses_a_segment_across_rows():
     sid = torch.zeros(2, 4, dtype=torch.int32)
     with pytest.raises(ValueError, match="crosses the end of row 0"):
         PackedAttention(sid, "loop", cu_seqlens=np.array([0, 6, 8], np.int32))
+
+
+def test_sdpa_grouped_kv_heads_without_enable_gqa(monkeypatch):
+    """torch < 2.5 has no enable_gqa: the kv heads are repeated instead, with the same result."""
+    import arcfast.attention as A
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, h, 7, 8, generator=g) for h in (6, 2, 2))
+    want = A.sdpa(q, k, v, is_causal=True)
+    monkeypatch.setattr(A, "_SDPA_GQA", False)
+    got = A.sdpa(q, k, v, is_causal=True)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k.repeat_interleave(3, 1), v.repeat_interleave(3, 1),
+                                                           is_causal=True)
+    torch.testing.assert_close(got, ref)
+    torch.testing.assert_close(want, ref, rtol=1e-5, atol=1e-6)
