@@ -250,6 +250,8 @@ class StaticStep:
         if self.capture:
             try:
                 losses, norms = self._replay(key, buf, h.arrays)
+            except torch.cuda.OutOfMemoryError:
+                raise   # the batch is too big, not the capture at fault: the caller splits it
             except RuntimeError as e:
                 if key in self._graphs or self.captures:
                     raise   # a graph that worked before: not a capture problem

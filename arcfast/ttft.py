@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -182,6 +183,12 @@ class JsonLog:
         self.f.close()
 
 
+def _out_of_memory(e: BaseException) -> bool:
+    import torch
+
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
 def _task_result(r: TaskRun):
     from .report import TaskResult
 
@@ -298,19 +305,41 @@ class TTFTRun:
 
         bar = self._progress(len(mine), len(mine) - len(todo))
         self.generator = None
-        for gi, group in enumerate(groups):
+        queue = deque(groups)
+        while queue:
+            group = queue.popleft()
             if self.deadline.expired():
-                self.log(event="out_of_time", group=gi, tasks_left=sum(len(g) for g in groups[gi:]))
+                self.log(event="out_of_time", tasks_left=len(group) + sum(len(g) for g in queue))
                 break
             steps = planner.steps_for_next_group() if cfg.train else 0
-            runs = self._train_group(backend, group, steps, planner, pretrained, lora_cfg)
-            t_inf = time.perf_counter()
-            self._predict_group(model, backend, infer_lora, group, runs, planner)
-            inf_s = time.perf_counter() - t_inf
-            planner.reserve_per_group = 1.25 * inf_s * (group_size / max(1, len(group)))
+            try:
+                runs = self._train_group(backend, group, steps, planner, pretrained, lora_cfg)
+                t_inf = time.perf_counter()
+                self._predict_group(model, backend, infer_lora, group, runs, planner)
+                inf_s = time.perf_counter() - t_inf
+                planner.reserve_per_group = 1.25 * inf_s * (group_size / max(1, len(group)))
+                failed = False
+            except Exception as e:   # one group's failure must not end the run
+                backend.recover()
+                self.generator = None   # its buffers may be what ran out
+                if _out_of_memory(e) and len(group) > 1:
+                    half = len(group) // 2
+                    queue.extendleft([group[half:], group[:half]])
+                    planner.n_groups += 1
+                    self.log(event="oom_split", tasks=[t.id for t in group], into=[half, len(group) - half],
+                             error=str(e).splitlines()[0][:300])
+                    log.warning("out of memory with %d tasks per step: trying %d and %d", len(group), half,
+                                len(group) - half)
+                    continue
+                msg = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+                log.error("tasks %s failed: %s", ", ".join(t.id for t in group), msg)
+                self.log(event="group_failed", tasks=[t.id for t in group], error=msg)
+                runs = {t.id: TaskRun(t.id, error=f"failed, fallback answers: {msg}") for t in group}
+                failed = True
             planner.group_done()
             for t in group:
-                self._finish_task(t, runs[t.id])
+                # A failed task is not written to tasks/: a --resume run tries it again.
+                self._finish_task(t, runs[t.id], persist=not failed)
             if bar is not None:
                 bar.update(len(group))
                 bar.set_postfix_str(self._postfix(runs), refresh=True)
@@ -490,11 +519,11 @@ class TTFTRun:
                  seconds=round(time.perf_counter() - t0, 3), cut_by_deadline=cut)
 
     # -- bookkeeping ----------------------------------------------------------------------------
-    def _finish_task(self, task, r: TaskRun, resumed: bool = False) -> None:
+    def _finish_task(self, task, r: TaskRun, resumed: bool = False, persist: bool = True) -> None:
         self.results[task.id] = r
         if r.attempts:
             self.submission.update(task.id, [[np.asarray(g, np.uint8) for g in a] for a in r.attempts])
-        if not resumed:
+        if persist and not resumed:
             _write_json(self.out / "tasks" / f"{task.id}.json", asdict(r))
         self.report.add(_task_result(r))
 
@@ -553,6 +582,7 @@ class TTFTRun:
             "tasks_this_rank": len(self.results),
             "trained": sum(1 for r in self.results.values() if r.steps > 0),
             "answered": sum(1 for r in self.results.values() if r.attempts),
+            "failed": sorted(r.task_id for r in self.results.values() if r.error and r.error.startswith("failed")),
             "problems": [str(p) for p in problems],
             "backend": backend.name,
             "backend_reason": reason,

@@ -68,7 +68,7 @@ BENCH = "workload"
 BAR_SECONDS = 1800.0                               # the promise: 30 minutes on one H100
 FULL = dict(tasks=400, samples=300, predictions=96)  # the workload the bar is stated for
 # Log events that mean the run did less than the workload asks.
-CUT_EVENTS = ("stop_early", "out_of_time", "inference_cut", "no_training")
+CUT_EVENTS = ("stop_early", "out_of_time", "inference_cut", "no_training", "group_failed")
 # The longest training prompt with one demonstration: BOS, then two pairs of 30 x 30 grids, each
 # grid behind its INPUT / OUTPUT marker. The sampler drops demonstrations down to one, so with
 # max_len at least this no slot is ever left empty and every step gives every task its samples.

@@ -21,7 +21,9 @@ class Backend:
     - ``load_adapter(ids, adapter, total_steps=None)``: start from a PEFT directory / tensors;
     - ``step(batch: PackedBatch) -> StepStats``;
     - ``eval_loss(batch) -> np.ndarray [n_adapters]``;
-    - ``export_adapter(i) -> dict`` (PEFT state dict) and ``save_adapter(i, path) -> Path``.
+    - ``export_adapter(i) -> dict`` (PEFT state dict) and ``save_adapter(i, path) -> Path``;
+    - ``recover()``: after a step raised (out of memory, say), drop what it left half done
+      (accumulated gradients, cached blocks) so the next step starts clean.
     """
 
     name = "base"
@@ -48,3 +50,13 @@ class Backend:
     def save_adapter(self, i: int, path, base_model: str = "", meta: Optional[dict] = None,
                      dtype=None) -> Path:
         raise NotImplementedError
+
+    def recover(self) -> None:
+        _empty_cuda_cache()
+
+
+def _empty_cuda_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -143,6 +143,10 @@ class HFBackend(Backend):
                          lr=np.array([lr]), tokens=int(mask.sum()), positions=int(mask.numel()),
                          time_s=time.perf_counter() - t0, stepped=np.array([True]))
 
+    def recover(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        super().recover()
+
     @torch.no_grad()
     def eval_loss(self, batch) -> np.ndarray:
         ids, mask, labels = padded_batch(batch, self.config.token_ids, self.device)

@@ -10,3 +10,7 @@ class NativeBackend(Trainer, Backend):
 
     name = "native"
     max_adapters = 1 << 30
+
+    def recover(self) -> None:
+        self.lora.weight.grad = None   # a backward cut short leaves a partial gradient behind
+        Backend.recover(self)

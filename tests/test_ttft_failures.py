@@ -1,0 +1,91 @@
+"""A group that fails does not end the run: out of memory splits it, anything else leaves its tasks
+with fallback answers (retried by --resume), and every other task is trained and answered."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from arcfast.backends.native import NativeBackend
+from arcfast.data import load_tasks
+from arcfast.submission import validate_submission
+from arcfast.ttft import TTFTConfig, TTFTRun
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TASKS = "arc1:eval[:4]"
+
+
+def _cfg(out, **kw):
+    base = dict(tasks=TASKS, budget=120.0, out=str(out), steps=2, tasks_per_group=4, predictions=1,
+                max_new_tokens=4, row_len=4096, max_len=4096, progress=False)
+    return TTFTConfig(**{**base, **kw})
+
+
+def _events(out):
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_out_of_memory_splits_the_group_until_it_fits(tmp_path, monkeypatch):
+    real = NativeBackend.step
+    seen = []
+
+    def step(self, batch):
+        tasks = len(set(batch.adapter_ids[batch.adapter_ids >= 0].tolist()))
+        seen.append(tasks)
+        if tasks > 1:
+            # A backward cut short leaves a partial gradient: recover() must drop it.
+            self.lora.weight.grad = torch.ones_like(self.lora.weight)
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        return real(self, batch)
+
+    monkeypatch.setattr(NativeBackend, "step", step)
+    out = tmp_path / "run"
+    summary = TTFTRun(_cfg(out)).run()
+    splits = [e for e in _events(out) if e["event"] == "oom_split"]
+    assert [e["into"] for e in splits] == [[2, 2], [1, 1], [1, 1]]
+    assert summary["trained"] == 4 and summary["answered"] == 4 and summary["failed"] == []
+    assert max(seen) == 4 and seen[-1] == 1
+    validate_submission(out / "submission.json", load_tasks(TASKS))
+    assert len(list((out / "tasks").glob("*.json"))) == 4
+    # The split run's adapters are those of a run one task per group from the start: nothing the
+    # failed steps left behind (a partial gradient) reached them.
+    monkeypatch.setattr(NativeBackend, "step", real)
+    alone = tmp_path / "alone"
+    TTFTRun(_cfg(alone, tasks_per_group=1)).run()
+    from safetensors.torch import load_file
+
+    for t in load_tasks(TASKS):
+        a = load_file(str(out / "adapters" / t.id / "adapter_model.safetensors"))
+        b = load_file(str(alone / "adapters" / t.id / "adapter_model.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), t.id
+
+
+def test_a_failing_group_keeps_fallbacks_and_is_retried_on_resume(tmp_path, monkeypatch):
+    import arcfast.ttft as ttft
+
+    real = ttft.TTFTRun._predict_group
+    bad = load_tasks(TASKS)[1].id
+
+    def predict(self, model, backend, infer_lora, group, runs, planner):
+        if any(t.id == bad for t in group):
+            raise ValueError("a prompt builder bug")
+        return real(self, model, backend, infer_lora, group, runs, planner)
+
+    monkeypatch.setattr(ttft.TTFTRun, "_predict_group", predict)
+    out = tmp_path / "run"
+    summary = TTFTRun(_cfg(out, tasks_per_group=2)).run()
+    assert summary["failed"] == sorted(t.id for t in load_tasks(TASKS)[:2])
+    assert summary["answered"] == 2
+    failed = [e for e in _events(out) if e["event"] == "group_failed"]
+    assert len(failed) == 1 and "a prompt builder bug" in failed[0]["error"]
+    validate_submission(out / "submission.json", load_tasks(TASKS))
+    assert {p.stem for p in (out / "tasks").glob("*.json")} == {t.id for t in load_tasks(TASKS)[2:]}
+
+    monkeypatch.setattr(ttft.TTFTRun, "_predict_group", real)
+    again = TTFTRun(_cfg(out, tasks_per_group=2, resume=True)).run()
+    assert again["failed"] == [] and again["answered"] == 4
+    sub = json.loads((out / "submission.json").read_text())
+    assert np.asarray(sub[bad][0]["attempt_1"]).ndim == 2
