@@ -15,6 +15,11 @@ What a run does, top to bottom (:func:`run_ttft`):
    safety margin; a group that gets no steps is predicted with the base (or pretrained) adapter, and
    a group that gets no time at all keeps its fallback answers.
 
+A group that fails does not end the run. Out of memory (a GPU smaller than the group needs) splits
+the group in halves, down to one task, and logs ``oom_split``; any other error leaves the group's
+tasks with their fallback answers, logs ``group_failed`` and lists them under ``failed`` in
+``run.json``; their results are not written, so ``--resume`` tries them again.
+
 Everything finished is on disk as soon as it is finished: adapters (``adapters/<task>/``),
 per-task results (``tasks/<task>.json``), ``submission.json``, the report and a JSON-lines log. A
 run started again with ``--resume`` keeps every task whose result is already written.
