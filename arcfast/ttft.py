@@ -15,8 +15,8 @@ What a run does, top to bottom (:func:`run_ttft`):
    safety margin; a group that gets no steps is predicted with the base (or pretrained) adapter, and
    a group that gets no time at all keeps its fallback answers.
 
-A group that fails does not end the run. Out of memory (a GPU smaller than the group needs) splits
-the group in halves, down to one task, and logs ``oom_split``; any other error leaves the group's
+A group that fails does not end the run. Out of memory (a GPU smaller than the group needs) halves
+the group and every group after it, down to one task, and logs ``oom_split``; any other error leaves the group's
 tasks with their fallback answers, logs ``group_failed`` and lists them under ``failed`` in
 ``run.json``; their results are not written, so ``--resume`` tries them again.
 
@@ -328,13 +328,13 @@ class TTFTRun:
                 backend.recover()
                 self.generator = None   # its buffers may be what ran out
                 if _out_of_memory(e) and len(group) > 1:
-                    half = len(group) // 2
-                    queue.extendleft([group[half:], group[:half]])
-                    planner.n_groups += 1
-                    self.log(event="oom_split", tasks=[t.id for t in group], into=[half, len(group) - half],
+                    # Every group still queued is cut to the new size too: each would fail alike.
+                    half = (len(group) + 1) // 2
+                    queue = deque(g[i:i + half] for g in [group, *queue] for i in range(0, len(g), half))
+                    planner.n_groups = planner.groups_done + len(queue)
+                    self.log(event="oom_split", tasks=[t.id for t in group], tasks_per_group=half,
                              error=str(e).splitlines()[0][:300])
-                    log.warning("out of memory with %d tasks per step: trying %d and %d", len(group), half,
-                                len(group) - half)
+                    log.warning("out of memory with %d tasks per step: %d from now on", len(group), half)
                     continue
                 msg = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
                 log.error("tasks %s failed: %s", ", ".join(t.id for t in group), msg)
