@@ -574,9 +574,12 @@ class Generator:
         x = m.model.embed_tokens(tok)[:, None, :]                              # [B, 1, d]
         cos, sin = _rope(m, pos[:, None], x.dtype)
         mask = (self.span[:S][None, :] <= pos[:, None])[:, None, None, :]      # [B, 1, 1, S]
-        for li, blk in enumerate(m.model.layers):
+        layers = m.model.layers
+        add_norm = m.ops.add_rmsnorm   # residual add + the next norm: one kernel with Triton ops
+        h = layers[0].input_layernorm(x)
+        for li, blk in enumerate(layers):
             attn = blk.self_attn
-            q, k, v = lora.qkv(li, attn, blk.input_layernorm(x), cos, sin)
+            q, k, v = lora.qkv(li, attn, h, cos, sin)
             kc, vc = self.kv[li, 0], self.kv[li, 1]                            # [cap, Hkv, S_alloc, D]
             kc[rows, :, pos] = k[:, 0]
             vc[rows, :, pos] = v[:, 0]
@@ -584,9 +587,11 @@ class Generator:
             # read once per kv head, and SDPA's fused kernels take the padding mask.
             qg = q[:, 0].view(B, self.n_kv, self.group, self.head_dim)
             o = F.scaled_dot_product_attention(qg, kc[:B, :, :S], vc[:B, :, :S], attn_mask=mask)
-            x = x + lora.o(li, attn, o.reshape(B, 1, self.n_heads * self.head_dim))
-            x = x + lora.mlp(li, blk, blk.post_attention_layernorm(x))
-        logits = m.logits(m.model.norm(x[:, 0]))
+            post = blk.post_attention_layernorm
+            x, h = add_norm(x, lora.o(li, attn, o.reshape(B, 1, self.n_heads * self.head_dim)), post.weight, post.eps)
+            nxt = layers[li + 1].input_layernorm if li + 1 < len(layers) else m.model.norm
+            x, h = add_norm(x, lora.mlp(li, blk, h), nxt.weight, nxt.eps)
+        logits = m.logits(h[:, 0])
         choice, lp = choose_tokens(logits, self.keys[:B], ngen, sampling, seed)
         active = ~done
         col = torch.where(active, ngen, self.out_tok.shape[1] - 1)

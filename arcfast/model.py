@@ -135,6 +135,12 @@ def rmsnorm_torch(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Te
     return weight * xf.to(dtype)
 
 
+def add_rmsnorm_torch(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float):
+    """``(s, rmsnorm(s))`` with ``s = x + delta``: a residual add and the norm that follows it."""
+    s = x + delta
+    return s, rmsnorm_torch(s, weight, eps)
+
+
 def swiglu_torch(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up."""
     return F.silu(gate) * up
@@ -160,13 +166,15 @@ class Ops:
     rmsnorm: Callable
     swiglu: Callable
     rope: Callable
+    add_rmsnorm: Callable   # inference only: (x, delta, weight, eps) -> (x + delta, its norm)
 
 
-TORCH_OPS = Ops("torch", rmsnorm_torch, swiglu_torch, rope_torch)
+TORCH_OPS = Ops("torch", rmsnorm_torch, swiglu_torch, rope_torch, add_rmsnorm_torch)
 
 
 def triton_ops() -> Ops:
     """The fused Triton kernels of arcfast.kernels (each falls back to its reference on the CPU)."""
+    from .kernels.add_rmsnorm import add_rms_norm
     from .kernels.rmsnorm import rms_norm
     from .kernels.rope import rope_
     from .kernels.swiglu import swiglu
@@ -176,7 +184,7 @@ def triton_ops() -> Ops:
         D = cos.shape[-1]
         return rope_(q, k, cos.reshape(-1, D), sin.reshape(-1, D))
 
-    return Ops("triton", rms_norm, swiglu, rope)
+    return Ops("triton", rms_norm, swiglu, rope, add_rms_norm)
 
 
 def rope_inv_freq(cfg: ModelConfig, device=None) -> torch.Tensor:

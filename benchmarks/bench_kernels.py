@@ -135,6 +135,18 @@ def _gpu_cases(T: int):
     yield ("rms_norm fwd", lambda: rms_norm(h, w), lambda: rms_norm_reference(h, w), ref, {})
     yield ("rms_norm fwd+bwd", _fwd_bwd(lambda: rms_norm(h, w), [h, w], uph),
            _fwd_bwd(lambda: rms_norm_reference(h, w), [h, w], uph), ref, {})
+    # The decode step's residual add + norm: 96 rows (one token each), fused vs add then fused norm.
+    from arcfast.kernels.add_rmsnorm import add_rms_norm
+
+    xs, ds = (torch.randn(96, d, generator=gen).to(dev, dt) for _ in range(2))
+    wd = w.detach()
+
+    def add_then_norm():
+        s = xs + ds
+        return s, rms_norm(s, wd)
+
+    yield ("add_rms_norm fwd, 96 decode rows", torch.no_grad()(lambda: add_rms_norm(xs, ds, wd)),
+           torch.no_grad()(add_then_norm), "add, then rms_norm", {})
     g = torch.randn(T, dff, generator=gen).to(dev, dt).requires_grad_(True)
     u = torch.randn(T, dff, generator=gen).to(dev, dt).requires_grad_(True)
     yield ("swiglu fwd", lambda: swiglu(g, u), lambda: swiglu_reference(g, u), ref, {})

@@ -602,3 +602,22 @@ def test_cuda_fused_grouped_equals_gather_and_unfused(monkeypatch):
     for name in ("grouped", "gather"):
         err = (logits[name] - want).abs()
         assert err.mean() < 0.1 * effect.mean() and err.max() < 0.25 * effect.max(), (name, err.mean(), err.max())
+
+
+def test_decode_with_the_triton_ops_equals_plain_torch(monkeypatch):
+    """The decode step with the fused kernels (norm, fused residual add + norm, RoPE, SwiGLU), run
+    by Triton's interpreter, against the same step in plain torch."""
+    import copy
+
+    from arcfast.kernels._testing import enable_kernels
+
+    enable_kernels(monkeypatch)
+    plain = _model(seed=3)
+    fused = copy.deepcopy(plain).set_ops("triton")
+    lora = _lora(plain, n=2, seed=5)
+    prompts = _prompts(3, seed=15, hi=12)
+    for ids in ([0, 0, 0], [0, 1, -1]):
+        want = Generator(plain, lora=lora).generate(prompts, ids, max_new_tokens=5)
+        got = Generator(fused, lora=lora).generate(prompts, ids, max_new_tokens=5)
+        for x, y in zip(got, want):
+            _same(x, y.tokens, y.logprobs)
