@@ -50,6 +50,27 @@ class PackedBatch:
         """Fraction of positions that hold real tokens."""
         return self.n_tokens / max(1, self.input_ids.size)
 
+    def widen(self, row_len: int) -> "PackedBatch":
+        """The same samples in rows of ``row_len >= self.row_len`` tokens: each row's tail padded
+        (PAD, label -100, sample and adapter -1), ``cu_seqlens`` rebuilt. Nothing a sample sees
+        changes; shapes can then be bucketed (one CUDA graph per bucket, not per length)."""
+        R, L = self.shape
+        if row_len < L:
+            raise ValueError(f"widen: row_len {row_len} is shorter than the rows ({L})")
+        if row_len == L:
+            return self
+
+        def pad(a, value):
+            out = np.full((R, row_len), value, dtype=a.dtype)
+            out[:, :L] = a
+            return out
+
+        from . import tokens as T
+
+        sample_ids = pad(self.sample_ids, -1)
+        return PackedBatch(pad(self.input_ids, T.PAD), pad(self.labels, T.IGNORE_INDEX), pad(self.position_ids, 0),
+                           sample_ids, pad(self.adapter_ids, -1), cu_seqlens_of(sample_ids))
+
     def to_torch(self, device="cpu"):
         """The arrays as torch tensors on ``device`` (int64 ids/labels/positions, int32 the rest)."""
         import torch
@@ -65,3 +86,14 @@ class PackedBatch:
             "adapter_ids": t(self.adapter_ids, torch.int32),
             "cu_seqlens": t(self.cu_seqlens, torch.int32),
         }
+
+
+def cu_seqlens_of(sample_ids: np.ndarray) -> np.ndarray:
+    """int32 cu_seqlens of a batch from its ``sample_ids`` [rows, row_len]: a boundary wherever the
+    sample changes within a row and at every row's end (each row's padding run one segment)."""
+    R, L = sample_ids.shape
+    change = np.zeros((R, L), dtype=bool)
+    change[:, 1:] = sample_ids[:, 1:] != sample_ids[:, :-1]
+    starts = np.flatnonzero(change) if R and L else np.zeros(0, np.int64)
+    rows = np.arange(R, dtype=np.int64) * L
+    return np.unique(np.concatenate([[0], starts, rows, [R * L]])).astype(np.int32)

@@ -15,6 +15,8 @@ with shapes that depend only on ``(rows, row_len, segment bucket)``:
   compact vocabulary (16 ids) the LM head over all positions costs a few microseconds;
 - ``cu_seqlens`` is padded with zero-length segments to a power-of-two bucket (≥ 8) and varlen
   attention is told ``max_seqlen = row_len``, so one graph serves every batch of a bucket;
+- rows are padded to a bucketed length (:func:`row_bucket`; a batch-1 recipe's row is as long as
+  its sample), so nearby lengths share a graph;
 - token routing happens on the device (:func:`arcfast.kernels.lora.lora_segments`, sort + search);
 - AdamW updates every adapter row with per-row factors held in device buffers: an adapter without
   tokens in the batch gets factors that leave its weights and moments bit-for-bit unchanged
@@ -46,7 +48,19 @@ from .batch import PackedBatch
 
 MAX_VOCAB = 1024      # the all-positions LM head stays cheap up to here
 MIN_SEGMENTS = 8      # smallest cu_seqlens bucket
-MAX_GRAPHS = 16       # captured shape keys kept at once (oldest dropped beyond)
+MAX_GRAPHS = 32       # captured shape keys kept at once (oldest dropped beyond)
+# Row lengths a captured step is padded up to: about 1.25x apart from 256 on (25% padding at most),
+# then multiples of 2,048. A batch-1 recipe's rows are as long as its sample, so without buckets
+# every new length would be a capture of its own.
+ROW_BUCKETS = (256, 320, 384, 512, 640, 768, 1024, 1280, 1536, 2048, 2560, 3072, 4096, 5120, 6144, 8192)
+
+
+def row_bucket(row_len: int) -> int:
+    """The row length a captured step runs ``row_len``-token rows at (>= row_len)."""
+    for b in ROW_BUCKETS:
+        if b >= row_len:
+            return b
+    return -(-int(row_len) // 2048) * 2048
 
 
 def segment_bucket(n_segments: int) -> int:
@@ -126,10 +140,12 @@ class StaticStep:
 
     ``capture=None`` captures CUDA graphs when :func:`graph_support` allows (else runs eagerly and
     ``reason`` says why); ``True`` requires it (ValueError otherwise); ``False`` always runs eagerly.
+    ``bucket_rows`` (default: when capturing) pads rows to :func:`row_bucket` lengths first
+    (:meth:`arcfast.batch.PackedBatch.widen`), so batches of nearby lengths share a graph.
     fp16 models are refused (their dynamic loss scale needs a host decision every step).
     """
 
-    def __init__(self, trainer, capture: Optional[bool] = None):
+    def __init__(self, trainer, capture: Optional[bool] = None, bucket_rows: Optional[bool] = None):
         if trainer.fp16:
             raise ValueError("StaticStep does not run fp16 models (dynamic loss scaling); use Trainer.step")
         why = graph_support(trainer)
@@ -142,6 +158,7 @@ class StaticStep:
         self._graphs: dict = {}
         self._pool = None
         self.captures = 0     # graphs captured so far
+        self.bucket_rows = self.capture if bucket_rows is None else bool(bucket_rows)
 
     # -- host side -------------------------------------------------------------------------------
     def _host(self, batch: PackedBatch) -> _HostStep:
@@ -240,6 +257,9 @@ class StaticStep:
 
         t0 = time.perf_counter()
         tr = self.trainer
+        tokens = batch.n_tokens
+        if self.bucket_rows:
+            batch = batch.widen(row_bucket(batch.shape[1]))
         h = self._host(batch)
         R, L = batch.shape
         key = (R, L, len(h.arrays["cu_seqlens"]) - 1)
@@ -265,7 +285,7 @@ class StaticStep:
         norms_np = norms.double().cpu().numpy()
         loss_np[~h.active] = np.nan
         return StepStats(loss=loss_np, label_tokens=h.counts, grad_norm=norms_np, lr=np.where(h.active, h.lr, 0.0),
-                         tokens=h.tokens, positions=h.positions, time_s=time.perf_counter() - t0, stepped=h.active)
+                         tokens=tokens, positions=h.positions, time_s=time.perf_counter() - t0, stepped=h.active)
 
     def _give_up(self, err: Exception) -> None:
         """The first capture failed (an op that cannot be captured on this stack): run eagerly

@@ -191,3 +191,39 @@ def test_a_failed_first_capture_falls_back_to_eager_steps(monkeypatch):
     assert not static.capture and "capture failed" in static.reason
     np.testing.assert_allclose(got.loss, want.loss, rtol=1e-5)
     torch.testing.assert_close(fast.lora.weight, ref.lora.weight, rtol=1e-4, atol=1e-6)
+
+
+def test_row_buckets_and_widened_batches_train_alike():
+    from arcfast.step_graph import row_bucket
+
+    assert [row_bucket(n) for n in (1, 256, 257, 700, 8192, 8193, 10000)] == [256, 256, 320, 768, 8192, 10240, 10240]
+    cfg = TrainConfig(lr=3e-3, warmup_ratio=0.2, attention="loop")
+    ref, fast = twins(1, cfg)
+    static = StaticStep(fast, capture=False, bucket_rows=True)
+    rng = np.random.default_rng(11)
+    for k in range(4):   # the batch-1 recipe: one sample per step, each its own length
+        n = int(rng.integers(9, 60))
+        batch = pack_samples([make_sample(rng, 0, n)], n)
+        wide = batch.widen(row_bucket(n))
+        assert wide.shape == (1, 256) and wide.n_tokens == n and wide.cu_seqlens.tolist() == [0, n, 256]
+        want, got = ref.step(batch), static.step(batch)
+        assert got.tokens == want.tokens == n
+        np.testing.assert_allclose(got.loss, want.loss, rtol=1e-5)
+        torch.testing.assert_close(fast.lora.weight, ref.lora.weight, rtol=1e-4, atol=1e-6)
+
+
+def test_cu_seqlens_of_agrees_with_the_packer_and_widen_keeps_every_sample():
+    from arcfast.batch import cu_seqlens_of
+    from arcfast.trainer import unpack_samples
+
+    rng = np.random.default_rng(12)
+    for rows, L in ((1, 40), (3, 30), (2, 64)):
+        samples = [make_sample(rng, a % 2, int(rng.integers(5, 14))) for a in range(rows * 2)]
+        b = pack_samples(samples, L, rows=rows)
+        assert cu_seqlens_of(b.sample_ids).tolist() == b.cu_seqlens.tolist()
+        w = b.widen(L + 7)
+        assert w.shape == (rows, L + 7) and w.cu_seqlens[-1] == rows * (L + 7)
+        for (x, y, a), (x2, y2, a2) in zip(unpack_samples(b), unpack_samples(w)):
+            assert x.tolist() == x2.tolist() and y.tolist() == y2.tolist() and a == a2
+    with pytest.raises(ValueError, match="shorter"):
+        b.widen(L - 1)
