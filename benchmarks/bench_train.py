@@ -13,13 +13,13 @@ Options (``--set key=value``): model, steps, warmup, tasks (tasks per native ste
 (samples of each task per native step), row_len, max_len (longest sample), r, hf_steps,
 attention/lora_path/ops/loss/compile/checkpoint (native TrainConfig fields), adapters and
 adapter_max_len (the many-adapter case), cases (comma list of hf, unsloth, native1, native,
-native-graphs, many, hf-batch, unsloth-batch), hf_batch (samples per step of the "-batch" cases).
+native1-graphs, native-graphs, many, hf-batch, unsloth-batch), hf_batch (samples per step of the "-batch" cases).
 
 Cases: ``hf-batch`` / ``unsloth-batch`` run those stacks with their own best throughput settings
 rather than the TTFT recipe: ``hf_batch`` samples per step (8 on a GPU, right-padded: Unsloth's
 padding-free mode lives in its trainer, which this per-step interface does not use) and the compact
-vocabulary. ``native-graphs`` is ``native`` with the step replayed as a CUDA graph
-(arcfast.step_graph; GPU only). ``many`` packs one sample of each of ``adapters`` tasks (64 on a
+vocabulary. ``native1-graphs`` and ``native-graphs`` are ``native1`` and ``native`` with the step
+replayed as a CUDA graph (arcfast.step_graph; GPU only; batch-1 rows padded to bucketed lengths). ``many`` packs one sample of each of ``adapters`` tasks (64 on a
 GPU) into one batch and times it with one adapter per task, then the very same batch with every
 token through a single adapter: the ratio is the cost of many adapters (bar: >= 0.9).
 
@@ -184,13 +184,15 @@ def run_case(name: str, ctx: Context, opts: dict, data, ref_cfg) -> dict:
         model = load_model(opts["model"], device=device)
         vocab_size = model.config.vocab_size
         n = opts["warmup"] + opts["steps"]
-        if name == "native1":   # the per-task recipe on our engine: one sample per step
+        if name in ("native1", "native1-graphs"):   # the per-task recipe on our engine: one sample per step
+            from dataclasses import replace
+
             from arcfast.backends.native import NativeBackend
 
-            backend = NativeBackend(model, lcfg, tc, 1)
+            backend = NativeBackend(model, lcfg, replace(tc, cuda_graphs=name.endswith("graphs")), 1)
             batches = [pack_samples([(x, y, 0)], len(x)) for x, y, _ in (flat * (1 + n // len(flat)))[:n]]
             lengths = [len(x) for x, _, _ in flat]
-            desc = f"native: batch 1, vocab {vocab_size}"
+            desc = f"{name}: batch 1, vocab {vocab_size}"
         elif name == "many":   # the same packed batches through N adapters, then through one
             return many_adapters(ctx, opts, tc, lcfg)
         else:
@@ -217,7 +219,7 @@ def run_case(name: str, ctx: Context, opts: dict, data, ref_cfg) -> dict:
     res["mfu"] = res["tokens_per_s"] * fl / pk if pk else None
     res["desc"] = desc
     res["gflop_per_token"] = fl / 1e9
-    if name in ("native", "native-graphs"):
+    if name.startswith("native"):
         res["paths"] = {"attention": tc.attention, "lora_path": tc.lora_path, "ops": backend.ops,
                         "loss": backend.loss_impl, "compile": tc.compile, "steps": backend.graph_status}
     del backend
@@ -289,7 +291,8 @@ def run(ctx: Context) -> list[Row]:
     for k in ("compile", "checkpoint"):
         if k in o:
             opts[k] = o[k].lower() in ("1", "true", "yes")
-    cases = o.get("cases", "hf,unsloth,hf-batch,unsloth-batch,native1,native,native-graphs,many").split(",")
+    cases = o.get("cases", "hf,unsloth,hf-batch,unsloth-batch,native1,native1-graphs,native,native-graphs,"
+                           "many").split(",")
     if not cuda:
         torch.set_num_threads(max(1, ctx.threads or torch.get_num_threads()))
     data, how = ttft_samples(opts["tasks"], opts["per_task"], opts["max_len"])
@@ -309,7 +312,7 @@ def run(ctx: Context) -> list[Row]:
         if name.startswith("unsloth") and not status["unsloth"][0]:
             results[name] = {"skipped": status["unsloth"][1]}
             continue
-        if name == "native-graphs" and not cuda:
+        if name.endswith("-graphs") and not cuda:
             results[name] = {"skipped": "CUDA graphs need a GPU"}
             continue
         try:
