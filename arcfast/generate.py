@@ -47,7 +47,11 @@ slot (the base model is an extra all-zero slot), and a step runs in one of these
                model's projections (:class:`_RowLoRA`);
 - ``grouped``: several adapters, ``torch._grouped_mm`` over rows sorted by adapter (the default on
                CUDA bf16 sm90+; ``lora_mode="grouped"`` also runs it on the CPU);
-- ``gather``:  several adapters elsewhere: each row's A and B gathered, then batched matmuls.
+- ``segments``: several adapters on a CUDA GPU without grouped GEMMs (a T4, an L4, an A100: sm < 90),
+               ``lora_mode="segments"`` anywhere: the trainer's Triton kernels
+               (:func:`arcfast.kernels.lora.lora_linear`), rows grouped by adapter once per routing,
+               the base GEMM with each row's expand in its epilogue; each adapter read once;
+- ``gather``:  several adapters elsewhere (the CPU): each row's A and B gathered, then batched matmuls.
 
 With several adapters the step is fused (:class:`_FusedRowLoRA`, ``fuse_lora=True``, the default):
 the base q/k/v and gate/up weights are concatenated as in ``merged``, and so are the adapters (per
@@ -104,7 +108,7 @@ import torch.nn.functional as F
 from . import tokens as T
 
 MAX_NEW_TOKENS = T.grid_len(T.MAX_SIZE, T.MAX_SIZE)  # 931: a 30x30 grid with its EOG
-LORA_MODES = ("auto", "single", "grouped", "gather")
+LORA_MODES = ("auto", "single", "grouped", "segments", "gather")
 
 
 @dataclass
@@ -336,6 +340,13 @@ class _FusedRowLoRA:
         e, B = self.e, self.B
         x2 = x.reshape(B, x.shape[-1])
         A, Bm = e.fused_a[kind][li], e.fused_b[kind][li]
+        if self.mode == "segments":
+            from .kernels.lora import LoraSegments, lora_linear
+
+            # The trainer's Triton kernels: the shrink over rows grouped by adapter, then the base
+            # GEMM with each row's expand in its epilogue (scaling already in B).
+            seg = LoraSegments(e.seg_ids[:B], e.seg_order[:B], e.seg_offsets, e.n_slots)
+            return lora_linear(x2, W, b, A, Bm, seg, 1.0).view(*x.shape[:-1], W.shape[0])
         y = F.linear(x2, W, b)
         if self.mode == "grouped":
             perm = e.perm[:B]
@@ -377,6 +388,12 @@ class _LowRankStep:
 
     def mlp(self, li: int, blk, h: torch.Tensor) -> torch.Tensor:
         return blk.mlp(h, self.lora)
+
+
+def _triton_lora() -> bool:
+    from .lora import triton_available
+
+    return triton_available()
 
 
 def _grouped_mm_ok(device: torch.device, dtype: torch.dtype) -> bool:
@@ -424,6 +441,8 @@ class Generator:
                  fuse_lora: bool = True):
         if lora_mode not in LORA_MODES:
             raise ValueError(f"lora_mode must be one of {LORA_MODES}, not {lora_mode!r}")
+        if lora_mode == "segments" and not fuse_lora:
+            raise ValueError("lora_mode='segments' runs on the fused adapter buffers: it needs fuse_lora=True")
         self.model = model
         self.lora = lora
         cfg = model.config
@@ -510,6 +529,10 @@ class Generator:
         self.done = torch.ones(cap, device=dev, dtype=torch.bool)
         self.row_adapter = torch.full((cap,), max(self.n_slots - 1, 0), **i64)
         self.perm = torch.arange(cap, **i64)
+        i32 = dict(device=dev, dtype=torch.int32)
+        self.seg_ids = torch.zeros(cap, **i32)        # mode "segments": arcfast.kernels.lora's
+        self.seg_order = torch.arange(cap, **i32)     # LoraSegments of the rows, in static buffers
+        self.seg_offsets = torch.zeros(max(self.n_slots, 1) + 2, **i32)
         self.rows = torch.arange(cap, **i64)
         self.span = torch.arange(s, **i64)
         # Column max_new is a sink for rows that are done (a write there is never read).
@@ -608,7 +631,7 @@ class Generator:
     def _run_steps(self, n_steps: int, B: int, S: int, mode: str, sampling: tuple, seed: int) -> None:
         if mode == "merged":
             lora = _MergedLoRA(self)
-        elif mode in ("grouped", "gather") and self.fuse_lora:
+        elif mode in ("grouped", "gather", "segments") and self.fuse_lora:
             lora = _FusedRowLoRA(self, B, mode)
         else:
             lora = _LowRankStep(None if mode == "none" else _RowLoRA(self, B, mode))
@@ -668,6 +691,14 @@ class Generator:
         elif self.lora_mode == "single":
             raise ValueError("lora_mode='single' but the batch mixes adapters "
                              f"{sorted(int(a) for a in present)}")
+        elif self.lora_mode == "segments" or (self.lora_mode == "auto" and self.fuse_lora and self.cuda
+                                              and not _grouped_mm_ok(self.device, self.dtype) and _triton_lora()):
+            mode = "segments"
+            order = np.argsort(ids, kind="stable")
+            counts = np.bincount(ids, minlength=self.n_slots)
+            self.seg_ids[:B].copy_(torch.from_numpy(ids.astype(np.int32)))
+            self.seg_order[:B].copy_(torch.from_numpy(order.astype(np.int32)))
+            self.seg_offsets.copy_(torch.from_numpy(np.concatenate([[0], np.cumsum(counts), [B]]).astype(np.int32)))
         elif self.lora_mode == "grouped" or (self.lora_mode == "auto" and _grouped_mm_ok(self.device, self.dtype)):
             mode = "grouped"
             order = np.argsort(ids, kind="stable")
@@ -676,7 +707,7 @@ class Generator:
             self.offs.copy_(torch.from_numpy(np.cumsum(counts).astype(np.int32)))
         else:
             mode = "gather"
-        if mode in ("grouped", "gather"):
+        if mode in ("grouped", "gather", "segments"):
             self._refresh("fused" if self.fuse_lora else "flat")
         self.row_adapter[:B].copy_(torch.from_numpy(ids))
         self.stats.lora_modes[mode] = self.stats.lora_modes.get(mode, 0) + 1

@@ -18,7 +18,9 @@ Generator (which captures the CUDA graphs; its time is in ``extra.first_call_s``
 the fused Triton norm / RoPE / SwiGLU kernels on a GPU (``--set ops=torch``: the plain ones; the
 baseline is unchanged). With one adapter the decode step uses it merged into the weights
 (``Generator(merge_single=True)``, the default); ``--set merge=0`` keeps the low-rank path. Mixed
-adapters decode fused (``fuse_lora=True``); ``--set fuse=0`` runs the seven projections apart.
+adapters decode fused (``fuse_lora=True``); ``--set fuse=0`` runs the seven projections apart;
+``--set lora_mode=segments|grouped|gather`` picks the mixed-adapter path (default: grouped GEMMs on
+sm90+, the Triton segment kernels on other GPUs).
 """
 from __future__ import annotations
 
@@ -148,7 +150,8 @@ def _run(ctx: Context) -> list[Row]:
     n_prompt_tokens = sum(len(p) for p in prompts)
     cfg = GenerationConfig(max_new_tokens=s["new"], stop_on_eog=False)
     on = lambda key: ctx.options.get(key, "1") not in ("0", "false", "no")
-    gen = Generator(model, lora=lora, merge_single=on("merge"), fuse_lora=on("fuse"))
+    gen = Generator(model, lora=lora, merge_single=on("merge"), fuse_lora=on("fuse"),
+                    lora_mode=ctx.options.get("lora_mode", "auto"))
     cases = [("1 adapter", [0] * len(prompts)),
              (f"{s['adapters']} adapters mixed", [i % s["adapters"] for i in range(len(prompts))])]
     if "hf_full_vocab" in ctx.options:

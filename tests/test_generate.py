@@ -557,14 +557,13 @@ def test_fused_step_calls_fewer_ops(model, lora_mode):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_fused_grouped_equals_gather_and_unfused(monkeypatch):
     """bf16 on CUDA: the logits of one decode step (all rows, adapters and base rows mixed) of the
-    fused grouped step against the fused gather step and the per-projection grouped step. The
-    prefill is the same code for all three, so the step's inputs are too."""
+    fused steps (grouped where sm90+, Triton segments, gather) against the per-projection gather
+    step. The prefill is the same code for all, so the step's inputs are too."""
     import arcfast.generate as G
 
     m = build_model(preset("tiny"), device="cuda", dtype=torch.bfloat16)
     init_weights(m, seed=1, std=0.3)
-    if not G._grouped_mm_ok(m.device, m.dtype):
-        pytest.skip("torch._grouped_mm needs bf16 on sm90+")
+    grouped = G._grouped_mm_ok(m.device, m.dtype)   # torch._grouped_mm: bf16 on sm90+
     lora = MultiLoRA(m, LoRAConfig(r=8, alpha=16.0), n_adapters=3)
     with torch.no_grad():
         lora.weight.copy_(torch.randn(lora.weight.shape, generator=torch.Generator().manual_seed(0)).cuda() * 0.3)
@@ -579,8 +578,10 @@ def test_cuda_fused_grouped_equals_gather_and_unfused(monkeypatch):
 
     monkeypatch.setattr(G, "choose_tokens", spy)
     logits = {}
-    runs = {"grouped": dict(lora_mode="grouped"), "gather": dict(lora_mode="gather"),
-            "grouped, unfused": dict(lora_mode="grouped", fuse_lora=False), "base": None}
+    runs = {"gather, unfused": dict(lora_mode="gather", fuse_lora=False), "gather": dict(lora_mode="gather"),
+            "segments": dict(lora_mode="segments"), "base": None}
+    if grouped:
+        runs.update({"grouped": dict(lora_mode="grouped"), "grouped, unfused": dict(lora_mode="grouped", fuse_lora=False)})
     for name, kw in runs.items():
         seen.clear()
         # sync_every=1 and two new tokens: the prefill's choice, then exactly one decode step.
@@ -596,10 +597,10 @@ def test_cuda_fused_grouped_equals_gather_and_unfused(monkeypatch):
     # after: 0.19 at most, 0.02 on average, on logits of mean size 2 with a CPU bf16 run of this test),
     # so the bar is set against what the adapters change: a lost or misplaced delta moves the
     # logits by about that much.
-    want = logits["grouped, unfused"]
+    want = logits["gather, unfused"]
     effect = (want - logits["base"]).abs()
     assert effect.mean() > 0.5
-    for name in ("grouped", "gather"):
+    for name in [n for n in runs if n not in ("gather, unfused", "base")]:
         err = (logits[name] - want).abs()
         assert err.mean() < 0.1 * effect.mean() and err.max() < 0.25 * effect.max(), (name, err.mean(), err.max())
 
@@ -621,3 +622,25 @@ def test_decode_with_the_triton_ops_equals_plain_torch(monkeypatch):
         got = Generator(fused, lora=lora).generate(prompts, ids, max_new_tokens=5)
         for x, y in zip(got, want):
             _same(x, y.tokens, y.logprobs)
+
+
+@pytest.mark.parametrize("kernels", [False, True], ids=["reference", "interpreted"])
+def test_segments_mode_equals_gather(model, kernels, monkeypatch):
+    """Mixed adapters through the Triton LoRA kernels (lora_mode="segments", the default on GPUs
+    without grouped GEMMs): the same tokens as the fused gather path; with ``kernels`` the Triton
+    kernels themselves run, in the interpreter."""
+    if kernels:
+        from arcfast.kernels._testing import enable_kernels
+
+        enable_kernels(monkeypatch)
+    lora = _lora(model, n=3, seed=9)
+    prompts = _prompts(5, seed=16, hi=14)
+    adapters = [0, 2, -1, 1, 2]
+    seg = Generator(model, lora=lora, lora_mode="segments", max_batch=4)
+    got = seg.generate(prompts, adapters, max_new_tokens=4)
+    want = Generator(model, lora=lora, lora_mode="gather", max_batch=4).generate(prompts, adapters, max_new_tokens=4)
+    assert "segments" in seg.stats.lora_modes
+    for x, y in zip(got, want):
+        _same(x, y.tokens, y.logprobs)
+    with pytest.raises(ValueError, match="fuse_lora=True"):
+        Generator(model, lora=lora, lora_mode="segments", fuse_lora=False)
