@@ -244,6 +244,30 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _benchmarks_runner():
+    """The runner of the benchmark suite in arcfast's source tree (``benchmarks/`` beside the
+    package: a clone, installed with ``pip install -e .``), or FileNotFoundError saying so."""
+    import importlib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "benchmarks" / "runner.py").exists():
+        raise FileNotFoundError("the benchmarks ship with arcfast's source tree (benchmarks/ beside arcfast/); "
+                                "run `arcfast bench` from a clone installed with `pip install -e .`")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    runner = importlib.import_module("benchmarks.runner")
+    if Path(runner.__file__).resolve().parent != root / "benchmarks":
+        raise FileNotFoundError(f"another package named 'benchmarks' ({runner.__file__}) hides arcfast's; "
+                                f"run `python -m benchmarks` in {root}")
+    return runner
+
+
+def cmd_bench(argv: list) -> int:
+    """``arcfast bench ARGS`` is ``python -m benchmarks ARGS`` (see benchmarks/runner.py)."""
+    return int(_benchmarks_runner().main(list(argv)) or 0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="arcfast", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -256,13 +280,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_validate(sub)
     sub.add_parser("info", help="versions and which backends can run here").set_defaults(func=cmd_info)
+    # Listed for --help; main() hands its arguments to the benchmark runner untouched.
+    sub.add_parser("bench", add_help=False,
+                   help="benchmarks against transformers + PEFT and Unsloth, side by side in one run "
+                        "(arcfast bench --help; the same as python -m benchmarks)")
     return p
 
 
 def main(argv: Optional[list] = None) -> int:
     started = time.monotonic()  # budgets count from here: torch imports and model loading included
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        try:
+            return cmd_bench(argv[1:])
+        except FileNotFoundError as e:
+            print(f"arcfast bench: error: {e}", file=sys.stderr)
+            return 2
     parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
     args.started = started
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

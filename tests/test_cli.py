@@ -269,3 +269,10 @@ def test_cuda_graphs_flag_reaches_the_trainer_and_the_log(tmp_path):
     if not torch.cuda.is_available():
         assert "CUDA graphs need a CUDA device" in start["message"]
     validate_submission(out / "submission.json", load_tasks("arc1:eval[:1]"))
+
+
+def test_bench_is_the_benchmark_runner(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)   # from anywhere: the runner is found beside the package
+    assert main(["bench", "--quick", "-k", "kernels", "--no-save"]) == 0
+    out = capsys.readouterr().out
+    assert "kernels" in out and "ratio" in out
