@@ -1,9 +1,10 @@
 """The `arcfast` command line.
 
     arcfast ttft [--tasks SOURCE] [--model PATH|PRESET] [--budget 11h] [--out DIR] ...
-    arcfast train --data arc1:train=1 --data barc.jsonl=0.5 --val arc1:eval[:20] --model PATH --out DIR
-    arcfast eval --tasks SOURCE [--model PATH] [--adapter DIR] [--ttft]
+    arcfast train --data arc1:train=1 --data barc.jsonl=0.5 --val arc1:eval[:20] --model PATH --out DIR [--full]
+    arcfast eval --tasks SOURCE [--model PATH] [--adapter DIR] [--ttft] [--rescore M]
     arcfast validate SOURCE [--solutions PATH] [--max-size 30]
+    arcfast bench [--quick] [-k NAME] [--set KEY=VALUE]      # python -m benchmarks
     arcfast info
 
 `arcfast ttft` with no arguments runs its embedded default: a few tasks of the bundled ARC-AGI-1
