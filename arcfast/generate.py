@@ -95,6 +95,7 @@ decoding, the augmentation undone, one :class:`arcfast.vote.Prediction` per outp
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import deque
@@ -106,6 +107,8 @@ import torch
 import torch.nn.functional as F
 
 from . import tokens as T
+
+log = logging.getLogger("arcfast.generate")
 
 MAX_NEW_TOKENS = T.grid_len(T.MAX_SIZE, T.MAX_SIZE)  # 931: a 30x30 grid with its EOG
 LORA_MODES = ("auto", "single", "grouped", "segments", "gather")
@@ -677,6 +680,7 @@ class Generator:
         ids = np.full(B, base, dtype=np.int64)
         ids[:n] = slots
         present = np.unique(ids[:n]) if n else np.array([base])
+        self._check_room(mixed=len(present) > 1)
         if len(present) == 1 and present[0] == base and not self.merge_single:
             mode = "none"  # base model only: no LoRA at all
         elif len(present) == 1 and self.lora_mode in ("auto", "single"):
@@ -761,6 +765,38 @@ class Generator:
                         Bm[:n, j * r:(j + 1) * r, col:col + mod.out_features].copy_(
                             lora.B(mod.name).detach() * scaling)
                     col += mod.out_features
+
+    def _check_room(self, mixed: bool) -> None:
+        """Before the first merged (one adapter) or fused (mixed adapters) step allocates its weight
+        copies, make sure they fit: on CUDA in half the memory left after the KV cache. Where they
+        do not (a large model on a small GPU), that path is switched off for good, with a warning,
+        and the model's own layers run instead."""
+        if not self.cuda:
+            return
+        itemsize = torch.finfo(self.dtype).bits // 8
+        layers = self.model.model.layers
+        if not mixed and self.merge_single and not self.merged:
+            need = sum(m.weight.numel() for blk in layers for mods in _fused_parts(blk).values() for m in mods)
+            self.merge_single = self._room_for(need * itemsize, "merged one-adapter decoding (merge_single)")
+        if mixed and self.fuse_lora and not self.fused_a:
+            r, n = self.lora.cfg.r, self.n_slots
+            need = 0
+            for kind, mods in _fused_parts(layers[0]).items():
+                din, dout = mods[0].in_features, sum(m.out_features for m in mods)
+                need += n * len(mods) * r * (din + dout) * len(layers)
+                if len(mods) > 1:
+                    need += din * dout * len(layers)   # the concatenated base weights
+            self.fuse_lora = self._room_for(need * itemsize, "fused mixed-adapter decoding (fuse_lora)")
+            if not self.fuse_lora and self.lora_mode == "segments":
+                self.lora_mode = "auto"
+
+    def _room_for(self, nbytes: int, what: str) -> bool:
+        free, _ = torch.cuda.mem_get_info(self.device)
+        if nbytes <= 0.5 * free:
+            return True
+        log.warning("%s needs %.1f GiB of weight copies, more than half the %.1f GiB free: off",
+                    what, nbytes / 2 ** 30, free / 2 ** 30)
+        return False
 
     def _merge(self, slot: int) -> None:
         """Fill the fused merged weights with adapter ``slot`` (the base slot: no adapter), in

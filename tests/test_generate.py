@@ -644,3 +644,27 @@ def test_segments_mode_equals_gather(model, kernels, monkeypatch):
         _same(x, y.tokens, y.logprobs)
     with pytest.raises(ValueError, match="fuse_lora=True"):
         Generator(model, lora=lora, lora_mode="segments", fuse_lora=False)
+
+
+def test_weight_copies_that_do_not_fit_switch_their_path_off(model, monkeypatch):
+    """On a GPU with little memory left, merged and fused decoding (which copy the projections) give
+    way to the model's own layers, and the outputs stay the same."""
+    lora = _lora(model, n=3, seed=10)
+    prompts = _prompts(4, seed=17)
+    want = {ids: Generator(model, lora=lora).generate(prompts, list(ids), max_new_tokens=5)
+            for ids in ((1, 1, 1, 1), (0, 2, -1, 1))}
+    gen = Generator(model, lora=lora)
+    gen.cuda = True   # only _check_room reads it here
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 ** 12, 2 * 10 ** 12))
+    gen._check_room(mixed=False)
+    gen._check_room(mixed=True)
+    assert gen.merge_single and gen.fuse_lora   # plenty of room
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1000, 10 ** 9))
+    gen._check_room(mixed=False)
+    gen._check_room(mixed=True)
+    assert not gen.merge_single and not gen.fuse_lora
+    gen.cuda = False
+    for ids, outs in want.items():
+        for x, y in zip(gen.generate(prompts, list(ids), max_new_tokens=5), outs):
+            _same(x, y.tokens, y.logprobs)
+    assert set(gen.stats.lora_modes) <= {"single", "gather"}
