@@ -339,19 +339,6 @@ def load_checkpoint(path) -> dict:
     return state
 
 
-class _Log:
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = open(path, "a", buffering=1)
-
-    def __call__(self, **kw) -> None:
-        kw.setdefault("time", round(time.time(), 3))
-        self.f.write(json.dumps(kw, default=float) + "\n")
-
-    def close(self) -> None:
-        self.f.close()
-
-
 def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
               on_step: Optional[Callable[[int, object], bool]] = None) -> dict:
     """Fine-tune as configured (see the module docstring); returns the summary written to run.json.
@@ -365,7 +352,7 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
     from .model import load_model
     from .sampling import SampleConfig
     from .trainer import FullTrainer, TrainConfig, Trainer
-    from .ttft import _device, _dtype
+    from .ttft import JsonLog, _device, _dtype
 
     t_start = time.time()
     if cfg.steps < 1 or cfg.save_every < 0 or cfg.val_batches < 0 or cfg.log_every < 1 or cfg.rows < 1:
@@ -374,7 +361,7 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
         deadline = Deadline(cfg.budget, margin=cfg.margin)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    jlog = _Log(out / "log.jsonl")
+    jlog = JsonLog(out / "log.jsonl")
     mixture = parse_mixture(cfg.data)
     settings = cfg.batch_settings()
 

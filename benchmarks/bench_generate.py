@@ -27,7 +27,7 @@ from __future__ import annotations
 import tempfile
 import time
 
-from .runner import Context, Row
+from .runner import Context, Row, with_torch_threads
 
 BENCH = "generate"
 
@@ -115,17 +115,7 @@ def _timed(fn, device):
 
 
 def run(ctx: Context) -> list[Row]:
-    import torch
-
-    threads = torch.get_num_threads()
-    if ctx.device == "cpu":
-        # The tiny CPU shapes gain nothing from torch's intra-op pool, which only adds waits (both
-        # sides ran 5-10x slower with 2 threads on a busy 2-core machine): one thread unless asked.
-        torch.set_num_threads(ctx.threads or 1)
-    try:
-        return _run(ctx)
-    finally:
-        torch.set_num_threads(threads)
+    return with_torch_threads(ctx, _run)
 
 
 def _run(ctx: Context) -> list[Row]:

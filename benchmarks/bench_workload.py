@@ -62,7 +62,7 @@ from pathlib import Path
 import numpy as np
 
 from .bench_train import _reset_peak as _free, _sync
-from .runner import Context, Row
+from .runner import Context, Row, with_torch_threads
 
 BENCH = "workload"
 BAR_SECONDS = 1800.0                               # the promise: 30 minutes on one H100
@@ -322,17 +322,7 @@ def hf_generate(s: dict, device: str, peft, tasks, new_tokens: int, token_ids=No
 # ----------------------------------------------------------------------------------------------
 
 def run(ctx: Context) -> list[Row]:
-    import torch
-
-    threads = torch.get_num_threads()
-    if ctx.device == "cpu":
-        # The tiny CPU shapes gain nothing from torch's intra-op pool (see bench_generate): one
-        # thread unless asked.
-        torch.set_num_threads(ctx.threads or 1)
-    try:
-        return _run(ctx)
-    finally:
-        torch.set_num_threads(threads)
+    return with_torch_threads(ctx, _run)
 
 
 def _run(ctx: Context) -> list[Row]:

@@ -37,6 +37,21 @@ class Context:
     options: dict = field(default_factory=dict)
 
 
+def with_torch_threads(ctx: Context, fn):
+    """``fn(ctx)`` with torch's intra-op pool at ``ctx.threads`` (default one) on the CPU, restored
+    after. The tiny CPU shapes gain nothing from the pool, which only adds waits: both sides of the
+    generation benchmark ran 5-10x slower with 2 threads on a busy 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    if ctx.device == "cpu":
+        torch.set_num_threads(ctx.threads or 1)
+    try:
+        return fn(ctx)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @dataclass
 class Row:
     """One measured fast path, its baseline measured in the same run, and the ratio between them.
