@@ -86,17 +86,13 @@ def _hf_peft(hf, lora, adapters):
 
 
 def _hf_generate(model, prompts, new, device, adapter_names=None):
-    import numpy as np
     import torch
 
     from arcfast import tokens as T
+    from arcfast.reference.generate import left_padded
 
-    L = max(len(p) for p in prompts)
-    ids = np.full((len(prompts), L), T.PAD, dtype=np.int64)
-    mask = np.zeros((len(prompts), L), dtype=np.int64)
-    for i, p in enumerate(prompts):
-        ids[i, L - len(p):] = p
-        mask[i, L - len(p):] = 1
+    ids, mask = left_padded(prompts)
+    L = ids.shape[1]
     kw = {} if adapter_names is None else {"adapter_names": adapter_names}
     with torch.no_grad():
         out = model.generate(input_ids=torch.from_numpy(ids).to(device),

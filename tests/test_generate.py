@@ -42,6 +42,19 @@ def _prompts(n: int, seed: int = 0, lo: int = 3, hi: int = 40):
             for _ in range(n)]
 
 
+def _family_model(family: str, qkv_bias: bool, n_adapters: int):
+    """The tiny preset as another family (Qwen3: q/k norms), with a LoRA on q, v and up only."""
+    from dataclasses import replace
+
+    cfg = replace(preset("tiny"), family=family, qkv_bias=qkv_bias, qk_norm=family == "qwen3", name=family)
+    m = build_model(cfg, device="cpu", dtype=torch.float32)
+    init_weights(m, seed=2, std=0.3)
+    lora = MultiLoRA(m, LoRAConfig(r=4, alpha=8.0, targets=("q_proj", "v_proj", "up_proj")), n_adapters=n_adapters)
+    with torch.no_grad():
+        lora.weight.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(3))
+    return m, lora
+
+
 def _same(a: Generation, tokens, logprobs):
     assert a.tokens.dtype == np.int32 and a.logprobs.dtype == np.float32
     assert a.tokens.tolist() == list(np.asarray(tokens).tolist())
@@ -401,14 +414,7 @@ def test_cuda_graphs_merged_equal_eager():
 def test_fused_merged_step_other_families(family):
     """q/k norms (Qwen3) and bias-free projections (Llama) through the fused merged step, with a
     LoRA on some projections only."""
-    from dataclasses import replace
-
-    cfg = replace(preset("tiny"), family=family, qkv_bias=False, qk_norm=family == "qwen3", name=family)
-    m = build_model(cfg, device="cpu", dtype=torch.float32)
-    init_weights(m, seed=2, std=0.3)
-    lora = MultiLoRA(m, LoRAConfig(r=4, alpha=8.0, targets=("q_proj", "v_proj", "up_proj")), n_adapters=1)
-    with torch.no_grad():
-        lora.weight.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(3))
+    m, lora = _family_model(family, qkv_bias=False, n_adapters=1)
     prompts = _prompts(4, seed=13)
     for a in (0, -1):
         got = Generator(m, lora=lora).generate(prompts, [a] * 4, max_new_tokens=8)
@@ -463,14 +469,7 @@ def test_fused_mixed_adapters_equal_unfused_and_full_forward(model, lora_mode):
 def test_fused_mixed_step_partial_targets_and_families(family):
     """A LoRA on q, v and up only (zero blocks for k, o, gate and down), with a q/k/v bias
     (Qwen2), q/k norms (Qwen3) or neither (Llama)."""
-    from dataclasses import replace
-
-    cfg = replace(preset("tiny"), family=family, qkv_bias=family == "qwen2", qk_norm=family == "qwen3", name=family)
-    m = build_model(cfg, device="cpu", dtype=torch.float32)
-    init_weights(m, seed=2, std=0.3)
-    lora = MultiLoRA(m, LoRAConfig(r=4, alpha=8.0, targets=("q_proj", "v_proj", "up_proj")), n_adapters=2)
-    with torch.no_grad():
-        lora.weight.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(3))
+    m, lora = _family_model(family, qkv_bias=family == "qwen2", n_adapters=2)
     prompts = _prompts(5, seed=22)
     adapters = [0, 1, -1, 1, 0]
     want = [greedy_reference(m, p, lora if a >= 0 else None, a, max_new_tokens=8) for p, a in zip(prompts, adapters)]

@@ -55,6 +55,18 @@ def hf_with_adapter(hf_model, lora, adapter: int):
 
 
 @torch.no_grad()
+def left_padded(prompts) -> tuple[np.ndarray, np.ndarray]:
+    """Prompts as transformers ``generate`` takes a batch: int64 ``input_ids`` [n, longest] padded
+    with PAD on the left, and the ``attention_mask`` (1 on real tokens)."""
+    L = max(len(p) for p in prompts)
+    ids = np.full((len(prompts), L), T.PAD, dtype=np.int64)
+    mask = np.zeros((len(prompts), L), dtype=np.int64)
+    for i, p in enumerate(prompts):
+        ids[i, L - len(p):] = p
+        mask[i, L - len(p):] = 1
+    return ids, mask
+
+
 def hf_generate(hf_model, prompts: Sequence, max_new_tokens: int, stop_on_eog: bool = True,
                 batch_size: Optional[int] = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """transformers greedy ``generate`` over ``prompts`` (left-padded batches of ``batch_size``,
@@ -66,12 +78,8 @@ def hf_generate(hf_model, prompts: Sequence, max_new_tokens: int, stop_on_eog: b
     out = []
     for s in range(0, len(prompts), bs):
         group = prompts[s:s + bs]
-        L = max(len(p) for p in group)
-        ids = np.full((len(group), L), T.PAD, dtype=np.int64)
-        mask = np.zeros((len(group), L), dtype=np.int64)
-        for i, p in enumerate(group):
-            ids[i, L - len(p):] = p
-            mask[i, L - len(p):] = 1
+        ids, mask = left_padded(group)
+        L = ids.shape[1]
         res = hf_model.generate(
             input_ids=torch.from_numpy(ids).to(device), attention_mask=torch.from_numpy(mask).to(device),
             max_new_tokens=max_new_tokens, min_new_tokens=0, do_sample=False, num_beams=1,
