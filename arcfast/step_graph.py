@@ -162,30 +162,22 @@ class StaticStep:
 
     # -- host side -------------------------------------------------------------------------------
     def _host(self, batch: PackedBatch) -> _HostStep:
-        from .trainer import check_batch, lr_factor
+        from .trainer import check_batch, model_ids
 
         tr = self.trainer
         N = tr.n_adapters
         check_batch(batch, N)
         R, L = batch.shape
-        cfg = tr.model.config
-        ids = batch.input_ids.astype(np.int64)
-        labels = batch.labels.astype(np.int64)
-        if cfg.token_ids is not None:
-            table = np.asarray(cfg.token_ids, dtype=np.int64)
-            ids = table[ids]
-            labels = np.where(labels >= 0, table[np.clip(labels, 0, None)], labels)
+        ids, labels = model_ids(batch, tr.model.config)
         nxt = np.concatenate([labels[:, 1:], np.full((R, 1), T.IGNORE_INDEX, np.int64)], axis=1).reshape(-1)
         labelled = nxt != T.IGNORE_INDEX
         a = batch.adapter_ids.reshape(-1).astype(np.int64)
         groups = np.where(labelled, a, 0)
         counts = np.bincount(a[labelled], minlength=N).astype(np.int64)
         active = counts > 0
-        steps = tr.opt.steps
-        warm = np.array([tr.cfg.warmup_for(int(n)) for n in tr.total_steps])
-        lr = tr.cfg.lr * lr_factor(steps, tr.total_steps, warm, tr.cfg.schedule)
+        lr = tr.step_lrs()
         b1, b2 = tr.opt.beta1, tr.opt.beta2
-        t = (steps + 1).astype(np.float64)
+        t = (tr.opt.steps + 1).astype(np.float64)
         bc1 = 1.0 - b1 ** t
         bc2_sqrt = np.sqrt(1.0 - b2 ** t)
 

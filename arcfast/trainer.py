@@ -249,21 +249,29 @@ def check_batch(batch: PackedBatch, n_adapters: int) -> None:
                              f"(the first token of every sample must have label -100)")
 
 
-def prepare_batch(batch: PackedBatch, model: CausalLM, lora: Optional[MultiLoRA], n_adapters: int,
-                  attention: str = "auto", lora_path: str = "auto", training: bool = True) -> DeviceBatch:
-    """Move a PackedBatch to the model's device and precompute the loss targets on the host."""
-    check_batch(batch, n_adapters)
-    cfg, dev = model.config, model.device
-    R, L = batch.shape
+def model_ids(batch: PackedBatch, cfg) -> tuple[np.ndarray, np.ndarray]:
+    """int64 input ids and labels [R, L] of ``batch`` in the model's vocabulary (a full-vocabulary
+    model maps each compact id to its own token id); ValueError for a sample longer than the
+    model's sliding window, which the trainer does not apply."""
     ids = batch.input_ids.astype(np.int64)
     labels = batch.labels.astype(np.int64)
-    if cfg.token_ids is not None:  # a full-vocabulary model: compact id -> its original token id
+    if cfg.token_ids is not None:
         table = np.asarray(cfg.token_ids, dtype=np.int64)
         ids = table[ids]
         labels = np.where(labels >= 0, table[np.clip(labels, 0, None)], labels)
     if cfg.sliding_window is not None and batch.position_ids.size and batch.position_ids.max() >= cfg.sliding_window:
         raise ValueError(f"a sample is longer than the model's sliding window ({cfg.sliding_window} tokens), "
                          f"which this trainer does not apply")
+    return ids, labels
+
+
+def prepare_batch(batch: PackedBatch, model: CausalLM, lora: Optional[MultiLoRA], n_adapters: int,
+                  attention: str = "auto", lora_path: str = "auto", training: bool = True) -> DeviceBatch:
+    """Move a PackedBatch to the model's device and precompute the loss targets on the host."""
+    check_batch(batch, n_adapters)
+    cfg, dev = model.config, model.device
+    R, L = batch.shape
+    ids, labels = model_ids(batch, cfg)
     nxt = labels[:, 1:]
     pred = np.flatnonzero(np.concatenate([nxt != T.IGNORE_INDEX, np.zeros((R, 1), bool)], axis=1))
     targets = labels.reshape(-1)[pred + 1]
@@ -443,9 +451,7 @@ class Trainer:
         norms = clip_per_adapter(grad, self.cfg.max_grad_norm)
         if self.fp16:
             active = self._update_loss_scale(norms, active)
-        steps = self.opt.steps
-        warm = np.array([self.cfg.warmup_for(int(n)) for n in self.total_steps])
-        lr = self.cfg.lr * lr_factor(steps, self.total_steps, warm, self.cfg.schedule)
+        lr = self.step_lrs()
         self.opt.step(grad, lr, active)
 
         loss_np = losses.detach().double().cpu().numpy()   # the step's one device sync
@@ -453,6 +459,11 @@ class Trainer:
         loss_np[~(b.counts > 0)] = np.nan
         return StepStats(loss=loss_np, label_tokens=b.counts, grad_norm=norms_np, lr=np.where(active, lr, 0.0),
                          tokens=b.tokens, positions=b.positions, time_s=time.perf_counter() - t0, stepped=active)
+
+    def step_lrs(self) -> np.ndarray:
+        """float64 [N]: each adapter's learning rate for its next step (its schedule position)."""
+        warm = np.array([self.cfg.warmup_for(int(n)) for n in self.total_steps])
+        return self.cfg.lr * lr_factor(self.opt.steps, self.total_steps, warm, self.cfg.schedule)
 
     def _update_loss_scale(self, norms: torch.Tensor, active: np.ndarray) -> np.ndarray:
         """fp16: adapters whose gradient overflowed skip this step; the scale halves on overflow and
