@@ -84,25 +84,56 @@ class StepPlanner:
     """Plans how many optimizer steps each group of tasks gets so that the run fits its deadline.
 
     Tasks are trained in groups (one packed multi-adapter batch per step trains every task of the
-    group). Before a group starts, :meth:`steps_for_next_group` divides the time left for training
-    evenly over the groups still to train, using the measured seconds per step (an exponential
-    average of what :meth:`record` was told; ``first_step_seconds`` before any measurement), and
-    caps the answer at the recipe's ``max_steps``. ``reserve_per_group`` is time kept back for each
-    remaining group's inference (or other per-group work).
+    group), then predicted. The planner owns every reservation, and recomputes each from the
+    groups still to run whenever it is asked, so a change of plan (:meth:`plan`, e.g. a group
+    split in halves after running out of memory) changes them all at once:
+
+    - **inference**: time kept for predicting every task not yet predicted. Before any inference
+      was measured, ``inference_share`` of the time left, spread over those tasks; after
+      :meth:`record_inference`, ``inference_safety`` times the measured seconds per task;
+    - **overhead**: ``overhead_per_group`` seconds per group still to run (loading, saving);
+    - **training**: what is left, divided evenly over the groups still to train, in steps of the
+      measured seconds per step (an exponential average of :meth:`record`;
+      ``first_step_seconds`` before any measurement), capped at the recipe's ``max_steps``.
+
+    ``groups`` lists the number of tasks of each group not yet finished, in run order; the first
+    is the group in progress once :meth:`steps_for_next_group` has been asked for it.
     """
 
     deadline: Deadline
-    n_groups: int
     max_steps: int
-    reserve_per_group: float = 0.0
+    groups: list = field(default_factory=lambda: [1])
+    inference_share: float = 0.0
+    inference_safety: float = 1.25
     first_step_seconds: Optional[float] = None
     overhead_per_group: float = 0.0
     groups_done: int = 0
     _step_time: Optional[float] = field(default=None, repr=False)
+    _infer_per_task: Optional[float] = field(default=None, repr=False)
+
+    def __post_init__(self):
+        self.plan(self.groups)
+
+    def plan(self, groups) -> None:
+        """Replace the groups still to run (tasks per group, in order, the current one first)."""
+        groups = [int(g) for g in groups]
+        if any(g < 1 for g in groups):
+            raise ValueError(f"every group needs at least one task, got {groups}")
+        self.groups = groups
+
+    @property
+    def n_groups(self) -> int:
+        """Groups not yet finished."""
+        return len(self.groups)
 
     @property
     def step_time(self) -> Optional[float]:
         return self._step_time if self._step_time is not None else self.first_step_seconds
+
+    @property
+    def inference_per_task(self) -> Optional[float]:
+        """Measured inference seconds per task (an exponential average), None before any."""
+        return self._infer_per_task
 
     def record(self, seconds: float, steps: int = 1) -> None:
         """Tell the planner ``steps`` steps took ``seconds`` in all."""
@@ -111,14 +142,36 @@ class StepPlanner:
         per = seconds / steps
         self._step_time = per if self._step_time is None else 0.7 * self._step_time + 0.3 * per
 
+    def record_inference(self, seconds: float, tasks: int) -> None:
+        """Tell the planner predicting ``tasks`` tasks took ``seconds``."""
+        if tasks <= 0:
+            return
+        per = seconds / tasks
+        # The larger of the last measurement and the average: a slower machine shows at once.
+        self._infer_per_task = per if self._infer_per_task is None else max(per, 0.7 * self._infer_per_task + 0.3 * per)
+
     def record_group_overhead(self, seconds: float) -> None:
-        """Per-group time that is not training steps (loading, saving, inference)."""
+        """Per-group time that is not training steps nor inference (loading, saving)."""
         self.overhead_per_group = max(self.overhead_per_group * 0.7 + 0.3 * seconds, 0.0) \
             if self.overhead_per_group else seconds
 
+    def inference_reserve(self, include_current: bool = True) -> float:
+        """Seconds kept for the inference of the groups still to run (``include_current=False``:
+        of the groups after the current one)."""
+        tasks = sum(self.groups if include_current else self.groups[1:])
+        if tasks == 0:
+            return 0.0
+        if self._infer_per_task is not None:
+            return self.inference_safety * self._infer_per_task * tasks
+        return self.inference_share * max(0.0, self.deadline.remaining()) * tasks / max(1, sum(self.groups))
+
+    def reserve_after_current(self) -> float:
+        """Everything the groups after the current one are owed: their inference and overhead."""
+        return self.inference_reserve(include_current=False) + self.overhead_per_group * max(0, self.n_groups - 1)
+
     def steps_for_next_group(self) -> int:
-        left_groups = max(1, self.n_groups - self.groups_done)
-        time_left = self.deadline.remaining() - left_groups * (self.reserve_per_group + self.overhead_per_group)
+        left_groups = max(1, self.n_groups)
+        time_left = self.deadline.remaining() - self.inference_reserve() - left_groups * self.overhead_per_group
         if time_left <= 0:
             return 0
         if self.step_time is None:
@@ -127,9 +180,19 @@ class StepPlanner:
         return max(0, min(self.max_steps, steps))
 
     def may_step(self, reserve_after: float = 0.0) -> bool:
-        """Whether one more step still fits before the deadline (with ``reserve_after`` kept back)."""
+        """Whether one more training step of the current group still fits before the deadline,
+        with the inference of every group not yet predicted (this one included), the overhead of
+        the later groups and ``reserve_after`` seconds kept back."""
         st = self.step_time or 0.0
-        return self.deadline.remaining() - reserve_after - st > 0
+        keep = self.inference_reserve() + self.overhead_per_group * max(0, self.n_groups - 1) + reserve_after
+        return self.deadline.remaining() - keep - st > 0
+
+    def inference_seconds(self) -> float:
+        """Seconds the current group's inference may take: the time left less what the later
+        groups are owed (may be <= 0)."""
+        return self.deadline.remaining() - self.reserve_after_current()
 
     def group_done(self) -> None:
         self.groups_done += 1
+        if self.groups:
+            self.groups.pop(0)

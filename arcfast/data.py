@@ -141,6 +141,9 @@ class TaskLoadError(ValueError):
         self.where = where
         self.detail = detail
         self.action = action
+        # For a task that was skipped: its test inputs as far as they could be read (see
+        # skipped_task_stubs), so that a submission still answers it.
+        self.test_inputs: Optional[list] = None
         super().__init__(self.file, task_id, where, detail, action)
 
     def __reduce__(self):
@@ -285,6 +288,31 @@ def _pair(ctx: _Ctx, task_id: str, where: str, obj: Any, need_output: bool) -> P
 
 
 def _task_from_json(ctx: _Ctx, task_id: str, obj: Any, source: str) -> Task:
+    try:
+        return _task_from_json_checked(ctx, task_id, obj, source)
+    except TaskLoadError as e:
+        e.test_inputs = _salvage_test_inputs(ctx, obj)
+        raise
+
+
+def _salvage_test_inputs(ctx: _Ctx, obj: Any) -> Optional[list]:
+    """What a rejected task's test inputs still tell: one entry per test input, its grid (uint8)
+    where it is valid, else None; None when even the number of test inputs is unknown. A
+    submission needs an entry per test input of every task, rejected ones included."""
+    items = obj.get("test") if type(obj) is dict else None
+    if type(items) is not list or not items:
+        return None
+    out = []
+    for p in items:
+        grid = p.get("input") if type(p) is dict else (p[0] if type(p) is list and len(p) == 2 else None)
+        try:
+            out.append(None if grid is None else _to_grid(grid, ctx.max_size, True))
+        except _GridError:
+            out.append(None)
+    return out
+
+
+def _task_from_json_checked(ctx: _Ctx, task_id: str, obj: Any, source: str) -> Task:
     if type(obj) is not dict:
         raise TaskLoadError(ctx.file, task_id, "",
                             f"expected a task {{\"train\": [...], \"test\": [...]}}, found {_describe(obj)}")
@@ -324,6 +352,11 @@ def _parse(raw: bytes, file: PathLike, task_id: Optional[str] = None, line: Opti
     except UnicodeDecodeError as e:
         where = f"line {line}" if line is not None else f"byte {e.start}"
         raise TaskLoadError(file, task_id, where, "not UTF-8 text") from None
+    except RecursionError:
+        # Python's parser recurses per nesting level; an ARC task nests 4 deep (task, pairs,
+        # pair, grid, row), so this is never a task: report it, never a crash.
+        where = f"line {line}" if line is not None else ""
+        raise TaskLoadError(file, task_id, where, "invalid JSON: nested too deeply") from None
 
 
 def _first_byte(path: Path) -> bytes:
@@ -902,7 +935,7 @@ def _resolve_file(path: Path, label: str, fmt: Optional[str], selection) -> _Sou
     try:
         src.raw = path.read_bytes()
         src.parsed = json.loads(src.raw)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         src.fmt = "arc"  # the loader reports the error with its place
         src.raw = src.parsed = None
         return src
@@ -1033,6 +1066,20 @@ def load_tasks(source: Union[PathLike, Sequence[PathLike]], *, solutions: Any = 
             tasks.append(task)
     logger.info("loaded %d task(s) from %s", len(tasks), ", ".join(s.label for s in resolved))
     return tasks
+
+
+def skipped_tasks(problems: Sequence[TaskLoadError], loaded: Iterable[Task] = ()) -> dict[str, Optional[list]]:
+    """The tasks the skip policy left out, by id, in the order their problems were found: each
+    with the test inputs that could still be read (a list with a uint8 grid or None per test
+    input; None when not even their number is known). Ids among ``loaded`` (a duplicate id whose
+    first task loaded) are not listed. A run answers these tasks with fallback grids, so its
+    submission holds every task id of its input."""
+    have = {t.id for t in loaded}
+    out: dict[str, Optional[list]] = {}
+    for p in problems:
+        if p.action == SKIPPED_TASK and p.task_id is not None and p.task_id not in have:
+            out.setdefault(p.task_id, p.test_inputs)
+    return out
 
 
 def _check_options(resolved: list[_Source], sol_list: list, **given: Any) -> None:

@@ -447,7 +447,7 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
     if cfg.progress:
         print(msg, flush=True)
 
-    planner = StepPlanner(deadline, n_groups=1, max_steps=cfg.steps) if deadline else None
+    planner = StepPlanner(deadline, max_steps=cfg.steps) if deadline else None
     save_s, val_s = 1.0, 0.0        # estimates, replaced by measurements
     val_every = cfg.val_every or cfg.save_every or cfg.steps
     last_val = None

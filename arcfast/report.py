@@ -95,12 +95,22 @@ def _finite(x: Any) -> Any:
     return x
 
 
+def _plot_label(task_id: str) -> str:
+    """A task id as an axis label: printable, at most 24 characters, and never read as mathtext
+    (an id comes from an input file and may hold ``$`` or control characters)."""
+    text = "".join(c if c.isprintable() else "?" for c in task_id)
+    text = text if len(text) <= 24 else text[:23] + "…"
+    return text.replace("$", r"\$")
+
+
 def _pct(x: Optional[float]) -> str:
     return "–" if x is None else f"{100 * x:.1f}%"
 
 
 def _cell(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    # Task ids come from input files: control characters and lone surrogates are shown escaped.
+    text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(text).replace("\n", " "))
+    return text.replace("|", "\\|")
 
 
 class RunReport:
@@ -206,7 +216,7 @@ class RunReport:
             ax_t, ax_v, ax_m = fig.add_subplot(gs[0, 0]), fig.add_subplot(gs[1, 0]), None
         fig.suptitle(self.title)
         x = list(range(len(rs)))
-        labels = [r.task_id for r in rs]
+        labels = [_plot_label(r.task_id) for r in rs]
         bar = {"width": 0.8} if len(rs) <= 60 else {"width": 1.0, "linewidth": 0}
 
         train = [r.train_seconds for r in rs]

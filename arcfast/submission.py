@@ -25,7 +25,9 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import numpy as np
 
 
 from .task import Task
@@ -113,7 +115,12 @@ class SubmissionWriter:
     replaces one task's answers and rewrites the file atomically.
     """
 
-    def __init__(self, path: Union[str, Path], tasks: Sequence[Task], fallback: str = "input"):
+    def __init__(self, path: Union[str, Path], tasks: Sequence[Task], fallback: str = "input",
+                 unloadable: Optional[Mapping[str, Optional[Sequence]]] = None):
+        """unloadable: tasks of the input that could not be loaded (``arcfast.data.skipped_tasks``):
+        id -> their test inputs as far as known (a grid or None each; None: not even how many).
+        They keep fallback answers for good: one entry per known test input (the input itself, or
+        ``[[0]]`` where it is unreadable), a single ``[[0]]`` entry when the count is unknown."""
         if fallback not in FALLBACKS:
             raise ValueError(f"unknown fallback {fallback!r}; choose one of {FALLBACKS}")
         self.path = Path(path)
@@ -129,6 +136,12 @@ class SubmissionWriter:
             t.id: [make_attempts([], fallback_grid(t, i, fallback)) for i in range(len(t.test))]
             for t in tasks
         }
+        for tid, inputs in (unloadable or {}).items():
+            if tid in self._entries:
+                raise ValueError(f"task {tid}: both loaded and unloadable")
+            grids = [None] if not inputs else inputs
+            self._entries[tid] = [make_attempts([], np.asarray(g).tolist() if g is not None and fallback == "input"
+                                                else [[0]]) for g in grids]
         self._done: set[str] = set()
         self._lock = threading.Lock()
         with self._lock:

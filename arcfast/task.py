@@ -53,5 +53,24 @@ class Task:
 
         return {"train": [pair(p, True) for p in self.train], "test": [pair(p, True) for p in self.test]}
 
+    def fingerprint(self) -> str:
+        """A digest of everything that decides the task's answers: its id, every train pair and
+        every test input and known output (shapes and cells). Equal tasks have equal
+        fingerprints; a resumed run redoes a task whose fingerprint changed."""
+        import hashlib
+
+        h = hashlib.sha256(self.id.encode("utf-8", "surrogatepass"))
+        for part, pairs in (("train", self.train), ("test", self.test)):
+            h.update(f"|{part}:{len(pairs)}".encode())
+            for p in pairs:
+                for g in (p.input, p.output):
+                    if g is None:
+                        h.update(b"-")
+                    else:
+                        g = np.ascontiguousarray(g, dtype=np.uint8)
+                        h.update(f"{g.shape[0]}x{g.shape[1]}:".encode())
+                        h.update(g.tobytes())
+        return h.hexdigest()[:32]
+
     def __repr__(self) -> str:
         return f"Task({self.id!r}, train={len(self.train)}, test={len(self.test)}, source={self.source!r})"

@@ -41,6 +41,7 @@ from typing import Optional
 import numpy as np
 
 from .budget import Deadline, StepPlanner, format_duration, parse_duration
+from .outdir import OutDir
 from .submission import atomic_write
 
 log = logging.getLogger("arcfast.ttft")
@@ -87,6 +88,28 @@ class TTFTConfig:
     margin: Optional[float] = None         # safety margin in seconds (default: Deadline's)
 
     def __post_init__(self):
+        import math
+
+        # Each refused value would otherwise run: all-fallback answers, silent defaults or a crash mid-run.
+        at_least = (("predictions", 1, "predictions per test input"),
+                    ("steps", 0, "optimizer steps per task; 0: predict without training"),
+                    ("rank", 1, "LoRA rank"),
+                    ("samples_per_task", 1, "samples of each task in every step"),
+                    ("tasks_per_group", 0, "tasks per packed batch; 0: 8 on the CPU, 32 on a GPU"),
+                    ("row_len", 1, "tokens per packed row"),
+                    ("max_len", 1, "tokens in the longest prompt"))
+        for name, low, what in at_least:
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low} ({what}), got {getattr(self, name)}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1 (or unset: from the 30x30 size limit), "
+                             f"got {self.max_new_tokens}")
+        if not (math.isfinite(self.budget) and self.budget > 0):
+            raise ValueError(f"budget must be a positive number of seconds, got {self.budget}")
+        if not (math.isfinite(self.lr) and self.lr >= 0):
+            raise ValueError(f"lr must be a finite number >= 0, got {self.lr}")
+        if not math.isfinite(self.alpha):
+            raise ValueError(f"alpha must be a finite number, got {self.alpha}")
         if self.rescore < 0:
             raise ValueError(f"rescore must be >= 0 augmentations (0: off), got {self.rescore}")
         if self.rescore_top < 2:
@@ -117,6 +140,7 @@ class TaskRun:
     rescore: list = field(default_factory=list)
     metrics: Optional[dict] = None
     error: Optional[str] = None
+    fingerprint: Optional[str] = None   # Task.fingerprint() of the task these answers are for
 
 
 # ----------------------------------------------------------------------------------------------
@@ -188,6 +212,11 @@ class JsonLog:
         self.f.close()
 
 
+def _trainable(task) -> bool:
+    """Whether leave-one-out samples can be drawn from ``task`` (a target and a demonstration)."""
+    return len(task.train) >= 2
+
+
 def _out_of_memory(e: BaseException) -> bool:
     import torch
 
@@ -213,6 +242,7 @@ class TTFTRun:
         self.cfg = cfg
         self.deadline = deadline or Deadline(cfg.budget, margin=cfg.margin)
         self.out = cfg.out_dir
+        self.paths = OutDir(self.out)
         self.rank, self.world = _dist()
         self.out.mkdir(parents=True, exist_ok=True)
         self.log = JsonLog(self.out / ("log.jsonl" if self.world == 1 else f"log.rank{self.rank}.jsonl"))
@@ -220,17 +250,21 @@ class TTFTRun:
 
     # -- setup ----------------------------------------------------------------------------------
     def load_tasks(self):
-        from .data import load_tasks
+        """(tasks, problems, unloadable): the tasks that loaded, every problem found, and the ids
+        of the tasks that could not be loaded with what is known of their test inputs (they keep
+        fallback answers in the submission)."""
+        from .data import load_tasks, skipped_tasks
 
         problems: list = []
         tasks = load_tasks(self.cfg.tasks, solutions=self.cfg.solutions, on_error="skip", problems=problems)
         for p in problems:
             log.warning("%s", p)
             self.log(event="task_problem", message=str(p))
-        if not tasks:
+        unloadable = skipped_tasks(problems, tasks)
+        if not tasks and not unloadable:
             raise ValueError(f"{self.cfg.tasks}: no task could be loaded"
                              + (f" ({len(problems)} problems, first: {problems[0]})" if problems else ""))
-        return tasks, problems
+        return tasks, problems, unloadable
 
     def load_model(self):
         from .model import load_model
@@ -262,14 +296,19 @@ class TTFTRun:
         from .report import RunReport
         from .submission import SubmissionWriter
 
-        cfg, t0 = self.cfg, time.time()
-        tasks, problems = self.load_tasks()
+        cfg = self.cfg
+        if self.rank == 0:
+            # Temporary files of an earlier run that was killed mid-write; ours are all newer.
+            for p in self.paths.remove_stale_temporaries(older_than=time.time() - self.deadline.elapsed()):
+                self.log(event="removed_stale_temporary", path=str(p))
+        tasks, problems, unloadable = self.load_tasks()
+        self.unloadable = unloadable
         mine = tasks[self.rank::self.world]
-        part = self.out / "submission.json" if self.world == 1 else self.out / "parts" / f"rank{self.rank}.json"
+        part = self.paths.submission if self.world == 1 else self.paths.part(self.rank)
         # The fallback answers go to disk before anything else can fail.
-        self.submission = SubmissionWriter(part, mine)
+        self.submission = SubmissionWriter(part, mine, unloadable=unloadable if self.world == 1 else None)
         if self.world > 1 and self.rank == 0:
-            SubmissionWriter(self.out / "submission.json", tasks)
+            SubmissionWriter(self.paths.submission, tasks, unloadable=unloadable)
         self.report = RunReport(title=f"arcfast ttft: {cfg.tasks}", meta={"config": asdict(cfg)})
 
         model = self.load_model()
@@ -296,17 +335,15 @@ class TTFTRun:
             if pre_cfg.r != lora_cfg.r:
                 raise ValueError(f"{cfg.adapter}: adapter rank {pre_cfg.r} differs from --rank {lora_cfg.r}")
 
-        todo = []
-        for t in mine:
-            done = self._load_done(t.id) if cfg.resume else None
-            if done is not None:
-                self._finish_task(t, done, resumed=True)
-            else:
-                todo.append(t)
-        groups = [todo[i:i + group_size] for i in range(0, len(todo), group_size)]
-        planner = StepPlanner(self.deadline, n_groups=len(groups), max_steps=cfg.steps)
-        # Until a group's inference has been timed, keep a third of each group's share for it.
-        planner.reserve_per_group = 0.33 * max(0.0, self.deadline.remaining()) / max(1, len(groups))
+        todo = self._resume(mine, tasks) if cfg.resume else list(mine)
+        # Leave-one-out training needs a target and a demonstration: a task with one train pair
+        # is predicted untrained, in groups of its own, so it never holds back another task.
+        trainable = [t for t in todo if _trainable(t)]
+        alone = [t for t in todo if not _trainable(t)]
+        groups = [g[i:i + group_size] for g in (trainable, alone) for i in range(0, len(g), group_size)]
+        # Until a group's inference has been timed, a third of the time left is kept for it.
+        planner = StepPlanner(self.deadline, max_steps=cfg.steps, groups=[len(g) for g in groups],
+                              inference_share=1 / 3)
 
         bar = self._progress(len(mine), len(mine) - len(todo))
         self.generator = None
@@ -316,13 +353,12 @@ class TTFTRun:
             if self.deadline.expired():
                 self.log(event="out_of_time", tasks_left=len(group) + sum(len(g) for g in queue))
                 break
-            steps = planner.steps_for_next_group() if cfg.train else 0
+            steps = planner.steps_for_next_group() if cfg.train and _trainable(group[0]) else 0
             try:
                 runs = self._train_group(backend, group, steps, planner, pretrained, lora_cfg)
                 t_inf = time.perf_counter()
                 self._predict_group(model, backend, infer_lora, group, runs, planner)
-                inf_s = time.perf_counter() - t_inf
-                planner.reserve_per_group = 1.25 * inf_s * (group_size / max(1, len(group)))
+                planner.record_inference(time.perf_counter() - t_inf, len(group))
                 failed = False
             except Exception as e:   # one group's failure must not end the run
                 backend.recover()
@@ -331,7 +367,7 @@ class TTFTRun:
                     # Every group still queued is cut to the new size too: each would fail alike.
                     half = (len(group) + 1) // 2
                     queue = deque(g[i:i + half] for g in [group, *queue] for i in range(0, len(g), half))
-                    planner.n_groups = planner.groups_done + len(queue)
+                    planner.plan([len(g) for g in queue])   # every reservation follows the new groups
                     self.log(event="oom_split", tasks=[t.id for t in group], tasks_per_group=half,
                              error=str(e).splitlines()[0][:300])
                     log.warning("out of memory with %d tasks per step: %d from now on", len(group), half)
@@ -354,8 +390,12 @@ class TTFTRun:
         if self.world > 1:
             self._merge_parts(tasks)
         if self.rank == 0:
-            self.report.write(self.out)
-        summary = self._summary(tasks, problems, backend, reason, time.time() - t0)
+            try:
+                self.report.write(self.out)
+            except Exception as e:   # the report is a view of the results; it must not lose them
+                log.error("report not written: %s: %s", type(e).__name__, e)
+                self.log(event="report_failed", error=f"{type(e).__name__}: {e}")
+        summary = self._summary(tasks, problems, backend, reason)
         _write_json(self.out / ("run.json" if self.world == 1 else f"run.rank{self.rank}.json"), summary)
         self.log(event="end", **{k: v for k, v in summary.items() if k in ("seconds", "tasks", "trained")})
         self.log.close()
@@ -375,8 +415,10 @@ class TTFTRun:
         else:
             backend.reset_adapters(slots, seeds=seeds, total_steps=max(1, steps))
         if steps <= 0:
-            self.log(event="no_training", tasks=[t.id for t in group],
-                     reason="no time left for training" if cfg.train else "evaluation without training")
+            reason = ("evaluation without training" if not cfg.train
+                      else "fewer than 2 train pairs: nothing to leave one out" if not _trainable(group[0])
+                      else "no time left for training")
+            self.log(event="no_training", tasks=[t.id for t in group], reason=reason)
             return runs
         stream = PackedStream(group, seed=seeds[0], row_len=cfg.row_len, samples_per_task=cfg.samples_per_task,
                               config=SampleConfig(max_len=min(cfg.max_len, cfg.row_len)),
@@ -384,10 +426,9 @@ class TTFTRun:
         done, losses, t_group = 0, np.full(len(group), np.nan), time.perf_counter()
         tokens = np.zeros(len(group), np.int64)
         try:
-            # Keep this group's inference time (planner.reserve_per_group) free while stepping.
+            # Keep the inference time of this group and every later one free while stepping.
             for step in range(steps):
-                if step > 0 and not planner.may_step(reserve_after=planner.reserve_per_group * max(
-                        1, planner.n_groups - planner.groups_done)):
+                if step > 0 and not planner.may_step():
                     self.log(event="stop_early", tasks=[t.id for t in group], step=step, reason="deadline")
                     break
                 t = time.perf_counter()
@@ -412,7 +453,7 @@ class TTFTRun:
             r.train_tokens = int(tokens[i])
             r.final_loss = None if np.isnan(losses[i]) else float(losses[i])
             try:
-                backend.save_adapter(i, self.out / "adapters" / t.id, meta={"task": t.id, "steps": done},
+                backend.save_adapter(i, self.paths.adapter_dir(t.id), meta={"task": t.id, "steps": done},
                                      dtype=self.adapter_dtype)
             except Exception as e:  # a full disk must not lose the answers
                 r.error = f"saving adapter: {type(e).__name__}: {e}"
@@ -438,9 +479,8 @@ class TTFTRun:
             self.generator = Generator(model, infer_lora)
         max_new = cfg.max_new_tokens or max(max_output_tokens(t) for t in group)
         gen_cfg = GenerationConfig(max_new_tokens=max_new)
-        # Generation stops at the deadline less what the later groups' inference still needs.
-        later = planner.reserve_per_group * max(0, planner.n_groups - planner.groups_done - 1)
-        stop_at = self.deadline.clock() + max(0.0, self.deadline.remaining() - later)
+        # Generation stops at the deadline less what the later groups are owed.
+        stop_at = self.deadline.clock() + max(0.0, planner.inference_seconds())
         errors: dict = {}
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -529,18 +569,69 @@ class TTFTRun:
         if r.attempts:
             self.submission.update(task.id, [[np.asarray(g, np.uint8) for g in a] for a in r.attempts])
         if persist and not resumed:
-            _write_json(self.out / "tasks" / f"{task.id}.json", asdict(r))
+            r.fingerprint = task.fingerprint()
+            try:
+                _write_json(self.paths.task_file(task.id), asdict(r))
+            except OSError as e:   # a full disk: the answers are in the submission; resume redoes it
+                log.error("%s: result not written: %s", task.id, e)
+                self.log(event="write_failed", task=task.id, error=str(e))
         self.report.add(_task_result(r))
 
-    def _load_done(self, task_id: str) -> Optional[TaskRun]:
-        path = self.out / "tasks" / f"{task_id}.json"
+    def _resume(self, mine, tasks) -> list:
+        """Keep every task of ``mine`` whose result an earlier run wrote for the same task (same
+        fingerprint); return the rest, to run. Says what changed."""
+        todo, kept, changed = [], [], []
+        for t in mine:
+            done, why = self._load_done(t)
+            if done is not None:
+                self._finish_task(t, done, resumed=True)
+                kept.append(t.id)
+            else:
+                todo.append(t)
+                if why:
+                    changed.append((t.id, why))
+        ids = {t.id for t in tasks}
+        gone = sorted(r.task_id for r in self._read_results() if r.task_id not in ids)
+        msg = f"resume: {len(kept)} finished tasks kept, {len(todo)} to run"
+        if changed:
+            msg += f"; redone, changed since: {', '.join(f'{i} ({w})' for i, w in changed[:10])}"
+            msg += f" and {len(changed) - 10} more" if len(changed) > 10 else ""
+        if gone:
+            msg += f"; {len(gone)} earlier results are for tasks no longer in the input (left as they are)"
+        log.info("%s", msg)
+        self.log(event="resume", kept=kept, changed=[i for i, _ in changed], gone=gone, message=msg)
+        if self.cfg.progress and self.rank == 0:
+            print(msg, flush=True)
+        return todo
+
+    def _load_done(self, task) -> tuple[Optional[TaskRun], Optional[str]]:
+        """(the result an earlier run wrote for ``task``, None) when it is still valid, else
+        (None, why not: None when there is none at all)."""
+        path = self.paths.task_file(task.id)
         if not path.exists():
-            return None
+            return None, None
         try:
-            return TaskRun(**json.loads(path.read_text()))
+            r = TaskRun(**json.loads(path.read_text()))
         except Exception as e:
             log.warning("%s: unreadable (%s); the task runs again", path, e)
-            return None
+            return None, "unreadable result"
+        if r.task_id != task.id:
+            return None, "result of another task"
+        if r.fingerprint != task.fingerprint():
+            return None, "task changed" if r.fingerprint else "result without fingerprint"
+        if r.attempts and len(r.attempts) != len(task.test):
+            return None, "test inputs changed"
+        return r, None
+
+    def _read_results(self) -> list:
+        """Every readable ``tasks/*.json`` result (unreadable ones are skipped)."""
+        out = []
+        for path in sorted(self.paths.tasks_dir.glob("*.json")):
+            try:
+                out.append(TaskRun(**json.loads(path.read_text())))
+            except Exception as e:
+                log.warning("%s: unreadable (%s); skipped", path, e)
+        return out
 
     def _merge_parts(self, tasks) -> None:
         """Rank 0 merges every rank's answers into submission.json (missing ranks keep fallbacks)."""
@@ -552,11 +643,11 @@ class TTFTRun:
             return
         from .submission import SubmissionWriter
 
-        merged = SubmissionWriter(self.out / "submission.json", tasks)
-        ids = {t.id for t in tasks}
-        for path in sorted((self.out / "tasks").glob("*.json")):
-            r = TaskRun(**json.loads(path.read_text()))
-            if r.task_id not in ids:
+        merged = SubmissionWriter(self.paths.submission, tasks, unloadable=self.unloadable)
+        by_id = {t.id: t for t in tasks}
+        for r in self._read_results():
+            t = by_id.get(r.task_id)
+            if t is None or r.fingerprint != t.fingerprint():
                 continue
             if r.attempts:
                 merged.update(r.task_id, [[np.asarray(g, np.uint8) for g in a] for a in r.attempts])
@@ -575,7 +666,7 @@ class TTFTRun:
         sec = max(1e-9, sum(r.train_seconds for r in runs.values()))
         return f"{tok / sec:,.0f} tok/s, budget left {format_duration(self.deadline.remaining())}"
 
-    def _summary(self, tasks, problems, backend, reason, seconds) -> dict:
+    def _summary(self, tasks, problems, backend, reason) -> dict:
         from .metrics import mean_metrics, score_task
 
         # A task with known outputs that got no answer (out of time, failed) scores as unanswered.
@@ -583,7 +674,7 @@ class TTFTRun:
         scored = [(self.results[t.id].metrics if t.id in self.results and self.results[t.id].metrics
                    else score_task(t, None)) for t in mine if t.has_solutions]
         return {
-            "tasks": len(tasks),
+            "tasks": len(tasks) + len(self.unloadable),
             "tasks_this_rank": len(self.results),
             "trained": sum(1 for r in self.results.values() if r.steps > 0),
             "answered": sum(1 for r in self.results.values() if r.attempts),
@@ -591,7 +682,9 @@ class TTFTRun:
             "problems": [str(p) for p in problems],
             "backend": backend.name,
             "backend_reason": reason,
-            "seconds": round(seconds, 2),
+            "unloadable": sorted(self.unloadable),
+            # From the deadline's start: the process start under the CLI, imports included.
+            "seconds": round(self.deadline.elapsed(), 2),
             "budget": self.cfg.budget,
             "metrics": mean_metrics(scored) if scored else None,
             "submission": str(self.out / "submission.json"),

@@ -48,7 +48,7 @@ def test_deadline_margin_and_remaining():
 def test_planner_divides_time_left_over_groups():
     clock = FakeClock()
     d = Deadline(1000, margin=0, clock=clock)
-    p = StepPlanner(d, n_groups=4, max_steps=10_000)
+    p = StepPlanner(d, max_steps=10_000, groups=[8, 8, 8, 8])
     assert p.steps_for_next_group() == 10_000   # nothing measured yet: the recipe's count
     p.record(2.0, steps=4)                       # 0.5 s / step
     assert p.steps_for_next_group() == 500       # 1000 s / 4 groups / 0.5 s
@@ -62,11 +62,40 @@ def test_planner_divides_time_left_over_groups():
 def test_planner_reserves_inference_and_stops_at_deadline():
     clock = FakeClock()
     d = Deadline(100, margin=0, clock=clock)
-    p = StepPlanner(d, n_groups=2, max_steps=1000, reserve_per_group=20.0)
+    p = StepPlanner(d, max_steps=1000, groups=[4, 4])
+    p.record_inference(16.0, tasks=4)            # 4 s per task, kept with a 1.25 safety: 5 s
     p.record(1.0)
-    assert p.steps_for_next_group() == 30       # (100 - 2*20) / 2 / 1 s
+    assert p.inference_reserve() == pytest.approx(40)
+    assert p.steps_for_next_group() == 30       # (100 - 8 tasks * 5 s) / 2 / 1 s
     clock.t += 61
     assert p.steps_for_next_group() == 0        # 39 s left, 40 s reserved
-    assert p.may_step() is True
-    clock.t += 39
     assert p.may_step() is False
+    assert p.inference_seconds() == pytest.approx(19)   # 39 s less the second group's 20 s
+    p.group_done()
+    assert p.inference_reserve() == pytest.approx(20) and p.may_step() is True
+    clock.t += 19
+    assert p.may_step() is False
+
+
+def test_planner_recomputes_every_reservation_when_the_groups_change():
+    # One group of 6 tasks split into 6 groups of one (out of memory) before any inference was
+    # measured: the reservations follow the new plan instead of the 6-fold of the old share.
+    clock = FakeClock()
+    d = Deadline(120, margin=0, clock=clock)
+    p = StepPlanner(d, max_steps=1000, groups=[6], inference_share=1 / 3)
+    p.record(0.1)
+    assert p.steps_for_next_group() == 800     # (120 - 40 s of inference) / 1 group / 0.1 s
+    p.plan([1] * 6)
+    assert p.inference_reserve() == pytest.approx(40)          # still a third of the time left
+    assert p.steps_for_next_group() == 133                      # 80 s / 6 groups / 0.1 s
+    assert p.may_step()
+    clock.t += 13.3                                             # the first group trains its steps
+    assert p.may_step()
+    assert p.inference_seconds() == pytest.approx((120 - 13.3) * (1 - 5 / 18))
+    p.group_done()
+    assert p.groups == [1] * 5 and p.groups_done == 1
+
+
+def test_planner_refuses_an_empty_group():
+    with pytest.raises(ValueError, match="at least one task"):
+        StepPlanner(Deadline(10), max_steps=1, groups=[2, 0])
