@@ -88,12 +88,18 @@ def adapter_config(cfg: LoRAConfig, base_model: str = "") -> dict:
     }
 
 
+def _header_str(value) -> str:
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def save_adapter(path, tensors: dict, cfg: LoRAConfig, base_model: str = "",
                  dtype: Optional[torch.dtype] = None, meta: Optional[dict] = None) -> Path:
     """Write an adapter directory atomically (a temporary sibling, then renamed into place).
 
     ``tensors``: ``{name: (A [din, r], B [r, dout])}``; ``dtype``: saved dtype (default: as given,
-    fp32 for arcfast's master weights); ``meta``: strings stored in the safetensors header."""
+    fp32 for arcfast's master weights); ``meta``: strings stored in the safetensors header (a
+    character with no UTF-8 form, such as a lone surrogate from a JSON task id, kept as its
+    ``\\uXXXX`` escape)."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -101,7 +107,7 @@ def save_adapter(path, tensors: dict, cfg: LoRAConfig, base_model: str = "",
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=str(path.parent)))
     try:
         (tmp / CONFIG_NAME).write_text(json.dumps(adapter_config(cfg, base_model), indent=2))
-        md = {"format": "pt", **{str(k): str(v) for k, v in (meta or {}).items()}}
+        md = {"format": "pt", **{_header_str(k): _header_str(v) for k, v in (meta or {}).items()}}
         save_file(to_peft(tensors, dtype), str(tmp / WEIGHTS_NAME), metadata=md)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
@@ -118,33 +124,59 @@ def save_adapter(path, tensors: dict, cfg: LoRAConfig, base_model: str = "",
 
 
 def load_adapter(path) -> tuple[LoRAConfig, dict]:
-    """Read a PEFT LoRA directory -> (config, ``{name: (A [din, r], B [r, dout])}``)."""
-    from safetensors.torch import load_file
+    """Read a PEFT LoRA directory -> (config, ``{name: (A [din, r], B [r, dout])}``).
+
+    Raises FileNotFoundError when the directory or one of its files is missing, and
+    :class:`arcfast.model.CheckpointError` (a ValueError) naming the file when adapter_config.json
+    is not a JSON object with a positive integer ``r`` (and numbers for ``lora_alpha`` and
+    ``lora_dropout``), or the weights are truncated, corrupt or do not match it."""
+    from .model import CheckpointError, json_field, read_json_object, read_safetensors
 
     path = Path(path)
     cfg_file, w_file = path / CONFIG_NAME, path / WEIGHTS_NAME
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such adapter directory")
     if not cfg_file.exists():
         raise FileNotFoundError(f"{path}: no {CONFIG_NAME} (not a PEFT adapter directory)")
-    c = json.loads(cfg_file.read_text())
+    c = read_json_object(cfg_file)
     if c.get("peft_type", "LORA") != "LORA":
-        raise ValueError(f"{cfg_file}: peft_type {c.get('peft_type')!r}; only LORA adapters are read")
+        raise CheckpointError(f"{cfg_file}: peft_type {c.get('peft_type')!r}; only LORA adapters are read")
     if c.get("use_dora") or c.get("use_rslora"):
-        raise ValueError(f"{cfg_file}: DoRA / rsLoRA adapters are not supported")
+        raise CheckpointError(f"{cfg_file}: DoRA / rsLoRA adapters are not supported")
+    r = json_field(c, "r", "count", cfg_file)
+    alpha = float(json_field(c, "lora_alpha", "number", cfg_file, default=r))
+    dropout = float(json_field(c, "lora_dropout", "number", cfg_file, default=0.0))
+    targets = c.get("target_modules")
+    if not (targets is None or isinstance(targets, str)
+            or (isinstance(targets, list) and all(isinstance(t, str) for t in targets))):
+        raise CheckpointError(f"{cfg_file}: 'target_modules' is {targets!r}; a list of module names "
+                              f"(or one regular expression) is expected")
     if w_file.exists():
-        sd = load_file(str(w_file))
+        source = w_file
+        sd = read_safetensors(w_file)
     elif (path / "adapter_model.bin").exists():
-        sd = torch.load(str(path / "adapter_model.bin"), map_location="cpu", weights_only=True)
+        import pickle
+
+        source = path / "adapter_model.bin"
+        try:
+            sd = torch.load(str(source), map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
+            raise CheckpointError(f"{source}: truncated or corrupt PyTorch file: "
+                                  f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        if not isinstance(sd, dict):
+            raise CheckpointError(f"{source}: a state dict is expected, found {type(sd).__name__}")
     else:
         raise FileNotFoundError(f"{path}: no {WEIGHTS_NAME}")
-    tensors = from_peft(sd, str(w_file))
-    targets = c.get("target_modules") or sorted({n.split(".")[-1] for n in tensors})
-    if isinstance(targets, str):
+    tensors = from_peft(sd, str(source))
+    if not targets or isinstance(targets, str):  # absent, or a regular expression: the layers present
         targets = sorted({n.split(".")[-1] for n in tensors})
-    cfg = LoRAConfig(r=int(c["r"]), alpha=float(c.get("lora_alpha", c["r"])),
-                     dropout=float(c.get("lora_dropout", 0.0)), targets=tuple(targets))
+    try:
+        cfg = LoRAConfig(r=r, alpha=alpha, dropout=dropout, targets=tuple(targets))
+    except ValueError as e:
+        raise CheckpointError(f"{cfg_file}: {e}") from None
     for name, (a, b) in tensors.items():
         if a.shape[1] != cfg.r:
-            raise ValueError(f"{w_file}: layer {name} has rank {a.shape[1]}, the config says r={cfg.r}")
+            raise CheckpointError(f"{source}: layer {name} has rank {a.shape[1]}, {CONFIG_NAME} says r={cfg.r}")
     return cfg, tensors
 
 

@@ -152,10 +152,6 @@ def cmd_eval(args) -> int:
     from .data import load_tasks
     from .ttft import TTFTConfig, TTFTRun
 
-    tasks = load_tasks(args.tasks, solutions=args.solutions, on_error="skip")
-    if not any(t.has_solutions for t in tasks):
-        raise ValueError(f"{args.tasks}: no task has known test outputs; `arcfast eval` needs solutions "
-                         f"(use `arcfast ttft` to predict without them)")
     budget = parse_duration(args.budget)
     out = args.out or time.strftime("runs/eval-%Y%m%d-%H%M%S")
     cfg = TTFTConfig(tasks=args.tasks, solutions=args.solutions, model=args.model, adapter=args.adapter,
@@ -163,6 +159,13 @@ def cmd_eval(args) -> int:
                      rank=args.rank, steps=args.steps, tasks_per_group=args.tasks_per_group,
                      predictions=args.predictions, max_new_tokens=args.max_new_tokens, rescore=args.rescore,
                      rescore_top=args.rescore_top, train=args.ttft, progress=not args.quiet)
+    problems: list = []
+    tasks = load_tasks(args.tasks, solutions=args.solutions, on_error="skip", problems=problems)
+    if not tasks:
+        raise ValueError(_no_task_loaded(args.tasks, problems))
+    if not any(t.has_solutions for t in tasks):
+        raise ValueError(f"{args.tasks}: no task has known test outputs; `arcfast eval` needs solutions "
+                         f"(use `arcfast ttft` to predict without them)")
     summary = TTFTRun(cfg, deadline=Deadline(budget, start=getattr(args, "started", None))).run()
     _print_summary(summary, cfg.out_dir)
     _note_random_weights(cfg.model)
@@ -203,6 +206,8 @@ def cmd_validate(args) -> int:
     tasks = load_tasks(args.source, solutions=args.solutions, on_error="skip", problems=problems,
                        max_size=args.max_size)
     t_load = time.perf_counter() - t0
+    if not tasks:
+        raise ValueError(_no_task_loaded(args.source, problems))
     grids = [g for t in tasks for g in t.grids()]
     t1 = time.perf_counter()
     ids = encode_batch(grids, "compact")
@@ -227,6 +232,43 @@ def cmd_validate(args) -> int:
         for p in problems:
             print(f"  problem: {p}")
     return 0 if bad == 0 else 1
+
+
+def _no_task_loaded(source: str, problems: list) -> str:
+    if not problems:
+        return f"{source}: no task was loaded (the source holds no task)"
+    return (f"{source}: no task was loaded; {len(problems)} skipped "
+            f"(first: {problems[0]})")
+
+
+def check_out_dir(out, flag: str = "--out") -> None:
+    """Refuse, before any work, an output directory that cannot be created or written: an existing
+    file, a path under a file, a directory (or the nearest existing one above it) where nothing can
+    be created — no permission, a read-only file system. Writability is tried, not guessed from
+    permission bits (which do not bind root): an empty temporary directory is created there and
+    removed at once. Raises ValueError naming the path and what is wrong."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {out}: an existing file, not a directory; give a directory "
+                         f"(it is created when missing)")
+    probe = path
+    while not probe.exists():
+        if probe.is_symlink():
+            raise ValueError(f"{flag} {out}: {probe} is a broken symbolic link")
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe != path and probe.exists() and not probe.is_dir():
+        raise ValueError(f"{flag} {out}: {probe} is a file, so the directory cannot be created under it")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".arcfast-write-check-", dir=str(probe)))
+    except OSError as e:
+        what = "the directory" if probe == path else f"{probe}, where it would be created,"
+        raise ValueError(f"{flag} {out}: {what} is not writable ({e.strerror or e})") from None
 
 
 def cmd_info(args) -> int:
@@ -288,6 +330,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Errors a user's paths cause (a missing file, a file where a directory belongs, no permission):
+# each is reported in one line. Other OSErrors (a full disk, an I/O error) keep their traceback.
+_USER_OS_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def _describe(e: BaseException) -> str:
+    """One line for an error: ``path: reason`` for an OSError that names its file, else its text."""
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        where = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else f"{e.filename}"
+        return f"{where}: {e.strerror}"
+    return str(e) or type(e).__name__
+
+
 def main(argv: Optional[list] = None) -> int:
     started = time.monotonic()  # budgets count from here: torch imports and model loading included
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -306,9 +361,11 @@ def main(argv: Optional[list] = None) -> int:
         parser.print_help()
         return 2
     try:
+        if getattr(args, "out", None):
+            check_out_dir(args.out)
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"arcfast {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, *_USER_OS_ERRORS) as e:
+        print(f"arcfast {args.command}: error: {_describe(e)}", file=sys.stderr)
         return 2
 
 

@@ -771,7 +771,7 @@ class _RearcFile:
 
     def perm(self, seed: int) -> np.ndarray:
         if self._perm is None:
-            rng = np.random.default_rng([seed, zlib.crc32(self.key.encode("utf-8"))])
+            rng = np.random.default_rng([seed, zlib.crc32(self.key.encode("utf-8", "surrogatepass"))])
             self._perm = rng.permutation(len(self.pairs()))
         return self._perm
 
@@ -911,7 +911,10 @@ def _resolve_dir(path: Path, label: str, fmt: Optional[str], selection, opts: _O
                              "some; load one of them, or pass recursive=True")
         raise ValueError(f"{label}: no .json task files in this directory")
     if fmt is None:
-        fmt = "rearc" if _first_byte(files[0]) == b"[" else "arc"
+        # RE-ARC generator files are lists, ARC tasks objects; the majority decides, so that one
+        # odd or broken file is reported as bad rather than recasting the whole directory.
+        lists = sum(_first_byte(p) == b"[" for p in files)
+        fmt = "rearc" if 2 * lists > len(files) else "arc"
     return _Source(label, fmt, path=path, selection=selection, files=files)
 
 

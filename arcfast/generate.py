@@ -24,6 +24,11 @@ How a call runs:
    Done rows idle (masked) until the live rows drop into a smaller batch bucket; then finished
    outputs are copied out and the live rows are moved to the front of the cache (one gather), and
    the next steps run at the smaller size. Freed rows are refilled from the queue.
+5. **Deadline.** Prefill micro-batches and decode chunks are timed as the call goes; with a
+   ``deadline`` none is started that would end past it at the measured rate (a decode chunk runs
+   fewer steps when only those fit), so the call returns by it also on a loaded machine. The rates
+   are kept in :class:`GenerationStats` (and between calls) for a caller to plan with
+   (:meth:`Generator.estimate_seconds`).
 
 On CUDA each decode step is a CUDA graph, captured once per (batch bucket, attention span bucket,
 LoRA mode, sampling settings) and replayed: the step is 800 to 2,000 small kernels for a 24-layer
@@ -172,9 +177,29 @@ class Generation:
         return self.n_tokens > 0 and int(self.tokens[-1]) == T.EOG
 
 
+# Work is started before a deadline only when it ends by then at the measured rate times this.
+DEADLINE_SAFETY = 1.1
+
+
 @dataclass
 class GenerationStats:
-    """What the last call did: counts and seconds (wall clock, device synchronised at the end)."""
+    """What the last call did: counts and seconds (wall clock, device synchronised at the end),
+    and the measured rates a caller plans its next call from.
+
+    Rates (the :class:`Generator` keeps them between calls, and a deadline is kept with them: no
+    prefill micro-batch and no decode chunk is started that would end past it at these rates):
+
+    prefill_s_per_token: seconds per prefill token, padding included (``prefill_s`` over
+                         ``prefill_padded_tokens`` of this call; the generator's last estimate when
+                         this call ran no prefill; 0.0 when nothing was ever measured).
+    decode_s_per_step:   seconds per decode step of this call, over the steps whose chunk captured
+                         no CUDA graph (0.0 when none was measured); a step costs about this at the
+                         batch sizes this call ran.
+    step_s_by_batch:     batch bucket -> seconds per decode step, the latest measurement at that
+                         size (also from earlier calls): what the next call starts planning from.
+    capture_s:           seconds of the latest CUDA graph capture (0.0: none yet); a decode chunk
+                         that needs a new graph is planned to cost this much more.
+    """
 
     prompts: int = 0
     prompt_tokens: int = 0
@@ -186,7 +211,12 @@ class GenerationStats:
     graphs_captured: int = 0
     compactions: int = 0
     lora_modes: dict = field(default_factory=dict)
-    cut_by_deadline: int = 0    # prompts stopped (or never started) because the deadline passed
+    cut_by_deadline: int = 0    # prompts stopped in flight or never started because of the deadline
+    prefill_padded_tokens: int = 0   # tokens the prefill forwards ran over, padding included
+    prefill_s_per_token: float = 0.0
+    decode_s_per_step: float = 0.0
+    step_s_by_batch: dict = field(default_factory=dict)
+    capture_s: float = 0.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -483,6 +513,11 @@ class Generator:
         self._graphs: dict = {}
         self._pool = None
         self.stats = GenerationStats()
+        # Measured rates, kept between calls (see GenerationStats): the latest seconds per padded
+        # prefill token, per decode step by batch bucket, and per graph capture.
+        self._prefill_rate: Optional[float] = None
+        self._step_rate: dict = {}
+        self._capture_s: Optional[float] = None
         if lora is not None:
             n, p = lora.weight.shape
             self.n_slots = n + 1  # slot n: the base model (all-zero adapter)
@@ -653,6 +688,9 @@ class Generator:
     def _capture(self, B, S, lora, sampling, seed):
         # Warm-up runs really step the rows: snapshot the row state and put it back afterwards.
         # (The cache slots and output columns they wrote are rewritten by the real steps.)
+        # Timed, device synchronised, so a deadline can plan the next capture.
+        torch.cuda.synchronize(self.device)
+        t0 = time.perf_counter()
         state = [t.clone() for t in (self.tok, self.pos, self.ngen, self.done)]
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
@@ -667,8 +705,41 @@ class Generator:
             self._step(B, S, lora, sampling, seed)
         for t, saved in zip((self.tok, self.pos, self.ngen, self.done), state):
             t.copy_(saved)
+        torch.cuda.synchronize(self.device)
+        self._capture_s = time.perf_counter() - t0
         self.stats.graphs_captured += 1
         return g
+
+    # -- measured rates ------------------------------------------------------------------------
+    def step_seconds(self, B: int) -> Optional[float]:
+        """Estimated seconds of one decode step at batch bucket ``B``: the latest measurement at
+        that size, else at the next larger measured size (a larger batch is not faster), else the
+        largest measured size scaled by ``B`` over it; None before any measurement."""
+        r = self._step_rate
+        if B in r:
+            return r[B]
+        larger = [b for b in r if b > B]
+        if larger:
+            return r[min(larger)]
+        if r:
+            b = max(r)
+            return r[b] * B / b
+        return None
+
+    def estimate_seconds(self, n_prompts: int, prompt_tokens: int, new_tokens: int) -> Optional[float]:
+        """Seconds a call would take at the measured rates: ``prompt_tokens`` of prefill and, per
+        wave of at most the cache's rows, ``new_tokens`` decode steps at that wave's batch size
+        (an upper bound when rows stop early on EOG; graph captures not included). None until
+        both a prefill and a decode step have been measured."""
+        if n_prompts <= 0:
+            return 0.0
+        if not self.cap:   # no call yet: nothing measured
+            return None
+        per_step = self.step_seconds(self._bucket(min(n_prompts, self.cap)))
+        if self._prefill_rate is None or per_step is None:
+            return None
+        waves = -(-n_prompts // self.cap)
+        return prompt_tokens * self._prefill_rate + waves * new_tokens * per_step
 
     # -- row bookkeeping -----------------------------------------------------------------------
     def _route(self, n: int, B: int, slots: np.ndarray) -> str:
@@ -840,9 +911,19 @@ class Generator:
         adapter_ids: int per prompt: a MultiLoRA row, or -1 for the base model (default all -1).
         config:      a :class:`GenerationConfig` (``overrides`` replace its fields).
         keys:        int per prompt naming its sampling noise (default: its index).
-        deadline:    a ``time.monotonic()`` instant: once it has passed, every row stops where it is
-                     and prompts not yet started get empty outputs (the decoder then reports them
-                     unterminated), so a time budget is kept whatever the model does.
+        deadline:    a ``time.monotonic()`` instant the call returns by, whatever the model does
+                     or the machine's load. Each prefill micro-batch and each chunk of decode steps
+                     is timed (:class:`GenerationStats` keeps the rates), and none is started that
+                     would end past the deadline at the measured rate (times
+                     ``DEADLINE_SAFETY``): a decode chunk that would cross it runs the steps that
+                     fit, and when none fits, or a prefill micro-batch does not, the call ends.
+                     Outputs finished by then are kept as they are; rows still in flight keep
+                     the tokens they have, prompts not started get empty outputs (the decoder
+                     reports both unterminated), and ``stats.cut_by_deadline`` counts them. The
+                     first piece of work of a kind is unplanned until one is measured (rates are
+                     kept between calls of one Generator); with a deadline each prefill
+                     micro-batch synchronises the device to be timed. ``None`` (or a deadline
+                     never reached) runs exactly the same steps as without one.
         """
         cfg = config or GenerationConfig()
         if overrides:
@@ -887,16 +968,23 @@ class Generator:
             pos_h = np.zeros(self.cap, dtype=np.int64)
             pos_h[:n] = both[1]
 
-        while queue or n:
-            if deadline is not None and time.monotonic() > deadline and (queue or not done_h[:n].all()):
-                st.cut_by_deadline = len(queue) + int((~done_h[:n]).sum())
-                empty = Generation(np.zeros(0, np.int32), np.zeros(0, np.float32))
-                while queue:
-                    results[queue.popleft()] = empty
-                self.done[:n] = True
-                sync()
+        admit = True          # False once the deadline leaves no time to start another prompt
+        steady_s, steady_steps = 0.0, 0   # decode chunks that captured no graph (the rate's basis)
+
+        def cut():
+            # Stop every live row where it is; harvested below with the tokens it has.
+            nonlocal admit
+            admit = False
+            st.cut_by_deadline += int((~done_h[:n]).sum())
+            self.done[:n] = True
+            sync()
+
+        while (queue and admit) or n:
+            if deadline is not None and time.monotonic() > deadline and (
+                    (queue and admit) or not done_h[:n].all()):
+                cut()
             n_alive = int((~done_h[:n]).sum())
-            refill = bool(queue) and (n_alive == 0 or self.cap - n_alive >= refill_min)
+            refill = bool(queue) and admit and (n_alive == 0 or self.cap - n_alive >= refill_min)
             shrink = n_alive < n and (n_alive == 0 or self._bucket(n_alive) < self._bucket(n))
             if refill or shrink:
                 n = self._harvest_and_compact(n, done_h, pos_h, row_req, results)
@@ -910,13 +998,20 @@ class Generator:
                 take = []
                 while queue and n + len(take) < self.cap:
                     take.append(queue.popleft())
-                self._prefill(n, take, prompts, lens, slots, keys, sampling, seed)
-                row_req[n:n + len(take)] = take
-                n += len(take)
+                k, padded = self._prefill(n, take, prompts, lens, slots, keys, sampling, seed, deadline)
+                if k < len(take):   # the deadline refused a micro-batch: admit nothing more
+                    queue.extendleft(reversed(take[k:]))
+                    admit = False
+                row_req[n:n + k] = take[:k]
+                n += k
                 sync()
                 if self.cuda:
                     torch.cuda.synchronize(self.device)
-                st.prefill_s += time.perf_counter() - t0
+                dt = time.perf_counter() - t0
+                st.prefill_s += dt
+                st.prefill_padded_tokens += padded
+                if deadline is None and padded:
+                    self._prefill_rate = dt / padded
                 mode = None
                 continue
             if n == 0:
@@ -926,14 +1021,47 @@ class Generator:
             if mode is None:
                 self._pad_rows(n, B)
                 mode = self._route(n, B, slots[row_req[:n]])
+                if deadline is not None and self.cuda:
+                    torch.cuda.synchronize(self.device)   # the routing's copies stay out of the step rate
             steps = self.sync_every
             live_pos = pos_h[:n][~done_h[:n]]
+            # The span is sized for a full chunk also when fewer steps run: same graph key.
             S = min(self.s_alloc, _round_up(int(live_pos.max()) + steps + 1, self.s_block))
+            if deadline is not None:
+                per_step = self.step_seconds(B)
+                if per_step is not None:
+                    capture = 0.0
+                    if self.cuda_graphs and (B, S, mode, sampling, seed) not in self._graphs:
+                        capture = self._capture_s or 0.0
+                    left = deadline - time.monotonic() - DEADLINE_SAFETY * capture
+                    fit = int(left // (DEADLINE_SAFETY * per_step)) if left > 0 else 0
+                    if fit < 1:
+                        cut()
+                        st.decode_s += time.perf_counter() - t0
+                        continue
+                    steps = min(steps, fit)
+            captured = st.graphs_captured
+            t1 = time.perf_counter()
             self._run_steps(steps, B, S, mode, sampling, seed)
             st.decode_steps += steps
             st.row_steps += steps * B
             sync()
-            st.decode_s += time.perf_counter() - t0
+            t2 = time.perf_counter()
+            st.decode_s += t2 - t0
+            if st.graphs_captured == captured:
+                self._step_rate[B] = (t2 - t1) / steps
+                steady_s += t2 - t1
+                steady_steps += steps
+        if queue:   # never started: the deadline closed admission
+            st.cut_by_deadline += len(queue)
+            empty = Generation(np.zeros(0, np.int32), np.zeros(0, np.float32))
+            while queue:
+                results[queue.popleft()] = empty
+        st.prefill_s_per_token = (st.prefill_s / st.prefill_padded_tokens if st.prefill_padded_tokens
+                                  else self._prefill_rate or 0.0)
+        st.decode_s_per_step = steady_s / steady_steps if steady_steps else 0.0
+        st.step_s_by_batch = dict(self._step_rate)
+        st.capture_s = self._capture_s or 0.0
         st.generated_tokens = int(sum(r.n_tokens for r in results))
         return results
 
@@ -977,13 +1105,24 @@ class Generator:
             self.pos[n:B] = 0
             self.tok[n:B] = T.PAD
 
-    def _prefill(self, r0, take, prompts, lens, slots, keys, sampling, seed) -> None:
+    def _prefill(self, r0, take, prompts, lens, slots, keys, sampling, seed,
+                 deadline: Optional[float] = None) -> tuple[int, int]:
+        """Prefill prompts ``take`` into rows r0.. in micro-batches; returns (prompts prefilled,
+        padded tokens run). With a ``deadline``, each micro-batch is timed (device synchronised)
+        and none is started that would end past it at the measured rate: the prompts from the
+        first one refused on are left out (the count tells the caller)."""
         dev = self.device
-        i = 0
+        i = padded = 0
         while i < len(take):
             # Longest first: the first prompt of a micro-batch sets its padded length.
             L = int(lens[take[i]])
             R = max(1, min(len(take) - i, self.prefill_tokens // max(L, 1)))
+            if deadline is not None:
+                now = time.monotonic()
+                rate = self._prefill_rate
+                if now >= deadline or (rate is not None and now + DEADLINE_SAFETY * rate * R * L > deadline):
+                    break
+                t0 = time.perf_counter()
             group = take[i:i + R]
             ids = np.full((R, L), T.PAD, dtype=np.int64)
             for j, q in enumerate(group):
@@ -1009,7 +1148,13 @@ class Generator:
             self.ngen[rows] = 1
             self.keys[rows] = keys_t
             self.done[rows] = ((choice == T.EOG) & self.stop_t) | (self.max_new_t <= 1)
+            if deadline is not None:
+                if self.cuda:
+                    torch.cuda.synchronize(self.device)
+                self._prefill_rate = (time.perf_counter() - t0) / (R * L)
+            padded += R * L
             i += R
+        return i, padded
 
     def _harvest_and_compact(self, n, done_h, pos_h, row_req, results) -> int:
         """Copy finished rows' outputs to ``results``, move live rows to the front (``row_req`` and
@@ -1147,8 +1292,10 @@ def predict_tasks(model, tasks: Sequence, adapter_ids: Optional[Sequence[int]] =
     on_error:       ``"raise"``: a task whose prompts cannot be built raises ValueError naming it;
                     ``"skip"``: it gets no predictions and ``errors[task.id]`` says why.
     adapter_names:  per task, the label stored in each Prediction's ``adapter`` (default: the id).
-    deadline:       a ``time.monotonic()`` instant after which generation stops (see
-                    :meth:`Generator.generate`); outputs cut short decode as ``"unterminated"``.
+    deadline:       a ``time.monotonic()`` instant generation ends by (see
+                    :meth:`Generator.generate`: no work is started that would end past it at the
+                    measured rates); outputs cut short decode as ``"unterminated"``, and the
+                    generator's ``stats`` hold the cut count and the rates.
 
     Returns ``out[task][test_input]``: a list of :class:`arcfast.vote.Prediction` in the task's
     original frame, one per augmentation, in augmentation order. Outputs that fail the strict

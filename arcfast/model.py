@@ -31,6 +31,106 @@ from . import tokens as T
 FAMILIES = ("qwen2", "qwen3", "llama", "mistral")
 
 
+class CheckpointError(ValueError):
+    """A checkpoint or adapter file that cannot be used as it is: not JSON, not an object, a field
+    missing or of the wrong type, truncated or corrupt weights, weights that do not fit the config.
+    The message starts with the file (or directory) and says what is wrong."""
+
+
+def read_json_object(path) -> dict:
+    """The JSON object stored in file ``path``. Raises :class:`CheckpointError` naming the file
+    (and the line and column of a syntax error) when it cannot be read, is not JSON or holds
+    something other than an object; FileNotFoundError when it does not exist."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path}: not UTF-8 text (byte {e.start}); a JSON file is expected") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path}: a directory, not a JSON file") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot be read: {e.strerror or e}") from None
+    if not text.strip():
+        raise CheckpointError(f"{path}: empty file; a JSON object is expected")
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: line {e.lineno} column {e.colno}: not valid JSON ({e.msg})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: a JSON object {{...}} is expected, found {_json_kind(obj)}")
+    return obj
+
+
+def _json_kind(v) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return f"the boolean {json.dumps(v)}"
+    if isinstance(v, (int, float)):
+        return f"the number {v!r}"
+    if isinstance(v, str):
+        return f"the string {v!r}"
+    return {list: "an array", dict: "an object"}.get(type(v), type(v).__name__)
+
+
+_REQUIRED = object()
+_KINDS = {
+    "count": "a positive integer",
+    "number": "a finite number",
+    "flag": "true or false",
+    "object": "an object {...}",
+}
+
+
+def json_field(obj: dict, key: str, kind: str, source, default=_REQUIRED):
+    """``obj[key]`` checked to be of ``kind`` (``"count"``: an integer >= 1, ``"number"``: a finite
+    int or float, ``"flag"``: a boolean, ``"object"``: a dict). A missing or null value gives
+    ``default``, or, when there is none, :class:`CheckpointError` naming ``source`` and ``key``;
+    so does a value of another kind."""
+    v = obj.get(key)
+    if v is None:
+        if default is _REQUIRED:
+            raise CheckpointError(f"{source}: {key!r} is {'null' if key in obj else 'missing'}; "
+                                  f"{_KINDS[kind]} is required")
+        return default
+    if kind == "count":
+        ok = isinstance(v, int) and not isinstance(v, bool) and v >= 1
+    elif kind == "number":
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    elif kind == "flag":
+        ok = isinstance(v, bool)
+    elif kind == "object":
+        ok = isinstance(v, dict)
+    else:
+        raise ValueError(f"unknown field kind {kind!r}")
+    if not ok:
+        raise CheckpointError(f"{source}: {key!r} is {_json_kind(v)}; {_KINDS[kind]} is expected")
+    return v
+
+
+def read_safetensors(path) -> dict:
+    """The tensors of the safetensors file ``path`` (on the CPU). Raises :class:`CheckpointError`
+    naming the file when it is truncated, corrupt or unreadable; FileNotFoundError when it does
+    not exist."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: a directory, not a safetensors file")
+    try:
+        return load_file(str(path))
+    except SafetensorError as e:
+        raise CheckpointError(f"{path}: truncated or corrupt safetensors file ({path.stat().st_size:,} bytes): "
+                              f"{e}") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot be read: {e.strerror or e}") from None
+
+
 # ----------------------------------------------------------------------------------------------
 # Configuration
 
@@ -465,57 +565,83 @@ def load_model(path_or_preset: str, dtype=None, device=None, vocab: str = "compa
 
 
 def config_from_hf(hf: dict, source: str = "") -> ModelConfig:
-    """Our config from a transformers config.json dict (families: qwen2, qwen3, llama, mistral)."""
+    """Our config from a transformers config.json dict (families: qwen2, qwen3, llama, mistral).
+
+    Raises :class:`CheckpointError` naming ``source`` (default ``config.json``) and the field when a
+    field is missing or of the wrong type, or the fields do not make a consistent architecture."""
+    source = source or "config.json"
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{source}: a JSON object {{...}} is expected, found {_json_kind(hf)}")
     mt = hf.get("model_type", "")
     if mt not in FAMILIES:
-        raise ValueError(f"{source or 'config.json'}: model_type {mt!r} is not supported "
-                         f"(supported: {', '.join(FAMILIES)})")
-    rope = dict(hf.get("rope_parameters") or {})
-    theta = float(rope.get("rope_theta", hf.get("rope_theta", 10000.0)))
-    scaling = hf.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
+        raise CheckpointError(f"{source}: model_type {mt!r} is not supported "
+                              f"(supported: {', '.join(FAMILIES)})")
+    rope = dict(json_field(hf, "rope_parameters", "object", source, default={}))
+    theta = float(json_field(rope, "rope_theta", "number", f"{source}: rope_parameters",
+                             default=json_field(hf, "rope_theta", "number", source, default=10000.0)))
+    scaling = (json_field(hf, "rope_scaling", "object", source, default=None)
+               or (rope if rope.get("rope_type", "default") != "default" else None))
     if scaling is not None:
         scaling = {k: v for k, v in scaling.items() if k != "rope_theta"}
         if scaling.get("rope_type", scaling.get("type", "default")) == "default":
             scaling = None
-    n_heads = hf["num_attention_heads"]
+    count = lambda key, default=_REQUIRED: json_field(hf, key, "count", source, default)
+    n_heads = count("num_attention_heads")
+    hidden = count("hidden_size")
+    vocab_size = count("vocab_size")
     sliding = None
     if mt == "mistral" or (mt in ("qwen2", "qwen3") and hf.get("use_sliding_window")):
-        sliding = hf.get("sliding_window")
-    return ModelConfig(
-        family=mt,
-        vocab_size=hf["vocab_size"],
-        hidden_size=hf["hidden_size"],
-        n_layers=hf["num_hidden_layers"],
-        n_heads=n_heads,
-        n_kv_heads=hf.get("num_key_value_heads") or n_heads,
-        intermediate_size=hf["intermediate_size"],
-        head_dim=hf.get("head_dim") or hf["hidden_size"] // n_heads,
-        rope_theta=theta,
-        rope_scaling=scaling,
-        rms_eps=hf.get("rms_norm_eps", 1e-6),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        qkv_bias=True if mt == "qwen2" else bool(hf.get("attention_bias", False)),
-        qk_norm=(mt == "qwen3"),
-        sliding_window=sliding,
-        max_position=hf.get("max_position_embeddings", 32768),
-        full_vocab_size=hf["vocab_size"],
-        name=hf.get("_name_or_path", "") or source,
-    )
+        sliding = count("sliding_window", None)
+    try:
+        cfg = ModelConfig(
+            family=mt,
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            n_layers=count("num_hidden_layers"),
+            n_heads=n_heads,
+            n_kv_heads=count("num_key_value_heads", n_heads),
+            intermediate_size=count("intermediate_size"),
+            head_dim=count("head_dim", None) or hidden // n_heads,
+            rope_theta=theta,
+            rope_scaling=scaling,
+            rms_eps=float(json_field(hf, "rms_norm_eps", "number", source, default=1e-6)),
+            tie_embeddings=bool(json_field(hf, "tie_word_embeddings", "flag", source, default=False)),
+            qkv_bias=True if mt == "qwen2" else bool(json_field(hf, "attention_bias", "flag", source, default=False)),
+            qk_norm=(mt == "qwen3"),
+            sliding_window=sliding,
+            max_position=count("max_position_embeddings", 32768),
+            full_vocab_size=vocab_size,
+            name=str(hf.get("_name_or_path") or "") or source,
+        )
+    except CheckpointError:
+        raise
+    except ValueError as e:
+        raise CheckpointError(f"{source}: {e}") from None
+    try:
+        rope_inv_freq(cfg)
+    except (KeyError, TypeError, ValueError) as e:
+        what = f"field {e} missing" if isinstance(e, KeyError) else str(e)
+        raise CheckpointError(f"{source}: RoPE scaling {scaling}: {what}") from None
+    return cfg
 
 
 def _read_safetensors(path: Path) -> dict:
-    from safetensors.torch import load_file
-
     index = path / "model.safetensors.index.json"
     if index.exists():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        weight_map = json_field(read_json_object(index), "weight_map", "object", index)
+        if not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{index}: weight_map must map tensor names to file names")
+        files = sorted(set(weight_map.values()))
+        for f in files:
+            if not (path / f).is_file():
+                raise FileNotFoundError(f"{index}: names the weight file {f}, which is not in {path}")
     else:
         files = sorted(f.name for f in path.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{path}: no *.safetensors weights (other formats are not read)")
     sd = {}
     for f in files:
-        sd.update(load_file(str(path / f)))
+        sd.update(read_safetensors(path / f))
     return sd
 
 
@@ -530,7 +656,11 @@ def compact_token_ids(tokenizer_dir, tokenizer=None) -> list[int]:
         # class, ignoring a custom normaliser or pre-tokenizer in tokenizer.json).
         from tokenizers import Tokenizer
 
-        tok = Tokenizer.from_file(str(Path(tokenizer_dir) / "tokenizer.json"))
+        tok_file = Path(tokenizer_dir) / "tokenizer.json"
+        try:
+            tok = Tokenizer.from_file(str(tok_file))
+        except Exception as e:  # the tokenizers library raises plain Exception for a bad file
+            raise CheckpointError(f"{tok_file}: not a readable tokenizer file: {e}") from None
         unk_tok = getattr(tok.model, "unk_token", None)
         unk = tok.token_to_id(unk_tok) if unk_tok else None
         encode = lambda s: tok.encode(s, add_special_tokens=False).ids
@@ -538,7 +668,12 @@ def compact_token_ids(tokenizer_dir, tokenizer=None) -> list[int]:
         if tokenizer is None:
             from transformers import AutoTokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+            except (OSError, ValueError) as e:
+                raise CheckpointError(f"{tokenizer_dir}: no tokenizer transformers can load "
+                                      f"(tokenizer.json or tokenizer_config.json and its files): "
+                                      f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         unk = getattr(tokenizer, "unk_token_id", None)
         encode = lambda s: tokenizer.encode(s, add_special_tokens=False)
     ids, seen = [], {}
@@ -565,17 +700,21 @@ def load_checkpoint(path, dtype=None, device=None, vocab: str = "compact") -> Ca
     cfg_file = path / "config.json"
     if not cfg_file.exists():
         raise FileNotFoundError(f"{path}: no config.json (not a Hugging Face checkpoint directory)")
-    hf_cfg = json.loads(cfg_file.read_text())
-    cfg = config_from_hf(hf_cfg, str(cfg_file))
+    cfg = config_from_hf(read_json_object(cfg_file), str(cfg_file))
     sd = _read_safetensors(path)
     sd = {k: v for k, v in sd.items() if not k.endswith("rotary_emb.inv_freq")}
     if "lm_head.weight" not in sd:
         if not cfg.tie_embeddings:
-            raise ValueError(f"{path}: lm_head.weight missing and tie_word_embeddings is false")
+            raise CheckpointError(f"{path}: lm_head.weight missing and tie_word_embeddings is false")
+    for key in ("model.embed_tokens.weight", "lm_head.weight"):
+        t = sd.get(key)
+        if t is not None and (t.dim() != 2 or t.shape[0] != cfg.vocab_size):
+            raise CheckpointError(f"{path}: {key} is {list(t.shape)} in the weights; {cfg_file.name} says "
+                                  f"vocab_size {cfg.vocab_size}")
     if vocab == "compact":
         ids = compact_token_ids(path)
         if max(ids) >= cfg.vocab_size:
-            raise ValueError(f"{path}: tokenizer id {max(ids)} is outside the embedding ({cfg.vocab_size} rows)")
+            raise CheckpointError(f"{path}: tokenizer id {max(ids)} is outside the embedding ({cfg.vocab_size} rows)")
         index = torch.tensor(ids, dtype=torch.long)
         for key in ("model.embed_tokens.weight", "lm_head.weight"):
             if key in sd:
@@ -591,11 +730,18 @@ def load_checkpoint(path, dtype=None, device=None, vocab: str = "compact") -> Ca
         model = CausalLM(cfg)
     if cfg.tie_embeddings:
         sd.pop("lm_head.weight", None)
-    missing = set(model.state_dict()) - set(sd)
-    unexpected = set(sd) - set(model.state_dict())
+    expected = model.state_dict()
+    missing = set(expected) - set(sd)
+    unexpected = set(sd) - set(expected)
     if missing or unexpected:
-        raise ValueError(f"{path}: weights do not match the {cfg.family} architecture; "
-                         f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+        raise CheckpointError(f"{path}: weights do not match the {cfg.family} architecture; "
+                              f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+    wrong = [(k, list(sd[k].shape), list(expected[k].shape)) for k in sorted(sd) if sd[k].shape != expected[k].shape]
+    if wrong:
+        k, got, want = wrong[0]
+        raise CheckpointError(f"{path}: weights do not match {cfg_file.name}: {k} is {got} in the weights, "
+                              f"the config makes it {want}"
+                              + (f" (and {len(wrong) - 1} more tensors differ)" if len(wrong) > 1 else ""))
     model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, assign=True)
     model.inv_freq = rope_inv_freq(cfg)  # a buffer built on "meta" above; stays fp32
     return model.to(device)

@@ -134,7 +134,8 @@ class SampleSet:
 
 
 def _task_spec(task: Task) -> tuple:
-    return (task.id, task.source or "", [(p.input, p.output) for p in task.train],
+    # Bytes, not str: an id from a JSON file may hold a lone surrogate, which has no UTF-8 form.
+    return (task.id.encode("utf-8", "surrogatepass"), (task.source or "").encode("utf-8", "surrogatepass"), [(p.input, p.output) for p in task.train],
             [(p.input, p.output) for p in task.test])
 
 

@@ -22,7 +22,8 @@ Re-scoring (:func:`rescore_jobs`): every voted candidate of a test input is scor
 augmentations and the candidates are ranked by the sum (:func:`arcfast.vote.rescore`), all test
 inputs of all tasks in one batched call. Items are scored in the order given, batch after batch, so
 when a ``deadline`` stops the work the items left unscored (NaN) are the last ones, and only the test
-inputs they belong to keep their voting order.
+inputs they belong to keep their voting order. Batches are timed, and none is started that would end
+past the deadline at the measured seconds per token (:class:`ScoreStats` keeps the rate).
 """
 from __future__ import annotations
 
@@ -214,17 +215,44 @@ def _forward_batch(model, lora, prompts, targets, adapters, row_len: int, attent
 
 
 def default_batch_tokens(device) -> int:
-    """Tokens per scoring forward by default: 32768 on CUDA, 4096 on the CPU. A batch started just
-    before a deadline must end well within the run's safety margin (4k tokens of the tiny model
-    take about 0.4 s on one CPU core)."""
+    """Tokens per scoring forward by default: 32768 on CUDA, 4096 on the CPU. Batches are planned
+    against a deadline from their measured rate, but the first one of a call only when given a rate
+    (``s_per_token``): unplanned, it must end well within the run's safety margin (4k tokens of the
+    tiny model take about 0.4 s on one CPU core)."""
     import torch
 
     return 32768 if torch.device(device).type == "cuda" else 4096
 
 
+# A batch is started before a deadline only when it ends by then at the measured rate times this.
+DEADLINE_SAFETY = 1.1
+
+
+@dataclass
+class ScoreStats:
+    """What a :func:`target_logprobs` call did (pass one as ``stats=`` to have it filled).
+
+    sequences:       sequences asked for; ``scored``: those scored; ``cut_by_deadline``: those the
+                     deadline left unscored (the last ones, in order).
+    tokens:          tokens the forwards ran over (prompts and targets, no padding); ``batches``:
+                     forwards run; ``seconds``: their wall time (device synchronised).
+    s_per_token:     the latest measured seconds per token of a batch (the ``s_per_token`` given
+                     when no batch ran; 0.0 when neither): what the next call can plan from.
+    """
+
+    sequences: int = 0
+    scored: int = 0
+    cut_by_deadline: int = 0
+    tokens: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    s_per_token: float = 0.0
+
+
 def target_logprobs(model, lora, seqs: Sequences, batch_tokens: Optional[int] = None,
                     row_len: Optional[int] = None, attention: str = "auto", lora_path: str = "auto",
-                    deadline: Optional[float] = None) -> list:
+                    deadline: Optional[float] = None, s_per_token: Optional[float] = None,
+                    stats: Optional[ScoreStats] = None) -> list:
     """Per-token log-probabilities of every sequence's target given its prompt.
 
     model:        an :class:`arcfast.model.CausalLM` (any dtype/device).
@@ -234,7 +262,13 @@ def target_logprobs(model, lora, seqs: Sequences, batch_tokens: Optional[int] = 
     row_len:      tokens per packed row (default: ``min(batch_tokens, 8192)``, at least the longest
                   sequence of the batch).
     attention:    :class:`arcfast.attention.PackedAttention` impl; ``lora_path``: the LoRA path.
-    deadline:     a ``time.monotonic()`` instant: batches not started by then are not run.
+    deadline:     a ``time.monotonic()`` instant the call returns by: each batch is timed, and none
+                  is started that would end past the deadline at the measured seconds per token
+                  (times ``DEADLINE_SAFETY``); it and the batches after it are not run.
+    s_per_token:  seconds per token to plan the first batch with (e.g. a previous call's
+                  ``stats.s_per_token``, or a generator's ``stats.prefill_s_per_token``); without
+                  it the first batch is started whenever the deadline has not passed.
+    stats:        a :class:`ScoreStats` filled in place (counts, seconds, the measured rate).
 
     Returns a list with, per sequence, float32 [G_i] (fp32 log-softmax, temperature 1), or ``None``
     for a sequence the deadline left unscored.
@@ -242,6 +276,8 @@ def target_logprobs(model, lora, seqs: Sequences, batch_tokens: Optional[int] = 
     _check(model, lora, seqs)
     n = len(seqs)
     out: list = [None] * n
+    st = stats if stats is not None else ScoreStats()
+    vars(st).update(vars(ScoreStats(sequences=n, s_per_token=float(s_per_token or 0.0))))
     if n == 0:
         return out
     budget = int(batch_tokens or default_batch_tokens(model.device))
@@ -251,14 +287,27 @@ def target_logprobs(model, lora, seqs: Sequences, batch_tokens: Optional[int] = 
     lens = np.array([len(p) + len(t) for p, t in zip(seqs.prompts, seqs.targets)], dtype=np.int64)
     prompts = [np.asarray(p, np.int64) for p in seqs.prompts]
     targets = [np.asarray(t, np.int64) for t in seqs.targets]
+    rate = s_per_token if s_per_token and s_per_token > 0 else None
     for idx in _batches(lens, budget):
-        if deadline is not None and time.monotonic() > deadline:
-            break
+        tokens = int(lens[idx].sum())
+        if deadline is not None:
+            now = time.monotonic()
+            if now >= deadline or (rate is not None and now + DEADLINE_SAFETY * rate * tokens > deadline):
+                break
+        t0 = time.perf_counter()
         lp = _forward_batch(model, lora, [prompts[i] for i in idx], [targets[i] for i in idx],
-                            seqs.adapters[idx], rows, attention, lora_path)
+                            seqs.adapters[idx], rows, attention, lora_path)   # on the host: synchronised
+        dt = time.perf_counter() - t0
+        rate = dt / tokens
+        st.batches += 1
+        st.tokens += tokens
+        st.seconds += dt
+        st.scored += len(idx)
+        st.s_per_token = rate
         ends = np.cumsum([len(targets[i]) for i in idx])[:-1]
         for i, x in zip(idx, np.split(lp, ends)):
             out[int(i)] = x
+    st.cut_by_deadline = n - st.scored
     return out
 
 
@@ -341,5 +390,5 @@ def rescore_predictions(model, lora, task: Task, test_index: int, candidates: Se
     return rescore_jobs(model, lora, [job], max_prompt_len, **kwargs)[0]
 
 
-__all__ = ["ScoreItem", "Sequences", "build_sequences", "default_batch_tokens", "target_logprobs", "score_sequences",
-           "score_candidates", "RescoreJob", "rescore_items", "rank_jobs", "rescore_jobs", "rescore_predictions"]
+__all__ = ["ScoreItem", "Sequences", "ScoreStats", "build_sequences", "default_batch_tokens", "target_logprobs",
+           "score_sequences", "score_candidates", "RescoreJob", "rescore_items", "rank_jobs", "rescore_jobs", "rescore_predictions"]

@@ -179,7 +179,7 @@ def _dtype(name: str, device):
 def _task_seed(seed: int, task_id: str) -> int:
     import zlib
 
-    return (seed * 1_000_003 + zlib.crc32(task_id.encode())) & 0x7FFFFFFF
+    return (seed * 1_000_003 + zlib.crc32(task_id.encode("utf-8", "surrogatepass"))) & 0x7FFFFFFF
 
 
 def _write_json(path: Path, obj) -> None:
@@ -373,7 +373,7 @@ class TTFTRun:
                     log.warning("out of memory with %d tasks per step: %d from now on", len(group), half)
                     continue
                 msg = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
-                log.error("tasks %s failed: %s", ", ".join(t.id for t in group), msg)
+                log.error("tasks %s failed: %s", ", ".join(t.id for t in group), msg, exc_info=True)
                 self.log(event="group_failed", tasks=[t.id for t in group], error=msg)
                 runs = {t.id: TaskRun(t.id, error=f"failed, fallback answers: {msg}") for t in group}
                 failed = True

@@ -58,7 +58,10 @@ def test_a_run_cut_by_its_budget_is_reported_incomplete(tmp_path):
     from arcfast.data import load_tasks
     from arcfast.submission import validate_submission
 
-    validate_submission(tmp_path / "run" / "submission.json", load_tasks("arc1:eval[:2]"))
+    tasks = load_tasks("arc1:eval[:2]")
+    sub = validate_submission(tmp_path / "run" / "submission.json", tasks)
+    assert sub == {t.id: [{"attempt_1": q.input.tolist(), "attempt_2": q.input.tolist()} for q in t.test]
+                   for t in tasks}
 
 
 def test_options_and_the_bar():

@@ -8,6 +8,7 @@ import pytest
 from arcfast import load_tasks
 from arcfast.cli import main
 from arcfast.submission import validate_submission
+from scripted import ScriptedGenerator, turn
 
 
 def test_validate_bundled_set(capsys):
@@ -53,38 +54,104 @@ def test_ttft_finishes_inside_a_60s_budget_with_complete_outputs(tmp_path):
     assert any(s.get("event") == "step" and s["tokens_per_s"] > 0 for s in steps)
 
 
+def _results(out) -> dict:
+    """Every per-task result of a run (tasks/*.json), by the task id each file holds."""
+    recs = [json.loads(p.read_text()) for p in (out / "tasks").glob("*.json")]
+    by_id = {r["task_id"]: r for r in recs}
+    assert len(by_id) == len(recs)
+    return by_id
+
+
+def _scripted_entry(test_input, rec_attempts) -> dict:
+    """The submission entry of one test input of a run with the scripted generator (rule ``turn``):
+    its answer where the task's result holds one, the fallback (the input itself) elsewhere."""
+    fallback = test_input.tolist()
+    answer = turn(test_input).tolist()
+    assert answer != fallback   # else the answer could not be told from the fallback
+    assert rec_attempts in ([], [answer])   # one grid from every augmentation, or none parsed
+    return {"attempt_1": rec_attempts[0] if rec_attempts else fallback, "attempt_2": fallback}
+
+
 @pytest.mark.slow
-def test_ttft_cut_short_still_leaves_a_valid_submission(tmp_path):
-    """A budget too small to train everything: every task and test input is still answered."""
+def test_ttft_cut_short_still_leaves_a_valid_submission(tmp_path, monkeypatch):
+    """A budget too small to train everything: every task and test input is still answered, with
+    the model's answer where the run got to predict it and the fallback elsewhere. The scripted
+    generator's answers are known, so the submission is checked grid by grid."""
+    import arcfast.generate
+
+    monkeypatch.setattr(arcfast.generate, "Generator", ScriptedGenerator)
     out = tmp_path / "run"
     t0 = time.monotonic()
     rc = main(["ttft", "--tasks", "arc1:eval[:10]", "--budget", "15s", "--out", str(out), "--steps", "50",
                "--tasks-per-group", "2", "--predictions", "2", "--row-len", "4096", "--max-len", "4096", "-q"])
     assert rc == 0
     assert time.monotonic() - t0 < 15
-    validate_submission(out / "submission.json", load_tasks("arc1:eval[:10]"))
+    tasks = load_tasks("arc1:eval[:10]")
+    sub = validate_submission(out / "submission.json", tasks)
+    results = _results(out)
+    assert set(results) <= {t.id for t in tasks}
+    # Cut short: no task got its 50 steps.
+    assert all(r["steps"] < 50 for r in results.values())
+    answered = 0
+    for t in tasks:
+        attempts = results[t.id]["attempts"] if t.id in results else []
+        assert attempts == [] or len(attempts) == len(t.test)
+        for i, q in enumerate(t.test):
+            rec = attempts[i] if attempts else []
+            assert sub[t.id][i] == _scripted_entry(q.input, rec), (t.id, i)
+            answered += bool(rec)
+    # The file was rewritten with predictions after the model ran, not only the initial fallbacks.
+    assert answered >= 1
 
 
-def test_ttft_resume_keeps_finished_tasks(tmp_path):
+def test_ttft_resume_keeps_finished_tasks(tmp_path, monkeypatch):
+    """A resumed run re-runs nothing and submits the answers the first run found (the scripted
+    generator's; the resumed run's generator would answer otherwise)."""
+    from functools import partial
+
+    import arcfast.generate
+
+    monkeypatch.setattr(arcfast.generate, "Generator", ScriptedGenerator)
     out = tmp_path / "run"
     args = ["ttft", "--tasks", "arc1:eval[:2]", "--budget", "40s", "--out", str(out), "--steps", "1",
-            "--predictions", "1", "--max-new-tokens", "8", "--row-len", "4096", "--max-len", "4096", "-q"]
+            "--predictions", "1", "--row-len", "4096", "--max-len", "4096", "-q"]
     assert main(args) == 0
+    tasks = load_tasks("arc1:eval[:2]")
+    want = {t.id: [_scripted_entry(q.input, [turn(q.input).tolist()]) for q in t.test] for t in tasks}
+    assert json.loads((out / "submission.json").read_text()) == want
     first = {p.name: p.stat().st_mtime_ns for p in (out / "tasks").glob("*.json")}
     assert len(first) == 2
+    monkeypatch.setattr(arcfast.generate, "Generator", partial(ScriptedGenerator, rule=lambda x: x))
     assert main(args + ["--resume"]) == 0
     again = {p.name: p.stat().st_mtime_ns for p in (out / "tasks").glob("*.json")}
     assert again == first   # nothing re-run, nothing rewritten
     run = json.loads((out / "run.json").read_text())
     assert run["trained"] == 2 and run["tasks_this_rank"] == 2
+    assert json.loads((out / "submission.json").read_text()) == want   # the kept answers, not fallbacks
 
 
-def test_eval_scores_and_refuses_tasks_without_solutions(tmp_path, capsys):
+def test_eval_scores_and_refuses_tasks_without_solutions(tmp_path, capsys, monkeypatch):
+    """Scored against known answers: the scripted generator answers the half turn of every test
+    input, right for one task and wrong (another shape) for the other, so each metric is 1/2 (0
+    unanswered)."""
+    import arcfast.generate
+
+    monkeypatch.setattr(arcfast.generate, "Generator", ScriptedGenerator)
+    solved = tmp_path / "solved"
+    solved.mkdir()
+    x = np.array([[1, 2, 3], [4, 5, 0]])
+    train = [{"input": [[1, 2]], "output": [[2, 1]]}, {"input": [[3], [4]], "output": [[4], [3]]}]
+    for name, solution in (("right", turn(x).tolist()), ("wrong", [[0]])):
+        (solved / f"{name}.json").write_text(json.dumps({"train": train, "test": [{"input": x.tolist(),
+                                                                                     "output": solution}]}))
     out = tmp_path / "eval"
-    assert main(["eval", "--tasks", "arc1:train[:2]", "--out", str(out), "--predictions", "2",
-                 "--max-new-tokens", "12", "-q"]) == 0
+    assert main(["eval", "--tasks", str(solved), "--out", str(out), "--predictions", "4", "-q"]) == 0
     run = json.loads((out / "run.json").read_text())
-    assert run["trained"] == 0 and set(run["metrics"]) >= {"accuracy", "vote_2", "unanswered"}
+    assert run["trained"] == 0
+    assert run["metrics"] == {"accuracy": 0.5, "correct_pixels": 0.5, "correct_size": 0.5, "pass_n": 0.5,
+                              "vote_1": 0.5, "vote_2": 0.5, "unanswered": 0.0}
+    results = _results(out)
+    assert results["right"]["metrics"]["accuracy"] == 1.0 and results["wrong"]["metrics"]["accuracy"] == 0.0
     assert "| accuracy |" in capsys.readouterr().out
     assert not (out / "adapters").exists()   # nothing trained, nothing saved
     d = tmp_path / "nosol"
@@ -96,36 +163,45 @@ def test_eval_scores_and_refuses_tasks_without_solutions(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_ttft_under_torchrun_shards_tasks_and_merges_the_submission(tmp_path):
-    """Two CPU processes (gloo): each trains half the tasks; rank 0 merges one complete submission."""
+    """Two CPU processes (gloo), each with the scripted generator: each trains and answers half the
+    tasks; rank 0 merges one complete submission that holds every rank's (known) answers."""
     import os
     import socket
     import subprocess
     import sys
+    from pathlib import Path
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "dist"
+    script = Path(__file__).with_name("scripted.py")   # the arcfast command line, scripted generator
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), "-m", "arcfast.cli", "ttft", "--tasks", "arc1:eval[:4]", "--budget", "90s",
-           "--out", str(out), "--steps", "2", "--predictions", "1", "--max-new-tokens", "8",
-           "--row-len", "4096", "--max-len", "4096", "-q"]
+           "--master_port", str(port), str(script), "ttft", "--tasks", "arc1:eval[:4]", "--budget", "90s",
+           "--out", str(out), "--steps", "2", "--predictions", "2", "--row-len", "4096", "--max-len", "4096", "-q"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     tasks = load_tasks("arc1:eval[:4]")
-    validate_submission(out / "submission.json", tasks)
+    merged = validate_submission(out / "submission.json", tasks)
     ranks = [json.loads((out / f"run.rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["tasks_this_rank"] for r in ranks] == [2, 2]
-    assert sorted(p.stem for p in (out / "tasks").glob("*.json")) == sorted(t.id for t in tasks)
-    assert all((out / "adapters" / t.id / "adapter_model.safetensors").exists() for t in tasks)
+    assert [r["trained"] for r in ranks] == [2, 2]
+    results = _results(out)
+    assert set(results) == {t.id for t in tasks}
+    assert len(list((out / "adapters").glob("*/adapter_model.safetensors"))) == len(tasks)
     report = json.loads((out / "report.json").read_text())
     assert {r["task_id"] for r in report["tasks"]} == {t.id for t in tasks}
-    merged = json.loads((out / "submission.json").read_text())
-    for t in tasks:   # every rank's answers made it into the merged file
-        rec = json.loads((out / "tasks" / f"{t.id}.json").read_text())
-        if rec["attempts"] and rec["attempts"][0]:
-            assert merged[t.id][0]["attempt_1"] == rec["attempts"][0][0]
+    want = {}
+    for t in tasks:
+        # Every test input answered: the half turn of its input, from both augmentations.
+        assert results[t.id]["attempts"] == [[turn(q.input).tolist()] for q in t.test], t.id
+        assert results[t.id]["votes"] == [2] * len(t.test)
+        want[t.id] = [_scripted_entry(q.input, a) for q, a in zip(t.test, results[t.id]["attempts"])]
+    for r in (0, 1):   # each rank's part holds its own tasks, answered, and no other task
+        part = json.loads((out / "parts" / f"rank{r}.json").read_text())
+        assert part == {t.id: want[t.id] for t in tasks[r::2]}
+    assert merged == want   # every rank's answers made it into the merged file
 
 
 # -- re-scoring --------------------------------------------------------------------------------

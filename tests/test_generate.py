@@ -12,6 +12,8 @@ from arcfast.lora import LoRAConfig, MultiLoRA
 from arcfast.model import build_model, init_weights, preset
 from arcfast.reference.generate import greedy_reference, hf_generate, hf_with_adapter
 from arcfast.task import Pair, Task
+from arcfast.vote import vote
+from scripted import TOKEN_LOGPROB, ScriptedGenerator, augment_like, encode, turn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -220,30 +222,95 @@ def _task(tid: str, seed: int) -> Task:
     return Task(tid, train, [Pair(g(2, 2)), Pair(g(3, 2))], source="test")
 
 
-def test_predict_task_decodes_and_inverts(eog_model):
-    from arcfast.augment import test_time_augmentations
-    from arcfast.formats import decode
-    from arcfast.prompts import build_inference_prompts
+def _turn_task(tid: str, seed: int) -> Task:
+    """A task whose rule is the scripted generator's (a half turn: tests/scripted.py), so its
+    solutions are what that generator answers. Non-square grids (a transpose changes the shape),
+    none of them symmetric under a half turn (the answer differs from the input)."""
+    rng = np.random.default_rng(seed)
 
-    task = _task("t0", 0)
-    cfg = GenerationConfig(max_new_tokens=40)
-    preds = predict_task(eog_model, task, n_predictions=8, config=cfg)
-    assert len(preds) == 2 and all(len(p) == 8 for p in preds)
-    augs = test_time_augmentations(task, 8)
-    assert len({a.transform for a in augs}) == 8  # spread over the dihedral group
-    for ti, plist in enumerate(preds):
-        gens = generate(eog_model, build_inference_prompts(task, ti, augs), config=cfg)
-        for p, g, a in zip(plist, gens, augs):
-            assert p.n_tokens == g.n_tokens and p.logprob == pytest.approx(g.logprob, abs=1e-4)
-            grid, status = decode(g.tokens)
-            if grid is None:
-                assert p.grid is None and p.status == status.value
+    def g(h, w):
+        while True:
+            x = rng.integers(0, 10, size=(h, w)).astype(np.uint8)
+            if not np.array_equal(turn(x), x):
+                return x
+
+    return Task(tid, [Pair(x, turn(x)) for x in (g(2, 3), g(3, 4))],
+                [Pair(x, turn(x)) for x in (g(2, 3), g(4, 2))], source="test")
+
+
+N_TTA = 16   # transform i % 8 for augmentation i: each dihedral transform twice, colours permuted after the first
+
+
+def _checked_augmentations(task, n=N_TTA):
+    """predict_task's augmentations, checked to exercise every inverse: all 8 dihedral transforms,
+    and, after the first (the identity), each one moving every test output (so an inverse left
+    out or taken the wrong way leaves another grid)."""
+    from arcfast.augment import test_time_augmentations
+
+    augs = test_time_augmentations(task, n)
+    assert {a.transform for a in augs} == set(range(8))
+    assert augs[0].transform == 0 and augs[0].colors == tuple(range(10))
+    assert sum(a.colors != tuple(range(10)) for a in augs) >= n - 2
+    for q in task.test:
+        assert all(not np.array_equal(augment_like(q.output, a), q.output) for a in augs[1:])
+    return augs
+
+
+def test_predict_task_decodes_and_inverts(eog_model):
+    """Every prediction, under every augmentation, parses and is un-augmented to the known solution:
+    the scripted generator answers each prompt with the solution in that prompt's frame."""
+    from arcfast.generate import augmentation_name
+
+    task = _turn_task("t0", 0)
+    augs = _checked_augmentations(task)
+    gen = ScriptedGenerator(eog_model)
+    preds = predict_task(eog_model, task, n_predictions=N_TTA, generator=gen)
+    # The prompts were built under the augmentations, in order: each one's target input is the test
+    # input in that frame (numpy's dihedral transforms and colour maps, not the core's).
+    assert [x.tolist() for x, _ in gen.seen] == [augment_like(q.input, a).tolist() for q in task.test for a in augs]
+    assert [a for _, a in gen.seen] == [-1] * len(gen.seen)
+    assert len(preds) == len(task.test)
+    for q, plist in zip(task.test, preds):
+        assert len(plist) == N_TTA
+        for i, (p, a) in enumerate(zip(plist, augs)):
+            framed = augment_like(q.output, a)   # what the generator emitted, as a grid
+            assert p.augmentation == augmentation_name(i, a)
+            assert p.status == "ok" and p.grid is not None, p.augmentation
+            assert p.grid.shape == q.output.shape and np.array_equal(p.grid, q.output), p.augmentation
+            assert p.n_tokens == T.grid_len(*framed.shape) and p.adapter == "base"
+            assert p.logprob == pytest.approx(TOKEN_LOGPROB * p.n_tokens)
+        (top,) = vote(plist, top_k=None)
+        assert top.count == N_TTA and np.array_equal(top.grid, q.output)
+
+
+def test_predict_task_votes_the_known_answer_over_wrong_and_unparsed_ones(eog_model):
+    """Three kinds of scripted answer, by the target input's top-left cell in the prompt's frame: the
+    solution, the input copied (wrong, but the same grid from every frame) and the solution cut
+    before its EOG. Each prediction is what its kind says, and voting counts them exactly."""
+    task = _turn_task("t1", 14)
+    augs = _checked_augmentations(task)
+
+    def kind(x):
+        return int(x[0, 0]) % 3   # 0: right, 1: wrong, 2: cut short
+
+    def rule(x):
+        return (turn(x), x, encode(turn(x))[:-1])[kind(x)]
+
+    preds = predict_task(eog_model, task, n_predictions=N_TTA, generator=ScriptedGenerator(eog_model, rule=rule))
+    for q, plist in zip(task.test, preds):
+        kinds = [kind(augment_like(q.input, a)) for a in augs]
+        n = [kinds.count(k) for k in range(3)]
+        assert n[0] > n[1] >= 1 and n[2] >= 1, n   # the task tells each kind apart
+        for p, k, a in zip(plist, kinds, augs):
+            framed = augment_like(q.output, a)
+            if k == 2:
+                assert p.grid is None and p.status == "unterminated" and p.n_tokens == T.grid_len(*framed.shape) - 1
             else:
-                want = a.invert_grid(grid)
-                assert (p.grid is None) == (want is None)
-                if want is not None:
-                    assert np.array_equal(p.grid, want)
-                    assert np.array_equal(a.apply_grid(p.grid, "output"), grid)
+                assert p.status == "ok" and np.array_equal(p.grid, q.output if k == 0 else q.input), p.augmentation
+        cands = vote(plist, top_k=None)
+        assert [c.grid.tolist() for c in cands] == [q.output.tolist(), q.input.tolist()]
+        assert [c.count for c in cands] == n[:2]
+        assert [c.members for c in cands] == [tuple(i for i, k in enumerate(kinds) if k == j) for j in (0, 1)]
 
 
 def test_predict_tasks_batches_tasks_with_their_adapters(eog_model):
@@ -256,6 +323,8 @@ def test_predict_tasks_batches_tasks_with_their_adapters(eog_model):
         alone = predict_task(eog_model, t, a, lora, n_predictions=4, config=cfg)
         for x, y in zip(got, alone):
             assert [p.n_tokens for p in x] == [p.n_tokens for p in y]
+            # Few of these outputs parse: the log-probabilities tell whose adapter each one ran with.
+            assert [p.logprob for p in x] == pytest.approx([p.logprob for p in y], abs=1e-4)
             assert [p.status for p in x] == [p.status for p in y]
             assert all(p.adapter == (str(a) if a >= 0 else "base") for p in x)
             for p, q in zip(x, y):

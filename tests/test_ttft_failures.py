@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -12,6 +11,7 @@ from arcfast.backends.native import NativeBackend
 from arcfast.data import load_tasks
 from arcfast.submission import validate_submission
 from arcfast.ttft import TTFTConfig, TTFTRun
+from scripted import ScriptedGenerator, turn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -19,8 +19,9 @@ TASKS = "arc1:eval[:4]"
 
 
 def _cfg(out, **kw):
+    # No max_new_tokens: the scripted generator's answers (the `scripted` fixture) are never cut.
     base = dict(tasks=TASKS, budget=120.0, out=str(out), steps=2, tasks_per_group=4, predictions=1,
-                max_new_tokens=4, row_len=4096, max_len=4096, progress=False)
+                row_len=4096, max_len=4096, progress=False)
     return TTFTConfig(**{**base, **kw})
 
 
@@ -28,7 +29,32 @@ def _events(out):
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
 
-def test_out_of_memory_splits_the_group_until_it_fits(tmp_path, monkeypatch):
+def _result_ids(out) -> set:
+    """The task ids of the per-task results written (read from each file, not its name)."""
+    return {json.loads(p.read_text())["task_id"] for p in (out / "tasks").glob("*.json")}
+
+
+def _entries(task, answered: bool) -> list:
+    """The submission entries of ``task`` in a run with the scripted generator (rule ``turn``):
+    its known answer first when ``answered``, else the fallback (the test input) twice."""
+    out = []
+    for q in task.test:
+        fallback = q.input.tolist()
+        assert turn(q.input).tolist() != fallback   # the answer can be told from the fallback
+        out.append({"attempt_1": turn(q.input).tolist() if answered else fallback, "attempt_2": fallback})
+    return out
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    """Every generator the run builds answers with the scripted rule (tests/scripted.py), so the
+    answers in the submission are known."""
+    import arcfast.generate
+
+    monkeypatch.setattr(arcfast.generate, "Generator", ScriptedGenerator)
+
+
+def test_out_of_memory_splits_the_group_until_it_fits(tmp_path, monkeypatch, scripted):
     real = NativeBackend.step
     seen = []
 
@@ -49,8 +75,9 @@ def test_out_of_memory_splits_the_group_until_it_fits(tmp_path, monkeypatch):
     assert [e["tasks_per_group"] for e in splits] == [2, 1]
     assert seen.count(4) == 1 and seen.count(2) == 1
     assert summary["trained"] == 6 and summary["answered"] == 6 and summary["failed"] == []
-    validate_submission(out / "submission.json", load_tasks(six))
-    assert len(list((out / "tasks").glob("*.json"))) == 6
+    sub = validate_submission(out / "submission.json", load_tasks(six))
+    assert sub == {t.id: _entries(t, answered=True) for t in load_tasks(six)}   # every task predicted
+    assert _result_ids(out) == {t.id for t in load_tasks(six)}
     # The split run's adapters are those of a run one task per group from the start: nothing the
     # failed steps left behind (a partial gradient) reached them.
     monkeypatch.setattr(NativeBackend, "step", real)
@@ -64,7 +91,7 @@ def test_out_of_memory_splits_the_group_until_it_fits(tmp_path, monkeypatch):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), t.id
 
 
-def test_a_failing_group_keeps_fallbacks_and_is_retried_on_resume(tmp_path, monkeypatch):
+def test_a_failing_group_keeps_fallbacks_and_is_retried_on_resume(tmp_path, monkeypatch, scripted):
     import arcfast.ttft as ttft
 
     real = ttft.TTFTRun._predict_group
@@ -77,16 +104,21 @@ def test_a_failing_group_keeps_fallbacks_and_is_retried_on_resume(tmp_path, monk
 
     monkeypatch.setattr(ttft.TTFTRun, "_predict_group", predict)
     out = tmp_path / "run"
+    tasks = load_tasks(TASKS)
     summary = TTFTRun(_cfg(out, tasks_per_group=2)).run()
-    assert summary["failed"] == sorted(t.id for t in load_tasks(TASKS)[:2])
+    assert summary["failed"] == sorted(t.id for t in tasks[:2])
     assert summary["answered"] == 2
     failed = [e for e in _events(out) if e["event"] == "group_failed"]
     assert len(failed) == 1 and "a prompt builder bug" in failed[0]["error"]
-    validate_submission(out / "submission.json", load_tasks(TASKS))
-    assert {p.stem for p in (out / "tasks").glob("*.json")} == {t.id for t in load_tasks(TASKS)[2:]}
+    sub = validate_submission(out / "submission.json", tasks)
+    # The failed group's tasks keep their fallbacks; the other group's carry the model's answers.
+    assert sub == {t.id: _entries(t, answered=i >= 2) for i, t in enumerate(tasks)}
+    assert _result_ids(out) == {t.id for t in tasks[2:]}
 
     monkeypatch.setattr(ttft.TTFTRun, "_predict_group", real)
     again = TTFTRun(_cfg(out, tasks_per_group=2, resume=True)).run()
     assert again["failed"] == [] and again["answered"] == 4
-    sub = json.loads((out / "submission.json").read_text())
-    assert np.asarray(sub[bad][0]["attempt_1"]).ndim == 2
+    # The retried tasks are answered now, and the kept ones still are.
+    sub = validate_submission(out / "submission.json", tasks)
+    assert sub == {t.id: _entries(t, answered=True) for t in tasks}
+    assert _result_ids(out) == {t.id for t in tasks}

@@ -63,7 +63,7 @@ def combine(h: int, v: int) -> int:
 
 def fnv1a64(s: str) -> int:
     h = 0xCBF29CE484222325
-    for b in s.encode("utf-8"):
+    for b in s.encode("utf-8", "surrogatepass"):
         h = ((h ^ b) * 0x100000001B3) & MASK
     return h
 
