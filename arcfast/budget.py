@@ -8,6 +8,7 @@ the safety margin all fit.
 from __future__ import annotations
 
 import math
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -50,6 +51,23 @@ def format_duration(seconds: float) -> str:
     return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
 
 
+def process_start(clock=time.monotonic) -> float:
+    """The instant this process started, on ``clock`` (``time.monotonic``): a budget counts from
+    there, interpreter start-up and imports included. Read from ``/proc/self/stat`` (Linux; its
+    start time is on the boot-time clock, in clock ticks); elsewhere, or when it cannot be read,
+    the current instant."""
+    now = clock()
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            stat = f.read()
+        # The command name (field 2) may hold spaces and parentheses: count from its last ')'.
+        start_ticks = int(stat[stat.rindex(b")") + 2:].split()[19])
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return now
+    return now - age if 0.0 <= age < 86400.0 * 365 else now
+
+
 class Deadline:
     """A wall-clock deadline ``budget`` seconds after ``start`` (``time.monotonic`` by default).
 
@@ -89,12 +107,18 @@ class StepPlanner:
     split in halves after running out of memory) changes them all at once:
 
     - **inference**: time kept for predicting every task not yet predicted. Before any inference
-      was measured, ``inference_share`` of the time left, spread over those tasks; after
-      :meth:`record_inference`, ``inference_safety`` times the measured seconds per task;
+      was measured, ``inference_share`` of the time left when the planner was made, spread over
+      the tasks then planned (a fixed number of seconds per task: it does not shrink while the
+      first group trains); after :meth:`record_inference`, ``inference_safety`` times the
+      measured seconds per task;
     - **overhead**: ``overhead_per_group`` seconds per group still to run (loading, saving);
     - **training**: what is left, divided evenly over the groups still to train, in steps of the
       measured seconds per step (an exponential average of :meth:`record`;
-      ``first_step_seconds`` before any measurement), capped at the recipe's ``max_steps``.
+      ``first_step_seconds`` before any measurement), capped at the recipe's ``max_steps``. The
+      group's share is also a time limit (``share_slack`` times it, from when
+      :meth:`steps_for_next_group` planned the group): :meth:`may_step` refuses a step past it,
+      so a group whose steps were planned blind, or that slows down, leaves the later groups
+      their time.
 
     ``groups`` lists the number of tasks of each group not yet finished, in run order; the first
     is the group in progress once :meth:`steps_for_next_group` has been asked for it.
@@ -108,11 +132,15 @@ class StepPlanner:
     first_step_seconds: Optional[float] = None
     overhead_per_group: float = 0.0
     groups_done: int = 0
+    share_slack: float = 1.1
     _step_time: Optional[float] = field(default=None, repr=False)
     _infer_per_task: Optional[float] = field(default=None, repr=False)
+    _share_per_task: float = field(default=0.0, repr=False)
+    _train_until: Optional[float] = field(default=None, repr=False)
 
     def __post_init__(self):
         self.plan(self.groups)
+        self._share_per_task = self.inference_share * max(0.0, self.deadline.remaining()) / max(1, sum(self.groups))
 
     def plan(self, groups) -> None:
         """Replace the groups still to run (tasks per group, in order, the current one first)."""
@@ -163,27 +191,34 @@ class StepPlanner:
             return 0.0
         if self._infer_per_task is not None:
             return self.inference_safety * self._infer_per_task * tasks
-        return self.inference_share * max(0.0, self.deadline.remaining()) * tasks / max(1, sum(self.groups))
+        return self._share_per_task * tasks
 
     def reserve_after_current(self) -> float:
         """Everything the groups after the current one are owed: their inference and overhead."""
         return self.inference_reserve(include_current=False) + self.overhead_per_group * max(0, self.n_groups - 1)
 
     def steps_for_next_group(self) -> int:
+        """Steps for the group about to train (the first of ``groups``); also starts its time
+        limit (see the class docstring)."""
         left_groups = max(1, self.n_groups)
         time_left = self.deadline.remaining() - self.inference_reserve() - left_groups * self.overhead_per_group
+        share = time_left / left_groups
+        self._train_until = self.deadline.clock() + self.share_slack * max(0.0, share)
         if time_left <= 0:
             return 0
         if self.step_time is None:
             return self.max_steps
-        steps = int(time_left / left_groups / max(self.step_time, 1e-9))
+        steps = int(share / max(self.step_time, 1e-9))
         return max(0, min(self.max_steps, steps))
 
     def may_step(self, reserve_after: float = 0.0) -> bool:
-        """Whether one more training step of the current group still fits before the deadline,
+        """Whether one more training step of the current group still fits: before the deadline,
         with the inference of every group not yet predicted (this one included), the overhead of
-        the later groups and ``reserve_after`` seconds kept back."""
+        the later groups and ``reserve_after`` seconds kept back; and inside the group's time
+        limit when :meth:`steps_for_next_group` set one."""
         st = self.step_time or 0.0
+        if self._train_until is not None and self.deadline.clock() + st > self._train_until:
+            return False
         keep = self.inference_reserve() + self.overhead_per_group * max(0, self.n_groups - 1) + reserve_after
         return self.deadline.remaining() - keep - st > 0
 
@@ -194,5 +229,6 @@ class StepPlanner:
 
     def group_done(self) -> None:
         self.groups_done += 1
+        self._train_until = None
         if self.groups:
             self.groups.pop(0)

@@ -19,6 +19,8 @@ import sys
 import time
 from typing import Optional
 
+from .budget import process_start
+
 
 
 def _add_ttft(sub) -> None:
@@ -40,6 +42,9 @@ def _add_ttft(sub) -> None:
     g.add_argument("--adapter", default=None, help="PEFT adapter directory every task starts from")
     g.add_argument("--budget", default=DEFAULT_BUDGET,
                    help=f"wall time for the whole run, e.g. 11h, 30m, 90s (default: {DEFAULT_BUDGET})")
+    g.add_argument("--margin", default=None,
+                   help="time kept back from the budget for writing the results, e.g. 30s (default: 3%% "
+                        "of the budget, at least 10s and at most 5m)")
     g.add_argument("--out", default=None, help="output directory (default: runs/ttft-<date>-<time>)")
     g.add_argument("--resume", action="store_true", help="keep the tasks an earlier run in --out finished")
     g = p.add_argument_group("engine")
@@ -78,15 +83,28 @@ def _add_rescore_flags(g, d) -> None:
                         "(default %(default)s)")
 
 
-def cmd_ttft(args) -> int:
-    from .budget import Deadline, parse_duration
-    from .ttft import TTFTConfig, TTFTRun, _dist
+def _budget_and_margin(args) -> tuple:
+    """(budget, margin) in seconds from --budget and --margin (None: the default margin)."""
+    from .budget import parse_duration
 
     budget = parse_duration(args.budget)
-    deadline = Deadline(budget, start=getattr(args, "started", None))
+    if args.margin is None:
+        return budget, None
+    margin = parse_duration(args.margin)
+    if margin >= budget:
+        raise ValueError(f"--margin {args.margin} leaves nothing of --budget {args.budget}")
+    return budget, margin
+
+
+def cmd_ttft(args) -> int:
+    from .budget import Deadline
+    from .ttft import TTFTConfig, TTFTRun, _dist
+
+    budget, margin = _budget_and_margin(args)
+    deadline = Deadline(budget, margin=margin, start=getattr(args, "started", None))
     out = args.out or time.strftime("runs/ttft-%Y%m%d-%H%M%S")
     cfg = TTFTConfig(tasks=args.tasks, solutions=args.solutions, model=args.model, adapter=args.adapter,
-                     budget=budget, out=out, backend=args.backend, device=args.device, dtype=args.dtype,
+                     budget=budget, margin=margin, out=out, backend=args.backend, device=args.device, dtype=args.dtype,
                      seed=args.seed, rank=args.rank, alpha=args.alpha, lr=args.lr, steps=args.steps,
                      samples_per_task=args.samples_per_task, tasks_per_group=args.tasks_per_group,
                      row_len=args.row_len, max_len=args.max_len, predictions=args.predictions,
@@ -137,6 +155,8 @@ def _add_eval(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=None)
     _add_rescore_flags(p, d)
     p.add_argument("--budget", default="24h", help="wall time limit (default 24h)")
+    p.add_argument("--margin", default=None, help="time kept back from the budget for writing the results "
+                                                  "(default: 3%% of the budget, 10s to 5m)")
     p.add_argument("--out", default=None, help="output directory (default: runs/eval-<date>-<time>)")
     p.add_argument("--device", default=d.device)
     p.add_argument("--dtype", default=d.dtype)
@@ -148,14 +168,14 @@ def _add_eval(sub) -> None:
 
 
 def cmd_eval(args) -> int:
-    from .budget import Deadline, parse_duration
+    from .budget import Deadline
     from .data import load_tasks
     from .ttft import TTFTConfig, TTFTRun
 
-    budget = parse_duration(args.budget)
+    budget, margin = _budget_and_margin(args)
     out = args.out or time.strftime("runs/eval-%Y%m%d-%H%M%S")
     cfg = TTFTConfig(tasks=args.tasks, solutions=args.solutions, model=args.model, adapter=args.adapter,
-                     budget=budget, out=out, device=args.device, dtype=args.dtype, seed=args.seed,
+                     budget=budget, margin=margin, out=out, device=args.device, dtype=args.dtype, seed=args.seed,
                      rank=args.rank, steps=args.steps, tasks_per_group=args.tasks_per_group,
                      predictions=args.predictions, max_new_tokens=args.max_new_tokens, rescore=args.rescore,
                      rescore_top=args.rescore_top, train=args.ttft, progress=not args.quiet)
@@ -166,7 +186,7 @@ def cmd_eval(args) -> int:
     if not any(t.has_solutions for t in tasks):
         raise ValueError(f"{args.tasks}: no task has known test outputs; `arcfast eval` needs solutions "
                          f"(use `arcfast ttft` to predict without them)")
-    summary = TTFTRun(cfg, deadline=Deadline(budget, start=getattr(args, "started", None))).run()
+    summary = TTFTRun(cfg, deadline=Deadline(budget, margin=margin, start=getattr(args, "started", None))).run()
     _print_summary(summary, cfg.out_dir)
     _note_random_weights(cfg.model)
     return 0
@@ -344,7 +364,9 @@ def _describe(e: BaseException) -> str:
 
 
 def main(argv: Optional[list] = None) -> int:
-    started = time.monotonic()  # budgets count from here: torch imports and model loading included
+    # A budget counts from the start of the process: interpreter start-up and every import
+    # included. Called with an argument list (as a library), from this call.
+    started = process_start() if argv is None else time.monotonic()
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:
         try:

@@ -247,6 +247,8 @@ class TTFTRun:
         self.out.mkdir(parents=True, exist_ok=True)
         self.log = JsonLog(self.out / ("log.jsonl" if self.world == 1 else f"log.rank{self.rank}.jsonl"))
         self.results: dict[str, TaskRun] = {}
+        self._score_s_per_token = 0.0    # measured by the last re-scoring call (0: none yet)
+        self._rescore_s_per_task = 0.0   # the most re-scoring has taken per task of a group
 
     # -- setup ----------------------------------------------------------------------------------
     def load_tasks(self):
@@ -479,15 +481,17 @@ class TTFTRun:
             self.generator = Generator(model, infer_lora)
         max_new = cfg.max_new_tokens or max(max_output_tokens(t) for t in group)
         gen_cfg = GenerationConfig(max_new_tokens=max_new)
-        # Generation stops at the deadline less what the later groups are owed.
+        # Generation stops at the deadline less what the later groups are owed, and less what
+        # re-scoring this group took per task before (measured; nothing before the first group).
         stop_at = self.deadline.clock() + max(0.0, planner.inference_seconds())
+        gen_stop = stop_at - (self._rescore_s_per_task * len(group) if cfg.rescore > 0 else 0.0)
         errors: dict = {}
         t0 = time.perf_counter()
         with torch.no_grad():
             preds = predict_tasks(model, group, list(range(len(group))), infer_lora,
                                   n_predictions=cfg.predictions, config=gen_cfg, generator=self.generator,
                                   max_prompt_len=cfg.max_len, seed=cfg.seed, on_error="skip", errors=errors,
-                                  deadline=stop_at)
+                                  deadline=gen_stop)
         if self.generator.stats.cut_by_deadline:
             self.log(event="inference_cut", tasks=[t.id for t in group],
                      prompts=self.generator.stats.cut_by_deadline, reason="deadline")
@@ -520,8 +524,8 @@ class TTFTRun:
         when even its first batch would not end by ``stop_at``; otherwise stopped between batches at
         ``stop_at`` (test inputs left unscored keep their voting order)."""
         from .augment import test_time_augmentations
-        from .score import (RescoreJob, build_sequences, default_batch_tokens, rank_jobs, rescore_items,
-                            score_sequences)
+        from .score import (RescoreJob, ScoreStats, build_sequences, default_batch_tokens, rank_jobs,
+                            rescore_items, score_sequences)
 
         cfg = self.cfg
         jobs, where = [], []
@@ -540,19 +544,24 @@ class TTFTRun:
         except ValueError as e:
             self.log(event="rescore_skipped", tasks=ids, reason=str(e))
             return
-        # A scoring forward costs about what the generator's prefill did per token. Test inputs are
-        # scored in order and each one finished is used, so the work is worth starting when its
-        # first batch fits; the deadline stops it between batches.
-        st = self.generator.stats
-        per_token = st.prefill_s / st.prompt_tokens if st.prompt_tokens and st.prefill_s > 0 else 0.0
-        first = per_token * min(seqs.n_tokens, default_batch_tokens(model.device))
-        left = stop_at - self.deadline.clock()
-        if left <= first:
-            self.log(event="rescore_skipped", tasks=ids, tokens=seqs.n_tokens, first_batch_s=round(first, 2),
-                     left_s=round(left, 2), reason="deadline")
-            return
+        # Batches are planned from the measured seconds per token: the previous scoring call's, or
+        # before any, the generator's prefill (a scoring forward is a prefill). Test inputs are
+        # scored in order and each one finished is used; no batch starts that would end past
+        # stop_at, so a batch that cannot fit is never run.
+        rate = self._score_s_per_token or self.generator.stats.prefill_s_per_token or None
+        sst = ScoreStats()
         t0 = time.perf_counter()
-        out = rank_jobs(jobs, score_sequences(model, infer_lora, seqs, deadline=stop_at))
+        out = rank_jobs(jobs, score_sequences(model, infer_lora, seqs, deadline=stop_at, s_per_token=rate,
+                                              stats=sst))
+        if sst.s_per_token > 0:
+            self._score_s_per_token = sst.s_per_token
+        seconds = time.perf_counter() - t0
+        self._rescore_s_per_task = max(self._rescore_s_per_task, seconds / len(group))
+        if sst.batches == 0:
+            self.log(event="rescore_skipped", tasks=ids, tokens=seqs.n_tokens,
+                     first_batch_s=round((rate or 0.0) * min(seqs.n_tokens, default_batch_tokens(model.device)), 2),
+                     left_s=round(stop_at - self.deadline.clock(), 2), reason="deadline")
+            return
         cut = sum(r is None for r in out)
         for (i, ti), job, new in zip(where, jobs, out):
             if new is None:
@@ -561,7 +570,7 @@ class TTFTRun:
             place = {c.members: k for k, c in enumerate(voted[i][ti])}  # members: disjoint, so unique
             scores[i][ti] = [{"vote_rank": place[c.members], "votes": c.count, "score": c.score} for c in new]
         self.log(event="rescore", tasks=ids, test_inputs=len(jobs), sequences=len(seqs), tokens=seqs.n_tokens,
-                 seconds=round(time.perf_counter() - t0, 3), cut_by_deadline=cut)
+                 seconds=round(seconds, 3), cut_by_deadline=cut)
 
     # -- bookkeeping ----------------------------------------------------------------------------
     def _finish_task(self, task, r: TaskRun, resumed: bool = False, persist: bool = True) -> None:

@@ -91,11 +91,57 @@ def test_planner_recomputes_every_reservation_when_the_groups_change():
     assert p.may_step()
     clock.t += 13.3                                             # the first group trains its steps
     assert p.may_step()
-    assert p.inference_seconds() == pytest.approx((120 - 13.3) * (1 - 5 / 18))
+    # The first group may infer with all that is left but the five later tasks' 40/6 s each.
+    assert p.inference_seconds() == pytest.approx(120 - 13.3 - 5 * 40 / 6)
     p.group_done()
     assert p.groups == [1] * 5 and p.groups_done == 1
+
+
+def test_the_inference_share_does_not_shrink_while_the_first_group_trains():
+    # Nothing measured: 1/3 of the 90 s left at the start is kept for the 4 tasks' inference,
+    # and it stays 30 s however long the first group trains.
+    clock = FakeClock()
+    d = Deadline(90, margin=0, clock=clock)
+    p = StepPlanner(d, max_steps=1000, groups=[2, 2], inference_share=1 / 3)
+    assert p.inference_reserve() == pytest.approx(30)
+    clock.t += 50
+    assert p.inference_reserve() == pytest.approx(30) and p.inference_seconds() == pytest.approx(40 - 15)
+
+
+def test_a_group_planned_blind_stops_at_its_share_of_the_time():
+    # No step measured: the first group is given the recipe's steps, but not more than its share
+    # of the time (times the slack): the second group keeps its own share.
+    clock = FakeClock()
+    d = Deadline(100, margin=0, clock=clock)
+    p = StepPlanner(d, max_steps=1000, groups=[2, 2], inference_share=0.2, share_slack=1.0)
+    assert p.steps_for_next_group() == 1000         # (100 - 20 s of inference) / 2 groups = 40 s each
+    steps = 0
+    while p.may_step():
+        clock.t += 1.0
+        p.record(1.0)
+        steps += 1
+    assert steps == 40                              # at 40 s the 41st step would pass the 40 s share
+    p.group_done()                                  # (its inference, 10 s, not simulated here)
+    assert p.steps_for_next_group() == 50 and p.may_step()   # 60 s left less its own 10 s of inference
 
 
 def test_planner_refuses_an_empty_group():
     with pytest.raises(ValueError, match="at least one task"):
         StepPlanner(Deadline(10), max_steps=1, groups=[2, 0])
+
+
+def test_process_start_counts_what_ran_before_the_call():
+    import subprocess
+    import sys
+
+    code = ("import time; time.sleep(0.6); import arcfast.budget as b; "
+            "print(time.monotonic() - b.process_start())")
+    age = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert 0.6 <= age < 30
+
+
+def test_margin_flag_is_checked(tmp_path, capsys):
+    from arcfast.cli import main
+
+    assert main(["ttft", "--budget", "5s", "--margin", "10s", "--out", str(tmp_path / "a"), "-q"]) == 2
+    assert "leaves nothing of --budget" in capsys.readouterr().err

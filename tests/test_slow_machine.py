@@ -1,0 +1,69 @@
+"""The budget is a promise on a slow machine too: `arcfast ttft` ends inside its budget with a
+complete, valid submission when every training step, every decode step, every prefill and every
+scoring batch is slowed on purpose (each sleeps before it runs, as on a machine whose cores are
+shared with other work).
+
+Without the deadline binding inside each phase, this run overruns: training alone asks for 400
+steps of 0.1 s, generation for 8 predictions of up to 40 slowed decode steps per test input, and
+re-scoring for batches of 0.1 s each.
+"""
+import json
+import time
+
+import pytest
+
+import arcfast.score as score_mod
+from arcfast.cli import main
+from arcfast.data import load_tasks
+from arcfast.generate import Generator
+from arcfast.submission import validate_submission
+from arcfast.trainer import Trainer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+UNIT = 0.1      # seconds each slowed unit of work sleeps first
+DECODE = 0.3    # a decode step sleeps longer: a chunk of 8 steps run past the deadline is 2.4 s
+TOL = DECODE    # allowed past the deadline: one slowed step
+
+
+def _slow(monkeypatch, owner, name: str, seconds: float) -> None:
+    inner = getattr(owner, name)
+
+    def slowed(*a, **kw):
+        time.sleep(seconds)
+        return inner(*a, **kw)
+
+    monkeypatch.setattr(owner, name, slowed)
+
+
+@pytest.mark.slow
+def test_a_budgeted_run_on_a_slowed_machine_ends_inside_its_budget(tmp_path, monkeypatch):
+    for owner, name, seconds in ((Trainer, "step", UNIT), (Generator, "_step", DECODE),
+                                 (Generator, "_prefill_forward", UNIT), (score_mod, "_forward_batch", UNIT)):
+        _slow(monkeypatch, owner, name, seconds)
+    # A tight margin (2 s for writing the results): the deadline must bind inside each phase.
+    budget, margin = 20.0, 2.0
+    out = tmp_path / "run"
+    t0, wall0 = time.monotonic(), time.time()
+    rc = main(["ttft", "--tasks", "arc1:eval[:4]", "--model", "tiny", "--budget", f"{budget:g}s", "--margin",
+               f"{margin:g}s", "--out", str(out), "--steps", "400", "--tasks-per-group", "2", "--predictions", "8",
+               "--max-new-tokens", "40", "--rescore", "2", "--row-len", "4096", "--max-len", "4096", "-q"])
+    wall = time.monotonic() - t0
+    assert rc == 0
+    assert wall <= budget, f"ran {wall:.1f} s for a {budget:g} s budget"
+    tasks = load_tasks("arc1:eval[:4]")
+    validate_submission(out / "submission.json", tasks)   # every id, every test input, two attempts
+    summary = json.loads((out / "run.json").read_text())
+    assert summary["seconds"] <= budget and summary["tasks"] == 4
+    # Every group was trained or predicted in time: no group was left to fallbacks alone because
+    # an earlier one took the time.
+    assert summary["answered"] == 4, summary
+    events = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    # Training, generation and re-scoring all ended by the deadline less the margin (one slowed
+    # step late at most); only the writing of the results is left to the margin.
+    work = [e for e in events if e["event"] != "end"]
+    late = [(e["event"], round(e["time"] - wall0 - (budget - margin), 2)) for e in work
+            if e["time"] > wall0 + budget - margin + TOL]
+    assert not late, f"work past the deadline (event, seconds late): {late}"
+    steps = [e for e in events if e["event"] == "step"]
+    assert 2 <= len(steps) < 2 * 400   # the slowed steps ran, far fewer than asked for
