@@ -271,14 +271,17 @@ class RunReport:
         fig.savefig(buf, format="png")
         return buf.getvalue()
 
-    def write(self, out_dir: Union[str, Path]) -> dict[str, Path]:
-        """Write report.json, report.md and report.png under ``out_dir``, each atomically.
+    def write(self, out_dir: Union[str, Path], plot: bool = True) -> dict[str, Path]:
+        """Write report.json, report.md and (``plot``: the slow part, about a second) report.png
+        under ``out_dir``, each atomically.
 
-        Returns ``{"json": path, "md": path, "png": path}``.
+        Returns ``{"json": path, "md": path}`` and ``"png": path`` when plotted.
         """
         out = Path(out_dir)
-        paths = {"json": out / "report.json", "md": out / "report.md", "png": out / "report.png"}
+        paths = {"json": out / "report.json", "md": out / "report.md"}
         atomic_write(paths["json"], json.dumps(self.to_json(), indent=1, allow_nan=False))
         atomic_write(paths["md"], self.markdown())
-        atomic_write(paths["png"], self.png())
+        if plot:
+            paths["png"] = out / "report.png"
+            atomic_write(paths["png"], self.png())
         return paths

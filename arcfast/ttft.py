@@ -11,18 +11,23 @@ What a run does, top to bottom (:func:`run_ttft`):
    augmentations with its adapter, vote, optionally re-rank the top candidates by their
    teacher-forced log-probability summed over other augmentations (``--rescore``, arcfast.score),
    and update the submission and the report;
-4. finish before the deadline: the planner keeps time for every remaining group's inference and a
-   safety margin; a group that gets no steps is predicted with the base (or pretrained) adapter, and
-   a group that gets no time at all keeps its fallback answers.
+4. finish before the deadline: the planner (arcfast.budget.StepPlanner) keeps time for every
+   remaining group's inference and a safety margin, and limits each group's training to its share
+   of the time; generation and re-scoring are planned from their measured per-step times and stop
+   inside a batch at the deadline, keeping what finished. A task with fewer than two train pairs is
+   predicted untrained in a group of its own; a group that gets no steps is predicted with the base
+   (or pretrained) adapter, and a group that gets no time at all keeps its fallback answers.
 
 A group that fails does not end the run. Out of memory (a GPU smaller than the group needs) halves
 the group and every group after it, down to one task, and logs ``oom_split``; any other error leaves the group's
 tasks with their fallback answers, logs ``group_failed`` and lists them under ``failed`` in
 ``run.json``; their results are not written, so ``--resume`` tries them again.
 
-Everything finished is on disk as soon as it is finished: adapters (``adapters/<task>/``),
-per-task results (``tasks/<task>.json``), ``submission.json``, the report and a JSON-lines log. A
-run started again with ``--resume`` keeps every task whose result is already written.
+Everything finished is on disk as soon as it is finished: adapters (``adapters/<name>/``),
+per-task results (``tasks/<name>.json``), ``submission.json``, the report and a JSON-lines log.
+``<name>`` is a safe, reversible encoding of the task id (arcfast.outdir): no id can reach outside
+``--out``. A run started again with ``--resume`` keeps every task whose result is already written
+for the same task (its fingerprint: id, train pairs, test inputs) and runs the rest.
 
 Multi-GPU: under ``torchrun --nproc_per_node N`` each rank takes every N-th task and writes its own
 answers under ``parts/``; rank 0 merges them into ``submission.json`` at the end.
@@ -43,6 +48,9 @@ import numpy as np
 from .budget import Deadline, StepPlanner, format_duration, parse_duration
 from .outdir import OutDir
 from .submission import atomic_write
+
+# Seconds of the budget (margin included) that must be left for the report's plot to be drawn.
+PLOT_SECONDS = 3.0
 
 log = logging.getLogger("arcfast.ttft")
 
@@ -392,8 +400,14 @@ class TTFTRun:
         if self.world > 1:
             self._merge_parts(tasks)
         if self.rank == 0:
+            # The plot takes about a second (more on a loaded machine): drawn only when that much
+            # of the budget itself (margin included) is still left.
+            plot = self.deadline.budget - self.deadline.elapsed() > PLOT_SECONDS
+            if not plot:
+                self.log(event="report_plot_skipped", reason="deadline",
+                         left_s=round(self.deadline.budget - self.deadline.elapsed(), 2))
             try:
-                self.report.write(self.out)
+                self.report.write(self.out, plot=plot)
             except Exception as e:   # the report is a view of the results; it must not lose them
                 log.error("report not written: %s: %s", type(e).__name__, e)
                 self.log(event="report_failed", error=f"{type(e).__name__}: {e}")

@@ -67,3 +67,19 @@ def test_a_budgeted_run_on_a_slowed_machine_ends_inside_its_budget(tmp_path, mon
     assert not late, f"work past the deadline (event, seconds late): {late}"
     steps = [e for e in events if e["event"] == "step"]
     assert 2 <= len(steps) < 2 * 400   # the slowed steps ran, far fewer than asked for
+
+
+def test_the_report_plot_is_skipped_when_the_budget_has_no_room_for_it(tmp_path):
+    from arcfast.budget import Deadline
+    from arcfast.ttft import PLOT_SECONDS, TTFTConfig, TTFTRun
+
+    cfg = TTFTConfig(tasks="arc1:eval[:2]", model="tiny", budget=30.0, out=str(tmp_path / "late"), steps=1,
+                     predictions=1, max_new_tokens=4, progress=False)
+    # Started long ago: the margin is all that is left, less than the plot needs.
+    late = Deadline(30.0, margin=10.0, start=time.monotonic() - (30.0 - PLOT_SECONDS / 2))
+    TTFTRun(cfg, deadline=late).run()
+    out = tmp_path / "late"
+    assert (out / "report.json").is_file() and (out / "report.md").is_file() and not (out / "report.png").exists()
+    validate_submission(out / "submission.json", load_tasks("arc1:eval[:2]"))
+    events = [json.loads(line)["event"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert "report_plot_skipped" in events
