@@ -27,7 +27,7 @@ test: setup
 	$(BIN)/python -m pytest -q tests
 
 bench: setup
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m arcfast.bench
 
 clean:
 	rm -rf build $(VENV) arcfast/_core*.so *.egg-info

@@ -4,7 +4,7 @@
     arcfast train --data arc1:train=1 --data barc.jsonl=0.5 --val arc1:eval[:20] --model PATH --out DIR [--full]
     arcfast eval --tasks SOURCE [--model PATH] [--adapter DIR] [--ttft] [--rescore M]
     arcfast validate SOURCE [--solutions PATH] [--max-size 30]
-    arcfast bench [--quick] [-k NAME] [--set KEY=VALUE]      # python -m benchmarks
+    arcfast bench [--quick] [-k NAME] [--set KEY=VALUE]      # python -m arcfast.bench
     arcfast info
 
 `arcfast ttft` with no arguments runs its embedded default: a few tasks of the bundled ARC-AGI-1
@@ -23,42 +23,76 @@ from .budget import process_start
 
 
 
-def _add_ttft(sub) -> None:
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Descriptions kept as written; every option's help ends with its default (see _show_defaults)."""
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Append ``(default: X)`` to the help of every option of ``parser`` and its subcommands that
+    has a default worth showing (not None, not False) and does not state it already."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                sub.formatter_class = _Help
+                _show_defaults(sub)
+            continue
+        if not action.option_strings or action.help == argparse.SUPPRESS:
+            continue
+        if any(action.default is x for x in (None, False, argparse.SUPPRESS)) or "default" in (action.help or ""):
+            continue
+        action.help = f"{action.help} (default: %(default)s)" if action.help else "default: %(default)s"
+
+
+def _add_verbose(p) -> None:
+    # Also after the subcommand (arcfast ttft ... -v); SUPPRESS keeps the top-level value otherwise.
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log more")
+
+
+def _add_run_flags(p, command: str) -> None:
+    """The flags `arcfast ttft` and `arcfast eval` share, defined once (defaults: TTFTConfig)."""
     from .ttft import DEFAULT_BUDGET, DEFAULT_MODEL, DEFAULT_TASKS, TTFTConfig
 
     d = TTFTConfig()
-    p = sub.add_parser("ttft", help="test-time fine-tune and predict a task set inside a time budget",
-                       description="Train a LoRA adapter per task (many tasks per packed batch), predict "
-                                   "each test output under augmentations, vote, and write submission.json "
-                                   "— all before --budget runs out.")
+    ttft = command == "ttft"
     g = p.add_argument_group("what and where")
-    g.add_argument("--tasks", default=DEFAULT_TASKS,
-                   help=f"task source: a bundled set (arc1:eval, arc2:eval[:20]), a Kaggle challenges "
-                        f"file, a directory of task JSON files... (default: {DEFAULT_TASKS})")
+    if ttft:
+        g.add_argument("--tasks", default=DEFAULT_TASKS,
+                       help="task source: a bundled set (arc1:eval, arc2:eval[:20]), a Kaggle challenges "
+                            "file, a directory of task JSON files, a BARC .jsonl...")
+    else:
+        g.add_argument("--tasks", required=True,
+                       help="task source with solutions (e.g. arc1:eval, arc1:train[:50])")
     g.add_argument("--solutions", default=None, help="solutions file, when not found beside the challenges")
     g.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"a local Hugging Face checkpoint directory or a built-in preset "
-                        f"(tiny, qwen2.5-0.5b, ...; random weights) (default: {DEFAULT_MODEL})")
+                   help="a local Hugging Face checkpoint directory or a built-in preset "
+                        "(tiny, qwen2.5-0.5b, ...: random weights)")
     g.add_argument("--adapter", default=None, help="PEFT adapter directory every task starts from")
-    g.add_argument("--budget", default=DEFAULT_BUDGET,
-                   help=f"wall time for the whole run, e.g. 11h, 30m, 90s (default: {DEFAULT_BUDGET})")
+    g.add_argument("--budget", default=DEFAULT_BUDGET if ttft else "24h",
+                   help="wall time for the whole run from the start of the process, e.g. 11h, 30m, 90s")
     g.add_argument("--margin", default=None,
                    help="time kept back from the budget for writing the results, e.g. 30s (default: 3%% "
                         "of the budget, at least 10s and at most 5m)")
-    g.add_argument("--out", default=None, help="output directory (default: runs/ttft-<date>-<time>)")
+    g.add_argument("--out", default=None, help=f"output directory (default: runs/{command}-<date>-<time>)")
     g.add_argument("--resume", action="store_true", help="keep the tasks an earlier run in --out finished")
+    g.add_argument("--save-adapters", default=d.save_adapters, choices=("all", "none"),
+                   help="write each task's trained adapter under OUT/adapters (none: only the answers; "
+                        "400 adapters of a 0.5B model at rank 32 take about 14 GB)")
     g = p.add_argument_group("engine")
-    g.add_argument("--backend", default=d.backend, choices=("auto", "native", "hf", "unsloth"))
+    g.add_argument("--backend", default=d.backend, choices=("auto", "native", "hf", "unsloth"),
+                   help="the trainer: native (many tasks per packed batch), hf (transformers + PEFT), unsloth")
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     g.add_argument("--dtype", default=d.dtype, help="auto, float32, bfloat16 or float16")
-    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--seed", type=int, default=d.seed, help="seed of every random choice")
     g.add_argument("--cuda-graphs", action="store_true",
                    help="replay each training step as a CUDA graph (native backend on a GPU; falls back to "
                         "eager steps, and says why, where it cannot)")
     g = p.add_argument_group("training recipe (per task)")
+    if not ttft:
+        g.add_argument("--ttft", action="store_true",
+                       help="fine-tune a per-task adapter first, as `arcfast ttft` does (the flags below)")
     g.add_argument("--rank", type=int, default=d.rank, help="LoRA rank")
     g.add_argument("--alpha", type=float, default=d.alpha, help="LoRA alpha")
-    g.add_argument("--lr", type=float, default=d.lr)
+    g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
     g.add_argument("--steps", type=int, default=d.steps, help="optimizer steps per task at most")
     g.add_argument("--samples-per-task", type=int, default=d.samples_per_task,
                    help="samples of each task in every step")
@@ -67,20 +101,42 @@ def _add_ttft(sub) -> None:
     g.add_argument("--row-len", type=int, default=d.row_len, help="tokens per packed row")
     g.add_argument("--max-len", type=int, default=d.max_len, help="longest prompt in tokens")
     g = p.add_argument_group("inference")
-    g.add_argument("--predictions", type=int, default=d.predictions, help="predictions per test input")
-    g.add_argument("--max-new-tokens", type=int, default=None, help="default: from the 30x30 size limit")
-    _add_rescore_flags(g, d)
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_ttft)
-
-
-def _add_rescore_flags(g, d) -> None:
+    g.add_argument("--predictions", type=int, default=d.predictions,
+                   help="predictions per test input (one per test-time augmentation)")
+    g.add_argument("--max-new-tokens", type=int, default=None,
+                   help="tokens generated per prediction at most (default: from the 30x30 size limit)")
     g.add_argument("--rescore", type=int, default=d.rescore, metavar="M",
                    help="re-rank the voted candidates by their log-probability summed over M augmentations "
-                        "(0: off; default %(default)s)")
+                        "(0: off)")
     g.add_argument("--rescore-top", type=int, default=d.rescore_top, metavar="K",
-                   help="with --rescore: how many voted candidates per test input are re-scored "
-                        "(default %(default)s)")
+                   help="with --rescore: how many voted candidates per test input are re-scored")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    _add_verbose(p)
+
+
+def _run_config(args, command: str):
+    """The TTFTConfig of `arcfast ttft`/`arcfast eval` from their shared flags."""
+    from .ttft import TTFTConfig
+
+    budget, margin = _budget_and_margin(args)
+    return TTFTConfig(tasks=args.tasks, solutions=args.solutions, model=args.model, adapter=args.adapter,
+                      budget=budget, margin=margin, out=args.out or time.strftime(f"runs/{command}-%Y%m%d-%H%M%S"),
+                      backend=args.backend, device=args.device, dtype=args.dtype, seed=args.seed,
+                      rank=args.rank, alpha=args.alpha, lr=args.lr, steps=args.steps,
+                      samples_per_task=args.samples_per_task, tasks_per_group=args.tasks_per_group,
+                      row_len=args.row_len, max_len=args.max_len, predictions=args.predictions,
+                      max_new_tokens=args.max_new_tokens, rescore=args.rescore, rescore_top=args.rescore_top,
+                      cuda_graphs=args.cuda_graphs, resume=args.resume, save_adapters=args.save_adapters,
+                      train=getattr(args, "ttft", True), progress=not args.quiet)
+
+
+def _add_ttft(sub) -> None:
+    p = sub.add_parser("ttft", help="test-time fine-tune and predict a task set inside a time budget",
+                       description="Train a LoRA adapter per task (many tasks per packed batch), predict "
+                                   "each test output under augmentations, vote, and write submission.json "
+                                   "— all before --budget runs out.")
+    _add_run_flags(p, "ttft")
+    p.set_defaults(func=cmd_ttft)
 
 
 def _budget_and_margin(args) -> tuple:
@@ -96,21 +152,20 @@ def _budget_and_margin(args) -> tuple:
     return budget, margin
 
 
-def cmd_ttft(args) -> int:
+def _deadline(args, cfg):
     from .budget import Deadline
-    from .ttft import TTFTConfig, TTFTRun, _dist
 
-    budget, margin = _budget_and_margin(args)
-    deadline = Deadline(budget, margin=margin, start=getattr(args, "started", None))
-    out = args.out or time.strftime("runs/ttft-%Y%m%d-%H%M%S")
-    cfg = TTFTConfig(tasks=args.tasks, solutions=args.solutions, model=args.model, adapter=args.adapter,
-                     budget=budget, margin=margin, out=out, backend=args.backend, device=args.device, dtype=args.dtype,
-                     seed=args.seed, rank=args.rank, alpha=args.alpha, lr=args.lr, steps=args.steps,
-                     samples_per_task=args.samples_per_task, tasks_per_group=args.tasks_per_group,
-                     row_len=args.row_len, max_len=args.max_len, predictions=args.predictions,
-                     max_new_tokens=args.max_new_tokens, rescore=args.rescore, rescore_top=args.rescore_top,
-                     cuda_graphs=args.cuda_graphs, resume=args.resume, progress=not args.quiet)
+    return Deadline(cfg.budget, margin=cfg.margin, start=getattr(args, "started", None))
+
+
+def cmd_ttft(args) -> int:
+    from .ttft import TTFTRun, _dist
+
+    cfg = _run_config(args, "ttft")
+    deadline = _deadline(args, cfg)
     rank, world = _dist()
+    if rank == 0:
+        _note_random_weights(cfg.model)
     if world > 1:
         import torch
         import torch.distributed as dist
@@ -125,7 +180,6 @@ def cmd_ttft(args) -> int:
             dist.destroy_process_group()
     if rank == 0:
         _print_summary(summary, cfg.out_dir)
-        _note_random_weights(cfg.model)
     return 0
 
 
@@ -133,52 +187,24 @@ def _note_random_weights(model: str) -> None:
     from .model import PRESETS
 
     if model in PRESETS:
-        print(f"note: {model} is a built-in architecture with random weights: it times the engine, it "
-              f"solves nothing; pass --model DIR with a trained checkpoint for real answers.")
+        print(f"note: --model {model} is a built-in architecture with random weights: it times the engine "
+              f"and solves nothing; pass --model DIR with a trained checkpoint for real answers.", flush=True)
 
 
 def _add_eval(sub) -> None:
-    from .ttft import DEFAULT_MODEL, TTFTConfig
-
-    d = TTFTConfig()
     p = sub.add_parser("eval", help="predict, vote and score a model on tasks with known outputs",
                        description="Predicts every test output of a task source with known solutions under "
                                    "test-time augmentations (with the base model, a --adapter, or --ttft "
                                    "adapters trained first), votes, scores and writes the report.")
-    p.add_argument("--tasks", required=True, help="task source with solutions (e.g. arc1:eval, arc1:train[:50])")
-    p.add_argument("--solutions", default=None)
-    p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--adapter", default=None, help="PEFT adapter used for every task")
-    p.add_argument("--ttft", action="store_true", help="fine-tune a per-task adapter first, as `arcfast ttft` does")
-    p.add_argument("--steps", type=int, default=d.steps, help="with --ttft: optimizer steps per task")
-    p.add_argument("--predictions", type=int, default=d.predictions)
-    p.add_argument("--max-new-tokens", type=int, default=None)
-    _add_rescore_flags(p, d)
-    p.add_argument("--budget", default="24h", help="wall time limit (default 24h)")
-    p.add_argument("--margin", default=None, help="time kept back from the budget for writing the results "
-                                                  "(default: 3%% of the budget, 10s to 5m)")
-    p.add_argument("--out", default=None, help="output directory (default: runs/eval-<date>-<time>)")
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--dtype", default=d.dtype)
-    p.add_argument("--rank", type=int, default=d.rank)
-    p.add_argument("--tasks-per-group", type=int, default=d.tasks_per_group)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("-q", "--quiet", action="store_true")
+    _add_run_flags(p, "eval")
     p.set_defaults(func=cmd_eval)
 
 
 def cmd_eval(args) -> int:
-    from .budget import Deadline
     from .data import load_tasks
-    from .ttft import TTFTConfig, TTFTRun
+    from .ttft import TTFTRun
 
-    budget, margin = _budget_and_margin(args)
-    out = args.out or time.strftime("runs/eval-%Y%m%d-%H%M%S")
-    cfg = TTFTConfig(tasks=args.tasks, solutions=args.solutions, model=args.model, adapter=args.adapter,
-                     budget=budget, margin=margin, out=out, device=args.device, dtype=args.dtype, seed=args.seed,
-                     rank=args.rank, steps=args.steps, tasks_per_group=args.tasks_per_group,
-                     predictions=args.predictions, max_new_tokens=args.max_new_tokens, rescore=args.rescore,
-                     rescore_top=args.rescore_top, train=args.ttft, progress=not args.quiet)
+    cfg = _run_config(args, "eval")
     problems: list = []
     tasks = load_tasks(args.tasks, solutions=args.solutions, on_error="skip", problems=problems)
     if not tasks:
@@ -186,9 +212,9 @@ def cmd_eval(args) -> int:
     if not any(t.has_solutions for t in tasks):
         raise ValueError(f"{args.tasks}: no task has known test outputs; `arcfast eval` needs solutions "
                          f"(use `arcfast ttft` to predict without them)")
-    summary = TTFTRun(cfg, deadline=Deadline(budget, margin=margin, start=getattr(args, "started", None))).run()
-    _print_summary(summary, cfg.out_dir)
     _note_random_weights(cfg.model)
+    summary = TTFTRun(cfg, deadline=_deadline(args, cfg)).run()
+    _print_summary(summary, cfg.out_dir)
     return 0
 
 
@@ -212,6 +238,7 @@ def _add_validate(sub) -> None:
     p.add_argument("--solutions", default=None)
     p.add_argument("--max-size", type=int, default=30)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _add_verbose(p)
     p.set_defaults(func=cmd_validate)
 
 
@@ -291,62 +318,85 @@ def check_out_dir(out, flag: str = "--out") -> None:
         raise ValueError(f"{flag} {out}: {what} is not writable ({e.strerror or e})") from None
 
 
+def _version(module: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(module)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def cmd_info(args) -> int:
     import platform
 
     from . import __version__
 
-    print(f"arcfast {__version__}, Python {platform.python_version()}")
+    print(f"arcfast {__version__}, Python {platform.python_version()} ({platform.machine()}, "
+          f"{platform.system()})")
+    print("  " + ", ".join(f"{m} {_version(m)}" for m in ("torch", "triton", "transformers", "peft",
+                                                           "safetensors", "numpy", "unsloth")))
     try:
+        import torch
+    except Exception as e:  # torch missing or broken: say so, don't crash
+        print(f"  torch unusable: {type(e).__name__}: {e}")
+        return 0
+    print(f"  torch build: CUDA {torch.version.cuda or 'none'}; {torch.get_num_threads()} CPU threads")
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            print(f"  cuda:{i} {p.name}, {p.total_memory / 2**30:.0f} GiB, compute capability "
+                  f"{p.major}.{p.minor}, bf16 {'yes' if torch.cuda.is_bf16_supported() else 'no'}")
+    else:
+        print("  no CUDA device: the CPU runs the plain PyTorch paths")
+    try:
+        from .attention import choose_impl
+        from .kernels._common import HAS_TRITON
+
+        if torch.cuda.is_available():
+            kernels = ("Triton kernels (LoRA, RMSNorm, SwiGLU, RoPE, cross-entropy)" if HAS_TRITON
+                       else "plain PyTorch references: triton is not importable")
+            att = choose_impl("cuda", torch.bfloat16)
+        else:
+            kernels, att = "plain PyTorch references (Triton kernels run on a GPU only)", choose_impl("cpu", None)
+        print(f"  kernels: {kernels}; packed attention: {att}")
         from .backends import backend_status
 
         for name, (ok, why) in backend_status().items():
             print(f"  backend {name:8s} {'yes' if ok else 'no '}  {why}")
-    except Exception as e:  # torch missing or broken: say so, don't crash
+    except Exception as e:
         print(f"  backends unavailable: {type(e).__name__}: {e}")
     return 0
 
 
-def _benchmarks_runner():
-    """The runner of the benchmark suite in arcfast's source tree (``benchmarks/`` beside the
-    package: a clone, installed with ``pip install -e .``), or FileNotFoundError saying so."""
-    import importlib
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
-    if not (root / "benchmarks" / "runner.py").exists():
-        raise FileNotFoundError("the benchmarks ship with arcfast's source tree (benchmarks/ beside arcfast/); "
-                                "run `arcfast bench` from a clone installed with `pip install -e .`")
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    runner = importlib.import_module("benchmarks.runner")
-    if Path(runner.__file__).resolve().parent != root / "benchmarks":
-        raise FileNotFoundError(f"another package named 'benchmarks' ({runner.__file__}) hides arcfast's; "
-                                f"run `python -m benchmarks` in {root}")
-    return runner
-
-
 def cmd_bench(argv: list) -> int:
-    """``arcfast bench ARGS`` is ``python -m benchmarks ARGS`` (see benchmarks/runner.py)."""
-    return int(_benchmarks_runner().main(list(argv)) or 0)
+    """``arcfast bench ARGS``: the benchmark suite in ``arcfast.bench`` (see arcfast/bench/runner.py)."""
+    from .bench.runner import main as bench_main
+
+    return int(bench_main(list(argv)) or 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="arcfast", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from . import __version__
+
+    p = argparse.ArgumentParser(prog="arcfast", description=__doc__, formatter_class=_Help)
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
+    p.add_argument("--version", action="version", version=f"arcfast {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     _add_ttft(sub)
     from .finetune import add_train_parser
 
-    add_train_parser(sub)
+    _add_verbose(add_train_parser(sub))
     _add_eval(sub)
     _add_validate(sub)
-    sub.add_parser("info", help="versions and which backends can run here").set_defaults(func=cmd_info)
+    info = sub.add_parser("info", help="versions, the device, and which backends and kernels run here")
+    _add_verbose(info)
+    info.set_defaults(func=cmd_info)
     # Listed for --help; main() hands its arguments to the benchmark runner untouched.
     sub.add_parser("bench", add_help=False,
                    help="benchmarks against transformers + PEFT and Unsloth, side by side in one run "
-                        "(arcfast bench --help; the same as python -m benchmarks)")
+                        "(arcfast bench --help; the same as python -m arcfast.bench)")
+    _show_defaults(p)
     return p
 
 

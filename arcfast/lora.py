@@ -111,7 +111,7 @@ def lora_delta_torch(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, routing:
         return (x @ A[a]) @ B[a] * scaling
     xs = x.index_select(0, routing.perm)
     # split, not slices: a slice's backward zero-fills a gradient of all the tokens per adapter (a
-    # quarter of a 16-task CPU step, by benchmarks.profile_step); split's backward is one cat.
+    # quarter of a 16-task CPU step, by arcfast.bench.profile_step); split's backward is one cat.
     chunks = xs.split([routing.counts[a] for a in routing.present])
     parts = [(c @ A[a]) @ B[a] for a, c in zip(routing.present, chunks)]
     d = torch.cat(parts) * scaling if parts else xs.new_zeros(0, B.shape[2])

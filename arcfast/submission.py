@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 import threading
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -49,6 +49,19 @@ class SubmissionError(ValueError):
         super().__init__(f"{path}: invalid submission ({len(problems)} problem(s)):\n  " + "\n  ".join(shown) + more)
 
 
+def _new_temporary(path: Path) -> tuple[int, str]:
+    """A new file ``.<name>.<random>.tmp`` beside ``path``, opened for writing: (fd, its path).
+    Created with mode 0o666 less the umask, as any file a program writes (``mkstemp``'s 0600
+    would outlive the rename)."""
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path.parent}: no free temporary name for {path.name}")
+
+
 def atomic_write(path: Union[str, Path], data: Union[str, bytes]) -> None:
     """Replace ``path`` with ``data`` so that readers see the old file or the new one, never a part.
 
@@ -60,7 +73,7 @@ def atomic_write(path: Union[str, Path], data: Union[str, bytes]) -> None:
     if isinstance(data, str):
         data = data.encode("utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _new_temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -92,6 +92,7 @@ class TTFTConfig:
     train: bool = True                     # False: predict with the base model / --adapter only
     # bookkeeping
     resume: bool = False
+    save_adapters: str = "all"             # all | none: write each task's adapter under adapters/
     progress: bool = True
     margin: Optional[float] = None         # safety margin in seconds (default: Deadline's)
 
@@ -118,6 +119,8 @@ class TTFTConfig:
             raise ValueError(f"lr must be a finite number >= 0, got {self.lr}")
         if not math.isfinite(self.alpha):
             raise ValueError(f"alpha must be a finite number, got {self.alpha}")
+        if self.save_adapters not in ("all", "none"):
+            raise ValueError(f"save_adapters must be 'all' or 'none', not {self.save_adapters!r}")
         if self.rescore < 0:
             raise ValueError(f"rescore must be >= 0 augmentations (0: off), got {self.rescore}")
         if self.rescore_top < 2:
@@ -255,6 +258,8 @@ class TTFTRun:
         self.out.mkdir(parents=True, exist_ok=True)
         self.log = JsonLog(self.out / ("log.jsonl" if self.world == 1 else f"log.rank{self.rank}.jsonl"))
         self.results: dict[str, TaskRun] = {}
+        self.progress = None             # the progress display (rank 0, unless quiet)
+        self._where = ""                 # which group runs, for the progress display
         self._score_s_per_token = 0.0    # measured by the last re-scoring call (0: none yet)
         self._rescore_s_per_task = 0.0   # the most re-scoring has taken per task of a group
 
@@ -355,11 +360,12 @@ class TTFTRun:
         planner = StepPlanner(self.deadline, max_steps=cfg.steps, groups=[len(g) for g in groups],
                               inference_share=1 / 3)
 
-        bar = self._progress(len(mine), len(mine) - len(todo))
+        bar = self.progress = self._progress(len(mine), len(mine) - len(todo))
         self.generator = None
         queue = deque(groups)
         while queue:
             group = queue.popleft()
+            self._where = f"group {planner.groups_done + 1}/{planner.groups_done + 1 + len(queue)}"
             if self.deadline.expired():
                 self.log(event="out_of_time", tasks_left=len(group) + sum(len(g) for g in queue))
                 break
@@ -392,10 +398,10 @@ class TTFTRun:
                 # A failed task is not written to tasks/: a --resume run tries it again.
                 self._finish_task(t, runs[t.id], persist=not failed)
             if bar is not None:
-                bar.update(len(group))
-                bar.set_postfix_str(self._postfix(runs), refresh=True)
+                bar.update(len(group), text=self._postfix(runs))
         if bar is not None:
             bar.close()
+        self.progress = None
 
         if self.world > 1:
             self._merge_parts(tasks)
@@ -460,6 +466,7 @@ class TTFTRun:
                 self.log(event="step", tasks=len(group), step=step, loss=float(np.nanmean(stats.loss[:n][seen])) if seen.any() else None,
                          tokens=stats.tokens, tokens_per_s=round(stats.tokens_per_s, 1),
                          budget_left=round(self.deadline.remaining(), 1))
+                self._status(f"train step {done}/{steps} · {stats.tokens_per_s:,.0f} tok/s", force=done == 1)
         finally:
             stream.close()
         seconds = time.perf_counter() - t_group
@@ -468,6 +475,8 @@ class TTFTRun:
             r.steps, r.train_seconds = done, seconds / len(group)
             r.train_tokens = int(tokens[i])
             r.final_loss = None if np.isnan(losses[i]) else float(losses[i])
+            if cfg.save_adapters == "none":
+                continue
             try:
                 backend.save_adapter(i, self.paths.adapter_dir(t.id), meta={"task": t.id, "steps": done},
                                      dtype=self.adapter_dtype)
@@ -501,6 +510,8 @@ class TTFTRun:
         gen_stop = stop_at - (self._rescore_s_per_task * len(group) if cfg.rescore > 0 else 0.0)
         errors: dict = {}
         t0 = time.perf_counter()
+        n_inputs = sum(len(t.test) for t in group)
+        self._status(f"predicting {n_inputs} test inputs x {cfg.predictions}", force=True)
         with torch.no_grad():
             preds = predict_tasks(model, group, list(range(len(group))), infer_lora,
                                   n_predictions=cfg.predictions, config=gen_cfg, generator=self.generator,
@@ -513,6 +524,7 @@ class TTFTRun:
         ranked = [list(v) for v in voted]
         scores: list = [[None] * len(per_test) for per_test in preds]
         if cfg.rescore > 0:
+            self._status("re-scoring the voted candidates", force=True)
             self._rescore_group(model, infer_lora, group, voted, ranked, scores, stop_at)
         per_task = (time.perf_counter() - t0) / len(group)
         for i, (t, per_test) in enumerate(zip(group, preds)):
@@ -680,9 +692,15 @@ class TTFTRun:
     def _progress(self, total: int, initial: int):
         if not self.cfg.progress or self.rank != 0:
             return None
-        from tqdm import tqdm
+        from .progress import Progress
 
-        return tqdm(total=total, initial=initial, unit="task", desc="ttft", dynamic_ncols=True)
+        return Progress(total, initial, desc="ttft", unit="tasks")
+
+    def _status(self, text: str, force: bool = False) -> None:
+        """Say on the progress display what the current group is doing."""
+        if self.progress is not None:
+            self.progress.status(f"{self._where} · {text} · budget left "
+                                 f"{format_duration(self.deadline.remaining())}", force=force)
 
     def _postfix(self, runs: dict) -> str:
         tok = sum(r.train_tokens for r in runs.values())
@@ -700,7 +718,8 @@ class TTFTRun:
             "tasks": len(tasks) + len(self.unloadable),
             "tasks_this_rank": len(self.results),
             "trained": sum(1 for r in self.results.values() if r.steps > 0),
-            "answered": sum(1 for r in self.results.values() if r.attempts),
+            # Answered by the model: at least one test input got a grid that parsed.
+            "answered": sum(1 for r in self.results.values() if any(r.attempts)),
             "failed": sorted(r.task_id for r in self.results.values() if r.error and r.error.startswith("failed")),
             "problems": [str(p) for p in problems],
             "backend": backend.name,

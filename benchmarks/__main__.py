@@ -1,3 +1,3 @@
-from .runner import main
+from arcfast.bench.runner import main
 
-raise SystemExit(main())
+raise SystemExit(main(prog="python -m benchmarks"))

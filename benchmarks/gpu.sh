@@ -3,7 +3,7 @@
 # build the core in place, run the tests that exercise the GPU paths, every benchmark but the
 # whole-workload one, the step profiles, then the whole TTFT workload (400 tasks: the longest part,
 # ~30 minutes or more), then the throughput chart of what was written.
-#   bash benchmarks/gpu.sh [RESULTS_DIR] [extra args for python -m benchmarks]
+#   bash benchmarks/gpu.sh [RESULTS_DIR] [extra args for python -m arcfast.bench]   # default: benchmarks/results
 #   PARTS="profile workload" bash benchmarks/gpu.sh /root/out     # only some parts
 # PARTS (default all, in this order): tests bench profile workload plot
 #   WORKLOAD="--set tasks=50 --set spread=1" bash benchmarks/gpu.sh   # every 8th task, projected to 400
@@ -31,18 +31,18 @@ if has tests; then
   $PY -m pytest -q -x tests/test_kernels_*.py tests/test_trainer.py tests/test_generate.py tests/test_model.py 2>&1 | tail -15
 fi
 if has bench; then
-  $PY -m benchmarks --out "$out" -x workload "$@"
+  $PY -m arcfast.bench --out "$out" -x workload "$@"
 fi
 if has profile; then
   # Chrome traces + top-op tables of a packed 16-task training step and a 96-prompt decode step.
-  $PY -m benchmarks.profile_step --what both --tasks-per-step 16 --out "$out/profile-$(date +%Y%m%dT%H%M%S)" 2>&1 | tail -40
+  $PY -m arcfast.bench.profile_step --what both --tasks-per-step 16 --out "$out/profile-$(date +%Y%m%dT%H%M%S)" 2>&1 | tail -40
 fi
 if has workload; then
   # The whole workload: arc1:eval (400 tasks), 300 samples and 96 predictions per test input, with
   # the hf recipe's estimated time; bar: at most 30 minutes. --set group=16 if 32 tasks per packed
   # step do not fit in memory.
-  $PY -m benchmarks -k workload --out "$out" ${WORKLOAD:-} "$@"
+  $PY -m arcfast.bench -k workload --out "$out" ${WORKLOAD:-} "$@"
 fi
 if has plot; then
-  ls "$out"/*.json >/dev/null 2>&1 && $PY -m benchmarks.plot "$out"/*.json -o "$out/tokens_per_s.png"
+  ls "$out"/*.json >/dev/null 2>&1 && $PY -m arcfast.bench.plot "$out"/*.json -o "$out/tokens_per_s.png"
 fi

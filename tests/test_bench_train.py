@@ -1,8 +1,8 @@
 """The training benchmark's cases run end to end on the CPU (tiny model) and report what they say."""
 from __future__ import annotations
 
-from benchmarks import bench_train
-from benchmarks.runner import Context
+from arcfast.bench import bench_train
+from arcfast.bench.runner import Context
 
 
 def test_train_benchmark_quick_cpu():

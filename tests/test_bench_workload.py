@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import bench_workload, plot, profile_step, runner
-from benchmarks.runner import Context, Row
+from arcfast.bench import bench_workload, plot, profile_step, runner
+from arcfast.bench.runner import Context, Row
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 SMALL = ["--set", "tasks=2", "--set", "samples=2", "--set", "predictions=3", "--set", "hf_steps=1",

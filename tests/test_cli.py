@@ -348,7 +348,7 @@ def test_cuda_graphs_flag_reaches_the_trainer_and_the_log(tmp_path):
 
 
 def test_bench_is_the_benchmark_runner(capsys, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)   # from anywhere: the runner is found beside the package
+    monkeypatch.chdir(tmp_path)   # from anywhere: the suite ships inside the package
     assert main(["bench", "--quick", "-k", "kernels", "--no-save"]) == 0
     out = capsys.readouterr().out
     assert "kernels" in out and "ratio" in out

@@ -479,8 +479,8 @@ def test_fuzz_text_equals_reference(fmt):
 
 
 def test_encode_benchmark_runs_quick():
-    from benchmarks import bench_encode
-    from benchmarks.runner import Context
+    from arcfast.bench import bench_encode
+    from arcfast.bench.runner import Context
 
     rows = bench_encode.run(Context(quick=True))
     barred = [r for r in rows if r.bar is not None]

@@ -1,6 +1,6 @@
 """The kernel benchmark runs end to end (on the CPU: the reference rows) and its rows are well formed."""
-from benchmarks import bench_kernels
-from benchmarks.runner import Context, format_table
+from arcfast.bench import bench_kernels
+from arcfast.bench.runner import Context, format_table
 
 
 def test_kernel_benchmark_quick_cpu():

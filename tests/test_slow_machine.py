@@ -55,9 +55,12 @@ def test_a_budgeted_run_on_a_slowed_machine_ends_inside_its_budget(tmp_path, mon
     validate_submission(out / "submission.json", tasks)   # every id, every test input, two attempts
     summary = json.loads((out / "run.json").read_text())
     assert summary["seconds"] <= budget and summary["tasks"] == 4
-    # Every group was trained or predicted in time: no group was left to fallbacks alone because
-    # an earlier one took the time.
-    assert summary["answered"] == 4, summary
+    # Every group was predicted in time: no group was left to fallbacks alone because an earlier
+    # one took the time (the tiny model's random weights rarely give a grid that parses, so what
+    # shows it is the tokens generated for each task).
+    recs = {json.loads(p.read_text())["task_id"]: json.loads(p.read_text()) for p in (out / "tasks").glob("*.json")}
+    assert sorted(recs) == sorted(t.id for t in tasks)
+    assert all(r["generated_tokens"] > 0 for r in recs.values()), {k: r["generated_tokens"] for k, r in recs.items()}
     events = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     # Training, generation and re-scoring all ended by the deadline less the margin (one slowed
     # step late at most); only the writing of the results is left to the margin.

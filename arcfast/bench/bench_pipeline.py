@@ -1,8 +1,8 @@
 """The data pipeline (augment -> encode -> prompt -> pack) through the C++ core against the plain-Python
 reference (arcfast/reference/pipeline.py: numpy transforms, Python encoding), same batches.
 
-    python -m benchmarks -k pipeline            # full size
-    python -m benchmarks -k pipeline --quick    # fewer batches
+    arcfast bench -k pipeline            # full size
+    arcfast bench -k pipeline --quick    # fewer batches
 
 Workload: the 400 ARC-AGI-1 evaluation tasks (TTFT mode: train pairs only, full augmentation,
 8,192-token rows), in two batch layouts:

@@ -1,9 +1,9 @@
 """The whole TTFT workload through the real ``arcfast ttft`` engine, against the hf recipe's time for
 the same work estimated from step times measured in the same run.
 
-    python -m benchmarks -k workload                      # CUDA: the full workload below
-    python -m benchmarks -k workload --quick              # tiny model, 3 tasks: seconds on a CPU
-    python -m benchmarks -k workload --set tasks=100 --set group=64
+    arcfast bench -k workload                      # CUDA: the full workload below
+    arcfast bench -k workload --quick              # tiny model, 3 tasks: seconds on a CPU
+    arcfast bench -k workload --set tasks=100 --set group=64
 
 Workload (CUDA default): the ARC-AGI-1 evaluation set (400 tasks), a fresh LoRA adapter per task
 (r = 32, alpha 64, every projection), 300 training samples per task (300 optimizer steps of one

@@ -1,7 +1,7 @@
 """The fused Triton kernels against their plain PyTorch references, same inputs, same run.
 
-    python -m benchmarks -k kernels                 # GPU: full DESIGN.md shapes (16,384 tokens)
-    python -m benchmarks -k kernels --quick         # 4,096 tokens
+    arcfast bench -k kernels                 # GPU: full DESIGN.md shapes (16,384 tokens)
+    arcfast bench -k kernels --quick         # 4,096 tokens
 
 Shapes are those of the design brief: 16,384 tokens, hidden 896, MLP 4,864, LoRA r = 32 over 1, 16
 and 64 adapters, bf16. Adapters are laid out as the packer lays them out (each sample's tokens

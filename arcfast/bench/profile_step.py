@@ -1,8 +1,8 @@
 """Where a training step and a decode step spend their time: torch.profiler over warmed-up steps.
 
-    python -m benchmarks.profile_step                              # CUDA when available, both parts
-    python -m benchmarks.profile_step --device cpu --model tiny --what train --out runs/prof
-    python -m benchmarks.profile_step --what decode --prompts 96 --new 64
+    python -m arcfast.bench.profile_step                              # CUDA when available, both parts
+    python -m arcfast.bench.profile_step --device cpu --model tiny --what train --out runs/prof
+    python -m arcfast.bench.profile_step --what decode --prompts 96 --new 64
 
 - ``train``: :class:`arcfast.trainer.Trainer` steps on packed TTFT batches (``--tasks-per-step``
   tasks of the ARC-AGI-1 evaluation set, one sample of each per step, through
@@ -237,7 +237,7 @@ def _format(name: str, s: dict) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.profile_step", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m arcfast.bench.profile_step", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     ap.add_argument("--what", default="both", choices=("train", "decode", "both"))

@@ -1,13 +1,16 @@
 """One command runs every benchmark present, each fast path beside its baseline in the same run.
 
-    python -m benchmarks                 # all benchmarks, full size
-    python -m benchmarks --quick         # small sizes (what the test suite runs)
-    python -m benchmarks -k encode       # only benchmarks whose name contains "encode"
-    python -m benchmarks -x workload     # all but those whose name contains "workload"
+    arcfast bench                   # all benchmarks, full size
+    arcfast bench --quick           # small sizes (what the test suite runs)
+    arcfast bench -k encode         # only benchmarks whose name contains "encode"
+    arcfast bench -x workload       # all but those whose name contains "workload"
+    arcfast bench --out DIR         # results into DIR (default: ./bench-results/)
 
-A benchmark is a module ``benchmarks/bench_<name>.py`` with ``run(ctx: Context) -> list[Row]``.
-The runner prints one table and writes ``benchmarks/results/<date>-<host>.json`` stamped with the
-date, the machine, the versions and the command line.
+``python -m arcfast.bench`` is the same command, and so is ``python -m benchmarks`` in a clone.
+A benchmark is a module ``arcfast/bench/bench_<name>.py`` with ``run(ctx: Context) -> list[Row]``.
+The runner prints one table and writes ``<out>/<date>-<cpu|gpu>[-quick].json`` stamped with the
+date, the machine, the versions and the command line, under the current directory unless --out
+says where (the GPU records kept in the source tree are in ``benchmarks/results/``).
 """
 from __future__ import annotations
 
@@ -26,7 +29,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# Relative: resolved against the working directory when the results are written, never the package.
+DEFAULT_OUT = Path("bench-results")
+PROG = "arcfast bench"
 
 
 @dataclass
@@ -146,14 +151,16 @@ def machine_info(device: str) -> dict:
 
 
 def write_results(rows: list[Row], ctx: Context, argv: list[str], errors: dict,
-                  out_dir: Path = RESULTS_DIR) -> Path:
+                  out_dir: Path = DEFAULT_OUT, prog: str = PROG) -> Path:
+    """Write ``rows`` as ``out_dir/<date>-<cpu|gpu>[-quick].json``; ``prog`` + ``argv`` is the
+    command line recorded in it."""
     now = _dt.datetime.now(_dt.timezone.utc)
     out_dir.mkdir(parents=True, exist_ok=True)
     tag = "gpu" if ctx.device == "cuda" else "cpu"
     path = out_dir / f"{now:%Y-%m-%dT%H%M%S}-{tag}{'-quick' if ctx.quick else ''}.json"
     doc = {
         "date": now.isoformat(timespec="seconds"),
-        "command": " ".join(["python -m benchmarks", *argv]),
+        "command": " ".join([prog, *argv]),
         "machine": machine_info(ctx.device),
         "context": asdict(ctx),
         "rows": [r.to_json() for r in rows],
@@ -165,9 +172,11 @@ def write_results(rows: list[Row], ctx: Context, argv: list[str], errors: dict,
     return path
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+def main(argv: Optional[list[str]] = None, prog: str = PROG) -> int:
+    """Run the benchmarks ``argv`` selects (``sys.argv[1:]`` when None); 1 when any failed.
+    ``prog`` names the command in --help and in the results file."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes, seconds per benchmark")
     ap.add_argument("-k", dest="only", default="", help="run benchmarks whose name contains this")
@@ -175,7 +184,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                     help="skip benchmarks whose name contains this (repeatable)")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     ap.add_argument("--threads", type=int, default=0, help="threads for the C++ batch paths (0 = all)")
-    ap.add_argument("--out", default=str(RESULTS_DIR), help="directory for the JSON results")
+    ap.add_argument("--out", default=str(DEFAULT_OUT), metavar="DIR",
+                    help="directory for the JSON results, created when missing "
+                         "(default: %(default)s/ under the current directory)")
     ap.add_argument("--no-save", action="store_true", help="print the table only")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="benchmark options, e.g. --set model=qwen2.5-0.5b")
@@ -199,7 +210,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         t0 = time.perf_counter()
         print(f"[{name}] running...", file=sys.stderr, flush=True)
         try:
-            mod = importlib.import_module(f"benchmarks.{name}")
+            mod = importlib.import_module(f"{__package__}.{name}")
             got = mod.run(ctx)
             rows.extend(got)
         except Exception as exc:  # one broken benchmark never hides the others
@@ -209,7 +220,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     print(format_table(rows))
     if not args.no_save:
-        path = write_results(rows, ctx, argv, errors, Path(args.out))
+        path = write_results(rows, ctx, argv, errors, Path(args.out), prog)
         print(f"\nresults: {path}")
     for name, err in errors.items():
         print(f"ERROR in {name}: {err}", file=sys.stderr)

@@ -1,8 +1,8 @@
 """Batched multi-adapter generation against transformers ``generate`` + PEFT, same prompts, same run.
 
-    python -m benchmarks -k generate                # GPU: the DESIGN.md workload
-    python -m benchmarks -k generate --quick        # smaller
-    python -m benchmarks -k generate --set hf_full_vocab=1   # also the full-vocabulary baseline
+    arcfast bench -k generate                # GPU: the DESIGN.md workload
+    arcfast bench -k generate --quick        # smaller
+    arcfast bench -k generate --set hf_full_vocab=1   # also the full-vocabulary baseline
 
 Workload (GPU): the Qwen2.5-0.5B architecture with random weights (bf16, compact 16-id vocabulary),
 LoRA r = 32 on every linear layer, 96 prompts of 1,400-1,600 random compact tokens, 200 new tokens

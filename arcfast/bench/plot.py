@@ -1,9 +1,9 @@
 """Throughput from benchmark results files as horizontal bars: tokens/s, then samples/s.
 
-    python -m benchmarks.plot benchmarks/results/*.json -o benchmarks/results/tokens_per_s.png
+    python -m arcfast.bench.plot bench-results/*.json -o bench-results/tokens_per_s.png
 
 One panel per unit (trained ``tokens/s``, ``generated tok/s``, ``samples/s``: the throughput rows
-``python -m benchmarks`` writes), a bar per measured case and one per baseline (grey), on a log
+``arcfast bench`` writes), a bar per measured case and one per baseline (grey), on a log
 scale, each labelled with its value and, for a fast path, its ratio to the baseline. A baseline
 that is also a row of its own (``bench_train``'s hf case) is drawn once. When several files hold
 the same benchmark, each label names its file.
@@ -141,10 +141,11 @@ def _title(docs: Sequence[tuple[str, dict]]) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.plot", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m arcfast.bench.plot", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results", nargs="+", help="results JSON files (or directories of them)")
-    ap.add_argument("-o", "--out", default="benchmarks/results/tokens_per_s.png", help="PNG to write")
+    ap.add_argument("-o", "--out", default="bench-results/tokens_per_s.png",
+                    help="PNG to write (default: %(default)s under the current directory)")
     args = ap.parse_args(argv)
     docs = load(args.results)
     bars = collect(docs)

@@ -6,8 +6,8 @@ arcfast.sampling; LoRA r=32 (alpha 64) on every attention and MLP projection; Ad
 built-in architecture with random weights (nothing downloaded): Qwen2.5-0.5B on CUDA, the tiny
 config on the CPU.
 
-    python -m benchmarks -k train                                  # defaults for the device
-    python -m benchmarks -k train --set model=qwen2.5-0.5b --set tasks=16 --set steps=10
+    arcfast bench -k train                                  # defaults for the device
+    arcfast bench -k train --set model=qwen2.5-0.5b --set tasks=16 --set steps=10
 
 Options (``--set key=value``): model, steps, warmup, tasks (tasks per native step), per_task
 (samples of each task per native step), row_len, max_len (longest sample), r, hf_steps,
@@ -30,14 +30,15 @@ forward, the LM head at the vocabulary actually used included) + the attention o
 negligible at r=32.
 
 Measured on an H100 80GB (torch 2.11, bf16, Qwen2.5-0.5B architecture, 16 tasks' samples of
-arc1:eval, two each, 1.8k-2.3k tokens on average; results/2026-11-22T112728-gpu-train.json): hf batch 1 full vocab
-9.0k tokens/s (3.9 samples/s, 22.6 GiB peak, MFU 2.2%); native batch 1 8.6k (6.6 GiB); native,
-16 tasks per step packed in rows of 8,192: 96.4k tokens/s, 52 samples/s, 37 GiB, MFU 17.8%, 10.7x
-hf. Both step times are ~0.3 s whatever the batch: the host is the bottleneck (a profile puts half
-of it in the Python side of the LoRA kernels' launches), so more tasks per step are nearly free.
-Same run with the LoRA delta through ``torch._grouped_mm`` and plain-torch norms/SwiGLU/loss:
-51.9k tokens/s. With FlexAttention instead of varlen (results/2026-11-22T111931-gpu-train-flex.json):
-85.7k packed, but 0.5k at batch 1, where every new sample length recompiles it.
+arc1:eval, two each, 1.8k-2.3k tokens on average; benchmarks/results/2026-11-22T112728-gpu-train.json
+in the source tree): hf batch 1 full vocab 9.0k tokens/s (3.9 samples/s, 22.6 GiB peak, MFU 2.2%);
+native batch 1 8.6k (6.6 GiB); native, 16 tasks per step packed in rows of 8,192: 96.4k tokens/s,
+52 samples/s, 37 GiB, MFU 17.8%, 10.7x hf. Both step times are ~0.3 s whatever the batch: the host
+is the bottleneck (a profile puts half of it in the Python side of the LoRA kernels' launches), so
+more tasks per step are nearly free. Same run with the LoRA delta through ``torch._grouped_mm`` and
+plain-torch norms/SwiGLU/loss: 51.9k tokens/s. With FlexAttention instead of varlen
+(benchmarks/results/2026-11-22T111931-gpu-train-flex.json): 85.7k packed, but 0.5k at batch 1,
+where every new sample length recompiles it.
 """
 from __future__ import annotations
 
