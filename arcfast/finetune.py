@@ -457,9 +457,9 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
         val_s = time.perf_counter() - t
     bar = None
     if cfg.progress:
-        from tqdm import tqdm
+        from .progress import Progress
 
-        bar = tqdm(total=cfg.steps, initial=start, unit="step", desc="train", dynamic_ncols=True)
+        bar = Progress(cfg.steps, start, desc="train", unit="steps")
 
     saved_at = start if state else -1
 
@@ -508,11 +508,9 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
                 acc_loss = acc_n = acc_tok = 0.0
                 acc_t = 0.0
             if bar is not None:
-                bar.update(1)
-                bar.set_postfix_str(f"loss {float(stats.loss[0]):.4f}, {stats.tokens_per_s:,.0f} tok/s"
-                                    + (f", val {last_val:.4f}" if last_val is not None else "")
-                                    + (f", left {format_duration(deadline.remaining())}" if deadline else ""),
-                                    refresh=False)
+                bar.update(1, text=f"loss {float(stats.loss[0]):.4f} · {stats.tokens_per_s:,.0f} tok/s"
+                           + (f" · val {last_val:.4f}" if last_val is not None else "")
+                           + (f" · budget left {format_duration(deadline.remaining())}" if deadline else ""))
             if val_set and step % val_every == 0 and step < cfg.steps:
                 if not deadline or deadline.remaining() > val_s + 2.5 * save_s:
                     t = time.perf_counter()

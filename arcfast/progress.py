@@ -3,8 +3,8 @@
 On a terminal, a tqdm bar counts the finished units (tasks, steps) and its postfix says what is
 happening now (``group 2/5 · train step 12/50 · 20,439 tok/s · budget left 3m12s``), redrawn at most
 ``every`` seconds. Where stderr is not a terminal (a pipe, a log file, a notebook's captured output,
-``script``), no carriage returns and no blank lines: one plain line per finished unit batch and at
-most one line per ``plain_every`` seconds while a unit is in progress.
+``script``), no carriage returns and no blank lines: a plain line when asked for (a finished task),
+at the end, and otherwise at most one line per ``plain_every`` seconds.
 """
 from __future__ import annotations
 
@@ -56,16 +56,17 @@ class Progress:
         elif force or now - self._shown >= self.plain_every:
             self._print()
 
-    def update(self, n: int = 1, text: Optional[str] = None) -> None:
-        """``n`` more units finished (always shown: a finished unit is news)."""
+    def update(self, n: int = 1, text: Optional[str] = None, force: bool = False) -> None:
+        """``n`` more units finished. As plain lines: shown when ``force`` (a finished task is
+        news), at the last unit, or when ``plain_every`` seconds have passed (a training step is
+        not)."""
         self.done += int(n)
         if text is not None:
             self.text = text
         if self._bar is not None:
             self._bar.update(int(n))
-            self._bar.set_postfix_str(self.text, refresh=True)
-            self._shown = self.clock()
-        else:
+            self._bar.set_postfix_str(self.text, refresh=False)
+        elif force or self.done >= self.total or self.clock() - self._shown >= self.plain_every:
             self._print()
 
     def _print(self) -> None:

@@ -398,7 +398,7 @@ class TTFTRun:
                 # A failed task is not written to tasks/: a --resume run tries it again.
                 self._finish_task(t, runs[t.id], persist=not failed)
             if bar is not None:
-                bar.update(len(group), text=self._postfix(runs))
+                bar.update(len(group), text=self._postfix(runs), force=True)
         if bar is not None:
             bar.close()
         self.progress = None

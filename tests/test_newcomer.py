@@ -34,7 +34,7 @@ def test_plain_progress_is_lines_without_carriage_returns():
     for step in range(2, 51):
         clock.t += 1.0
         p.status(f"group 1/2 · train step {step}/50")   # one line per 30 s at most
-    p.update(2, text="group 1/2 done")
+    p.update(2, text="group 1/2 done", force=True)
     p.close()
     lines = out.getvalue().split("\n")
     assert lines[-1] == "" and "" not in lines[:-1] and "\r" not in out.getvalue()
@@ -43,14 +43,25 @@ def test_plain_progress_is_lines_without_carriage_returns():
                           "ttft: 2/4 tasks · group 1/2 done"]
 
 
+def test_plain_progress_of_many_steps_prints_a_line_now_and_then_and_at_the_end():
+    out, clock = io.StringIO(), Clock()
+    p = Progress(100, desc="train", unit="steps", stream=out, tty=False, plain_every=30.0, clock=clock)
+    for _ in range(100):
+        clock.t += 1.0
+        p.update(1, text="loss 0.5")
+    assert out.getvalue().splitlines() == ["train: 1/100 steps · loss 0.5", "train: 31/100 steps · loss 0.5",
+                                           "train: 61/100 steps · loss 0.5", "train: 91/100 steps · loss 0.5",
+                                           "train: 100/100 steps · loss 0.5"]
+
+
 def test_terminal_progress_shows_the_step_inside_a_group():
     out = io.StringIO()
     p = Progress(4, desc="ttft", unit="tasks", stream=out, tty=True)
     p.status("group 1/2 · train step 7/50", force=True)
     assert "train step 7/50" in out.getvalue() and "0/4" in out.getvalue()
     p.update(2, text="12 tok/s")
-    assert "2/4" in out.getvalue() and "12 tok/s" in out.getvalue()
     p.close()
+    assert "2/4" in out.getvalue() and "12 tok/s" in out.getvalue()
 
 
 def test_ttft_progress_in_a_pipe_names_training_and_inference(tmp_path, capsys):
