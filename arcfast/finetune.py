@@ -56,7 +56,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -65,6 +64,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .budget import Deadline, StepPlanner, format_duration, parse_duration
+from .outdir import fresh_dir
 from .submission import atomic_write
 
 log = logging.getLogger("arcfast.finetune")
@@ -299,9 +299,8 @@ def save_checkpoint(out, trainer, step: int, settings: dict, segment_len: int) -
     import torch
 
     out = Path(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{CHECKPOINT}.", dir=str(out)))
+    tmp = fresh_dir(out, f".{CHECKPOINT}.")
     try:
-        os.chmod(tmp, 0o755)  # mkdtemp's 0700 would outlive the rename
         # Straight to the file (no bytes copy in memory: a full run's state is 12 bytes per weight);
         # the directory rename below is what makes the checkpoint atomic.
         torch.save({"version": _STATE_VERSION, "step": int(step), "segment_len": int(segment_len),
@@ -319,9 +318,8 @@ def save_result(out, trainer, step: int) -> Path:
     """Write the final ``out/adapter`` (LoRA) or ``out/model`` (full) atomically; returns its path."""
     out = Path(out)
     final = out / _weights_name(trainer)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=str(out)))
+    tmp = fresh_dir(out, f".{final.name}.")
     try:
-        os.chmod(tmp, 0o755)
         _write_weights(trainer, tmp, step)
         _swap_in(tmp, final)
     except BaseException:

@@ -645,11 +645,68 @@ def _read_safetensors(path: Path) -> dict:
     return sd
 
 
+_NEEDS = ("The compact format needs a tokenizer with a distinct single token for each of the digits 0-9, "
+          "the newline and the letters I O E B P (byte-level BPE tokenizers such as Qwen's and Llama 3's have "
+          "them; a SentencePiece tokenizer needs these pieces, or byte-fallback pieces such as <0x0A>). Use a "
+          "checkpoint whose tokenizer has them, or add the missing symbol to the tokenizer (add_tokens) and "
+          "grow the embedding to match (resize_token_embeddings) before saving the checkpoint; its new row "
+          "starts untrained.")
+
+
+_PREFIX_PIECES = ("\u2581", " ", "\u0120")  # a word-start marker: SentencePiece's "▁", a space, byte-level "Ġ"
+
+
+def _symbol_token(sym: str, encode, lookup, piece, normalize, unk: Optional[int]) -> tuple[Optional[int], str]:
+    """The token that stands for ``sym`` or, when there is none, what the tokenizer does with it.
+
+    In order: the symbol's own vocabulary entry (``"0"``, or the byte-fallback piece ``"<0x0A>"``
+    for ``"\\n"``) unless the normaliser rewrites the symbol's text; then the symbol's encoding, less
+    the word-start token a SentencePiece-style tokenizer puts before a text (``"0"`` encodes as
+    ``["▁", "0"]`` in Llama 2 and Mistral). A leading-space variant such as ``"▁I"`` is what such
+    tokenizers give a text's first word only: inside ARC text (``"\\nI"``) it is the bare ``"I"``,
+    which the lookup finds first. Byte-level BPE (GPT-2, Qwen, Llama 3) stores ``"\\n"`` as
+    ``"Ċ"``, found by encoding; its other symbols are their own entries, which are also their
+    encodings."""
+    norm = normalize(sym)
+    rewritten = norm.lstrip("".join(_PREFIX_PIECES)) != sym
+    if not rewritten:
+        t = lookup(sym)
+        if t is None and len(sym.encode("utf-8")) == 1:
+            t = lookup(f"<0x{sym.encode('utf-8')[0]:02X}>")
+        if t is not None:
+            return int(t), ""
+    toks = [int(t) for t in encode(sym)]
+    if len(toks) == 2 and piece(toks[0]) in _PREFIX_PIECES:
+        t = toks[1]
+    elif len(toks) == 1:
+        t = toks[0]
+    else:
+        t = None
+    if t is not None and t != unk:
+        return t, ""
+    found = f"{len(toks)} tokens {toks}" if len(toks) != 1 else f"the token {toks}"
+    if toks:
+        found += " (" + " ".join(repr(piece(t)) for t in toks) + ")"
+    found += " in this tokenizer"
+    if unk is not None and unk in toks:
+        found += f", {piece(unk)!r} being the unknown token"
+    if rewritten:
+        found += (f", whose normaliser rewrites it as {norm!r}, so no vocabulary entry "
+                  f"{sym!r} is ever used for it")
+    else:
+        b = sym.encode("utf-8")
+        found += f", and the vocabulary has no token {sym!r}"
+        found += f" nor byte piece '<0x{b[0]:02X}>'" if len(b) == 1 else ""
+    return None, found
+
+
 def compact_token_ids(tokenizer_dir, tokenizer=None) -> list[int]:
     """For each compact id, the id of its symbol's single token in the checkpoint's tokenizer.
 
-    Raises ValueError naming the symbol when a symbol is several tokens, unknown, or shares its
-    token with another symbol."""
+    The symbol's own vocabulary entry (or byte-fallback piece ``<0xNN>``) when it has one, else its
+    encoding, less a SentencePiece-style word-start token ``"▁"`` (see :func:`_symbol_token`).
+    Raises ValueError naming the symbol, the tokens it encodes to and what to do when a symbol has
+    no single token, is the unknown token, or shares its token with another symbol."""
     unk = None
     if tokenizer is None and (Path(tokenizer_dir) / "tokenizer.json").exists():
         # The checkpoint's own pipeline, as written (transformers may rebuild some tokenizers by
@@ -664,6 +721,9 @@ def compact_token_ids(tokenizer_dir, tokenizer=None) -> list[int]:
         unk_tok = getattr(tok.model, "unk_token", None)
         unk = tok.token_to_id(unk_tok) if unk_tok else None
         encode = lambda s: tok.encode(s, add_special_tokens=False).ids
+        lookup = tok.token_to_id
+        piece = tok.id_to_token
+        normalizer = tok.normalizer
     else:
         if tokenizer is None:
             from transformers import AutoTokenizer
@@ -676,19 +736,20 @@ def compact_token_ids(tokenizer_dir, tokenizer=None) -> list[int]:
                                       f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         unk = getattr(tokenizer, "unk_token_id", None)
         encode = lambda s: tokenizer.encode(s, add_special_tokens=False)
+        # get_vocab, not convert_tokens_to_ids: the latter answers the unknown token's id for a miss.
+        lookup = tokenizer.get_vocab().get
+        piece = lambda t: tokenizer.convert_ids_to_tokens(int(t))
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        normalizer = getattr(backend, "normalizer", None)
+    normalize = normalizer.normalize_str if normalizer is not None else (lambda s: s)
     ids, seen = [], {}
     for cid, (sym, name) in enumerate(zip(T.SYMBOLS, T.NAMES)):
-        toks = encode(sym)
-        shown = repr(sym)
-        if len(toks) != 1:
-            raise ValueError(f"{tokenizer_dir}: compact symbol {shown} (id {cid}, {name}) is {len(toks)} tokens "
-                             f"{toks} in this tokenizer; the compact format needs one token per symbol")
-        t = int(toks[0])
-        if unk is not None and t == unk:
-            raise ValueError(f"{tokenizer_dir}: compact symbol {shown} (id {cid}, {name}) is the unknown "
-                             f"token in this tokenizer")
+        t, found = _symbol_token(sym, encode, lookup, piece, normalize, unk)
+        if t is None:
+            raise ValueError(f"{tokenizer_dir}: compact symbol {sym!r} (id {cid}, {name}) is {found}. {_NEEDS}")
         if t in seen:
-            raise ValueError(f"{tokenizer_dir}: compact symbols {seen[t]!r} and {shown} share token {t}")
+            raise ValueError(f"{tokenizer_dir}: compact symbols {seen[t]!r} and {sym!r} share token {t} "
+                             f"({piece(t)!r}). {_NEEDS}")
         seen[t] = sym
         ids.append(t)
     return ids
@@ -701,6 +762,10 @@ def load_checkpoint(path, dtype=None, device=None, vocab: str = "compact") -> Ca
     if not cfg_file.exists():
         raise FileNotFoundError(f"{path}: no config.json (not a Hugging Face checkpoint directory)")
     cfg = config_from_hf(read_json_object(cfg_file), str(cfg_file))
+    # The name an adapter records as its base (adapter_config.json's base_model_name_or_path): the
+    # directory itself, which PEFT's AutoPeftModel loads; config.json's own _name_or_path is
+    # wherever the checkpoint was written from, or nothing.
+    cfg = replace(cfg, name=str(path.resolve()))
     sd = _read_safetensors(path)
     sd = {k: v for k, v in sd.items() if not k.endswith("rotary_emb.inv_freq")}
     if "lm_head.weight" not in sd:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import secrets
 from pathlib import Path
 from typing import Optional, Union
 
@@ -161,4 +162,21 @@ class OutDir:
         return removed
 
 
-__all__ = ["MAX_NAME", "OutDir", "task_filename", "task_id_from_filename"]
+
+
+def fresh_dir(parent: Union[str, Path], prefix: str) -> Path:
+    """A new, empty directory ``parent/<prefix><random>`` to build a result in before renaming it
+    into place. Made by a plain ``mkdir``, so it has the mode any directory gets under the current
+    umask (``tempfile.mkdtemp`` makes it 0700, which the finished directory would keep)."""
+    parent = Path(parent)
+    for _ in range(100):
+        d = parent / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            d.mkdir()
+        except FileExistsError:
+            continue
+        return d
+    raise FileExistsError(f"{parent}: no free temporary name {prefix}* after 100 tries")
+
+
+__all__ = ["MAX_NAME", "OutDir", "fresh_dir", "task_filename", "task_id_from_filename"]

@@ -7,15 +7,47 @@ from typing import Optional
 import numpy as np
 
 
-@dataclass(frozen=True)
+def _grids_equal(a: Optional[np.ndarray], b: Optional[np.ndarray]) -> bool:
+    if a is None or b is None:
+        return a is b
+    return bool(np.array_equal(a, b))  # shapes first, then cells
+
+
+def _grid_key(g: Optional[np.ndarray]):
+    """What a grid's hash is computed from: its shape and cells, whatever the dtype (grids compare
+    by value, so a uint8 grid and its int64 or float copy must hash alike)."""
+    if g is None:
+        return None
+    g = np.asarray(g)
+    if g.dtype.kind not in "biuf":  # not numbers: the shape alone still hashes equal grids alike
+        return g.shape
+    cells = np.ascontiguousarray(g, dtype=np.float64) + 0.0  # + 0.0: -0.0 is 0.0, as == says
+    return g.shape, cells.tobytes()
+
+
+@dataclass(frozen=True, eq=False)
 class Pair:
     """One input/output example. Grids are 2-D ``uint8`` arrays of colours 0-9 (C-contiguous).
 
     ``output`` is ``None`` for a test pair whose solution is unknown.
+
+    Pairs compare by value: equal when their inputs have the same shape and cells and so do their
+    outputs (an unknown output equals only an unknown output), whatever the arrays' dtypes.
+    The hash agrees, so pairs can be set members and dict keys; like any key, a pair must not have
+    its grids changed in place while it is one.
     """
 
     input: np.ndarray
     output: Optional[np.ndarray] = None
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Pair):
+            return NotImplemented
+        return self is other or (_grids_equal(self.input, other.input)
+                                 and _grids_equal(self.output, other.output))
+
+    def __hash__(self) -> int:
+        return hash((_grid_key(self.input), _grid_key(self.output)))
 
 
 @dataclass
@@ -24,6 +56,9 @@ class Task:
 
     ``source`` names where it was loaded from (a file path or a bundled set such as ``arc1:eval``)
     so that any later error can point back at it.
+
+    Tasks compare by value, field by field (pairs as :class:`Pair` does); a task is mutable, so it
+    has no hash (:meth:`fingerprint` is a digest of its content).
     """
 
     id: str
