@@ -355,7 +355,7 @@ def cmd_info(args) -> int:
 
         if torch.cuda.is_available():
             kernels = ("Triton kernels (LoRA, RMSNorm, SwiGLU, RoPE, cross-entropy)" if HAS_TRITON
-                       else "plain PyTorch references: triton is not importable")
+                       else "plain PyTorch references: triton is not importable (pip install 'arcfast[triton]')")
             att = choose_impl("cuda", torch.bfloat16)
         else:
             kernels, att = "plain PyTorch references (Triton kernels run on a GPU only)", choose_impl("cpu", None)

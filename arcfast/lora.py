@@ -137,10 +137,12 @@ def grouped_available(device, dtype) -> bool:
 
 
 def triton_available() -> bool:
+    """Whether the Triton LoRA kernels can run: Triton importable and the kernels present."""
     try:
-        from .kernels import lora as _k  # noqa: F401
+        from .kernels import lora as _k
+        from .kernels._common import HAS_TRITON
 
-        return hasattr(_k, "lora_delta")
+        return HAS_TRITON and hasattr(_k, "lora_delta")
     except Exception:
         return False
 

@@ -315,9 +315,12 @@ def task_losses(model: CausalLM, hidden: torch.Tensor, b: DeviceBatch, n: int, l
 
 
 def _kernels_available(*names: str) -> bool:
+    """Whether the named Triton kernels can run: Triton importable and each kernel file present."""
     import importlib.util
 
-    return all(importlib.util.find_spec(f"arcfast.kernels.{n}") is not None for n in names)
+    from .kernels._common import HAS_TRITON
+
+    return HAS_TRITON and all(importlib.util.find_spec(f"arcfast.kernels.{n}") is not None for n in names)
 
 
 def _setup_model(model: CausalLM, cfg: TrainConfig) -> tuple[str, str]:

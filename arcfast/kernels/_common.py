@@ -12,6 +12,10 @@ launch, in whatever mode Triton is in, and a public function decides per call:
 - anything else                                     -> the plain PyTorch reference.
 
 The CPU trainer therefore never pays for the interpreter unless it asks for it.
+
+Triton is optional (``pip install 'arcfast[triton]'``; CUDA builds of torch bring it). Without it a
+small stub below lets every kernel file import, ``HAS_TRITON`` is False and every public function
+runs its reference, on any device.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ try:
     import triton.language as tl
 
     HAS_TRITON = True
-except ImportError:  # pragma: no cover - triton is a Linux dependency
+except ImportError:  # the optional extra arcfast[triton] is not installed
     HAS_TRITON = False
 
     class _Constexpr:  # kernel signatures annotate with tl.constexpr at definition time

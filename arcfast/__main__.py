@@ -1,0 +1,7 @@
+"""``python -m arcfast ARGS`` is the ``arcfast ARGS`` command (see arcfast/cli.py)."""
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
