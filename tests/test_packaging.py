@@ -215,7 +215,14 @@ def test_wheel_installed_outside_the_checkout_runs_the_commands(installed):
     arcfast_cmd("ttft", "--tasks", "arc1:eval[:2]", "--model", "tiny", "--budget", "40s", "--steps", "1",
                 "--predictions", "1", "--max-new-tokens", "8", "--out", str(out), "-q")
     assert len(json.loads((out / "submission.json").read_text())) == 2
+    arcfast_cmd("eval", "--tasks", "arc1:eval[:1]", "--model", "tiny", "--budget", "40s", "--predictions", "1",
+                "--max-new-tokens", "8", "--out", str(cwd / "eval"), "-q")
+    assert json.loads((cwd / "eval" / "run.json").read_text())["metrics"] is not None
+    arcfast_cmd("train", "--data", "arc1:train[:2]=1", "--model", "tiny", "--steps", "2", "--row-len", "4096",
+                "--max-len", "4096", "--out", str(cwd / "pre"), "-q")
+    assert (cwd / "pre" / "adapter" / "adapter_model.safetensors").is_file()
     assert f"arcfast {arcfast.__version__}" in arcfast_cmd("info")
+    assert arcfast_cmd("--version").strip() == f"arcfast {arcfast.__version__}"
 
 
 @pytest.mark.slow
