@@ -191,6 +191,11 @@ PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(family="qwen2", hidden_size=64, n_layers=2, n_heads=4, n_kv_heads=2,
                         intermediate_size=128, rope_theta=10000.0, tie_embeddings=True, qkv_bias=True,
                         full_vocab_size=T.VOCAB_SIZE, name="tiny"),
+    # The starter model's architecture (random weights here; `starter` loads its trained weights,
+    # see arcfast/models/starter/): 1.5M parameters, sized for hours of training on a few CPU cores.
+    "starter-arch": ModelConfig(family="qwen2", hidden_size=128, n_layers=6, n_heads=4, n_kv_heads=2,
+                                intermediate_size=512, rope_theta=10000.0, tie_embeddings=True, qkv_bias=True,
+                                full_vocab_size=T.VOCAB_SIZE, name="starter-arch"),
     # Exact architectures of common ARC bases (weights random: nothing is downloaded).
     "qwen2.5-0.5b": ModelConfig(family="qwen2", hidden_size=896, n_layers=24, n_heads=14, n_kv_heads=2,
                                 intermediate_size=4864, rope_theta=1e6, rms_eps=1e-6, tie_embeddings=True,
@@ -546,21 +551,39 @@ def build_model(cfg: ModelConfig, dtype=None, device=None, seed: int = 0) -> Cau
     return init_weights(model, seed)
 
 
+# Checkpoints shipped inside the package, loaded by name (nothing is downloaded).
+SHIPPED: dict[str, Path] = {"starter": Path(__file__).resolve().parent / "models" / "starter"}
+
+
+def shipped_model(name: str) -> Optional[Path]:
+    """The directory of the shipped checkpoint ``name`` when its weights are installed, else None."""
+    d = SHIPPED.get(str(name))
+    return d if d is not None and (d / "config.json").is_file() and any(d.glob("*.safetensors")) else None
+
+
 def load_model(path_or_preset: str, dtype=None, device=None, vocab: str = "compact",
                seed: int = 0) -> CausalLM:
-    """A model from a built-in preset (random weights, ``seed``) or a local Hugging Face checkpoint
-    directory (config.json, *.safetensors, tokenizer files).
+    """A model from a local Hugging Face checkpoint directory (config.json, *.safetensors,
+    tokenizer files), a checkpoint shipped inside the package (``"starter"``: see
+    arcfast/models/starter/MODEL_CARD.md), or a built-in preset (random weights, ``seed``). A
+    directory of that name in the working directory wins over a shipped model or a preset.
 
     ``vocab="compact"`` (default) cuts a checkpoint's embedding and LM head to the 16 compact ids
     (each compact symbol's single token); ``"full"`` keeps the original vocabulary (the common
     recipe, and the baseline). Default dtype: fp32 on the CPU, bf16 on GPUs (fp16 without bf16).
     """
     p = Path(str(path_or_preset))
+    if not p.is_dir() and str(path_or_preset) in SHIPPED:
+        shipped = shipped_model(str(path_or_preset))
+        if shipped is None:
+            raise FileNotFoundError(f"the shipped model {path_or_preset!r} is not installed here "
+                                    f"({SHIPPED[str(path_or_preset)]} has no weights)")
+        return load_checkpoint(shipped, dtype=dtype, device=device, vocab=vocab)
     if str(path_or_preset) in PRESETS and not p.is_dir():
         return build_model(preset(str(path_or_preset), vocab), dtype=dtype, device=device, seed=seed)
     if not p.is_dir():
-        raise FileNotFoundError(f"{path_or_preset!r} is neither a checkpoint directory nor a preset "
-                                f"({', '.join(PRESETS)})")
+        raise FileNotFoundError(f"{path_or_preset!r} is neither a checkpoint directory, a shipped model "
+                                f"({', '.join(SHIPPED)}) nor a preset ({', '.join(PRESETS)})")
     return load_checkpoint(p, dtype=dtype, device=device, vocab=vocab)
 
 
