@@ -20,6 +20,7 @@ from arcfast.generate import Generator, predict_tasks
 from arcfast.model import build_model, init_weights, preset
 from arcfast.score import ScoreStats, Sequences, score_sequences, target_logprobs
 from arcfast.task import Pair, Task
+from slowed import slow_down
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -42,23 +43,12 @@ def _prompts(n: int, length: int = 30, seed: int = 0):
             for _ in range(n)]
 
 
-def _slow(monkeypatch, owner, name: str, seconds: float) -> None:
-    """Make ``owner.name`` sleep ``seconds`` before each call."""
-    inner = getattr(owner, name)
-
-    def slowed(*a, **kw):
-        time.sleep(seconds)
-        return inner(*a, **kw)
-
-    monkeypatch.setattr(owner, name, slowed)
-
-
 def _same(a, b) -> bool:
     return a.tokens.tolist() == b.tokens.tolist() and np.array_equal(a.logprobs, b.logprobs)
 
 
 def test_a_slow_decode_stops_inside_a_chunk_and_keeps_finished_outputs(model, monkeypatch):
-    _slow(monkeypatch, Generator, "_step", UNIT)
+    slow_down(monkeypatch, Generator, "_step", UNIT)
     gen = Generator(model, cuda_graphs=False, max_batch=4, sync_every=8)
     prompts = _prompts(16)
     # Uncut: four waves of four rows, each a prefill and one chunk of 8 slowed steps.
@@ -104,7 +94,7 @@ def test_a_deadline_that_does_not_bind_changes_nothing(model):
 
 
 def test_a_slow_prefill_is_cut_between_micro_batches(model, monkeypatch):
-    _slow(monkeypatch, Generator, "_prefill_forward", UNIT)
+    slow_down(monkeypatch, Generator, "_prefill_forward", UNIT)
     prompts = _prompts(16, seed=1)
     # One prompt per micro-batch: one refill of 16 slowed micro-batches (0.8 s).
     kw = dict(cuda_graphs=False, max_batch=16, prefill_tokens=len(prompts[0]))
@@ -130,7 +120,7 @@ def test_a_slow_prefill_is_cut_between_micro_batches(model, monkeypatch):
 
 
 def test_generation_planned_from_an_earlier_call_starts_nothing_that_cannot_fit(model, monkeypatch):
-    _slow(monkeypatch, Generator, "_prefill_forward", UNIT)
+    slow_down(monkeypatch, Generator, "_prefill_forward", UNIT)
     gen = Generator(model, cuda_graphs=False, max_batch=4)
     prompts = _prompts(4, seed=2)
     gen.generate(prompts, max_new_tokens=2)   # measures the rates
@@ -153,7 +143,7 @@ def test_predictions_under_a_deadline_are_complete(model, monkeypatch):
     """Cut or not, every test input gets one prediction per augmentation, by the deadline."""
     from arcfast.generate import GenerationConfig
 
-    _slow(monkeypatch, Generator, "_step", UNIT)
+    slow_down(monkeypatch, Generator, "_step", UNIT)
     gen = Generator(model, cuda_graphs=False, max_batch=8, sync_every=8)
     tasks = [_task("a", 0), _task("b", 1)]
     start = time.monotonic()
@@ -180,7 +170,7 @@ def _sequences(n: int, seed: int = 0) -> Sequences:
 
 
 def test_a_slow_scorer_starts_no_batch_that_would_end_past_the_deadline(model, monkeypatch):
-    _slow(monkeypatch, score_mod, "_forward_batch", UNIT)
+    slow_down(monkeypatch, score_mod, "_forward_batch", UNIT)
     seqs = _sequences(24)
     kw = dict(batch_tokens=100)   # 2 sequences a batch: 12 slowed batches
     st = ScoreStats()

@@ -18,6 +18,7 @@ from arcfast.data import load_tasks
 from arcfast.generate import Generator
 from arcfast.submission import validate_submission
 from arcfast.trainer import Trainer
+from slowed import slow_down
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -26,21 +27,11 @@ DECODE = 0.3    # a decode step sleeps longer: a chunk of 8 steps run past the d
 TOL = DECODE    # allowed past the deadline: one slowed step
 
 
-def _slow(monkeypatch, owner, name: str, seconds: float) -> None:
-    inner = getattr(owner, name)
-
-    def slowed(*a, **kw):
-        time.sleep(seconds)
-        return inner(*a, **kw)
-
-    monkeypatch.setattr(owner, name, slowed)
-
-
 @pytest.mark.slow
 def test_a_budgeted_run_on_a_slowed_machine_ends_inside_its_budget(tmp_path, monkeypatch):
     for owner, name, seconds in ((Trainer, "step", UNIT), (Generator, "_step", DECODE),
                                  (Generator, "_prefill_forward", UNIT), (score_mod, "_forward_batch", UNIT)):
-        _slow(monkeypatch, owner, name, seconds)
+        slow_down(monkeypatch, owner, name, seconds)
     # A tight margin (2 s for writing the results): the deadline must bind inside each phase.
     budget, margin = 20.0, 2.0
     out = tmp_path / "run"
