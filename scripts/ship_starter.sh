@@ -1,25 +1,17 @@
 #!/usr/bin/env bash
-# Ship a starter model trained by scripts/train_starter.sh and score it for its card:
+# Ship a starter model trained by scripts/train_starter.sh: copy OUT/model into the package
+# (arcfast/models/starter/, loaded by `--model starter`), then score it for its card with the
+# learning benchmark (its part 2: ARC-AGI-1 training tasks seen in training, and the first 50
+# evaluation tasks without and with TTFT).
 #
-#   scripts/ship_starter.sh [OUT] [SEEN] [HELD_OUT] [BUDGET]
-#       OUT       the training run (default runs/starter): OUT/model is copied into the package
-#       SEEN      tasks seen in training to score (default arc1:train)
-#       HELD_OUT  held-out tasks, scored without and with TTFT (default arc1:eval[:50])
-#       BUDGET    wall time of each scoring run (default 15m)
-#
-# Scores land in OUT/score-*/run.json (and report.md); MODEL_CARD.md quotes them.
+#   scripts/ship_starter.sh [OUT] [BENCH_OUT]        # defaults: runs/starter benchmarks/results
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/starter}
-SEEN=${2:-arc1:train}
-HELD=${3:-arc1:eval[:50]}
-BUDGET=${4:-15m}
+BENCH_OUT=${2:-benchmarks/results}
 DEST=arcfast/models/starter
 mkdir -p "$DEST"
-cp "$OUT/model/config.json" "$OUT/model/model.safetensors" "$OUT/model/tokenizer.json" \
-   "$OUT/model/tokenizer_config.json" "$DEST/"
-chmod 644 "$DEST"/*.json "$DEST"/*.safetensors
-A=.venv/bin/arcfast
-$A eval --tasks "$SEEN" --model starter --predictions 8 --budget "$BUDGET" --out "$OUT/score-seen" -q
-$A eval --tasks "$HELD" --model starter --predictions 8 --budget "$BUDGET" --out "$OUT/score-heldout" -q
-$A eval --tasks "$HELD" --model starter --ttft --predictions 8 --budget "$BUDGET" --out "$OUT/score-heldout-ttft" -q
+for f in config.json model.safetensors tokenizer.json tokenizer_config.json; do
+    install -m 644 "$OUT/model/$f" "$DEST/$f"
+done
+.venv/bin/arcfast bench -k learning --out "$BENCH_OUT"

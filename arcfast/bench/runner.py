@@ -40,6 +40,7 @@ class Context:
     device: str = "cpu"          # "cpu" or "cuda"
     threads: int = 0             # 0 = all cores
     options: dict = field(default_factory=dict)
+    out: Path = DEFAULT_OUT      # where a benchmark may write files beside the results (plots)
 
 
 def with_torch_threads(ctx: Context, fn):
@@ -162,7 +163,7 @@ def write_results(rows: list[Row], ctx: Context, argv: list[str], errors: dict,
         "date": now.isoformat(timespec="seconds"),
         "command": " ".join([prog, *argv]),
         "machine": machine_info(ctx.device),
-        "context": asdict(ctx),
+        "context": {**asdict(ctx), "out": str(ctx.out)},
         "rows": [r.to_json() for r in rows],
         "errors": errors,
     }
@@ -200,7 +201,7 @@ def main(argv: Optional[list[str]] = None, prog: str = PROG) -> int:
         except Exception:
             device = "cpu"
     options = dict(kv.split("=", 1) for kv in args.set)
-    ctx = Context(quick=args.quick, device=device, threads=args.threads, options=options)
+    ctx = Context(quick=args.quick, device=device, threads=args.threads, options=options, out=Path(args.out))
 
     rows: list[Row] = []
     errors: dict[str, str] = {}
