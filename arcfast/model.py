@@ -551,16 +551,6 @@ def build_model(cfg: ModelConfig, dtype=None, device=None, seed: int = 0) -> Cau
     return init_weights(model, seed)
 
 
-# Checkpoints shipped inside the package, loaded by name (nothing is downloaded).
-SHIPPED: dict[str, Path] = {"starter": Path(__file__).resolve().parent / "models" / "starter"}
-
-
-def shipped_model(name: str) -> Optional[Path]:
-    """The directory of the shipped checkpoint ``name`` when its weights are installed, else None."""
-    d = SHIPPED.get(str(name))
-    return d if d is not None and (d / "config.json").is_file() and any(d.glob("*.safetensors")) else None
-
-
 def load_model(path_or_preset: str, dtype=None, device=None, vocab: str = "compact",
                seed: int = 0) -> CausalLM:
     """A model from a local Hugging Face checkpoint directory (config.json, *.safetensors,
@@ -572,6 +562,8 @@ def load_model(path_or_preset: str, dtype=None, device=None, vocab: str = "compa
     (each compact symbol's single token); ``"full"`` keeps the original vocabulary (the common
     recipe, and the baseline). Default dtype: fp32 on the CPU, bf16 on GPUs (fp16 without bf16).
     """
+    from .models import SHIPPED, shipped_model
+
     p = Path(str(path_or_preset))
     if not p.is_dir() and str(path_or_preset) in SHIPPED:
         shipped = shipped_model(str(path_or_preset))

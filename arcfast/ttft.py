@@ -46,6 +46,7 @@ from typing import Optional
 import numpy as np
 
 from .budget import Deadline, StepPlanner, format_duration, parse_duration
+from .models import shipped_model
 from .outdir import OutDir
 from .submission import atomic_write
 
@@ -56,7 +57,9 @@ log = logging.getLogger("arcfast.ttft")
 
 # The embedded default: what `arcfast ttft` with no arguments runs (CPU, tiny model, seconds).
 DEFAULT_TASKS = "arc1:eval[:6]"
-DEFAULT_MODEL = "tiny"
+# The starter model where it is installed (arcfast/models/starter/); the random-weight tiny preset
+# otherwise.
+DEFAULT_MODEL = "starter" if shipped_model("starter") is not None else "tiny"
 DEFAULT_BUDGET = "90s"
 
 

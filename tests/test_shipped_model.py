@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from arcfast import model as M
+from arcfast import models
 
 
 @pytest.fixture
@@ -10,14 +11,14 @@ def shipped(tmp_path, monkeypatch):
     ckpt = tmp_path / "pkg" / "models" / "starter"
     m = M.build_model(M.preset("tiny"), seed=3)
     M.save_model(m, ckpt)
-    monkeypatch.setitem(M.SHIPPED, "starter", ckpt)
+    monkeypatch.setitem(models.SHIPPED, "starter", ckpt)
     return ckpt, m
 
 
 def test_a_shipped_model_loads_by_name_from_anywhere(shipped, tmp_path, monkeypatch):
     ckpt, ref = shipped
     monkeypatch.chdir(tmp_path)
-    assert M.shipped_model("starter") == ckpt
+    assert models.shipped_model("starter") == ckpt
     got = M.load_model("starter")
     x = torch.tensor([[1, 2, 3, 4, 5]])
     torch.testing.assert_close(got(x), ref(x))
@@ -32,8 +33,8 @@ def test_a_directory_of_that_name_wins(shipped, tmp_path, monkeypatch):
 
 
 def test_a_shipped_model_without_weights_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setitem(M.SHIPPED, "starter", tmp_path / "missing")
+    monkeypatch.setitem(models.SHIPPED, "starter", tmp_path / "missing")
     monkeypatch.chdir(tmp_path)
-    assert M.shipped_model("starter") is None
+    assert models.shipped_model("starter") is None
     with pytest.raises(FileNotFoundError, match="shipped model 'starter' is not installed"):
         M.load_model("starter")

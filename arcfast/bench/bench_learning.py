@@ -163,7 +163,8 @@ def _plot(losses: list, title: str, path: Path) -> None:
 def run(ctx: Context) -> list[Row]:
     import torch
 
-    from ..model import ModelConfig, build_model, save_model, shipped_model
+    from ..model import ModelConfig, build_model, save_model
+    from ..models import shipped_model
 
     s = _settings(ctx)
     threads = torch.get_num_threads()
