@@ -8,7 +8,8 @@
     arcfast info
 
 `arcfast ttft` with no arguments runs its embedded default: a few tasks of the bundled ARC-AGI-1
-evaluation set, the tiny built-in model, a short budget — a complete run in about a minute on a CPU.
+evaluation set, the starter model (trained by arcfast, shipped inside the package; the random-weight
+tiny preset where it is not installed), a short budget: a complete run in about a minute on a CPU.
 """
 from __future__ import annotations
 
@@ -64,8 +65,8 @@ def _add_run_flags(p, command: str) -> None:
                        help="task source with solutions (e.g. arc1:eval, arc1:train[:50])")
     g.add_argument("--solutions", default=None, help="solutions file, when not found beside the challenges")
     g.add_argument("--model", default=DEFAULT_MODEL,
-                   help="a local Hugging Face checkpoint directory or a built-in preset "
-                        "(tiny, qwen2.5-0.5b, ...: random weights)")
+                   help="a local Hugging Face checkpoint directory, the shipped starter model, or a "
+                        "built-in preset (tiny, starter-arch, qwen2.5-0.5b, ...: random weights)")
     g.add_argument("--adapter", default=None, help="PEFT adapter directory every task starts from")
     g.add_argument("--budget", default=DEFAULT_BUDGET if ttft else "24h",
                    help="wall time for the whole run from the start of the process, e.g. 11h, 30m, 90s")

@@ -82,7 +82,7 @@ def test_ttft_cut_short_still_leaves_a_valid_submission(tmp_path, monkeypatch):
     monkeypatch.setattr(arcfast.generate, "Generator", ScriptedGenerator)
     out = tmp_path / "run"
     t0 = time.monotonic()
-    rc = main(["ttft", "--tasks", "arc1:eval[:10]", "--budget", "15s", "--out", str(out), "--steps", "50",
+    rc = main(["ttft", "--tasks", "arc1:eval[:10]", "--model", "tiny", "--budget", "15s", "--out", str(out), "--steps", "50",
                "--tasks-per-group", "2", "--predictions", "2", "--row-len", "4096", "--max-len", "4096", "-q"])
     assert rc == 0
     assert time.monotonic() - t0 < 15
@@ -113,7 +113,7 @@ def test_ttft_resume_keeps_finished_tasks(tmp_path, monkeypatch):
 
     monkeypatch.setattr(arcfast.generate, "Generator", ScriptedGenerator)
     out = tmp_path / "run"
-    args = ["ttft", "--tasks", "arc1:eval[:2]", "--budget", "40s", "--out", str(out), "--steps", "1",
+    args = ["ttft", "--tasks", "arc1:eval[:2]", "--model", "tiny", "--budget", "40s", "--out", str(out), "--steps", "1",
             "--predictions", "1", "--row-len", "4096", "--max-len", "4096", "-q"]
     assert main(args) == 0
     tasks = load_tasks("arc1:eval[:2]")
@@ -145,7 +145,7 @@ def test_eval_scores_and_refuses_tasks_without_solutions(tmp_path, capsys, monke
         (solved / f"{name}.json").write_text(json.dumps({"train": train, "test": [{"input": x.tolist(),
                                                                                      "output": solution}]}))
     out = tmp_path / "eval"
-    assert main(["eval", "--tasks", str(solved), "--out", str(out), "--predictions", "4", "-q"]) == 0
+    assert main(["eval", "--tasks", str(solved), "--model", "tiny", "--out", str(out), "--predictions", "4", "-q"]) == 0
     run = json.loads((out / "run.json").read_text())
     assert run["trained"] == 0
     assert run["metrics"] == {"accuracy": 0.5, "correct_pixels": 0.5, "correct_size": 0.5, "pass_n": 0.5,
@@ -177,7 +177,7 @@ def test_ttft_under_torchrun_shards_tasks_and_merges_the_submission(tmp_path):
     out = tmp_path / "dist"
     script = Path(__file__).with_name("scripted.py")   # the arcfast command line, scripted generator
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), str(script), "ttft", "--tasks", "arc1:eval[:4]", "--budget", "90s",
+           "--master_port", str(port), str(script), "ttft", "--tasks", "arc1:eval[:4]", "--model", "tiny", "--budget", "90s",
            "--out", str(out), "--steps", "2", "--predictions", "2", "--row-len", "4096", "--max-len", "4096", "-q"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
@@ -324,7 +324,7 @@ def test_ttft_bf16_saves_adapters_in_bf16(tmp_path):
     from safetensors import safe_open
 
     out = tmp_path / "run"
-    assert main(["ttft", "--tasks", "arc1:eval[:1]", "--budget", "40s", "--out", str(out), "--steps", "1",
+    assert main(["ttft", "--tasks", "arc1:eval[:1]", "--model", "tiny", "--budget", "40s", "--out", str(out), "--steps", "1",
                  "--dtype", "bfloat16", "--predictions", "1", "--max-new-tokens", "4", "--row-len", "4096",
                  "--max-len", "4096", "-q"]) == 0
     files = list((out / "adapters").glob("*/adapter_model.safetensors"))
@@ -337,7 +337,7 @@ def test_cuda_graphs_flag_reaches_the_trainer_and_the_log(tmp_path):
     import torch
 
     out = tmp_path / "run"
-    assert main(["ttft", "--tasks", "arc1:eval[:1]", "--budget", "40s", "--out", str(out), "--steps", "2",
+    assert main(["ttft", "--tasks", "arc1:eval[:1]", "--model", "tiny", "--budget", "40s", "--out", str(out), "--steps", "2",
                  "--cuda-graphs", "--predictions", "1", "--max-new-tokens", "4", "--row-len", "4096",
                  "--max-len", "4096", "-q"]) == 0
     start = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()][0]

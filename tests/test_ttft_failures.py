@@ -20,7 +20,7 @@ TASKS = "arc1:eval[:4]"
 
 def _cfg(out, **kw):
     # No max_new_tokens: the scripted generator's answers (the `scripted` fixture) are never cut.
-    base = dict(tasks=TASKS, budget=120.0, out=str(out), steps=2, tasks_per_group=4, predictions=1,
+    base = dict(tasks=TASKS, model="tiny", budget=120.0, out=str(out), steps=2, tasks_per_group=4, predictions=1,
                 row_len=4096, max_len=4096, progress=False)
     return TTFTConfig(**{**base, **kw})
 

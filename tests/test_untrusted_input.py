@@ -23,7 +23,7 @@ HOSTILE = ["../../../x", "/abs/x", "x/../../submission.json", "zz/../../submissi
 
 
 def _cfg(out, tasks, **kw):
-    base = dict(tasks=str(tasks), budget=120.0, out=str(out), steps=1, tasks_per_group=4, predictions=1,
+    base = dict(tasks=str(tasks), model="tiny", budget=120.0, out=str(out), steps=1, tasks_per_group=4, predictions=1,
                 max_new_tokens=4, row_len=4096, max_len=4096, progress=False)
     return TTFTConfig(**{**base, **kw})
 

@@ -18,7 +18,7 @@ from arcfast.ttft import TTFTConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-RUN = ["--tasks", "arc1:eval[:1]", "--budget", "20s", "--steps", "1", "--predictions", "1",
+RUN = ["--tasks", "arc1:eval[:1]", "--model", "tiny", "--budget", "20s", "--steps", "1", "--predictions", "1",
        "--max-new-tokens", "4", "-q"]
 
 

@@ -31,7 +31,7 @@ of test inputs, with every metric of :mod:`arcfast.metrics` in the row's extra (
 drawn to ``<out>/learning-loss.png``.
 
 Options (``--set key=value``): family, tasks, held_out_tasks, steps, row_len, lr, hidden, layers,
-predictions, ttft_steps, seed, starter (0/1), seen, held_out, budget.
+predictions, ttft_steps, seed, synthetic (0/1: part 1), starter (0/1: part 2), seen, held_out, budget.
 """
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def _settings(ctx: Context) -> dict:
     s = dict(family="perm3", tasks=200 if quick else 2000, held_out_tasks=4 if quick else 48,
              steps=20 if quick else 1500, row_len=2048, lr=3e-3, hidden=64 if quick else 128,
              layers=2 if quick else 4, predictions=2 if quick else 8, ttft_steps=4 if quick else 40, seed=0,
-             starter=0 if quick else 1, seen="arc1:train[:100]", held_out="arc1:eval[:50]",
+             synthetic=1, starter=0 if quick else 1, seen="arc1:train[:100]", held_out="arc1:eval[:50]",
              budget=60.0 if quick else 240.0)
     for key, value in ctx.options.items():
         if key in s:
@@ -160,10 +160,43 @@ def _plot(losses: list, title: str, path: Path) -> None:
     fig.savefig(path)
 
 
-def run(ctx: Context) -> list[Row]:
+def _synthetic(s: dict, ctx: Context, work: Path) -> list:
+    """Part 1 (see the module docstring): its rows."""
     import torch
 
     from ..model import ModelConfig, build_model, save_model
+
+    rows: list = []
+    rng = np.random.default_rng(s["seed"])
+    fam = s["family"]
+    train = [family_task(rng, f"{fam}-{i}", fam) for i in range(s["tasks"])]
+    held = [family_task(rng, f"{fam}-new-{i}", fam) for i in range(s["held_out_tasks"])]
+    cfg = ModelConfig(family="qwen2", hidden_size=s["hidden"], n_layers=s["layers"], n_heads=4, n_kv_heads=2,
+                      intermediate_size=4 * s["hidden"], qkv_bias=True, name=f"learning-{s['hidden']}x{s['layers']}")
+    torch.manual_seed(s["seed"])
+    model = build_model(cfg, dtype=torch.float32, device="cpu", seed=s["seed"])
+    losses, train_s = _pretrain(model, train, s)
+    save_model(model.eval(), work / "model")
+    del model
+    n = max(1, len(losses) // 20)
+    first, last = float(np.mean(losses[:n])), float(np.mean(losses[-n:]))
+    rows.append(Row(BENCH, f"{fam} pretraining loss ({s['steps']} steps)", last, "loss", f"first {n} steps",
+                    first, higher_is_better=False,
+                    extra={"seconds": round(train_s, 1), "params": cfg.n_params(), "tasks": len(train)}))
+    _plot(losses, f"arcfast learning: {fam}, {cfg.name}, {s['tasks']} tasks", ctx.out / "learning-loss.png")
+    model_dir = str(work / "model")
+    seen = _score(model_dir, train[: s["held_out_tasks"]], s, work / "seen", False, s["budget"], 0)
+    rows.append(_row(f"{fam} seen", seen))
+    base = _score(model_dir, held, s, work / "held", False, s["budget"], 0)
+    rows.append(_row(f"{fam} held-out", base))
+    tuned = _score(model_dir, held, s, work / "held-ttft", True, s["budget"], s["ttft_steps"])
+    rows.append(_row(f"{fam} held-out + TTFT", tuned, base, "no TTFT"))
+    return rows
+
+
+def run(ctx: Context) -> list[Row]:
+    import torch
+
     from ..models import shipped_model
 
     s = _settings(ctx)
@@ -172,31 +205,8 @@ def run(ctx: Context) -> list[Row]:
     work = Path(tempfile.mkdtemp(prefix="arcfast-learning-"))
     rows: list[Row] = []
     try:
-        rng = np.random.default_rng(s["seed"])
-        fam = s["family"]
-        train = [family_task(rng, f"{fam}-{i}", fam) for i in range(s["tasks"])]
-        held = [family_task(rng, f"{fam}-new-{i}", fam) for i in range(s["held_out_tasks"])]
-        cfg = ModelConfig(family="qwen2", hidden_size=s["hidden"], n_layers=s["layers"], n_heads=4, n_kv_heads=2,
-                          intermediate_size=4 * s["hidden"], qkv_bias=True, name=f"learning-{s['hidden']}x{s['layers']}")
-        torch.manual_seed(s["seed"])
-        model = build_model(cfg, dtype=torch.float32, device="cpu", seed=s["seed"])
-        losses, train_s = _pretrain(model, train, s)
-        save_model(model.eval(), work / "model")
-        del model
-        n = max(1, len(losses) // 20)
-        first, last = float(np.mean(losses[:n])), float(np.mean(losses[-n:]))
-        rows.append(Row(BENCH, f"{fam} pretraining loss ({s['steps']} steps)", last, "loss", f"first {n} steps",
-                        first, higher_is_better=False,
-                        extra={"seconds": round(train_s, 1), "params": cfg.n_params(), "tasks": len(train)}))
-        _plot(losses, f"arcfast learning: {fam}, {cfg.name}, {s['tasks']} tasks", ctx.out / "learning-loss.png")
-        model_dir = str(work / "model")
-        seen = _score(model_dir, train[: s["held_out_tasks"]], s, work / "seen", False, s["budget"], 0)
-        rows.append(_row(f"{fam} seen", seen))
-        base = _score(model_dir, held, s, work / "held", False, s["budget"], 0)
-        rows.append(_row(f"{fam} held-out", base))
-        tuned = _score(model_dir, held, s, work / "held-ttft", True, s["budget"], s["ttft_steps"])
-        rows.append(_row(f"{fam} held-out + TTFT", tuned, base, "no TTFT"))
-
+        if s["synthetic"]:
+            rows += _synthetic(s, ctx, work)
         if s["starter"] and shipped_model("starter") is not None:
             seen = _score("starter", s["seen"], s, work / "starter-seen", False, s["budget"], 0)
             rows.append(_row(f"starter seen {s['seen']}", seen))
