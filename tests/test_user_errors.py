@@ -18,7 +18,7 @@ from arcfast.ttft import TTFTConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-RUN = ["--tasks", "arc1:eval[:1]", "--model", "tiny", "--budget", "20s", "--steps", "1", "--predictions", "1",
+RUN = ["--tasks", "arc1:eval[:1]", "--budget", "20s", "--steps", "1", "--predictions", "1",
        "--max-new-tokens", "4", "-q"]
 
 
@@ -175,9 +175,9 @@ def test_intact_files_still_load(saved):
 def test_ttft_and_eval_with_a_broken_adapter_are_one_error_line(saved, tmp_path, capsys, kind):
     d = _copy(saved, "adapter", tmp_path)
     name = _break_adapter(kind, d)
-    line = _error(capsys, ["ttft", "--adapter", str(d), "--rank", "4", "--out", str(tmp_path / "a"), *RUN])
+    line = _error(capsys, ["ttft", "--model", "tiny", "--adapter", str(d), "--rank", "4", "--out", str(tmp_path / "a"), *RUN])
     assert str(d / name) in line and ADAPTER_CASES[kind] in line
-    line = _error(capsys, ["eval", "--adapter", str(d), "--rank", "4", "--out", str(tmp_path / "b"), *RUN])
+    line = _error(capsys, ["eval", "--model", "tiny", "--adapter", str(d), "--rank", "4", "--out", str(tmp_path / "b"), *RUN])
     assert str(d / name) in line
 
 
