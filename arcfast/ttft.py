@@ -363,7 +363,7 @@ class TTFTRun:
         planner = StepPlanner(self.deadline, max_steps=cfg.steps, groups=[len(g) for g in groups],
                               inference_share=1 / 3)
 
-        bar = self.progress = self._progress(len(mine), len(mine) - len(todo))
+        self.progress = self._progress(len(mine), len(mine) - len(todo))
         self.generator = None
         queue = deque(groups)
         while queue:
@@ -400,21 +400,21 @@ class TTFTRun:
             for t in group:
                 # A failed task is not written to tasks/: a --resume run tries it again.
                 self._finish_task(t, runs[t.id], persist=not failed)
-            if bar is not None:
-                bar.update(len(group), text=self._postfix(runs), force=True)
-        if bar is not None:
-            bar.close()
-        self.progress = None
+            if self.progress is not None:
+                self.progress.update(len(group), text=self._postfix(runs), force=True)
+        if self.progress is not None:
+            self.progress.close()
+            self.progress = None
 
         if self.world > 1:
             self._merge_parts(tasks)
         if self.rank == 0:
             # The plot takes about a second (more on a loaded machine): drawn only when that much
             # of the budget itself (margin included) is still left.
-            plot = self.deadline.budget - self.deadline.elapsed() > PLOT_SECONDS
+            left = self.deadline.budget - self.deadline.elapsed()
+            plot = left > PLOT_SECONDS
             if not plot:
-                self.log(event="report_plot_skipped", reason="deadline",
-                         left_s=round(self.deadline.budget - self.deadline.elapsed(), 2))
+                self.log(event="report_plot_skipped", reason="deadline", left_s=round(left, 2))
             try:
                 self.report.write(self.out, plot=plot)
             except Exception as e:   # the report is a view of the results; it must not lose them
