@@ -1,15 +1,17 @@
 """Learning: from a seed to answers. Does a model that arcfast trains answer ARC-style tasks, and
 how much does test-time fine-tuning add?
 
-    arcfast bench -k learning                  # about 15 minutes on a 2-core CPU
+    arcfast bench -k learning                  # part 1 about 6 minutes, part 2 about 12, on a 2-core CPU
     arcfast bench -k learning --quick          # seconds: the loop runs, the numbers mean little
-    arcfast bench -k learning --set family=paint --set steps=600 --set starter=0
+    arcfast bench -k learning --set family=perm3 --set steps=6000 --set starter=0
 
-Part 1, generated tasks (fixed by ``seed``). A family of trivial tasks, each with 4 demonstrations
-and a test pair: ``perm3`` (default) recolours the cells of a 3-colour input by a permutation drawn
-per task, which a task shows only through its demonstrations; ``paint`` paints every non-zero cell
-with one colour drawn per task. Grids are 3x3 to 5x5. A small model (``hidden``/``layers``; default
-128 x 4, 0.8M parameters) is trained from random weights on ``tasks`` such tasks with
+Part 1, generated tasks (fixed by ``seed``), each with 4 demonstrations and a test pair, grids of
+3x3 to 5x5, in one of three families: ``mix`` (default) is ARC in miniature: half its tasks paint
+every non-zero cell with one colour drawn per task, the others apply one of the seven non-identity
+dihedral transforms (rotations, flips, transposes) drawn per task, so a model must tell from the
+demonstrations which rule a task follows; ``paint`` is the painting half alone; ``perm3``
+recolours a 3-colour input by a permutation drawn per task. A small model (``hidden``/``layers``;
+default 64 x 2, 0.1M parameters) is trained from random weights on ``tasks`` such tasks with
 ``arcfast train --full``'s stream and trainer (every weight, loss on every demonstration output,
 the sampler's augmentations), ``steps`` packed rows of ``row_len`` tokens. Then, each through the
 real ``arcfast ttft`` engine (:class:`arcfast.ttft.TTFTRun`, ``predictions`` per test input under
@@ -17,13 +19,13 @@ test-time augmentations, voting):
 
 - ``seen``: tasks it was trained on, predicted as they are (can it fit what it saw?);
 - ``held-out``: new tasks of the family, predicted without TTFT;
-- ``held-out + TTFT``: the same, each task first fine-tuned on its own demonstrations (a LoRA per
-  task, ``ttft_steps``): the row's ratio is the gain of TTFT.
+- ``held-out + TTFT``: the same, each task first fine-tuned on its own demonstrations (a LoRA of
+  rank 8 per task, ``ttft_steps`` at ``ttft_lr``): the row's ratio is the gain of TTFT.
 
 Part 2, the starter model (``starter=1``, when it is installed: arcfast/models/starter/): its scores
 on ARC-AGI-1 training tasks it was trained on (``seen``, default ``arc1:train[:100]``) and on the
-first 50 ARC-AGI-1 evaluation tasks (``held_out``) without and with TTFT, each run inside
-``budget`` (default 4 minutes).
+first 50 ARC-AGI-1 evaluation tasks (``held_out``) without and with TTFT (100 steps at
+``ttft_lr``), each run inside ``budget`` (default 4 minutes).
 
 Rows: ``vote_2`` (a test input counts when one of the two submitted attempts is right) in percent
 of test inputs, with every metric of :mod:`arcfast.metrics` in the row's extra (parse rate is
@@ -31,7 +33,8 @@ of test inputs, with every metric of :mod:`arcfast.metrics` in the row's extra (
 drawn to ``<out>/learning-loss.png``.
 
 Options (``--set key=value``): family, tasks, held_out_tasks, steps, row_len, lr, hidden, layers,
-predictions, ttft_steps, seed, synthetic (0/1: part 1), starter (0/1: part 2), seen, held_out, budget.
+predictions, ttft_steps, ttft_lr, seed, synthetic (0/1: part 1), starter (0/1: part 2), seen,
+held_out, budget.
 """
 from __future__ import annotations
 
@@ -46,13 +49,20 @@ import numpy as np
 from .runner import Context, Row
 
 BENCH = "learning"
-FAMILIES = ("perm3", "paint")
+FAMILIES = ("perm3", "paint", "mix")
 
 
 def _grid(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     g = rng.integers(1, 10, (h, w)).astype(np.uint8)
     g[rng.random((h, w)) < 0.4] = 0
     return g
+
+
+def _dihedral(g: np.ndarray, t: int) -> np.ndarray:
+    """Dihedral transform ``t`` as numbered in :mod:`arcfast.augment`."""
+    fns = (lambda a: a, lambda a: np.rot90(a, 1), lambda a: np.rot90(a, 2), lambda a: np.rot90(a, 3),
+           lambda a: a.T, np.fliplr, np.flipud, lambda a: np.rot90(a, 2).T)
+    return np.ascontiguousarray(fns[t](g))
 
 
 def family_task(rng: np.random.Generator, task_id: str, family: str, sizes=(3, 5), n_train: int = 4):
@@ -68,13 +78,17 @@ def family_task(rng: np.random.Generator, task_id: str, family: str, sizes=(3, 5
         perm = np.concatenate([[0], rng.permutation(np.arange(1, 10))]).astype(np.uint8)
         if (perm[palette] != palette).any():
             break
+    # mix: half the tasks paint, the others apply one dihedral transform (1-7) drawn per task
+    kind = ("paint" if rng.random() < 0.5 else int(rng.integers(1, 8))) if family == "mix" else family
     pairs = []
     while len(pairs) < n_train + 1:
         h, w = (int(x) for x in rng.integers(sizes[0], sizes[1] + 1, 2))
         g = _grid(rng, h, w)
-        if family == "perm3":
+        if kind == "perm3":
             g = np.where(g > 0, palette[g % 3], 0).astype(np.uint8)
             out = perm[g]
+        elif kind != "paint":
+            out = _dihedral(g, kind)
         else:
             out = np.where(g > 0, k, 0).astype(np.uint8)
         if not np.array_equal(g, out):
@@ -84,9 +98,9 @@ def family_task(rng: np.random.Generator, task_id: str, family: str, sizes=(3, 5
 
 def _settings(ctx: Context) -> dict:
     quick = ctx.quick
-    s = dict(family="perm3", tasks=200 if quick else 2000, held_out_tasks=4 if quick else 48,
-             steps=20 if quick else 1500, row_len=2048, lr=3e-3, hidden=64 if quick else 128,
-             layers=2 if quick else 4, predictions=2 if quick else 8, ttft_steps=4 if quick else 40, seed=0,
+    s = dict(family="mix", tasks=200 if quick else 2000, held_out_tasks=4 if quick else 48,
+             steps=20 if quick else 3000, row_len=2048, lr=3e-3, hidden=64, layers=2,
+             predictions=2 if quick else 8, ttft_steps=4 if quick else 100, ttft_lr=1e-3, seed=0,
              synthetic=1, starter=0 if quick else 1, seen="arc1:train[:100]", held_out="arc1:eval[:50]",
              budget=60.0 if quick else 240.0)
     for key, value in ctx.options.items():
@@ -125,7 +139,7 @@ def _score(model: str, tasks, s: dict, out: Path, ttft: bool, budget: float, ste
             (d / f"{t.id}.json").write_text(json.dumps(t.to_json()))
         tasks = str(d)
     cfg = TTFTConfig(tasks=tasks, model=model, out=str(out), budget=budget, device="cpu", dtype="float32",
-                     seed=s["seed"], rank=8, alpha=16.0, lr=1e-3, steps=max(1, steps), train=ttft,
+                     seed=s["seed"], rank=8, alpha=16.0, lr=s["ttft_lr"], steps=max(1, steps), train=ttft,
                      tasks_per_group=16, row_len=s["row_len"] if s["row_len"] >= 4096 else 8192, max_len=8192,
                      predictions=s["predictions"], save_adapters="none", progress=False)
     return TTFTRun(cfg, deadline=Deadline(budget)).run()
