@@ -210,6 +210,7 @@ class FinetuneConfig:
     resume: bool = False
     steps: int = 1000                      # total optimizer steps (the schedule length)
     save_every: int = 100                  # checkpoint interval in steps (0: only at the end)
+    keep_snapshots: bool = False           # also keep each checkpoint's weights as OUT/snapshots/step-N
     val_every: int = 0                     # 0: same as save_every
     val_batches: int = 8
     log_every: int = 10
@@ -312,6 +313,28 @@ def save_checkpoint(out, trainer, step: int, settings: dict, segment_len: int) -
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out / CHECKPOINT
+
+
+SNAPSHOTS = "snapshots"
+
+
+def save_snapshot(checkpoint: Path, trainer, step: int) -> Path:
+    """Copy the weights of ``checkpoint`` (just written) to ``OUT/snapshots/step-<step>`` atomically
+    and return that path: one directory per checkpoint, loadable like the final result (a learning
+    curve is drawn from them, e.g. by ``arcfast bench -k learning --set curve=OUT``)."""
+    checkpoint = Path(checkpoint)
+    root = checkpoint.parent / SNAPSHOTS
+    root.mkdir(exist_ok=True)
+    final = root / f"step-{int(step)}"
+    tmp = fresh_dir(root, f".{final.name}.")
+    try:
+        shutil.rmtree(tmp)
+        shutil.copytree(checkpoint / _weights_name(trainer), tmp)
+        _swap_in(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
 
 
 def save_result(out, trainer, step: int) -> Path:
@@ -466,7 +489,9 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
         if step == saved_at:
             return
         t = time.perf_counter()
-        save_checkpoint(out, trainer, step, settings, segment_len)
+        ck = save_checkpoint(out, trainer, step, settings, segment_len)
+        if cfg.keep_snapshots:
+            save_snapshot(ck, trainer, step)
         save_s = time.perf_counter() - t
         saved_at = step
         jlog(event="checkpoint", step=step, seconds=round(save_s, 3))
@@ -576,6 +601,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g = p.add_argument_group("schedule and checkpoints")
     g.add_argument("--steps", type=int, default=d.steps, help="total optimizer steps (the schedule length)")
     g.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint interval in steps (0: at the end)")
+    g.add_argument("--keep-snapshots", action="store_true",
+                   help="also keep the weights of every checkpoint as OUT/snapshots/step-N (for learning curves)")
     g.add_argument("--val-every", type=int, default=d.val_every, help="validation interval (0: --save-every)")
     g.add_argument("--val-batches", type=int, default=d.val_batches, help="packed batches of the validation set")
     g.add_argument("--log-every", type=int, default=d.log_every, help="steps per train line of log.jsonl")
@@ -607,7 +634,7 @@ def config_from_args(args) -> FinetuneConfig:
         data=args.data or ["arc1:train=1.0"], val=args.val, model=args.model,
         out=args.out or time.strftime("runs/train-%Y%m%d-%H%M%S"), adapter=args.adapter, full=args.full,
         resume=args.resume,
-        steps=args.steps, save_every=args.save_every, val_every=args.val_every, val_batches=args.val_batches,
+        steps=args.steps, save_every=args.save_every, keep_snapshots=args.keep_snapshots, val_every=args.val_every, val_batches=args.val_batches,
         log_every=args.log_every, budget=parse_duration(args.budget) if args.budget else None, seed=args.seed,
         device=args.device, dtype=args.dtype, rank=args.rank, alpha=args.alpha, lr=args.lr,
         warmup_ratio=args.warmup_ratio, schedule=args.schedule, weight_decay=args.weight_decay,

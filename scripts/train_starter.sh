@@ -18,4 +18,4 @@ export OMP_NUM_THREADS=$THREADS
 exec .venv/bin/arcfast train --full --model starter-arch --data arc1:train=1 --val 'arc1:eval[:20]' \
     --steps 2000 --lr 2e-3 --warmup-ratio 0.02 --schedule cosine --weight-decay 0.01 \
     --row-len 8192 --rows 1 --max-len 8192 --loss-on outputs --seed 0 --threads "$THREADS" \
-    --save-every 200 --val-batches 4 --log-every 10 --budget "$BUDGET" --out "$OUT" -q "${@:4}"
+    --save-every 200 --keep-snapshots --val-batches 4 --log-every 10 --budget "$BUDGET" --out "$OUT" -q "${@:4}"

@@ -324,3 +324,17 @@ def test_cli_full_train_then_ttft_on_its_model(tmp_path, capsys):
                  "--row-len", "4096", "--max-len", "4096", "-q"]) == 0
     assert "random weights" not in capsys.readouterr().out     # it ran the trained checkpoint
     validate_submission(run / "submission.json", load_tasks("arc1:eval[:1]"))
+
+
+def test_keep_snapshots_keeps_the_weights_of_every_checkpoint(tmp_path):
+    s = run_train(_cfg(tmp_path, "k", full=True, steps=5, save_every=2, val=None, keep_snapshots=True))
+    snaps = tmp_path / "k" / "snapshots"
+    assert sorted(p.name for p in snaps.iterdir()) == ["step-2", "step-4", "step-5"]
+    # The last snapshot is the final model; the earlier ones differ from it (training moved them).
+    final = model_weights(s["model"])
+    assert_weights_close(model_weights(snaps / "step-5"), final, atol=0)
+    assert max(float((model_weights(snaps / "step-2")[k] - final[k]).abs().max()) for k in final) > 1e-4
+    assert load_model(str(snaps / "step-2"), dtype=torch.float32, device="cpu") is not None
+    # Without the flag there are none.
+    run_train(_cfg(tmp_path, "n", full=True, steps=2, save_every=1, val=None))
+    assert not (tmp_path / "n" / "snapshots").exists()
