@@ -1,4 +1,6 @@
 """The learning benchmark: its generated tasks, and one quick run end to end."""
+import json
+
 import numpy as np
 import pytest
 
@@ -57,3 +59,48 @@ def test_quick_learning_run_scores_every_phase(tmp_path):
         assert r.extra["tasks"] == 4 and 0.0 <= r.extra["parse_rate"] <= 1.0 and "correct_size" in r.extra
     assert rows[3].extra["trained"] == 4 and rows[2].extra["trained"] == 0
     assert (tmp_path / "learning-loss.png").stat().st_size > 1000
+
+
+def test_train_log_curve_counts_a_resumed_step_once(tmp_path):
+    lines = [
+        {"event": "train", "step": 10, "tokens": 100, "tokens_per_s": 50.0},
+        {"event": "val", "step": 10, "loss": 2.0},
+        {"event": "train", "step": 20, "tokens": 100, "tokens_per_s": 50.0},
+        # stopped after step 20, resumed from the checkpoint at 10: step 20 is logged again
+        {"event": "resume", "step": 10},
+        {"event": "train", "step": 20, "tokens": 120, "tokens_per_s": 60.0},
+        {"event": "val", "step": 20, "loss": 1.5},
+    ]
+    (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(e) for e in lines) + "\n{\"cut")
+    cum, val, speed = L.train_log_curve(tmp_path)
+    assert cum == {10: 100, 20: 220} and val == {10: 2.0, 20: 1.5} and speed == 50.0
+    assert L._tokens_at(cum, 15) == 160 and L._tokens_at(cum, 0) == 0
+
+
+def test_log_linear_fit_finds_where_a_rising_trend_meets_the_bar():
+    tokens = [1e6, 1e7, 1e8]
+    assert L.fit_log_linear(tokens, [0.1, 0.2, 0.3], 0.5) == pytest.approx(1e10)
+    assert L.fit_log_linear(tokens, [0.3, 0.2, 0.1], 0.5) is None      # falling: no estimate
+    assert L.fit_log_linear([1e6], [0.1], 0.5) is None
+    assert L._pick(list(range(10)), 4) == [0, 3, 6, 9] and L._pick([1, 2], 6) == [1, 2]
+
+
+@pytest.mark.slow
+def test_curve_scores_the_snapshots_of_a_training_run(tmp_path):
+    from arcfast.finetune import FinetuneConfig, run_train
+
+    run = tmp_path / "run"
+    run_train(FinetuneConfig(data=["arc1:train[:4]"], model="tiny", out=str(run), full=True, steps=4,
+                             save_every=2, keep_snapshots=True, log_every=1, lr=1e-3, row_len=2048,
+                             max_len=2048, progress=False, threads=1))
+    rows = L.run(Context(quick=True, out=tmp_path / "out", options={
+        "synthetic": "0", "curve": str(run), "curve_tasks": "arc1:train[:2]", "curve_budget": "60"}))
+    steps = [r.extra["step"] for r in rows if r.case.startswith("curve step")]
+    assert steps == [2, 4]
+    tokens = [r.extra["tokens"] for r in rows if r.case.startswith("curve step")]
+    assert 0 < tokens[0] < tokens[1]
+    fits = [r for r in rows if r.case.startswith("curve: tokens to")]
+    assert [r.case.split()[3] for r in fits] == ["parse_rate", "correct_size", "vote_2"]
+    assert (tmp_path / "out" / "learning-curve.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="keep-snapshots"):
+        L.run(Context(quick=True, out=tmp_path / "o2", options={"synthetic": "0", "curve": str(tmp_path)}))

@@ -27,6 +27,16 @@ on ARC-AGI-1 training tasks it was trained on (``seen``, default ``arc1:train[:1
 first 50 ARC-AGI-1 evaluation tasks (``held_out``) without and with TTFT (100 steps at
 ``ttft_lr``), each run inside ``budget`` (default 4 minutes).
 
+Part 3, a compute curve (``curve=RUN``, the directory of an ``arcfast train --keep-snapshots``
+run, such as the starter's): up to ``curve_points`` of its kept snapshots, evenly spread, each
+scored without TTFT on ``curve_tasks`` (default ``arc1:train[:40]``, seen in the starter's training;
+``curve_predictions`` per test input, ``curve_budget`` seconds per snapshot, enough for every task
+to be predicted), against the tokens trained up to it (from the run's ``log.jsonl``). The curve is
+drawn to ``<out>/learning-curve.png``. For each bar of the starter model (parse rate 95%, correct
+size 85%, vote_2 10% of seen tasks), a least-squares line of the metric against log10(tokens)
+says how many tokens would reach it, and at the run's median tokens/s how many hours: an
+extrapolation of the measured trend, not a measurement (none when the metric does not rise).
+
 Rows: ``vote_2`` (a test input counts when one of the two submitted attempts is right) in percent
 of test inputs, with every metric of :mod:`arcfast.metrics` in the row's extra (parse rate is
 1 - unanswered); the pretraining loss (last 5% of steps against the first 5%). The loss curve is
@@ -34,7 +44,8 @@ drawn to ``<out>/learning-loss.png``.
 
 Options (``--set key=value``): family, tasks, held_out_tasks, steps, row_len, lr, hidden, layers,
 predictions, ttft_steps, ttft_lr, seed, synthetic (0/1: part 1), starter (0/1: part 2), seen,
-held_out, budget.
+held_out, budget, curve (a run directory: part 3), curve_tasks, curve_points, curve_predictions,
+curve_budget.
 """
 from __future__ import annotations
 
@@ -43,6 +54,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -102,7 +114,8 @@ def _settings(ctx: Context) -> dict:
              steps=20 if quick else 3000, row_len=2048, lr=3e-3, hidden=64, layers=2,
              predictions=2 if quick else 8, ttft_steps=4 if quick else 100, ttft_lr=1e-3, seed=0,
              synthetic=1, starter=0 if quick else 1, seen="arc1:train[:100]", held_out="arc1:eval[:50]",
-             budget=60.0 if quick else 240.0)
+             budget=60.0 if quick else 240.0, curve="", curve_tasks="arc1:train[:40]", curve_points=6,
+             curve_predictions=2, curve_budget=600.0)
     for key, value in ctx.options.items():
         if key in s:
             s[key] = type(s[key])(value) if not isinstance(s[key], str) else value
@@ -208,6 +221,133 @@ def _synthetic(s: dict, ctx: Context, work: Path) -> list:
     return rows
 
 
+# The bars a starter model is held to (seen ARC-AGI-1 training tasks), for the curve's extrapolation.
+CURVE_BARS = (("parse_rate", 0.95), ("correct_size", 0.85), ("vote_2", 0.10))
+
+
+def train_log_curve(run_dir: Path) -> tuple[dict, dict, float]:
+    """From an ``arcfast train`` run's ``log.jsonl``: ({step: tokens trained up to it},
+    {step: validation loss}, mean tokens/s). A step logged twice (a run stopped after it and resumed
+    from an earlier checkpoint) counts once, as the later line has it."""
+    per_step: dict = {}
+    val: dict = {}
+    speeds = []
+    with open(Path(run_dir) / "log.jsonl", encoding="utf-8") as f:
+        for line in f:
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue   # a line cut by a crash
+            if e.get("event") == "train":
+                per_step[int(e["step"])] = int(e["tokens"])
+                speeds.append(float(e["tokens_per_s"]))
+            elif e.get("event") == "val":
+                val[int(e["step"])] = float(e["loss"])
+    cum, total = {}, 0
+    for step in sorted(per_step):
+        total += per_step[step]
+        cum[step] = total
+    return cum, val, float(np.median(speeds)) if speeds else float("nan")
+
+
+def _tokens_at(cum: dict, step: int) -> float:
+    """Tokens trained up to ``step``, interpolated between the logged steps (0 at step 0)."""
+    xs = [0] + sorted(cum)
+    ys = [0] + [cum[k] for k in sorted(cum)]
+    return float(np.interp(step, xs, ys))
+
+
+def fit_log_linear(tokens: list, values: list, target: float) -> Optional[float]:
+    """Tokens at which the least-squares line of ``values`` against log10(tokens) reaches ``target``;
+    None when it does not rise (or there are fewer than two points)."""
+    x = np.log10(np.asarray(tokens, dtype=float))
+    y = np.asarray(values, dtype=float)
+    if len(x) < 2 or np.ptp(x) == 0:
+        return None
+    a, b = np.polyfit(x, y, 1)
+    if a <= 0:
+        return None
+    return float(10 ** ((target - b) / a))
+
+
+def snapshot_steps(run_dir: Path) -> dict:
+    """{step: directory} of the weights an ``arcfast train --keep-snapshots`` run kept."""
+    d = Path(run_dir) / "snapshots"
+    out = {}
+    for p in d.glob("step-*") if d.is_dir() else ():
+        tail = p.name[len("step-"):]
+        if tail.isdigit() and (p / "config.json").exists():
+            out[int(tail)] = p
+    return out
+
+
+def _pick(steps: list, n: int) -> list:
+    """At most ``n`` of ``steps`` (sorted), evenly spread, the first and the last always in."""
+    if len(steps) <= n:
+        return steps
+    idx = sorted({round(i * (len(steps) - 1) / (n - 1)) for i in range(n)})
+    return [steps[i] for i in idx]
+
+
+def _plot_curve(points: list, title: str, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    x = [p["tokens"] / 1e6 for p in points]
+    for key, label in (("parse_rate", "parse rate"), ("correct_size", "correct size"),
+                       ("correct_pixels", "correct pixels"), ("vote_2", "vote_2")):
+        ax.plot(x, [100 * p[key] for p in points], marker="o", label=label)
+    ax.set(xlabel="tokens trained (millions, log scale)", ylabel="% (seen tasks)", title=title)
+    ax.set_xscale("log")
+    val = [(xi, p["val_loss"]) for xi, p in zip(x, points) if p.get("val_loss") is not None]
+    if val:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*val), color="black", ls="--", marker="x", label="validation loss")
+        ax2.set_ylabel("validation loss")
+        ax2.legend(loc="upper right")
+    ax.legend(loc="upper left")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+
+
+def _curve(s: dict, ctx: Context, work: Path) -> list:
+    """Part 3 (``curve=RUN``): the kept snapshots of a training run scored on ``curve_tasks``, and
+    how much training the bars would take on the measured trend."""
+    run_dir = Path(s["curve"])
+    snaps = snapshot_steps(run_dir)
+    if not snaps:
+        raise ValueError(f"{run_dir}: no snapshots/step-N directories (train with --keep-snapshots)")
+    cum, val, tok_s = train_log_curve(run_dir)
+    cs = dict(s, predictions=s["curve_predictions"])
+    rows, points = [], []
+    for step in _pick(sorted(snaps), s["curve_points"]):
+        summary = _score(str(snaps[step]), s["curve_tasks"], cs, work / f"curve-{step}", False,
+                         s["curve_budget"], 0)
+        m = summary.get("metrics") or {}
+        pt = dict(step=step, tokens=_tokens_at(cum, step), val_loss=val.get(step),
+                  parse_rate=1.0 - m.get("unanswered", 1.0), **{k: m.get(k, 0.0) for k in
+                                                               ("correct_size", "correct_pixels", "vote_2")})
+        points.append(pt)
+        r = _row(f"curve step {step} ({pt['tokens'] / 1e6:.1f}M tokens) {s['curve_tasks']}", summary)
+        r.extra.update(step=step, tokens=int(pt["tokens"]), val_loss=pt["val_loss"])
+        rows.append(r)
+    _plot_curve(points, f"arcfast learning: {run_dir.name} on {s['curve_tasks']}", ctx.out / "learning-curve.png")
+    usable = [p for p in points if p["tokens"] > 0]
+    for key, bar in CURVE_BARS:
+        need = fit_log_linear([p["tokens"] for p in usable], [p[key] for p in usable], bar)
+        hours = need / tok_s / 3600 if need is not None and tok_s > 0 else None
+        rows.append(Row(BENCH, f"curve: tokens to {key} {bar:.0%} (log-linear fit)",
+                        need / 1e6 if need is not None else float("nan"), "M tokens",
+                        extra={"points": len(usable), "tokens_per_s": round(tok_s, 1),
+                               "hours_at_that_speed": round(hours, 1) if hours is not None else None,
+                               "now": round(usable[-1][key], 4) if usable else None,
+                               "rising": need is not None}))
+    return rows
+
+
 def run(ctx: Context) -> list[Row]:
     import torch
 
@@ -221,6 +361,8 @@ def run(ctx: Context) -> list[Row]:
     try:
         if s["synthetic"]:
             rows += _synthetic(s, ctx, work)
+        if s["curve"]:
+            rows += _curve(s, ctx, work)
         if s["starter"] and shipped_model("starter") is not None:
             seen = _score("starter", s["seen"], s, work / "starter-seen", False, s["budget"], 0)
             rows.append(_row(f"starter seen {s['seen']}", seen))
