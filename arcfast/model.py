@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
@@ -922,10 +924,23 @@ def save_model(model: CausalLM, path) -> Path:
     """Write ``model`` as a transformers checkpoint directory (config.json, model.safetensors and,
     for a compact-vocabulary model, the compact tokenizer), loadable by transformers, PEFT, vLLM
     and :func:`load_model`."""
+    from transformers.utils import logging as hf_logging
+
     path = Path(path)
     hf = to_hf(model)
     if model.config.token_ids is None and model.config.vocab_size == T.VOCAB_SIZE:
         hf.config.bos_token_id, hf.config.eos_token_id, hf.config.pad_token_id = T.BOS, T.EOG, T.PAD
         compact_tokenizer().save_pretrained(str(path))
-    hf.save_pretrained(str(path))
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()      # its "Writing model shards" bar in every quiet log
+    try:
+        hf.save_pretrained(str(path))
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    # The weights come out 0600 whatever the umask (written through a private temporary file);
+    # give them the mode config.json got from a plain write, as every other file arcfast writes.
+    mode = stat.S_IMODE((path / "config.json").stat().st_mode)
+    for f in path.glob("*.safetensors"):
+        os.chmod(f, mode)
     return path

@@ -169,6 +169,22 @@ def test_save_and_load_compact_model(tmp_path):
     torch.testing.assert_close(again.logits(again(ids)), model.logits(model(ids)))
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_saved_model_files_have_the_umask_mode_and_no_progress_bar(tmp_path, umask, capfd):
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        d = save_model(load_model("tiny"), tmp_path / "m")
+    finally:
+        os.umask(old)
+    files = [f for f in d.iterdir() if f.is_file()]
+    assert any(f.suffix == ".safetensors" for f in files)
+    assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == {f.name: 0o666 & ~umask for f in files}
+    assert "Writing model shards" not in capfd.readouterr().err
+
+
 def test_checkpoint_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_model(str(tmp_path))
