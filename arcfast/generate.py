@@ -95,6 +95,12 @@ sampling. Sampling (``temperature > 0``, optional ``top_k``) uses Gumbel noise d
 (seed, the prompt's key, the token index, the vocabulary id), so a prompt's sample does not depend
 on what else shares its batch, and graphs and eager agree.
 
+Token ids in and out are the compact ones (prompts, generated tokens, ``EOG``), also on a
+full-vocabulary model (``ModelConfig.token_ids``): its prompts and fed-back tokens are mapped to
+its own ids by ``ModelConfig.model_ids`` (the mapping training and scoring use), each token is
+chosen among the compact ids' columns of its logits, and its log-probability is the log-softmax
+over the whole vocabulary, as :mod:`arcfast.score` computes it.
+
 ``predict_task`` / ``predict_tasks`` wrap this for ARC: prompts under augmentations, strict
 decoding, the augmentation undone, one :class:`arcfast.vote.Prediction` per output.
 """
@@ -481,6 +487,12 @@ class Generator:
         cfg = model.config
         self.cfg = cfg
         self.device = model.device
+        # A full-vocabulary model reads and writes compact ids here as everywhere else: prompts
+        # and the fed-back token are mapped to its own ids (ModelConfig.model_ids), tokens are
+        # chosen among the compact ids' columns, log-probabilities are over its whole vocabulary
+        # (as the scorer computes them).
+        self.vocab_map = None if cfg.token_ids is None else \
+            torch.as_tensor(cfg.model_ids(np.arange(T.VOCAB_SIZE)), dtype=torch.int64, device=self.device)
         self.dtype = model.dtype
         cuda = self.device.type == "cuda"
         self.cuda = cuda
@@ -604,6 +616,19 @@ class Generator:
         return self.cap
 
     # -- the model, piece by piece -------------------------------------------------------------
+    def _model_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """Compact ids -> the model's own ids (the same tensor for a compact-vocabulary model)."""
+        return ids if self.vocab_map is None else self.vocab_map[ids]
+
+    def _choose(self, logits: torch.Tensor, keys, index, sampling: tuple, seed: int):
+        """:func:`choose_tokens` in compact ids: on a full-vocabulary model the choice is among the
+        compact ids' columns and its log-probability is under the whole vocabulary."""
+        if self.vocab_map is None:
+            return choose_tokens(logits, keys, index, sampling, seed)
+        choice, _ = choose_tokens(logits[:, self.vocab_map], keys, index, sampling, seed)
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        return choice, logp.gather(1, self.vocab_map[choice][:, None])[:, 0]
+
     def _prefill_forward(self, ids: torch.Tensor, lens: torch.Tensor, r0: int, lora) -> torch.Tensor:
         """Run right-padded prompts ids int64 [R, L] (lengths ``lens`` int64 [R]) into cache rows
         r0..r0+R-1; returns the fp32 logits [R, V] at each prompt's last token."""
@@ -611,7 +636,7 @@ class Generator:
 
         m = self.model
         R, L = ids.shape
-        x = m.model.embed_tokens(ids)
+        x = m.model.embed_tokens(self._model_ids(ids))
         positions = torch.arange(L, device=ids.device).expand(R, L)
         cos, sin = _rope(m, positions, x.dtype)
         for li, blk in enumerate(m.model.layers):
@@ -632,7 +657,7 @@ class Generator:
         m = self.model
         tok, pos, ngen, done = self.tok[:B], self.pos[:B], self.ngen[:B], self.done[:B]
         rows = self.rows[:B]
-        x = m.model.embed_tokens(tok)[:, None, :]                              # [B, 1, d]
+        x = m.model.embed_tokens(self._model_ids(tok))[:, None, :]             # [B, 1, d]
         cos, sin = _rope(m, pos[:, None], x.dtype)
         mask = (self.span[:S][None, :] <= pos[:, None])[:, None, None, :]      # [B, 1, 1, S]
         layers = m.model.layers
@@ -653,7 +678,7 @@ class Generator:
             nxt = layers[li + 1].input_layernorm if li + 1 < len(layers) else m.model.norm
             x, h = add_norm(x, lora.mlp(li, blk, h), nxt.weight, nxt.eps)
         logits = m.logits(h[:, 0])
-        choice, lp = choose_tokens(logits, self.keys[:B], ngen, sampling, seed)
+        choice, lp = self._choose(logits, self.keys[:B], ngen, sampling, seed)
         active = ~done
         col = torch.where(active, ngen, self.out_tok.shape[1] - 1)
         self.out_tok[rows, col] = choice.to(torch.int32)
@@ -1066,7 +1091,7 @@ class Generator:
         return results
 
     def _check(self, prompts, adapter_ids, keys):
-        V = self.cfg.vocab_size
+        V = self.cfg.input_vocab
         out = []
         for i, p in enumerate(prompts):
             a = np.asarray(p)
@@ -1139,7 +1164,7 @@ class Generator:
             keys_t = torch.from_numpy(keys[group]).to(dev)
             logits = self._prefill_forward(ids_t, lens_t, r0 + i, lora)
             zero = torch.zeros(R, device=dev, dtype=torch.int64)
-            choice, lp = choose_tokens(logits, keys_t, zero, sampling, seed)
+            choice, lp = self._choose(logits, keys_t, zero, sampling, seed)
             rows = slice(r0 + i, r0 + i + R)
             self.out_tok[rows, 0] = choice.to(torch.int32)
             self.out_lp[rows, 0] = lp

@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -175,6 +176,22 @@ class ModelConfig:
             self.head_dim = self.hidden_size // self.n_heads
         if self.token_ids is not None:
             self.token_ids = tuple(int(t) for t in self.token_ids)
+
+    @property
+    def input_vocab(self) -> int:
+        """The ids arcfast's prompts, targets and generated tokens use with this model: the 16
+        compact ids for a full-vocabulary model (mapped by :meth:`model_ids`), else its own."""
+        return self.vocab_size if self.token_ids is None else T.VOCAB_SIZE
+
+    def model_ids(self, ids: np.ndarray) -> np.ndarray:
+        """Compact ids -> this model's own token ids (``token_ids[c]``; unchanged for a model whose
+        ids are the compact ones). Negative entries (the -100 of unlabelled positions) are kept.
+        The one place the mapping is made: training, scoring and generation all go through it."""
+        ids = np.asarray(ids)
+        if self.token_ids is None:
+            return ids
+        table = np.asarray(self.token_ids, dtype=np.int64)
+        return np.where(ids >= 0, table[np.clip(ids, 0, T.VOCAB_SIZE - 1)], ids)
 
     def n_params(self, embeddings: bool = True) -> int:
         """Parameters of the model built from this config."""

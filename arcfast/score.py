@@ -119,7 +119,7 @@ def build_sequences(items: Sequence, max_prompt_len: Optional[int] = None,
 
 
 def _check(model, lora, seqs: Sequences) -> None:
-    V = model.config.vocab_size if model.config.token_ids is None else T.VOCAB_SIZE
+    V = model.config.input_vocab
     if not (len(seqs.prompts) == len(seqs.targets) == len(seqs.adapters)):
         raise ValueError(f"{len(seqs.prompts)} prompts, {len(seqs.targets)} targets and "
                          f"{len(seqs.adapters)} adapter ids: one each per sequence")
@@ -190,9 +190,7 @@ def _forward_batch(model, lora, prompts, targets, adapters, row_len: int, attent
     tails = [r * L + int(used[r]) for r in range(R) if used[r] < L]
     cu = np.array(sorted(set(starts + tails + [R * L])), dtype=np.int32)
     pred_np, tgt_np = np.concatenate(pred), np.concatenate(tgt).astype(np.int64)
-    if model.config.token_ids is not None:  # a full-vocabulary model: compact id -> its token id
-        table = np.asarray(model.config.token_ids, dtype=np.int64)
-        ids, tgt_np = table[ids], table[tgt_np]
+    ids, tgt_np = model.config.model_ids(ids), model.config.model_ids(tgt_np)
 
     dev = model.device
 

@@ -253,12 +253,8 @@ def model_ids(batch: PackedBatch, cfg) -> tuple[np.ndarray, np.ndarray]:
     """int64 input ids and labels [R, L] of ``batch`` in the model's vocabulary (a full-vocabulary
     model maps each compact id to its own token id); ValueError for a sample longer than the
     model's sliding window, which the trainer does not apply."""
-    ids = batch.input_ids.astype(np.int64)
-    labels = batch.labels.astype(np.int64)
-    if cfg.token_ids is not None:
-        table = np.asarray(cfg.token_ids, dtype=np.int64)
-        ids = table[ids]
-        labels = np.where(labels >= 0, table[np.clip(labels, 0, None)], labels)
+    ids = cfg.model_ids(batch.input_ids.astype(np.int64))
+    labels = cfg.model_ids(batch.labels.astype(np.int64))
     if cfg.sliding_window is not None and batch.position_ids.size and batch.position_ids.max() >= cfg.sliding_window:
         raise ValueError(f"a sample is longer than the model's sliding window ({cfg.sliding_window} tokens), "
                          f"which this trainer does not apply")

@@ -190,3 +190,59 @@ def test_full_vocabulary_model_scores_through_its_token_ids(items):
     six = [it._replace(adapter=-1) for it in items[:6]]
     got = score_candidates(m, None, six, batch_tokens=200)
     np.testing.assert_allclose(got, _reference(m, None, six), rtol=0, atol=ATOL)
+
+
+def _full_vocab_model(seed: int = 2):
+    """A tiny model with 40 token ids whose compact ids map to scattered ones (as a real
+    tokenizer's '0'..'9', newline and markers do)."""
+    import dataclasses
+
+    import torch
+
+    from arcfast.model import build_model, init_weights, preset
+
+    ids = tuple(int(i) for i in np.random.default_rng(3).permutation(40)[:T.VOCAB_SIZE])
+    cfg = dataclasses.replace(preset("tiny"), vocab_size=40, token_ids=ids)
+    return init_weights(build_model(cfg, dtype=torch.float32, device="cpu"), seed=seed, std=0.3).eval()
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_generation_and_scoring_agree_on_a_full_vocabulary_model(temperature):
+    m = _full_vocab_model()
+    lora = _lora(m, 2, seed=4)
+    task = _task("f", 3)
+    augs = tta(task, 4)
+    prompts = build_inference_prompts(task, 0, augs)
+    adapters = [-1, 0, 1, -1]
+    gens = generate(m, prompts, adapters, lora=lora, max_new_tokens=12, temperature=temperature, seed=1)
+    for g in gens:   # compact ids out, whatever the model's own ids are
+        assert len(g.tokens) and all(0 <= int(t) < T.VOCAB_SIZE for t in g.tokens)
+    seqs = Sequences(prompts, [g.tokens for g in gens], np.array(adapters))
+    np.testing.assert_allclose(score_sequences(m, lora, seqs, batch_tokens=128), [g.logprob for g in gens],
+                               rtol=0, atol=ATOL)
+    for lp, g in zip(target_logprobs(m, lora, seqs), gens):
+        np.testing.assert_allclose(lp, g.logprobs, rtol=0, atol=2e-4)
+
+
+def test_greedy_generation_on_a_full_vocabulary_model_equals_a_plain_loop():
+    """The reference: the model's own forward over the whole sequence in its own ids, the argmax
+    among the compact ids' columns, its log-softmax over all 40 ids."""
+    import torch
+
+    m = _full_vocab_model(seed=5)
+    task = _task("p", 4)
+    prompt = build_inference_prompts(task, 0, [Augmentation()])[0]
+    table = np.asarray(m.config.token_ids)
+    seq, want_tok, want_lp = list(prompt), [], []
+    with torch.no_grad():
+        for _ in range(10):
+            logits = m.logits(m(torch.as_tensor(table[seq])[None]))[0, -1].float()
+            c = int(torch.argmax(logits[torch.as_tensor(table)]))
+            want_tok.append(c)
+            want_lp.append(float(torch.log_softmax(logits, -1)[table[c]]))
+            seq.append(c)
+            if c == T.EOG:
+                break
+    g = generate(m, [prompt], max_new_tokens=10)[0]
+    assert [int(t) for t in g.tokens] == want_tok
+    np.testing.assert_allclose(g.logprobs, want_lp, rtol=0, atol=2e-5)

@@ -21,9 +21,9 @@ from ..trainer import StepStats, TrainConfig, lr_factor, unpack_samples
 from .base import Backend
 
 
-def padded_batch(batch, token_ids=None, device="cpu"):
+def padded_batch(batch, cfg=None, device="cpu"):
     """A PackedBatch's samples as right-padded tensors (input_ids, attention_mask, labels), int64
-    [k, longest], ids mapped through ``token_ids`` (compact id -> model id) when given."""
+    [k, longest], ids mapped to the model's own (:meth:`ModelConfig.model_ids`) when ``cfg`` is given."""
     samples = unpack_samples(batch)
     if not samples:
         raise ValueError("empty batch")
@@ -34,10 +34,8 @@ def padded_batch(batch, token_ids=None, device="cpu"):
     labels = np.full((k, n), T.IGNORE_INDEX, np.int64)
     for i, (x, y, _) in enumerate(samples):
         ids[i, :len(x)], mask[i, :len(x)], labels[i, :len(x)] = x, 1, y
-    if token_ids is not None:
-        table = np.asarray(token_ids, np.int64)
-        ids = table[ids]
-        labels = np.where(labels >= 0, table[np.clip(labels, 0, None)], labels)
+    if cfg is not None:
+        ids, labels = cfg.model_ids(ids), cfg.model_ids(labels)
     t = lambda a: torch.from_numpy(a).to(device)
     return t(ids), t(mask), t(labels)
 
@@ -124,7 +122,7 @@ class HFBackend(Backend):
         t0 = time.perf_counter()
         if (batch.adapter_ids[batch.sample_ids >= 0] != 0).any():
             raise ValueError(f"the {self.name} backend trains one task at a time: every adapter id must be 0")
-        ids, mask, labels = padded_batch(batch, self.config.token_ids, self.device)
+        ids, mask, labels = padded_batch(batch, self.config, self.device)
         self.peft.train()
         out = self.peft(input_ids=ids, attention_mask=mask, labels=labels)
         out.loss.backward()
@@ -149,7 +147,7 @@ class HFBackend(Backend):
 
     @torch.no_grad()
     def eval_loss(self, batch) -> np.ndarray:
-        ids, mask, labels = padded_batch(batch, self.config.token_ids, self.device)
+        ids, mask, labels = padded_batch(batch, self.config, self.device)
         self.peft.eval()
         return np.array([float(self.peft(input_ids=ids, attention_mask=mask, labels=labels).loss)])
 
