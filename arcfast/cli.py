@@ -97,6 +97,9 @@ def _add_run_flags(p, command: str) -> None:
     g.add_argument("--steps", type=int, default=d.steps, help="optimizer steps per task at most")
     g.add_argument("--samples-per-task", type=int, default=d.samples_per_task,
                    help="samples of each task in every step")
+    g.add_argument("--loss-on", choices=("target", "outputs"), default=d.loss_on,
+                   help="the tokens that carry loss: the left-out pair's output, or every output of the "
+                        "prompt but the first demonstration's")
     g.add_argument("--tasks-per-group", type=int, default=d.tasks_per_group,
                    help="tasks trained together in one packed batch (0: 8 on CPU, 32 on GPU)")
     g.add_argument("--row-len", type=int, default=d.row_len, help="tokens per packed row")
@@ -124,7 +127,7 @@ def _run_config(args, command: str):
                       budget=budget, margin=margin, out=args.out or time.strftime(f"runs/{command}-%Y%m%d-%H%M%S"),
                       backend=args.backend, device=args.device, dtype=args.dtype, seed=args.seed,
                       rank=args.rank, alpha=args.alpha, lr=args.lr, steps=args.steps,
-                      samples_per_task=args.samples_per_task, tasks_per_group=args.tasks_per_group,
+                      samples_per_task=args.samples_per_task, loss_on=args.loss_on, tasks_per_group=args.tasks_per_group,
                       row_len=args.row_len, max_len=args.max_len, predictions=args.predictions,
                       max_new_tokens=args.max_new_tokens, rescore=args.rescore, rescore_top=args.rescore_top,
                       cuda_graphs=args.cuda_graphs, resume=args.resume, save_adapters=args.save_adapters,

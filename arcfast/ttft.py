@@ -81,6 +81,7 @@ class TTFTConfig:
     lr: float = 1e-4
     steps: int = 100                       # optimizer steps per task at most
     samples_per_task: int = 1              # samples of every task in each step
+    loss_on: str = "target"                # target | outputs: also every demonstration output but the first
     warmup_ratio: float = 0.1
     # batching
     tasks_per_group: int = 0               # 0: 8 on the CPU, 32 on a GPU
@@ -113,6 +114,8 @@ class TTFTConfig:
         for name, low, what in at_least:
             if getattr(self, name) < low:
                 raise ValueError(f"{name} must be >= {low} ({what}), got {getattr(self, name)}")
+        if self.loss_on not in ("target", "outputs"):
+            raise ValueError(f"loss_on must be 'target' or 'outputs', not {self.loss_on!r}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1 (or unset: from the 30x30 size limit), "
                              f"got {self.max_new_tokens}")
@@ -446,7 +449,7 @@ class TTFTRun:
             self.log(event="no_training", tasks=[t.id for t in group], reason=reason)
             return runs
         stream = PackedStream(group, seed=seeds[0], row_len=cfg.row_len, samples_per_task=cfg.samples_per_task,
-                              config=SampleConfig(max_len=min(cfg.max_len, cfg.row_len)),
+                              config=SampleConfig(max_len=min(cfg.max_len, cfg.row_len), loss_on=cfg.loss_on),
                               threads=1, queue_size=4, batches=steps)
         done, losses, t_group = 0, np.full(len(group), np.nan), time.perf_counter()
         tokens = np.zeros(len(group), np.int64)
@@ -467,8 +470,8 @@ class TTFTRun:
                 for a in range(len(group)):
                     tokens[a] += int((batch.adapter_ids == a).sum())
                 self.log(event="step", tasks=len(group), step=step, loss=float(np.nanmean(stats.loss[:n][seen])) if seen.any() else None,
-                         tokens=stats.tokens, tokens_per_s=round(stats.tokens_per_s, 1),
-                         budget_left=round(self.deadline.remaining(), 1))
+                         tokens=stats.tokens, label_tokens=int(np.asarray(stats.label_tokens[:n]).sum()),
+                         tokens_per_s=round(stats.tokens_per_s, 1), budget_left=round(self.deadline.remaining(), 1))
                 self._status(f"train step {done}/{steps} · {stats.tokens_per_s:,.0f} tok/s", force=done == 1)
         finally:
             stream.close()

@@ -352,3 +352,21 @@ def test_bench_is_the_benchmark_runner(capsys, tmp_path, monkeypatch):
     assert main(["bench", "--quick", "-k", "kernels", "--no-save"]) == 0
     out = capsys.readouterr().out
     assert "kernels" in out and "ratio" in out
+
+
+def test_loss_on_outputs_trains_on_every_demonstration_output(tmp_path):
+    """--loss-on reaches the sampler: with ``outputs`` the same steps label more tokens (each
+    prompt's demonstration outputs but the first) than with ``target`` (the left-out output only)."""
+    labelled = {}
+    for how in ("target", "outputs"):
+        out = tmp_path / how
+        assert main(["ttft", "--tasks", "arc1:train[:2]", "--model", "tiny", "--steps", "3", "--predictions", "1",
+                     "--max-new-tokens", "3", "--budget", "120s", "--out", str(out), "-q", "--loss-on", how]) == 0
+        events = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+        labelled[how] = [(e["step"], e["tokens"], e["label_tokens"]) for e in events if e.get("event") == "step"]
+    assert len(labelled["target"]) == 3
+    # The same samples (same seed): the same tokens per step, more of them labelled.
+    assert [t for _, t, _ in labelled["target"]] == [t for _, t, _ in labelled["outputs"]]
+    assert all(o > t for (_, _, t), (_, _, o) in zip(labelled["target"], labelled["outputs"]))
+    with pytest.raises(SystemExit):
+        main(["ttft", "--loss-on", "inputs"])
