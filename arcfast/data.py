@@ -96,7 +96,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .task import Pair, Task
+from .task import Pair, Task, id_bytes
 from .tokens import MAX_SIZE
 
 logger = logging.getLogger("arcfast.data")
@@ -771,7 +771,7 @@ class _RearcFile:
 
     def perm(self, seed: int) -> np.ndarray:
         if self._perm is None:
-            rng = np.random.default_rng([seed, zlib.crc32(self.key.encode("utf-8", "surrogatepass"))])
+            rng = np.random.default_rng([seed, zlib.crc32(id_bytes(self.key))])
             self._perm = rng.permutation(len(self.pairs()))
         return self._perm
 

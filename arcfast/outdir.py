@@ -34,6 +34,8 @@ import secrets
 from pathlib import Path
 from typing import Optional, Union
 
+from .task import id_bytes
+
 MAX_NAME = 160
 _DIGEST = 16                      # hex characters of SHA-256 kept in a digest name
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.")
@@ -49,7 +51,7 @@ def task_filename(task_id: str) -> str:
     """
     if not isinstance(task_id, str):
         raise TypeError(f"a task id is a str, not {type(task_id).__name__}")
-    raw = task_id.encode("utf-8", "surrogatepass")
+    raw = id_bytes(task_id)
     if not raw:
         return "%"
     out = []

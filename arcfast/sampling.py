@@ -26,7 +26,7 @@ import numpy as np
 
 from . import _core
 from .augment import AugmentConfig, Augmentation, Composition
-from .task import Task
+from .task import Task, id_bytes
 
 MODES = ("ttft", "pretrain")
 ON_TOO_LONG = ("drop_demos", "skip")
@@ -135,7 +135,7 @@ class SampleSet:
 
 def _task_spec(task: Task) -> tuple:
     # Bytes, not str: an id from a JSON file may hold a lone surrogate, which has no UTF-8 form.
-    return (task.id.encode("utf-8", "surrogatepass"), (task.source or "").encode("utf-8", "surrogatepass"), [(p.input, p.output) for p in task.train],
+    return (id_bytes(task.id), id_bytes(task.source or ""), [(p.input, p.output) for p in task.train],
             [(p.input, p.output) for p in task.test])
 
 

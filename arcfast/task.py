@@ -7,6 +7,13 @@ from typing import Optional
 import numpy as np
 
 
+def id_bytes(text: str) -> bytes:
+    """A task id (or any name from a task file) as bytes: UTF-8, where a lone surrogate, which
+    JSON's ``\\ud800`` escapes can put in a Python string, is kept as its 3-byte form instead of
+    raising. Seeds, hashes, file names and the C++ core all read ids through it."""
+    return text.encode("utf-8", "surrogatepass")
+
+
 def _grids_equal(a: Optional[np.ndarray], b: Optional[np.ndarray]) -> bool:
     if a is None or b is None:
         return a is b
@@ -94,7 +101,7 @@ class Task:
         fingerprints; a resumed run redoes a task whose fingerprint changed."""
         import hashlib
 
-        h = hashlib.sha256(self.id.encode("utf-8", "surrogatepass"))
+        h = hashlib.sha256(id_bytes(self.id))
         for part, pairs in (("train", self.train), ("test", self.test)):
             h.update(f"|{part}:{len(pairs)}".encode())
             for p in pairs:

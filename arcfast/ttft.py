@@ -49,6 +49,7 @@ from .budget import Deadline, StepPlanner, format_duration, parse_duration
 from .models import shipped_model
 from .outdir import OutDir
 from .submission import atomic_write
+from .task import id_bytes
 
 # Seconds of the budget (margin included) that must be left for the report's plot to be drawn.
 PLOT_SECONDS = 3.0
@@ -196,7 +197,7 @@ def _dtype(name: str, device):
 def _task_seed(seed: int, task_id: str) -> int:
     import zlib
 
-    return (seed * 1_000_003 + zlib.crc32(task_id.encode("utf-8", "surrogatepass"))) & 0x7FFFFFFF
+    return (seed * 1_000_003 + zlib.crc32(id_bytes(task_id))) & 0x7FFFFFFF
 
 
 def _write_json(path: Path, obj) -> None:
