@@ -5,12 +5,12 @@
 # evaluation tasks without and with TTFT, BUDGET seconds each) and part 3 (the compute curve of the
 # snapshots the run kept, when it kept any).
 #
-#   scripts/ship_starter.sh [OUT] [BENCH_OUT] [BUDGET]   # defaults: runs/starter benchmarks/results 900
+#   scripts/ship_starter.sh [OUT] [BENCH_OUT] [BUDGET]   # defaults: runs/starter benchmarks/results 600
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/starter}
 BENCH_OUT=${2:-benchmarks/results}
-BUDGET=${3:-900}
+BUDGET=${3:-600}
 DEST=arcfast/models/starter
 mkdir -p "$DEST"
 for f in config.json model.safetensors tokenizer.json tokenizer_config.json; do
