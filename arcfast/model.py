@@ -490,13 +490,15 @@ class CausalLM(nn.Module):
         return self.model.embed_tokens.weight.dtype
 
     def forward(self, input_ids: torch.Tensor, position_ids: Optional[torch.Tensor] = None,
-                attention=None, lora=None) -> torch.Tensor:
+                attention=None, lora=None, checkpoint: bool = False) -> torch.Tensor:
         """Final hidden states.
 
         input_ids: int64 [R, L]; position_ids: int64 [R, L] (default: 0..L-1 in every row);
         attention: a callable ``(q [R,L,H,D], k, v) -> [R,L,H,D]`` such as
         :class:`arcfast.attention.PackedAttention` (default: causal over each whole row);
-        lora: an :class:`arcfast.lora.LoRAStep` or None. Returns [R, L, hidden] in the model dtype.
+        lora: an :class:`arcfast.lora.LoRAStep` or None; checkpoint: while gradients are on, keep
+        only each block's input and recompute the block in backward (activation memory for
+        compute; the blocks run eagerly). Returns [R, L, hidden] in the model dtype.
         """
         from .attention import causal_attention
 
@@ -507,9 +509,15 @@ class CausalLM(nn.Module):
             attention = causal_attention
         x = self.model.embed_tokens(input_ids)
         cos, sin = rope_cos_sin(position_ids, self.inv_freq, x.dtype)
+        recompute = checkpoint and torch.is_grad_enabled()
+        if recompute:
+            from torch.utils.checkpoint import checkpoint as recomputed
         for i, block in enumerate(self.model.layers):
-            fn = block if self._block_fns is None else self._block_fns[i]
-            x = fn(x, cos, sin, attention, lora)
+            if recompute:
+                x = recomputed(block, x, cos, sin, attention, lora, use_reentrant=False)
+            else:
+                fn = block if self._block_fns is None else self._block_fns[i]
+                x = fn(x, cos, sin, attention, lora)
         return self.model.norm(x)
 
     def lm_head_weight(self) -> torch.Tensor:

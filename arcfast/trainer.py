@@ -414,24 +414,8 @@ class Trainer:
 
     # -- steps --------------------------------------------------------------------------------------
     def _forward_losses(self, b: DeviceBatch) -> torch.Tensor:
-        model = self.model
-        if self.cfg.checkpoint and torch.is_grad_enabled():
-            hidden = self._forward_checkpointed(b)
-        else:
-            hidden = model(b.input_ids, b.position_ids, b.attention, b.lora)
-        return task_losses(model, hidden, b, self.n_adapters, self.loss_impl)
-
-    def _forward_checkpointed(self, b: DeviceBatch) -> torch.Tensor:
-        from torch.utils.checkpoint import checkpoint
-
-        from .model import rope_cos_sin
-
-        m = self.model
-        x = m.model.embed_tokens(b.input_ids)
-        cos, sin = rope_cos_sin(b.position_ids, m.inv_freq, x.dtype)
-        for block in m.model.layers:
-            x = checkpoint(block, x, cos, sin, b.attention, b.lora, use_reentrant=False)
-        return m.model.norm(x)
+        hidden = self.model(b.input_ids, b.position_ids, b.attention, b.lora, checkpoint=self.cfg.checkpoint)
+        return task_losses(self.model, hidden, b, self.n_adapters, self.loss_impl)
 
     def step(self, batch: PackedBatch) -> StepStats:
         """One training step on ``batch`` (adapter_ids = slot of each token's task)."""
@@ -563,7 +547,6 @@ class FullTrainer:
 
     # The LoRA trainer's forward (checkpointed or not) and fp16 loss-scale policy, shared as they are.
     _forward_losses = Trainer._forward_losses
-    _forward_checkpointed = Trainer._forward_checkpointed
     _update_loss_scale = Trainer._update_loss_scale
 
     def set_total_steps(self, ids: Sequence[int], steps: Union[int, Sequence[int]]) -> None:
