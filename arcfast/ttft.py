@@ -497,7 +497,8 @@ class TTFTRun:
         import torch
 
         from .adapters import from_peft
-        from .generate import GenerationConfig, Generator, max_output_tokens, predict_tasks
+        from .generate import GenerationConfig, Generator
+        from .predict import max_output_tokens, predict_tasks
         from .vote import vote
 
         cfg = self.cfg

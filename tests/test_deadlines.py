@@ -16,7 +16,8 @@ import torch
 
 import arcfast.score as score_mod
 from arcfast import tokens as T
-from arcfast.generate import Generator, predict_tasks
+from arcfast.generate import Generator
+from arcfast.predict import predict_tasks
 from arcfast.model import build_model, init_weights, preset
 from arcfast.score import ScoreStats, Sequences, score_sequences, target_logprobs
 from arcfast.task import Pair, Task

@@ -6,8 +6,9 @@ import torch
 
 from arcfast import tokens as T
 from arcfast.formats import DecodeStatus
-from arcfast.generate import (MAX_NEW_TOKENS, Generation, GenerationConfig, Generator, _RowLoRA, choose_tokens,
-                              generate, predict_task, predict_tasks)
+from arcfast.decode_lora import _RowLoRA
+from arcfast.generate import MAX_NEW_TOKENS, Generation, GenerationConfig, Generator, choose_tokens, generate
+from arcfast.predict import predict_task, predict_tasks
 from arcfast.lora import LoRAConfig, MultiLoRA
 from arcfast.model import build_model, init_weights, preset
 from arcfast.reference.generate import greedy_reference, hf_generate, hf_with_adapter
@@ -259,7 +260,7 @@ def _checked_augmentations(task, n=N_TTA):
 def test_predict_task_decodes_and_inverts(eog_model):
     """Every prediction, under every augmentation, parses and is un-augmented to the known solution:
     the scripted generator answers each prompt with the solution in that prompt's frame."""
-    from arcfast.generate import augmentation_name
+    from arcfast.predict import augmentation_name
 
     task = _turn_task("t0", 0)
     augs = _checked_augmentations(task)
@@ -352,7 +353,7 @@ def test_predict_tasks_bad_task_skipped_or_named(model):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("lora_mode", ["gather", "grouped"])
 def test_cuda_graphs_equal_eager(lora_mode):
-    from arcfast.generate import _grouped_mm_ok
+    from arcfast.decode_lora import _grouped_mm_ok
 
     torch.manual_seed(0)
     m = build_model(preset("tiny"), device="cuda", dtype=torch.bfloat16)
@@ -428,7 +429,7 @@ def test_deadline_stops_generation_and_keeps_every_output():
 
 
 def test_max_output_tokens_covers_fixed_and_scaled_outputs():
-    from arcfast.generate import max_output_tokens
+    from arcfast.predict import max_output_tokens
     from arcfast.task import Pair, Task
     from arcfast.tokens import grid_len
 

@@ -38,7 +38,7 @@ import torch
 
 from arcfast.augment import AugmentConfig
 from arcfast.finetune import MixtureStream
-from arcfast.generate import predict_tasks
+from arcfast.predict import predict_tasks
 from arcfast.model import build_model, preset, save_model
 from arcfast.sampling import SampleConfig
 from arcfast.task import Pair, Task

@@ -6,7 +6,8 @@ import pytest
 from arcfast import tokens as T
 from arcfast.augment import Augmentation
 from arcfast.augment import test_time_augmentations as tta
-from arcfast.generate import GenerationConfig, generate, predict_tasks
+from arcfast.generate import GenerationConfig, generate
+from arcfast.predict import predict_tasks
 from arcfast.prompts import build_inference_prompts
 from arcfast.reference.score import score_item_reference, target_logprobs_reference
 from arcfast.score import (RescoreJob, ScoreItem, Sequences, build_sequences, rank_jobs, rescore_items,
