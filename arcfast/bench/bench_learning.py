@@ -1,7 +1,7 @@
 """Learning: from a seed to answers. Does a model that arcfast trains answer ARC-style tasks, and
 how much does test-time fine-tuning add?
 
-    arcfast bench -k learning                  # part 1 about 6 minutes, part 2 about 12, on a 2-core CPU
+    arcfast bench -k learning                  # about 14 minutes on a 2-core CPU: part 1 about 6, part 2 7.5
     arcfast bench -k learning --quick          # seconds: the loop runs, the numbers mean little
     arcfast bench -k learning --set family=perm3 --set steps=6000 --set starter=0
 
@@ -25,7 +25,7 @@ test-time augmentations, voting):
 Part 2, the starter model (``starter=1``, when it is installed: arcfast/models/starter/): its scores
 on ARC-AGI-1 training tasks it was trained on (``seen``, default ``arc1:train[:100]``) and on the
 first 50 ARC-AGI-1 evaluation tasks (``held_out``) without and with TTFT (100 steps at
-``ttft_lr``), each run inside ``budget`` (default 4 minutes).
+``ttft_lr``), each run inside ``budget`` (default 150 s; `scripts/ship_starter.sh` scores with 600).
 
 Part 3, a compute curve (``curve=RUN``, the directory of an ``arcfast train --keep-snapshots``
 run, such as the starter's): up to ``curve_points`` of its kept snapshots, evenly spread, each
@@ -114,7 +114,7 @@ def _settings(ctx: Context) -> dict:
              steps=20 if quick else 3000, row_len=2048, lr=3e-3, hidden=64, layers=2,
              predictions=2 if quick else 8, ttft_steps=4 if quick else 100, ttft_lr=1e-3, seed=0,
              synthetic=1, starter=0 if quick else 1, seen="arc1:train[:100]", held_out="arc1:eval[:50]",
-             budget=60.0 if quick else 240.0, curve="", curve_tasks="arc1:train[:40]", curve_points=6,
+             budget=60.0 if quick else 150.0, curve="", curve_tasks="arc1:train[:40]", curve_points=6,
              curve_predictions=2, curve_budget=600.0)
     for key, value in ctx.options.items():
         if key in s:
