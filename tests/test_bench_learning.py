@@ -58,6 +58,7 @@ def test_quick_learning_run_scores_every_phase(tmp_path):
     for r in rows[1:]:
         assert r.extra["tasks"] == 4 and 0.0 <= r.extra["parse_rate"] <= 1.0 and "correct_size" in r.extra
     assert rows[3].extra["trained"] == 4 and rows[2].extra["trained"] == 0
+    assert rows[3].extra["steps_per_task"] >= 1 and rows[2].extra["steps_per_task"] == 0
     assert (tmp_path / "learning-loss.png").stat().st_size > 1000
 
 

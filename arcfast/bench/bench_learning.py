@@ -155,14 +155,18 @@ def _score(model: str, tasks, s: dict, out: Path, ttft: bool, budget: float, ste
                      seed=s["seed"], rank=8, alpha=16.0, lr=s["ttft_lr"], steps=max(1, steps), train=ttft,
                      tasks_per_group=16, row_len=s["row_len"] if s["row_len"] >= 4096 else 8192, max_len=8192,
                      predictions=s["predictions"], save_adapters="none", progress=False)
-    return TTFTRun(cfg, deadline=Deadline(budget)).run()
+    summary = TTFTRun(cfg, deadline=Deadline(budget)).run()
+    steps_done = [json.loads(p.read_text()).get("steps", 0) for p in (out / "tasks").glob("*.json")]
+    summary["steps_per_task"] = round(float(np.mean(steps_done)), 1) if steps_done else 0.0
+    return summary
 
 
 def _row(case: str, summary: dict, baseline: dict | None = None, base_name: str | None = None) -> Row:
     m = summary.get("metrics") or {}
     extra = {k: round(v, 4) for k, v in m.items()}
     extra.update(parse_rate=round(1.0 - m.get("unanswered", 1.0), 4), seconds=summary.get("seconds"),
-                 tasks=summary.get("tasks"), trained=summary.get("trained"))
+                 tasks=summary.get("tasks"), trained=summary.get("trained"),
+                 steps_per_task=summary.get("steps_per_task"))
     b = (baseline.get("metrics") or {}) if baseline else None
     return Row(BENCH, case, 100.0 * m.get("vote_2", 0.0), "% vote_2", base_name,
                100.0 * b.get("vote_2", 0.0) if b is not None else None, extra=extra)
