@@ -70,16 +70,10 @@ def _grid(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return g
 
 
-def _dihedral(g: np.ndarray, t: int) -> np.ndarray:
-    """Dihedral transform ``t`` as numbered in :mod:`arcfast.augment`."""
-    fns = (lambda a: a, lambda a: np.rot90(a, 1), lambda a: np.rot90(a, 2), lambda a: np.rot90(a, 3),
-           lambda a: a.T, np.fliplr, np.flipud, lambda a: np.rot90(a, 2).T)
-    return np.ascontiguousarray(fns[t](g))
-
-
 def family_task(rng: np.random.Generator, task_id: str, family: str, sizes=(3, 5), n_train: int = 4):
     """One generated task of ``family`` (see the module docstring) with uint8 grids of
     ``sizes[0]..sizes[1]`` rows and columns; no test output equals its input."""
+    from ..augment import Augmentation
     from ..task import Pair, Task
 
     if family not in FAMILIES:
@@ -100,7 +94,7 @@ def family_task(rng: np.random.Generator, task_id: str, family: str, sizes=(3, 5
             g = np.where(g > 0, palette[g % 3], 0).astype(np.uint8)
             out = perm[g]
         elif kind != "paint":
-            out = _dihedral(g, kind)
+            out = Augmentation(transform=kind).apply_grid(g)
         else:
             out = np.where(g > 0, k, 0).astype(np.uint8)
         if not np.array_equal(g, out):
