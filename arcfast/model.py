@@ -191,7 +191,9 @@ class ModelConfig:
         if self.token_ids is None:
             return ids
         table = np.asarray(self.token_ids, dtype=np.int64)
-        return np.where(ids >= 0, table[np.clip(ids, 0, T.VOCAB_SIZE - 1)], ids)
+        # Only the negatives are clipped (for the lookup np.where discards): an id past the
+        # compact vocabulary raises IndexError rather than turning into another token.
+        return np.where(ids >= 0, table[np.clip(ids, 0, None)], ids)
 
     def n_params(self, embeddings: bool = True) -> int:
         """Parameters of the model built from this config."""
