@@ -328,8 +328,7 @@ def save_snapshot(checkpoint: Path, trainer, step: int) -> Path:
     final = root / f"step-{int(step)}"
     tmp = fresh_dir(root, f".{final.name}.")
     try:
-        shutil.rmtree(tmp)
-        shutil.copytree(checkpoint / _weights_name(trainer), tmp)
+        shutil.copytree(checkpoint / _weights_name(trainer), tmp, dirs_exist_ok=True)
         _swap_in(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
