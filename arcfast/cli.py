@@ -51,6 +51,7 @@ def _add_verbose(p) -> None:
 
 def _add_run_flags(p, command: str) -> None:
     """The flags `arcfast ttft` and `arcfast eval` share, defined once (defaults: TTFTConfig)."""
+    from .sampling import LOSS_ON
     from .ttft import DEFAULT_BUDGET, DEFAULT_MODEL, DEFAULT_TASKS, TTFTConfig
 
     d = TTFTConfig()
@@ -97,7 +98,7 @@ def _add_run_flags(p, command: str) -> None:
     g.add_argument("--steps", type=int, default=d.steps, help="optimizer steps per task at most")
     g.add_argument("--samples-per-task", type=int, default=d.samples_per_task,
                    help="samples of each task in every step")
-    g.add_argument("--loss-on", choices=("target", "outputs"), default=d.loss_on,
+    g.add_argument("--loss-on", choices=LOSS_ON, default=d.loss_on,
                    help="the tokens that carry loss: the left-out pair's output, or every output of the "
                         "prompt but the first demonstration's")
     g.add_argument("--tasks-per-group", type=int, default=d.tasks_per_group,

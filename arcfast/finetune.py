@@ -573,6 +573,8 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``train`` subcommand to an ``argparse`` subparsers object."""
+    from .sampling import LOSS_ON
+
     d = FinetuneConfig()
     p = subparsers.add_parser(
         "train", help="fine-tune a LoRA adapter (or, with --full, the whole model) on a weighted mixture of "
@@ -615,7 +617,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--row-len", type=int, default=d.row_len, help="tokens per packed row")
     g.add_argument("--rows", type=int, default=d.rows, help="rows per batch")
     g.add_argument("--max-len", type=int, default=d.max_len, help="longest prompt in tokens")
-    g.add_argument("--loss-on", default=d.loss_on, choices=("target", "outputs"))
+    g.add_argument("--loss-on", default=d.loss_on, choices=LOSS_ON)
     g = p.add_argument_group("engine")
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     g.add_argument("--dtype", default=d.dtype, help="auto, float32, bfloat16 or float16")

@@ -115,8 +115,10 @@ class TTFTConfig:
         for name, low, what in at_least:
             if getattr(self, name) < low:
                 raise ValueError(f"{name} must be >= {low} ({what}), got {getattr(self, name)}")
-        if self.loss_on not in ("target", "outputs"):
-            raise ValueError(f"loss_on must be 'target' or 'outputs', not {self.loss_on!r}")
+        from .sampling import LOSS_ON
+
+        if self.loss_on not in LOSS_ON:
+            raise ValueError(f"loss_on must be one of {LOSS_ON}, not {self.loss_on!r}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1 (or unset: from the 30x30 size limit), "
                              f"got {self.max_new_tokens}")
