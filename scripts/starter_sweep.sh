@@ -39,22 +39,14 @@ PY
         --save-every 0 --val-every 20 --val-batches 4 --log-every 10 --budget "$BUDGET" --out "$OUT/$name" -q \
         > "$OUT/$name.log" 2>&1 || { echo "$name failed (see $OUT/$name.log)"; continue; }
     .venv/bin/python - "$OUT/$name" "$name" <<'PY' | tee -a "$OUT/summary.tsv"
-import json, sys
-from pathlib import Path
-run, name = Path(sys.argv[1]), sys.argv[2]
-val, tokens, steps = {}, 0, 0
-for line in open(run / "log.jsonl"):
-    e = json.loads(line)
-    if e.get("event") == "val":
-        val[e["step"]] = e["loss"]
-    elif e.get("event") == "train":
-        tokens += e["tokens"]; steps = e["step"]
-    elif e.get("event") in ("start", "resume") and "weights" in e.get("message", ""):
-        pass
-last = max(val) if val else None
-params = json.loads((run.parent / f"{name}-init" / "config.json").read_text())
+import sys
+from arcfast.bench.bench_learning import train_log_curve
 from arcfast.model import load_model
-n = sum(p.numel() for p in load_model(str(run.parent / f"{name}-init")).parameters())
-print(f"{name}\t{n}\t{steps}\t{tokens}\t{val[last]:.4f}" if last is not None else f"{name}\t{n}\t{steps}\t{tokens}\tnan")
+run, name = sys.argv[1], sys.argv[2]
+cum, val, _ = train_log_curve(run)
+steps = max(cum, default=0)
+loss = f"{val[max(val)]:.4f}" if val else "nan"
+n = sum(p.numel() for p in load_model(f"{run}-init").parameters())
+print(f"{name}\t{n}\t{steps}\t{cum.get(steps, 0)}\t{loss}")
 PY
 done <<< "$CONFIGS"
