@@ -178,21 +178,6 @@ def test_bad_items_are_named(model, lora):
         build_sequences([ScoreItem(task, 0, g, Augmentation())], max_prompt_len=10)
 
 
-def test_full_vocabulary_model_scores_through_its_token_ids(items):
-    import dataclasses
-
-    import torch
-
-    from arcfast.model import build_model, init_weights, preset
-
-    ids = tuple(int(i) for i in np.random.default_rng(3).permutation(40)[:T.VOCAB_SIZE])
-    cfg = dataclasses.replace(preset("tiny"), vocab_size=40, token_ids=ids)
-    m = init_weights(build_model(cfg, dtype=torch.float32, device="cpu"), seed=2, std=0.3).eval()
-    six = [it._replace(adapter=-1) for it in items[:6]]
-    got = score_candidates(m, None, six, batch_tokens=200)
-    np.testing.assert_allclose(got, _reference(m, None, six), rtol=0, atol=ATOL)
-
-
 def _full_vocab_model(seed: int = 2):
     """A tiny model with 40 token ids whose compact ids map to scattered ones (as a real
     tokenizer's '0'..'9', newline and markers do)."""
@@ -205,6 +190,13 @@ def _full_vocab_model(seed: int = 2):
     ids = tuple(int(i) for i in np.random.default_rng(3).permutation(40)[:T.VOCAB_SIZE])
     cfg = dataclasses.replace(preset("tiny"), vocab_size=40, token_ids=ids)
     return init_weights(build_model(cfg, dtype=torch.float32, device="cpu"), seed=seed, std=0.3).eval()
+
+
+def test_full_vocabulary_model_scores_through_its_token_ids(items):
+    m = _full_vocab_model()
+    six = [it._replace(adapter=-1) for it in items[:6]]
+    got = score_candidates(m, None, six, batch_tokens=200)
+    np.testing.assert_allclose(got, _reference(m, None, six), rtol=0, atol=ATOL)
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
