@@ -57,6 +57,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .model import FusedAddNormStep
+
 
 class _RowLoRA:
     """The LoRA of one decode step of B rows (what the model's ``Linear`` layers call into).
@@ -109,7 +111,7 @@ def _split_qkv(attn, y: torch.Tensor, cos, sin):
     return q, k, v
 
 
-class _MergedLoRA:
+class _MergedLoRA(FusedAddNormStep):
     """The decode step when every row uses one adapter (or none): that adapter merged into copies
     of the projections (``W + scaling * (A B)^T``, filled by :meth:`Generator._merge`), with q/k/v
     fused into one matrix and gate/up into another. The step then runs the base model's kernels
@@ -139,7 +141,7 @@ def _fused_parts(blk) -> dict:
             "gate_up": (m.gate_proj, m.up_proj), "down": (m.down_proj,)}
 
 
-class _FusedRowLoRA:
+class _FusedRowLoRA(FusedAddNormStep):
     """The decode step when rows mix adapters (modes ``grouped`` and ``gather``, ``fuse_lora=True``):
     four projections per layer instead of seven, each one base GEMM plus one LoRA delta.
 
@@ -195,23 +197,6 @@ class _FusedRowLoRA:
         gate, up = self._linear("gate_up", li, h, self.e.fused_w[li]["gate_up"], None).chunk(2, dim=-1)
         down = blk.mlp.down_proj
         return self._linear("down", li, blk.mlp.ops.swiglu(gate, up), down.weight, down.bias)
-
-
-class _LowRankStep:
-    """The decode step through the model's own layers, with ``lora`` (a :class:`_RowLoRA`, or
-    None for the base model) on the projections it targets."""
-
-    def __init__(self, lora: Optional[_RowLoRA]):
-        self.lora = lora
-
-    def qkv(self, li: int, attn, h: torch.Tensor, cos, sin):
-        return attn.qkv(h, cos, sin, self.lora)
-
-    def o(self, li: int, attn, x: torch.Tensor) -> torch.Tensor:
-        return attn.o_proj(x, self.lora)
-
-    def mlp(self, li: int, blk, h: torch.Tensor) -> torch.Tensor:
-        return blk.mlp(h, self.lora)
 
 
 def _triton_lora() -> bool:

@@ -74,7 +74,9 @@ import torch
 import torch.nn.functional as F
 
 from . import tokens as T
-from .decode_lora import _FusedRowLoRA, _LowRankStep, _MergedLoRA, _RowLoRA, _fused_parts, _grouped_mm_ok, _triton_lora  # noqa: F401
+from .decode_lora import _FusedRowLoRA, _MergedLoRA, _RowLoRA, _fused_parts, _grouped_mm_ok, _triton_lora  # noqa: F401
+from .kv_cache import CacheDecode, CachePrefill
+from .model import FusedAddNormStep
 
 log = logging.getLogger("arcfast.generate")
 
@@ -419,51 +421,23 @@ class Generator:
     def _prefill_forward(self, ids: torch.Tensor, lens: torch.Tensor, r0: int, lora) -> torch.Tensor:
         """Run right-padded prompts ids int64 [R, L] (lengths ``lens`` int64 [R]) into cache rows
         r0..r0+R-1; returns the fp32 logits [R, V] at each prompt's last token."""
-        from .attention import causal_attention
-
         m = self.model
-        R, L = ids.shape
-        x = m.model.embed_tokens(self._model_ids(ids))
-        positions = torch.arange(L, device=ids.device).expand(R, L)
-        cos, sin = _rope(m, positions, x.dtype)
-        for li, blk in enumerate(m.model.layers):
-            attn = blk.self_attn
-            q, k, v = attn.qkv(blk.input_layernorm(x), cos, sin, lora)
-            self.kv[li, 0, r0:r0 + R, :, :L] = k.transpose(1, 2)
-            self.kv[li, 1, r0:r0 + R, :, :L] = v.transpose(1, 2)
-            o = causal_attention(q, k, v)
-            x = x + attn.o_proj(o.reshape(R, L, self.n_heads * self.head_dim), lora)
-            x = x + blk.mlp(blk.post_attention_layernorm(x), lora)
-        last = x[torch.arange(R, device=ids.device), lens - 1]
-        return m.logits(m.model.norm(last)).float()
+        R = ids.shape[0]
+        h = m(self._model_ids(ids), attention=CachePrefill(self.kv, r0), step=FusedAddNormStep(lora),
+              compiled=False)
+        last = h[torch.arange(R, device=ids.device), lens - 1]
+        return m.logits(last).float()
 
-    def _step(self, B: int, S: int, lora, sampling: tuple, seed: int) -> None:
+    def _step(self, B: int, S: int, step, sampling: tuple, seed: int) -> None:
         """One decode step of rows 0..B-1 attending over cache slots 0..S-1; updates the row state
-        and the output buffers in place (the body of a captured graph). ``lora``: a
-        :class:`_MergedLoRA`, a :class:`_FusedRowLoRA` or a :class:`_LowRankStep`."""
+        and the output buffers in place (the body of a captured graph). ``step``: how the model's
+        forward runs its projections (a :class:`_MergedLoRA`, a :class:`_FusedRowLoRA` or a
+        :class:`arcfast.model.FusedAddNormStep` over a :class:`_RowLoRA`)."""
         m = self.model
         tok, pos, ngen, done = self.tok[:B], self.pos[:B], self.ngen[:B], self.done[:B]
         rows = self.rows[:B]
-        x = m.model.embed_tokens(self._model_ids(tok))[:, None, :]             # [B, 1, d]
-        cos, sin = _rope(m, pos[:, None], x.dtype)
-        mask = (self.span[:S][None, :] <= pos[:, None])[:, None, None, :]      # [B, 1, 1, S]
-        layers = m.model.layers
-        add_norm = m.ops.add_rmsnorm   # residual add + the next norm: one kernel with Triton ops
-        h = layers[0].input_layernorm(x)
-        for li, blk in enumerate(layers):
-            attn = blk.self_attn
-            q, k, v = lora.qkv(li, attn, h, cos, sin)
-            kc, vc = self.kv[li, 0], self.kv[li, 1]                            # [cap, Hkv, S_alloc, D]
-            kc[rows, :, pos] = k[:, 0]
-            vc[rows, :, pos] = v[:, 0]
-            # The G query heads sharing a kv head ride as G query positions: keys and values are
-            # read once per kv head, and SDPA's fused kernels take the padding mask.
-            qg = q[:, 0].view(B, self.n_kv, self.group, self.head_dim)
-            o = F.scaled_dot_product_attention(qg, kc[:B, :, :S], vc[:B, :, :S], attn_mask=mask)
-            post = blk.post_attention_layernorm
-            x, h = add_norm(x, lora.o(li, attn, o.reshape(B, 1, self.n_heads * self.head_dim)), post.weight, post.eps)
-            nxt = layers[li + 1].input_layernorm if li + 1 < len(layers) else m.model.norm
-            x, h = add_norm(x, lora.mlp(li, blk, h), nxt.weight, nxt.eps)
+        h = m(self._model_ids(tok)[:, None], pos[:, None], CacheDecode(self.kv, pos, S, self.rows, self.span),
+              step=step, compiled=False)                                      # [B, 1, d]
         logits = m.logits(h[:, 0])
         choice, lp = self._choose(logits, self.keys[:B], ngen, sampling, seed)
         active = ~done
@@ -484,7 +458,7 @@ class Generator:
         elif mode in ("grouped", "gather", "segments") and self.fuse_lora:
             lora = _FusedRowLoRA(self, B, mode)
         else:
-            lora = _LowRankStep(None if mode == "none" else _RowLoRA(self, B, mode))
+            lora = FusedAddNormStep(None if mode == "none" else _RowLoRA(self, B, mode))
         if not self.cuda_graphs:
             for _ in range(n_steps):
                 self._step(B, S, lora, sampling, seed)
@@ -995,12 +969,6 @@ class Generator:
             row_req[m:n] = -1
             pos_h[:m] = pos_h[live]
         return int(live.size)
-
-
-def _rope(model, positions: torch.Tensor, dtype):
-    from .model import rope_cos_sin
-
-    return rope_cos_sin(positions, model.inv_freq, dtype)
 
 
 def generate(model, prompts: Sequence, adapter_ids: Optional[Sequence[int]] = None, lora=None,

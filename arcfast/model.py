@@ -421,6 +421,39 @@ class MLP(nn.Module):
         return self.down_proj(self.ops.swiglu(self.gate_proj(x, lora), self.up_proj(x, lora)), lora)
 
 
+class LayerStep:
+    """How a block runs its projections and residual adds: through the model's own ``Linear``
+    layers, each with ``lora`` (an :class:`arcfast.lora.LoRAStep`, a decode-time row LoRA, or
+    None). This is the forward of training, scoring and prefill. The decoder passes its own
+    strategies with the same four methods (merged or fused projections, the fused add + norm
+    kernel: :mod:`arcfast.decode_lora`)."""
+
+    def __init__(self, lora=None):
+        self.lora = lora
+
+    def qkv(self, li: int, attn: "Attention", h: torch.Tensor, cos, sin):
+        return attn.qkv(h, cos, sin, self.lora)
+
+    def o(self, li: int, attn: "Attention", x: torch.Tensor) -> torch.Tensor:
+        return attn.o_proj(x, self.lora)
+
+    def mlp(self, li: int, blk: "Block", h: torch.Tensor) -> torch.Tensor:
+        return blk.mlp(h, self.lora)
+
+    def add_norm(self, x: torch.Tensor, delta: torch.Tensor, norm: "RMSNorm"):
+        """(x + delta, norm(x + delta)), differentiable."""
+        x = x + delta
+        return x, norm(x)
+
+
+class FusedAddNormStep(LayerStep):
+    """:class:`LayerStep` with each residual add and the norm after it in one kernel (the Triton
+    ``add_rmsnorm`` where the model runs Triton ops): inference only, no backward."""
+
+    def add_norm(self, x, delta, norm):
+        return norm.ops.add_rmsnorm(x, delta, norm.weight, norm.eps)
+
+
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -429,9 +462,23 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, attention, lora):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attention, lora)
-        return x + self.mlp(self.post_attention_layernorm(x), lora)
+    def forward(self, x, cos, sin, attention, step: LayerStep, li: int = 0, h=None, next_norm=None):
+        """One block: ``x`` [R, L, hidden] the residual stream in; ``h`` its input norm when the
+        previous block computed it (else computed here); returns ``(x, next_norm(x))``, or
+        ``(x, None)`` without ``next_norm``. ``attention(q, k, v)`` -> [R, L, H, D]; ``step``
+        runs the projections (:class:`LayerStep`)."""
+        R, L, _ = x.shape
+        attn = self.self_attn
+        if h is None:
+            h = self.input_layernorm(x)
+        q, k, v = step.qkv(li, attn, h, cos, sin)
+        o = attention(q, k, v)
+        x, h = step.add_norm(x, step.o(li, attn, o.reshape(R, L, attn.n_heads * attn.head_dim)),
+                             self.post_attention_layernorm)
+        delta = step.mlp(li, self, h)
+        if next_norm is None:
+            return x + delta, None
+        return step.add_norm(x, delta, next_norm)
 
 
 class Backbone(nn.Module):
@@ -492,15 +539,20 @@ class CausalLM(nn.Module):
         return self.model.embed_tokens.weight.dtype
 
     def forward(self, input_ids: torch.Tensor, position_ids: Optional[torch.Tensor] = None,
-                attention=None, lora=None, checkpoint: bool = False) -> torch.Tensor:
-        """Final hidden states.
+                attention=None, lora=None, checkpoint: bool = False, step: Optional[LayerStep] = None,
+                compiled: bool = True) -> torch.Tensor:
+        """Final hidden states: the one forward of the model, for training, scoring, prefill and
+        the decode step alike.
 
-        input_ids: int64 [R, L]; position_ids: int64 [R, L] (default: 0..L-1 in every row);
-        attention: a callable ``(q [R,L,H,D], k, v) -> [R,L,H,D]`` such as
-        :class:`arcfast.attention.PackedAttention` (default: causal over each whole row);
-        lora: an :class:`arcfast.lora.LoRAStep` or None; checkpoint: while gradients are on, keep
-        only each block's input and recompute the block in backward (activation memory for
-        compute; the blocks run eagerly). Returns [R, L, hidden] in the model dtype.
+        input_ids: int64 [R, L] (the model's own ids); position_ids: int64 [R, L] (default:
+        0..L-1 in every row); attention: a callable ``(q [R,L,H,D], k, v) -> [R,L,H,D]`` such as
+        :class:`arcfast.attention.PackedAttention` (default: causal over each whole row), or an
+        object whose ``layer(i)`` gives layer i's callable (a KV cache that writes as it attends:
+        :mod:`arcfast.kv_cache`); lora: an :class:`arcfast.lora.LoRAStep` or None; step: how the
+        projections run (default ``LayerStep(lora)``; the decoder passes merged or fused ones);
+        checkpoint: while gradients are on, keep only each block's input and recompute the block
+        in backward (activation memory for compute; the blocks run eagerly); compiled: use the
+        blocks of :meth:`compile_blocks` when set. Returns [R, L, hidden] in the model dtype.
         """
         from .attention import causal_attention
 
@@ -509,18 +561,28 @@ class CausalLM(nn.Module):
             position_ids = torch.arange(L, device=input_ids.device).expand(R, L)
         if attention is None:
             attention = causal_attention
+        if step is None:
+            step = LayerStep(lora)
+        per_layer = getattr(attention, "layer", None)
         x = self.model.embed_tokens(input_ids)
         cos, sin = rope_cos_sin(position_ids, self.inv_freq, x.dtype)
-        recompute = checkpoint and torch.is_grad_enabled()
-        if recompute:
+        layers = self.model.layers
+        if checkpoint and torch.is_grad_enabled():
             from torch.utils.checkpoint import checkpoint as recomputed
-        for i, block in enumerate(self.model.layers):
-            if recompute:
-                x = recomputed(block, x, cos, sin, attention, lora, use_reentrant=False)
-            else:
-                fn = block if self._block_fns is None else self._block_fns[i]
-                x = fn(x, cos, sin, attention, lora)
-        return self.model.norm(x)
+
+            # Each block norms its own input, so only the residual stream is kept per block.
+            for i, block in enumerate(layers):
+                att = per_layer(i) if per_layer is not None else attention
+                x, _ = recomputed(block, x, cos, sin, att, step, i, use_reentrant=False)
+            return self.model.norm(x)
+        # Each block hands the next its input norm (one fused add + norm kernel at decode time).
+        fns = layers if self._block_fns is None or not compiled else self._block_fns
+        h = None
+        for i, fn in enumerate(fns):
+            att = per_layer(i) if per_layer is not None else attention
+            nxt = layers[i + 1].input_layernorm if i + 1 < len(layers) else self.model.norm
+            x, h = fn(x, cos, sin, att, step, i, h, nxt)
+        return h
 
     def lm_head_weight(self) -> torch.Tensor:
         return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
