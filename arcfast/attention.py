@@ -25,6 +25,9 @@ flex 4.87 ms, loop 11.3 ms. FlexAttention is also compiled per row shape (``dyna
 stream of batches of varying shapes recompiles it: batch-1 training with flex ran at 0.22 samples/s
 against 3.7 with varlen. Hence ``"auto"``: varlen on CUDA in bf16/fp16 when available, else sdpa on
 CUDA (flash-attention's kernel takes no fp32), loop on the CPU (sdpa when no ``cu_seqlens``).
+
+:class:`TreeAttention` packs prefix trees instead: one shared prompt per segment, then several
+continuations that each see the prompt and themselves only (prefix-shared scoring, arcfast.score).
 """
 from __future__ import annotations
 
@@ -216,3 +219,138 @@ class PackedAttention:
 def max_seqlen(cu_seqlens: np.ndarray) -> int:
     """Longest segment of a cu_seqlens array (host side, so no device sync)."""
     return int(np.diff(np.asarray(cu_seqlens)).max()) if len(cu_seqlens) > 1 else 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Prefix trees: one shared prompt, several continuations
+
+TREE_IMPLS = ("auto", "sdpa", "flex", "loop")
+
+
+def tree_mask(segment_ids: torch.Tensor, branch_ids: torch.Tensor) -> torch.Tensor:
+    """Dense attention mask bool [R, 1, L, L] (True = attend) of :class:`TreeAttention` from
+    segment_ids and branch_ids int [R, L] (same device)."""
+    L = segment_ids.shape[1]
+    i = torch.arange(L, device=segment_ids.device)
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    real = (segment_ids >= 0)[:, :, None]
+    causal = i[:, None] >= i[None, :]
+    bk = branch_ids[:, None, :]
+    seen = (bk == 0) | (bk == branch_ids[:, :, None])
+    return ((same & real & causal & seen) | (i[:, None] == i[None, :]))[:, None]
+
+
+def _tree_mask_mod(segment_ids: torch.Tensor, branch_ids: torch.Tensor):
+    def mask_mod(b, h, q_idx, kv_idx):
+        sq, bk = segment_ids[b, q_idx], branch_ids[b, kv_idx]
+        seen = (bk == 0) | (bk == branch_ids[b, q_idx])
+        return ((sq == segment_ids[b, kv_idx]) & (q_idx >= kv_idx) & (sq >= 0) & seen) | (q_idx == kv_idx)
+    return mask_mod
+
+
+def flex_available() -> bool:
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+class TreeAttention:
+    """Attention for packed rows of prefix trees; built once per forward and shared by every layer.
+
+    A row holds segments (``segment_ids``, -1 on padding); inside a segment, branch 0 is the trunk
+    (a shared prompt) and branches 1, 2, ... its continuations (``branch_ids``). Every
+    implementation computes
+
+        out[r, i] = softmax over { j <= i : seg[r, j] == seg[r, i], branch[r, j] in (0, branch[r, i]) }
+                    of q_i . k_j / sqrt(D)
+
+    so a trunk token sees the trunk causally and a continuation's token sees the trunk before it
+    and its own earlier tokens, never another continuation. With one branch per segment, laid out
+    after its trunk, this is :class:`PackedAttention`'s causal-within-sample function. A padding
+    position attends to itself only (``"sdpa"``, ``"flex"``) or is zero (``"loop"``).
+
+    segment_ids, branch_ids: int numpy [R, L] on the host (the layout is planned there, and
+    ``"loop"`` reads its segments from them without a device sync); ``device``: where q/k/v live.
+    Impls: ``"sdpa"`` a dense [R, 1, L, L] mask (the reference); ``"flex"`` FlexAttention with a
+    BlockMask from the same rule (compiled on CUDA); ``"loop"`` per segment, the leading trunk by
+    causal SDPA and the rest of the segment's queries against the segment's keys under a dense
+    mask, so a segment of P trunk and C continuation tokens costs P^2/2 + C (P + C) instead of a
+    whole row's L^2 (each segment must be contiguous in its row). ``"auto"``: flex on CUDA when
+    torch has it, else sdpa; loop on the CPU. Call with q [R, L, H, D], k and v [R, L, Hkv, D];
+    returns [R, L, H, D].
+    """
+
+    def __init__(self, segment_ids: np.ndarray, branch_ids: np.ndarray, impl: str = "auto",
+                 device="cpu", compile: Optional[bool] = None):
+        if impl not in TREE_IMPLS:
+            raise ValueError(f"tree attention impl must be one of {TREE_IMPLS}, not {impl!r}")
+        seg = np.asarray(segment_ids)
+        br = np.asarray(branch_ids)
+        if seg.ndim != 2 or seg.shape != br.shape:
+            raise ValueError(f"segment_ids {seg.shape} and branch_ids {br.shape} must be the same [R, L] shape")
+        device = torch.device(device)
+        cuda = device.type == "cuda"
+        if impl == "auto":
+            impl = ("flex" if flex_available() else "sdpa") if cuda else "loop"
+        self.impl = impl
+        R, L = seg.shape
+        if impl == "loop":
+            self.segments = [self._plan_row(r, seg[r], br[r], device) for r in range(R)]
+            return
+        seg_t = torch.from_numpy(np.ascontiguousarray(seg, dtype=np.int32)).to(device)
+        br_t = torch.from_numpy(np.ascontiguousarray(br, dtype=np.int32)).to(device)
+        if impl == "sdpa":
+            self.mask = tree_mask(seg_t, br_t)
+        else:
+            from torch.nn.attention.flex_attention import create_block_mask
+
+            self.compiled = cuda if compile is None else compile
+            self.block_mask = create_block_mask(_tree_mask_mod(seg_t, br_t), R, None, L, L,
+                                                device=device, _compile=self.compiled)
+
+    @staticmethod
+    def _plan_row(r: int, seg: np.ndarray, br: np.ndarray, device) -> list:
+        """(start, trunk end, end, mask bool [1, 1, end - trunk end, end - start] or None) per segment."""
+        out, seen = [], set()
+        edges = np.flatnonzero(np.diff(seg)) + 1
+        for a, b in zip(np.r_[0, edges], np.r_[edges, len(seg)]):
+            a, b, s = int(a), int(b), int(seg[a])
+            if s < 0:
+                continue
+            if s in seen:
+                raise ValueError(f"loop tree attention: segment {s} of row {r} is not contiguous")
+            seen.add(s)
+            rest = np.flatnonzero(br[a:b] != 0)
+            t = a + (int(rest[0]) if rest.size else b - a)      # the leading trunk is a..t
+            mask = None
+            if t < b:
+                bq, bk = br[t:b, None], br[None, a:b]
+                causal = np.arange(t, b)[:, None] >= np.arange(a, b)[None, :]
+                m = causal & ((bk == 0) | (bk == bq))
+                mask = torch.from_numpy(m[None, None]).to(device)
+            out.append((a, t, b, mask))
+        return out
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if self.impl == "sdpa":
+            return sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=self.mask).transpose(1, 2)
+        if self.impl == "flex":
+            o = _flex_fn(self.compiled)(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                        block_mask=self.block_mask, enable_gqa=q.shape[2] != k.shape[2])
+            return o.transpose(1, 2)
+        return self._loop(q, k, v)
+
+    def _loop(self, q, k, v):
+        out = torch.zeros_like(q)
+        for r, segs in enumerate(self.segments):
+            for a, t, b, mask in segs:
+                kk, vv = k[r:r + 1, a:b].transpose(1, 2), v[r:r + 1, a:b].transpose(1, 2)
+                if t > a:
+                    o = sdpa(q[r:r + 1, a:t].transpose(1, 2), kk[:, :, :t - a], vv[:, :, :t - a], is_causal=True)
+                    out[r:r + 1, a:t] = o.transpose(1, 2)
+                if mask is not None:
+                    o = sdpa(q[r:r + 1, t:b].transpose(1, 2), kk, vv, attn_mask=mask)
+                    out[r:r + 1, t:b] = o.transpose(1, 2)
+        return out
