@@ -16,6 +16,7 @@ in slots ``0..P-1`` and its n-th generated token in slot ``P + n``.
 from __future__ import annotations
 
 from functools import partial
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -25,19 +26,20 @@ from .attention import causal_attention
 
 class CachePrefill:
     """Causal attention over right-padded prompts in rows ``r0..r0+R-1`` of ``kv`` [layers, 2,
-    cap, Hkv, S, D] that first stores each layer's keys and values in slots ``0..L-1`` of those
-    rows. Padding sits after a prompt's real tokens, so no real token attends to it; its slots are
-    overwritten by decoding before any query may read them."""
+    cap, Hkv, S, D] (or in the rows ``rows``, int64 [R], when given) that first stores each
+    layer's keys and values in slots ``0..L-1`` of those rows. Padding sits after a prompt's real
+    tokens, so no real token attends to it; its slots are overwritten by decoding before any query
+    may read them."""
 
-    def __init__(self, kv: torch.Tensor, r0: int = 0):
-        self.kv, self.r0 = kv, int(r0)
+    def __init__(self, kv: torch.Tensor, r0: int = 0, rows: Optional[torch.Tensor] = None):
+        self.kv, self.r0, self.rows = kv, int(r0), rows
 
     def layer(self, li: int):
         return partial(self._attend, li)
 
     def _attend(self, li: int, q, k, v):
         R, L = k.shape[:2]
-        rows = slice(self.r0, self.r0 + R)
+        rows = slice(self.r0, self.r0 + R) if self.rows is None else self.rows
         self.kv[li, 0, rows, :, :L] = k.transpose(1, 2)
         self.kv[li, 1, rows, :, :L] = v.transpose(1, 2)
         return causal_attention(q, k, v)
@@ -48,11 +50,15 @@ class CacheDecode:
     position ``pos[b]`` (int64 [B]), stores its key and value in slot ``pos[b]`` and attends to
     slots ``0..pos[b]`` of its own row, among the first ``S`` slots. ``rows`` and ``span`` are
     ``arange`` buffers (int64, at least [B] and [S]) kept by the caller, so that the step reads
-    only static tensors and runs inside a captured CUDA graph."""
+    only static tensors and runs inside a captured CUDA graph.
 
-    def __init__(self, kv: torch.Tensor, pos: torch.Tensor, S: int, rows: torch.Tensor, span: torch.Tensor):
-        self.kv, self.pos, self.S = kv, pos, int(S)
-        self.rows = rows[:pos.shape[0]]
+    ``gather=True``: the B tokens sit in the cache rows ``rows`` (int64 [B], any distinct rows)
+    instead, read with a gather (a search tree's live nodes are scattered over the cache)."""
+
+    def __init__(self, kv: torch.Tensor, pos: torch.Tensor, S: int, rows: torch.Tensor, span: torch.Tensor,
+                 gather: bool = False):
+        self.kv, self.pos, self.S, self.gather = kv, pos, int(S), bool(gather)
+        self.rows = rows if gather else rows[:pos.shape[0]]
         self.mask = (span[:S][None, :] <= pos[:, None])[:, None, None, :]     # [B, 1, 1, S]
 
     def layer(self, li: int):
@@ -67,8 +73,11 @@ class CacheDecode:
         # The G query heads sharing a kv head ride as G query positions: keys and values are read
         # once per kv head, and SDPA's fused kernels take the padding mask.
         qg = q[:, 0].view(B, Hkv, H // Hkv, D)
-        o = F.scaled_dot_product_attention(qg, kc[:B, :, :self.S], vc[:B, :, :self.S],
-                                           attn_mask=self.mask)                # [B, Hkv, G, D]
+        if self.gather:
+            kr, vr = kc[self.rows, :, :self.S], vc[self.rows, :, :self.S]
+        else:
+            kr, vr = kc[:B, :, :self.S], vc[:B, :, :self.S]
+        o = F.scaled_dot_product_attention(qg, kr, vr, attn_mask=self.mask)    # [B, Hkv, G, D]
         return o.reshape(B, 1, H, D)
 
 
