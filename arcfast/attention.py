@@ -256,6 +256,14 @@ def flex_available() -> bool:
     return True
 
 
+def choose_tree_impl(device) -> str:
+    """What :class:`TreeAttention`'s ``"auto"`` means on ``device``: flex on CUDA when torch has
+    it, else the dense sdpa mask; loop on the CPU."""
+    if torch.device(device).type == "cuda":
+        return "flex" if flex_available() else "sdpa"
+    return "loop"
+
+
 class TreeAttention:
     """Attention for packed rows of prefix trees; built once per forward and shared by every layer.
 
@@ -293,7 +301,7 @@ class TreeAttention:
         device = torch.device(device)
         cuda = device.type == "cuda"
         if impl == "auto":
-            impl = ("flex" if flex_available() else "sdpa") if cuda else "loop"
+            impl = choose_tree_impl(device)
         self.impl = impl
         R, L = seg.shape
         if impl == "loop":

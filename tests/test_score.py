@@ -10,8 +10,8 @@ from arcfast.generate import GenerationConfig, generate
 from arcfast.predict import predict_tasks
 from arcfast.prompts import build_inference_prompts
 from arcfast.reference.score import score_item_reference, target_logprobs_reference
-from arcfast.score import (RescoreJob, ScoreItem, Sequences, build_sequences, rank_jobs, rescore_items,
-                           rescore_predictions, score_candidates, score_sequences, target_logprobs)
+from arcfast.score import (RescoreJob, ScoreItem, ScoreStats, Sequences, build_sequences, plan_tokens, rank_jobs,
+                           rescore_items, rescore_predictions, score_candidates, score_sequences, target_logprobs)
 from arcfast.task import Task
 from arcfast.vote import Prediction, vote
 from test_generate import _lora, _model, _task
@@ -239,3 +239,135 @@ def test_greedy_generation_on_a_full_vocabulary_model_equals_a_plain_loop():
     g = generate(m, [prompt], max_new_tokens=10)[0]
     assert [int(t) for t in g.tokens] == want_tok
     np.testing.assert_allclose(g.logprobs, want_lp, rtol=0, atol=2e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Prefix-shared scoring: a prompt computed once for all the candidates that share it
+
+def _shared_items(tasks, n_cands: int, n_augs: int, adapters):
+    """Rescoring-shaped items: per (task, test input), candidates of different shapes, each under
+    the same ``n_augs`` augmentations (candidate-major, so prompts recur apart), through
+    ``adapters[k]`` for the k-th (task, test input)."""
+    out, k = [], 0
+    for t in tasks:
+        augs = tta(t, n_augs, seed=k)
+        for ti in range(len(t.test)):
+            grids = _grids(100 + k, n_cands)
+            out += [ScoreItem(t, ti, g, a, adapters[k % len(adapters)]) for g in grids for a in augs]
+            k += 1
+    return out
+
+
+def _layout_counter(monkeypatch):
+    """Forward positions (non-padding segment positions) of every attention built, and whether
+    it was a tree."""
+    import arcfast.attention as A
+
+    seen = []
+
+    class Tree(A.TreeAttention):
+        def __init__(self, segment_ids, branch_ids, *a, **kw):
+            seen.append(("tree", int((np.asarray(segment_ids) >= 0).sum())))
+            super().__init__(segment_ids, branch_ids, *a, **kw)
+
+    class Packed(A.PackedAttention):
+        def __init__(self, sample_ids, *a, **kw):
+            seen.append(("packed", int((sample_ids >= 0).sum())))
+            super().__init__(sample_ids, *a, **kw)
+
+    monkeypatch.setattr(A, "TreeAttention", Tree)
+    monkeypatch.setattr(A, "PackedAttention", Packed)
+    return seen
+
+
+@pytest.mark.parametrize("row_len", [4096, 100])
+def test_prefix_shared_scores_equal_whole_packing_and_the_reference(model, lora, row_len, monkeypatch):
+    # 2 tasks x 2 test inputs x 3 augmentations = 12 prompts of 52-76 tokens, 4 candidates of 4-17
+    # tokens each, through the base model and three adapters; the first (task, test input) again
+    # through another adapter: the same prompts, which must not be shared across adapters. Rows of
+    # 100 tokens split most groups into several trees, the prompt repeated.
+    tasks = [_task("s1", 21), _trains(_task("s2", 22), 3)]
+    items = _shared_items(tasks, 4, 3, [-1, 0, 1, 2])
+    twin = [it._replace(adapter=2) for it in items[:12]]
+    items = items + twin
+    seqs = build_sequences(items)
+    assert len({len(t) for t in seqs.targets}) >= 4 and len({len(p) for p in seqs.prompts}) >= 3
+    seen = _layout_counter(monkeypatch)
+    st = ScoreStats()
+    shared = score_candidates(model, lora, items, batch_tokens=600, row_len=row_len, stats=st)
+    assert any(kind == "tree" for kind, _ in seen)        # the shared path ran
+    assert st.tokens == sum(n for _, n in seen) == sum(plan_tokens(seqs, 600, row_len))
+    assert st.whole_tokens == seqs.n_tokens and st.tokens < st.whole_tokens / 2
+    if row_len < 4096:
+        assert st.tokens > sum(plan_tokens(seqs, 600, 4096)) + 8 * 50    # 8 prompts repeated
+    whole = score_candidates(model, lora, items, batch_tokens=600, row_len=row_len, prefix_share=False)
+    np.testing.assert_allclose(shared, whole, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(shared, _reference(model, lora, items), rtol=0, atol=ATOL)
+    # Through the other adapter the twins score otherwise: shared across adapters they would not.
+    assert np.abs(shared[:12] - shared[-12:]).min() > 1e-3
+    # Per token too.
+    per_token = target_logprobs(model, lora, seqs, batch_tokens=600, row_len=row_len)
+    for i in range(0, len(seqs), 5):
+        want = target_logprobs_reference(model, seqs.prompts[i], seqs.targets[i], lora, int(seqs.adapters[i]))
+        np.testing.assert_allclose(per_token[i], want, atol=2e-4)
+
+
+def test_prefix_shared_scores_on_a_full_vocabulary_model():
+    m = _full_vocab_model(seed=6)
+    lora = _lora(m, 2, seed=7)
+    items = _shared_items([_task("fv", 31)], 3, 2, [1, -1, 0])
+    st = ScoreStats()
+    shared = score_candidates(m, lora, items, batch_tokens=400, stats=st)
+    assert st.tokens < st.whole_tokens
+    np.testing.assert_allclose(shared, score_candidates(m, lora, items, batch_tokens=400, prefix_share=False),
+                               rtol=0, atol=1e-4)
+    np.testing.assert_allclose(shared, _reference(m, lora, items), rtol=0, atol=ATOL)
+
+
+def test_prefix_shared_tokens_are_what_the_layout_says(model, monkeypatch):
+    rng = np.random.default_rng(41)
+    p1 = rng.integers(0, 13, size=30).astype(np.int32)
+    p2 = rng.integers(0, 13, size=25).astype(np.int32)
+    t = [rng.integers(0, 11, size=n).astype(np.int32) for n in (10, 20, 5, 15, 8, 4)]
+    # Interleaved: p1 with targets of 10, 20, 5 and 15 tokens, p2 with 8 and 4: two groups.
+    seqs = Sequences([p1, p2, p1, p1, p2, p1], [t[0], t[4], t[1], t[2], t[5], t[3]], np.full(6, -1))
+    seen = _layout_counter(monkeypatch)
+    st = ScoreStats()
+    score_sequences(model, None, seqs, batch_tokens=1000, row_len=60, stats=st)
+    # Rows of 60: p1's trees [10, 20] (30 + 30) and [5, 15] (30 + 20); p2's [8, 4] (25 + 12).
+    assert plan_tokens(seqs, 1000, 60) == [60 + 50 + 37]
+    assert st.tokens == sum(n for _, n in seen) == 147 and st.batches == 1
+    assert st.whole_tokens == seqs.n_tokens == 4 * 30 + 2 * 25 + 62
+    # Whole-sequence packing computes every prompt and target.
+    assert plan_tokens(seqs, 1000, 60, prefix_share=False) == [seqs.n_tokens]
+    # One tree a batch when a batch holds no more.
+    assert plan_tokens(seqs, 60, 60) == [60, 50, 37]
+    # A sequence longer than a row is a tree alone (a batch alone when longer than a batch), in
+    # group order; distinct prompts share nothing.
+    assert plan_tokens(seqs, 40, 20) == [40, 50, 35, 45, 33, 29]
+    assert plan_tokens(seqs, 1000, 20) == [seqs.n_tokens]
+    alone = Sequences([p1, p2], [t[0], t[1]], np.array([-1, -1]))
+    assert plan_tokens(alone, 1000) == [alone.n_tokens]
+
+
+def test_a_deadline_cuts_whole_groups_from_the_end(model, lora, monkeypatch):
+    """Groups are scored in the order of their first item: a cut leaves the last jobs unscored."""
+    import arcfast.score as S
+
+    task = _task("dl", 51)
+    augs = tta(task, 3)
+    cands = vote([Prediction(g, logprob=-1.0, n_tokens=3) for g in _grids(52, 3)], top_k=None)
+    jobs = [RescoreJob(task, 0, cands, augs, 0), RescoreJob(task, 1, cands, augs, 1)]
+    items = rescore_items(jobs)
+    full = score_candidates(model, lora, items, batch_tokens=120)
+    assert len(plan_tokens(build_sequences(items), 120)) == 6     # one (job, augmentation) a batch
+    clock = iter(range(100))
+    monkeypatch.setattr(S.time, "monotonic", lambda: float(next(clock)))
+    st = ScoreStats()
+    got = score_candidates(model, lora, items, batch_tokens=120, deadline=3.5, stats=st)   # 4 batches
+    assert st.batches == 4 and st.scored == 12 and st.cut_by_deadline == 6
+    done = ~np.isnan(got)
+    assert done[:9].all() and done[9:].sum() == 3     # job 0 whole, job 1's first augmentation
+    np.testing.assert_allclose(got[done], full[done], rtol=0, atol=1e-6)
+    ranked = rank_jobs(jobs, got)
+    assert ranked[0] is not None and ranked[1] is None
