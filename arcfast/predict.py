@@ -86,7 +86,8 @@ def predict_tasks(model, tasks: Sequence, adapter_ids: Optional[Sequence[int]] =
                   config: Optional[GenerationConfig] = None, generator: Optional["_generate.Generator"] = None,
                   max_prompt_len: Optional[int] = None, seed: int = 0, on_error: str = "raise",
                   errors: Optional[dict] = None, adapter_names: Optional[Sequence[str]] = None,
-                  deadline: Optional[float] = None) -> list[list[list]]:
+                  deadline: Optional[float] = None, search=None,
+                  search_stats=None) -> list[list[list]]:
     """Predict every test output of many tasks in one batched generation, each task with its adapter.
 
     tasks:          sequence of :class:`arcfast.task.Task`.
@@ -106,9 +107,16 @@ def predict_tasks(model, tasks: Sequence, adapter_ids: Optional[Sequence[int]] =
                     :meth:`Generator.generate`: no work is started that would end past it at the
                     measured rates); outputs cut short decode as ``"unterminated"``, and the
                     generator's ``stats`` hold the cut count and the rates.
+    search:         an :class:`arcfast.search.SearchConfig`: each prompt is searched depth-first
+                    (:func:`arcfast.search.dfs`, same adapters, deadline and prompt lengths) instead
+                    of decoded once, and every completion found becomes a Prediction (its
+                    ``max_new_tokens`` is ``config.max_new_tokens`` when a ``config`` is given); a
+                    prompt with none gives one unparsed Prediction of status ``"no_completion"``.
+                    ``search_stats``: an :class:`arcfast.search.SearchStats` to fill.
 
     Returns ``out[task][test_input]``: a list of :class:`arcfast.vote.Prediction` in the task's
-    original frame, one per augmentation, in augmentation order. Outputs that fail the strict
+    original frame, one per augmentation (with ``search``: one per completion), in augmentation
+    order. Outputs that fail the strict
     decoder keep its status (``"unterminated"``, ``"ragged"``...), and a grid that no grid maps to
     under the augmentation gets ``"no_inverse"``; neither raises.
     """
@@ -143,6 +151,8 @@ def predict_tasks(model, tasks: Sequence, adapter_ids: Optional[Sequence[int]] =
         jobs += j
     if not prompts:
         return out
+    if search is not None:
+        return _search_tasks(model, lora, prompts, jobs, names, out, search, config, deadline, search_stats)
     gen = generator if generator is not None else _generate.Generator(model, lora=lora)
     if gen.model is not model or gen.lora is not lora:
         raise ValueError("the generator was built for another model or LoRA")
@@ -152,6 +162,35 @@ def predict_tasks(model, tasks: Sequence, adapter_ids: Optional[Sequence[int]] =
     decoded = decode_batch([g.tokens for g in gens], "compact")
     for g, (grid, status), job in zip(gens, decoded, jobs):
         out[job.task][job.test].append(_to_prediction(g, grid, status, job, names[job.task]))
+    return out
+
+
+NO_COMPLETION = "no_completion"  # status of a searched prompt that gave no completion
+
+
+def _search_tasks(model, lora, prompts, jobs, names, out, search, config, deadline, stats):
+    """:func:`predict_tasks` with depth-first search: every completion of every prompt decoded and
+    un-augmented."""
+    import dataclasses
+
+    import numpy as np
+
+    from .formats import decode_batch
+    from .search import dfs
+
+    if config is not None:
+        search = dataclasses.replace(search, max_new_tokens=config.max_new_tokens)
+    found = dfs(model, prompts, [j.adapter for j in jobs], lora, search, deadline=deadline, stats=stats)
+    flat = [c for f in found for c in f]
+    decoded = iter(decode_batch([c.tokens for c in flat], "compact"))
+    for f, job in zip(found, jobs):
+        if not f:
+            out[job.task][job.test].append(_to_prediction(
+                Generation(np.zeros(0, np.int32), np.zeros(0, np.float32)), None, NO_COMPLETION, job,
+                names[job.task]))
+        for c in f:
+            grid, status = next(decoded)
+            out[job.task][job.test].append(_to_prediction(c, grid, status, job, names[job.task]))
     return out
 
 

@@ -126,3 +126,21 @@ def test_trained_model_answers_unseen_tasks_through_augment_invert_vote(tmp_path
                f"pretraining loss {loss:.3f}")
     print(numbers)
     assert first >= MIN_SOLVED, numbers
+
+    # Depth-first search in place of greedy decoding, same model, same augmentations (no adapters):
+    # every completion above the cutoff is a prediction, un-augmented and voted as the decoded ones.
+    # It answers the tasks greedy decoding answers through the transposing frames, and finds more
+    # than one completion for some prompts (greedy finds one).
+    from arcfast.search import SearchConfig, SearchStats
+    from arcfast.vote import vote
+
+    st = SearchStats()
+    with torch.no_grad():
+        searched = predict_tasks(model, held, n_predictions=PREDICTIONS, search=SearchConfig(min_prob=0.1),
+                                 search_stats=st)
+    dfs_first = sum(bool(c) and np.array_equal(c[0].grid, t.test[0].output)
+                    for t, per_task in zip(held, searched) for c in [vote(per_task[0], top_k=2)])
+    print(f"dfs: first attempt right for {dfs_first} of {HELD_OUT}; {st.completions} completions of "
+          f"{st.prompts} prompts, {st.forks} branches")
+    assert dfs_first >= MIN_SOLVED
+    assert st.completions > st.prompts * 0.5 and st.forks > 0
