@@ -306,6 +306,7 @@ class TreeAttention:
         R, L = seg.shape
         if impl == "loop":
             self.segments = [self._plan_row(r, seg[r], br[r], device) for r in range(R)]
+            self._additive = {}
             return
         seg_t = torch.from_numpy(np.ascontiguousarray(seg, dtype=np.int32)).to(device)
         br_t = torch.from_numpy(np.ascontiguousarray(br, dtype=np.int32)).to(device)
@@ -320,7 +321,13 @@ class TreeAttention:
 
     @staticmethod
     def _plan_row(r: int, seg: np.ndarray, br: np.ndarray, device) -> list:
-        """(start, trunk end, end, mask bool [1, 1, end - trunk end, end - start] or None) per segment."""
+        """Per segment of row ``r``: (start, trunk end, parts), a part being (query start, query end,
+        key ranges, mask bool [1, 1, queries, keys]) over the keys of the ranges back to back.
+
+        Laid out as trunk then one contiguous run per branch (what arcfast.score builds), each
+        branch is a part: its queries against the trunk and itself (P + G keys, not the whole
+        segment's); any other layout is one part, all queries past the trunk against the whole
+        segment under the rule's mask."""
         out, seen = [], set()
         edges = np.flatnonzero(np.diff(seg)) + 1
         for a, b in zip(np.r_[0, edges], np.r_[edges, len(seg)]):
@@ -332,13 +339,22 @@ class TreeAttention:
             seen.add(s)
             rest = np.flatnonzero(br[a:b] != 0)
             t = a + (int(rest[0]) if rest.size else b - a)      # the leading trunk is a..t
-            mask = None
+            parts = []
             if t < b:
-                bq, bk = br[t:b, None], br[None, a:b]
-                causal = np.arange(t, b)[:, None] >= np.arange(a, b)[None, :]
-                m = causal & ((bk == 0) | (bk == bq))
-                mask = torch.from_numpy(m[None, None]).to(device)
-            out.append((a, t, b, mask))
+                cut = t + np.flatnonzero(np.diff(br[t:b])) + 1
+                runs = list(zip(np.r_[t, cut].tolist(), np.r_[cut, b].tolist()))
+                ids = [int(br[x]) for x, _ in runs]
+                if min(ids) > 0 and len(set(ids)) == len(ids):
+                    for x, y in runs:
+                        m = np.ones((y - x, t - a + y - x), dtype=bool)
+                        m[:, t - a:] = np.tri(y - x, dtype=bool)
+                        parts.append((x, y, [(a, t), (x, y)], torch.from_numpy(m[None, None]).to(device)))
+                else:
+                    bq, bk = br[t:b, None], br[None, a:b]
+                    causal = np.arange(t, b)[:, None] >= np.arange(a, b)[None, :]
+                    m = causal & ((bk == 0) | (bk == bq))
+                    parts.append((t, b, [(a, b)], torch.from_numpy(m[None, None]).to(device)))
+            out.append((a, t, parts))
         return out
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -352,13 +368,21 @@ class TreeAttention:
 
     def _loop(self, q, k, v):
         out = torch.zeros_like(q)
+        masks = self._additive.get(q.dtype)
+        if masks is None:   # SDPA turns a bool mask into an additive one per call: once per dtype here
+            masks = self._additive[q.dtype] = {
+                id(m): torch.zeros(m.shape, dtype=q.dtype, device=m.device).masked_fill_(~m, float("-inf"))
+                for segs in self.segments for _, _, parts in segs for *_, m in parts}
         for r, segs in enumerate(self.segments):
-            for a, t, b, mask in segs:
-                kk, vv = k[r:r + 1, a:b].transpose(1, 2), v[r:r + 1, a:b].transpose(1, 2)
+            for a, t, parts in segs:
                 if t > a:
-                    o = sdpa(q[r:r + 1, a:t].transpose(1, 2), kk[:, :, :t - a], vv[:, :, :t - a], is_causal=True)
+                    o = sdpa(q[r:r + 1, a:t].transpose(1, 2), k[r:r + 1, a:t].transpose(1, 2),
+                             v[r:r + 1, a:t].transpose(1, 2), is_causal=True)
                     out[r:r + 1, a:t] = o.transpose(1, 2)
-                if mask is not None:
-                    o = sdpa(q[r:r + 1, t:b].transpose(1, 2), kk, vv, attn_mask=mask)
-                    out[r:r + 1, t:b] = o.transpose(1, 2)
+                for x, y, ranges, m in parts:
+                    kk = torch.cat([k[r:r + 1, i:j] for i, j in ranges], 1) if len(ranges) > 1 else k[r:r + 1, ranges[0][0]:ranges[0][1]]
+                    vv = torch.cat([v[r:r + 1, i:j] for i, j in ranges], 1) if len(ranges) > 1 else v[r:r + 1, ranges[0][0]:ranges[0][1]]
+                    o = sdpa(q[r:r + 1, x:y].transpose(1, 2), kk.transpose(1, 2), vv.transpose(1, 2),
+                             attn_mask=masks[id(m)])
+                    out[r:r + 1, x:y] = o.transpose(1, 2)
         return out

@@ -77,6 +77,22 @@ def test_tree_attention_equals_a_plain_masked_softmax(impl, heads):
     torch.testing.assert_close(out[real].double(), want[real], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("impl", ["sdpa", "flex", "loop"])
+def test_tree_attention_of_other_layouts(impl):
+    """Branches that come back after another one, trunk tokens after branches, a segment without a
+    trunk: the rule holds whatever the layout (``loop`` takes its general path for these)."""
+    seg = np.array([[0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, -1],
+                    [2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3]], np.int32)
+    br = np.array([[0, 0, 1, 2, 2, 1, 0, 2, 1, 1, 2, 2, 0],
+                   [0, 1, 1, 0, 1, 2, 0, 0, 0, 3, 3, 1, 1]], np.int32)
+    q, k, v = _qkv(2, 13, 4, 2, 8, seed=2)
+    out = TreeAttention(seg, br, impl)(q, k, v)
+    want = plain_tree_attention(q, k, v, seg, br)
+    real = torch.from_numpy(seg >= 0)
+    torch.testing.assert_close(out[real].double(), want[real], rtol=1e-5, atol=1e-5)
+
+
 def test_tree_mask_rule():
     seg, br = tree_rows([[(2, [2, 1])]], 6)       # trunk 0-1, continuation 1: 2-3, continuation 2: 4
     m = tree_mask(torch.from_numpy(seg), torch.from_numpy(br))[0, 0]
