@@ -605,7 +605,7 @@ class TTFTRun:
             ranked[i][ti] = new + list(voted[i][ti][len(job.candidates):])
             place = {c.members: k for k, c in enumerate(voted[i][ti])}  # members: disjoint, so unique
             scores[i][ti] = [{"vote_rank": place[c.members], "votes": c.count, "score": c.score} for c in new]
-        self.log(event="rescore", tasks=ids, test_inputs=len(jobs), sequences=len(seqs), tokens=seqs.n_tokens,
+        self.log(event="rescore", tasks=ids, test_inputs=len(jobs), sequences=len(seqs), tokens=seqs.n_tokens, tokens_computed=sst.tokens,
                  seconds=round(seconds, 3), cut_by_deadline=cut)
 
     # -- bookkeeping ----------------------------------------------------------------------------
