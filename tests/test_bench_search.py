@@ -34,3 +34,17 @@ def test_prefix_scoring_case_tiny_cpu():
 def test_an_unknown_case_is_named():
     with pytest.raises(ValueError, match="matches none of"):
         bench_search.run(Context(quick=True, device="cpu", options={"cases": "nothing"}))
+
+
+def test_dfs_case_tiny_cpu():
+    rows = bench_search.run(Context(quick=True, device="cpu", threads=1,
+                                    options={"cases": "dfs", "dfs_tasks": "arc1:train[:2]", "dfs_predictions": "1"}))
+    greedy_row, sample_row = rows
+    assert greedy_row.unit == sample_row.unit == "candidates/s"
+    assert greedy_row.baseline == "greedy" and sample_row.baseline == "sample t=1"
+    e = greedy_row.extra
+    # the search ran real trees through the starter model, and its rows say what it found
+    assert e["node_steps"] > 0 and e["seconds"] > 0 and e["baseline"]["seconds"] > 0
+    assert e["distinct"] <= e["completions"]
+    assert greedy_row.value == pytest.approx(e["distinct"] / e["seconds"], rel=1e-2, abs=1e-3)
+    assert sample_row.extra["baseline"]["seconds"] > 0

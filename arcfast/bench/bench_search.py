@@ -19,6 +19,15 @@ with random weights in bf16 on a GPU; a random rank-8 LoRA adapter on every line
 and wall seconds, best of ``repeats`` (default 3, ``--quick`` 1) alternating the two paths after
 one warm-up each; ``extra.max_abs_diff`` is the largest difference between the two paths' scores.
 The issue's bar at K = 8, M = 8: >= 4x fewer tokens and >= 3x faster.
+
+``dfs vs greedy and sampling``: depth-first search (:func:`arcfast.search.dfs`, cutoff ``min_prob``,
+default 0.1) under N augmentations (``dfs_predictions``, default 8; ``--quick`` 2) of every test input
+of ``dfs_tasks`` (default ``arc1:train[:12]``; ``--quick`` ``arc1:train[:2]``), against greedy
+decoding of the same prompts, and against sampling at temperature 1 with as many augmented samples
+as fit in the time the search took (N x search time / greedy time); ``dfs_model`` (default the
+shipped starter model, the same on a GPU). Rows: distinct parsed candidates found per second of
+inference; ``extra`` holds each side's seconds, distinct candidates, pass_n, vote_2 and their rates
+per second, and the search's completions, branches and decoded node-steps.
 """
 from __future__ import annotations
 
@@ -125,11 +134,90 @@ def case_prefix_scoring(ctx: Context) -> list[Row]:
     ]
 
 
+# -- depth-first search against greedy decoding and sampling -----------------------------------------
+
+def _candidate_metrics(tasks, preds) -> dict:
+    """Distinct parsed candidates per test input, pass_n and vote_2 (score_task) over ``tasks``."""
+    from ..metrics import mean_metrics, score_task
+    from ..vote import vote
+
+    rows, distinct = [], 0
+    for t, per_task in zip(tasks, preds):
+        voted = [vote(p, top_k=None) for p in per_task]
+        distinct += sum(len(v) for v in voted)
+        if t.has_solutions:
+            rows.append(score_task(t, per_task, [v[:2] for v in voted]))
+    m = mean_metrics(rows) if rows else {}
+    return dict(distinct=distinct, pass_n=m.get("pass_n", 0.0), vote_2=m.get("vote_2", 0.0),
+                unanswered=m.get("unanswered", 0.0))
+
+
+def case_dfs(ctx: Context) -> list[Row]:
+    """Depth-first search (``min_prob``) against greedy decoding under the same augmentations, and
+    against sampling (temperature 1) given the time the search took: distinct candidates found per
+    second of inference, and pass_n / vote_2 of the candidates (the starter model on ARC-AGI-1
+    training tasks by default: ``--set dfs_model=... --set dfs_tasks=... --set dfs_predictions=N
+    --set min_prob=P``)."""
+    import torch
+
+    from ..data import load_tasks
+    from ..generate import GenerationConfig, Generator
+    from ..model import load_model
+    from ..predict import max_output_tokens, predict_tasks
+    from ..search import SearchConfig, SearchStats
+
+    o = ctx.options
+    source = str(o.get("dfs_tasks", "arc1:train[:2]" if ctx.quick else "arc1:train[:12]"))
+    n_pred = int(o.get("dfs_predictions", 2 if ctx.quick else 8))
+    min_prob = float(o.get("min_prob", 0.1))
+    device = "cuda" if ctx.device == "cuda" else "cpu"
+    model = load_model(str(o.get("dfs_model", "starter")), device=device).eval()
+    tasks = load_tasks(source)
+    cfg = GenerationConfig(max_new_tokens=max(max_output_tokens(t) for t in tasks))
+
+    def timed(fn):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return out, time.perf_counter() - t0
+
+    gen = Generator(model)
+    predict_tasks(model, tasks[:1], n_predictions=1, config=cfg, generator=gen)        # warm-up
+    greedy, t_g = timed(lambda: predict_tasks(model, tasks, n_predictions=n_pred, config=cfg, generator=gen))
+    st = SearchStats()
+    searched, t_d = timed(lambda: predict_tasks(model, tasks, n_predictions=n_pred, config=cfg,
+                                                search=SearchConfig(min_prob=min_prob), search_stats=st))
+    n_samp = max(n_pred, int(round(n_pred * t_d / max(t_g, 1e-9))))
+    scfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=1.0, seed=1)
+    sampled, t_s = timed(lambda: predict_tasks(model, tasks, n_predictions=n_samp, config=scfg, generator=gen))
+    g, d, s = (_candidate_metrics(tasks, p) for p in (greedy, searched, sampled))
+
+    def extra(m, secs, **kw):
+        return dict(seconds=round(secs, 3), distinct=m["distinct"], pass_n=round(m["pass_n"], 4),
+                    vote_2=round(m["vote_2"], 4), unanswered=round(m["unanswered"], 4),
+                    pass_n_per_s=round(m["pass_n"] / secs, 5), vote_2_per_s=round(m["vote_2"] / secs, 5), **kw)
+
+    common = dict(tasks=source, predictions=n_pred, min_prob=min_prob, model=str(o.get("dfs_model", "starter")))
+    dfs_extra = extra(d, t_d, completions=st.completions, forks=st.forks, node_steps=st.node_steps,
+                      cut_by_deadline=st.cut_by_deadline, **common)
+    return [
+        Row(BENCH, f"dfs p={min_prob} vs greedy, {n_pred} augmentations", d["distinct"] / t_d, "candidates/s",
+            "greedy", g["distinct"] / t_g, extra={**dfs_extra, "baseline": extra(g, t_g)}),
+        Row(BENCH, f"dfs p={min_prob} vs sampling at equal time ({n_samp} samples)", d["distinct"] / t_d,
+            "candidates/s", "sample t=1", s["distinct"] / t_s, extra={**dfs_extra, "baseline": extra(s, t_s)}),
+    ]
+
+
 # ----------------------------------------------------------------------------------------------
 # The cases, in the order they run: (name, function(ctx) -> rows). Add new search cases here.
 
 CASES = [
     ("prefix-shared vs whole-sequence scoring", case_prefix_scoring),
+    ("dfs vs greedy and sampling", case_dfs),
 ]
 
 
