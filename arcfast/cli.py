@@ -2,7 +2,7 @@
 
     arcfast ttft [--tasks SOURCE] [--model PATH|PRESET] [--budget 11h] [--out DIR] ...
     arcfast train --data arc1:train=1 --data barc.jsonl=0.5 --val arc1:eval[:20] --model PATH --out DIR [--full]
-    arcfast eval --tasks SOURCE [--model PATH] [--adapter DIR] [--ttft] [--rescore M]
+    arcfast eval --tasks SOURCE [--model PATH] [--adapter DIR] [--ttft] [--search dfs] [--select nvarc]
     arcfast validate SOURCE [--solutions PATH] [--max-size 30]
     arcfast bench [--quick] [-k NAME] [--set KEY=VALUE]      # python -m arcfast.bench
     arcfast info
@@ -52,6 +52,8 @@ def _add_verbose(p) -> None:
 def _add_run_flags(p, command: str) -> None:
     """The flags `arcfast ttft` and `arcfast eval` share, defined once (defaults: TTFTConfig)."""
     from .sampling import LOSS_ON
+    from .search import SEARCHES
+    from .select import SELECTORS
     from .ttft import DEFAULT_BUDGET, DEFAULT_MODEL, DEFAULT_TASKS, TTFTConfig
 
     d = TTFTConfig()
@@ -110,11 +112,22 @@ def _add_run_flags(p, command: str) -> None:
                    help="predictions per test input (one per test-time augmentation)")
     g.add_argument("--max-new-tokens", type=int, default=None,
                    help="tokens generated per prediction at most (default: from the 30x30 size limit)")
-    g.add_argument("--rescore", type=int, default=d.rescore, metavar="M",
-                   help="re-rank the voted candidates by their log-probability summed over M augmentations "
-                        "(0: off)")
+    g.add_argument("--search", choices=SEARCHES, default=d.search,
+                   help="how each augmented prompt is decoded: greedy (one output), sample (one output at "
+                        "--temperature), dfs (every output of probability >= --min-prob, found depth-first)")
+    g.add_argument("--min-prob", type=float, default=d.min_prob, metavar="P",
+                   help="with --search dfs: the probability an output needs to be found")
+    g.add_argument("--temperature", type=float, default=d.temperature,
+                   help="with --search sample: the softmax temperature")
+    g.add_argument("--select", choices=SELECTORS, default=None,
+                   help="which candidates are submitted: vote (times found), poe (log-probability summed "
+                        "over the M scoring augmentations), nvarc (times found + mean log-probability); "
+                        "default: poe with --rescore, else vote")
+    g.add_argument("--rescore", type=int, default=None, metavar="M",
+                   help="score the voted candidates under M augmentations (default: 8 with --select poe or "
+                        "nvarc, else 0: off); eval then reports every selector side by side")
     g.add_argument("--rescore-top", type=int, default=d.rescore_top, metavar="K",
-                   help="with --rescore: how many voted candidates per test input are re-scored")
+                   help="with --rescore: how many voted candidates per test input are scored")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     _add_verbose(p)
 
@@ -130,7 +143,9 @@ def _run_config(args, command: str):
                       rank=args.rank, alpha=args.alpha, lr=args.lr, steps=args.steps,
                       samples_per_task=args.samples_per_task, loss_on=args.loss_on, tasks_per_group=args.tasks_per_group,
                       row_len=args.row_len, max_len=args.max_len, predictions=args.predictions,
-                      max_new_tokens=args.max_new_tokens, rescore=args.rescore, rescore_top=args.rescore_top,
+                      max_new_tokens=args.max_new_tokens, search=args.search, min_prob=args.min_prob,
+                      temperature=args.temperature, select=args.select, rescore=args.rescore,
+                      rescore_top=args.rescore_top,
                       cuda_graphs=args.cuda_graphs, resume=args.resume, save_adapters=args.save_adapters,
                       train=getattr(args, "ttft", True), progress=not args.quiet)
 
@@ -232,6 +247,10 @@ def _print_summary(s: dict, out) -> None:
         names = list(s["metrics"])
         print("| " + " | ".join(names) + " |\n|" + "---:|" * len(names))
         print("| " + " | ".join(f"{100 * s['metrics'][k]:.1f}%" for k in names) + " |")
+    if s.get("selection") and len(s["selection"]) > 1:
+        print("selection on the same candidates: " + ", ".join(
+            f"{k}{' (submitted)' if k == s.get('select') else ''} {100 * v['vote_1']:.1f}% / {100 * v['vote_2']:.1f}%"
+            for k, v in s["selection"].items()) + "  (vote_1 / vote_2)")
     print(f"submission: {s['submission']}\nreport:     {out}/report.md")
 
 

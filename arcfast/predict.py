@@ -68,7 +68,7 @@ def _prompts_for(task, augmentations, max_prompt_len, adapter, t_index) -> tuple
     return prompts, jobs
 
 
-def _to_prediction(gen: Generation, grid, status, job: _Job, adapter_name: str):
+def _to_prediction(gen: Generation, grid, status, job: _Job, adapter_name: str, search: str):
     from .vote import Prediction
 
     status = getattr(status, "value", status)
@@ -78,7 +78,7 @@ def _to_prediction(gen: Generation, grid, status, job: _Job, adapter_name: str):
             status = NO_INVERSE
     return Prediction(grid=grid, status=status if grid is None else "ok", logprob=gen.logprob,
                       n_tokens=gen.n_tokens, augmentation=augmentation_name(job.aug_index, job.aug),
-                      adapter=adapter_name)
+                      adapter=adapter_name, search=search)
 
 
 def predict_tasks(model, tasks: Sequence, adapter_ids: Optional[Sequence[int]] = None, lora=None,
@@ -116,7 +116,7 @@ def predict_tasks(model, tasks: Sequence, adapter_ids: Optional[Sequence[int]] =
 
     Returns ``out[task][test_input]``: a list of :class:`arcfast.vote.Prediction` in the task's
     original frame, one per augmentation (with ``search``: one per completion), in augmentation
-    order. Outputs that fail the strict
+    order, each saying how it was found in ``search`` (``"greedy"``, ``"sample"`` or ``"dfs"``). Outputs that fail the strict
     decoder keep its status (``"unterminated"``, ``"ragged"``...), and a grid that no grid maps to
     under the augmentation gets ``"no_inverse"``; neither raises.
     """
@@ -160,8 +160,9 @@ def predict_tasks(model, tasks: Sequence, adapter_ids: Optional[Sequence[int]] =
     keys = [(j.task * 1009 + j.test) * 100003 + j.aug_index for j in jobs]
     gens = gen.generate(prompts, [j.adapter for j in jobs], config, keys=keys, deadline=deadline)
     decoded = decode_batch([g.tokens for g in gens], "compact")
+    how = "sample" if config is not None and config.temperature > 0 else "greedy"
     for g, (grid, status), job in zip(gens, decoded, jobs):
-        out[job.task][job.test].append(_to_prediction(g, grid, status, job, names[job.task]))
+        out[job.task][job.test].append(_to_prediction(g, grid, status, job, names[job.task], how))
     return out
 
 
@@ -187,10 +188,10 @@ def _search_tasks(model, lora, prompts, jobs, names, out, search, config, deadli
         if not f:
             out[job.task][job.test].append(_to_prediction(
                 Generation(np.zeros(0, np.int32), np.zeros(0, np.float32)), None, NO_COMPLETION, job,
-                names[job.task]))
+                names[job.task], "dfs"))
         for c in f:
             grid, status = next(decoded)
-            out[job.task][job.test].append(_to_prediction(c, grid, status, job, names[job.task]))
+            out[job.task][job.test].append(_to_prediction(c, grid, status, job, names[job.task], "dfs"))
     return out
 
 

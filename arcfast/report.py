@@ -42,6 +42,8 @@ class TaskResult:
     predictions:       predictions made, per test input.
     votes:             votes of the winning grid, per test input (0 when nothing parsed).
     error:             why the task failed, when it did (the run went on without it).
+    selection:         ``{selector: {"vote_1": x, "vote_2": y}}``: each selector judged on the same
+                       candidates (:mod:`arcfast.select`), when solutions are known.
     extra:             anything else worth keeping (JSON-serialisable).
     """
 
@@ -55,6 +57,7 @@ class TaskResult:
     predictions: list = field(default_factory=list)
     votes: list = field(default_factory=list)
     error: Optional[str] = None
+    selection: Optional[dict] = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -137,6 +140,19 @@ class RunReport:
         scored = [r.metrics for r in self.results if r.metrics is not None]
         return mean_metrics(scored) if scored else None
 
+    def selection(self) -> Optional[dict]:
+        """Per selector, the mean ``vote_1`` / ``vote_2`` over the tasks that have metrics (a task
+        scored without a selection, e.g. one that failed, counts 0), or ``None`` when no task has
+        a selection."""
+        from .select import SELECTORS
+
+        rows = [r.selection or {} for r in self.results if r.metrics is not None]
+        names = [s for s in SELECTORS if any(s in x for x in rows)]
+        if not names:
+            return None
+        return {s: {k: sum(x.get(s, {}).get(k, 0.0) for x in rows) / len(rows) for k in ("vote_1", "vote_2")}
+                for s in names}
+
     def totals(self) -> dict:
         rs = self.results
         return {
@@ -157,6 +173,7 @@ class RunReport:
             "meta": self.meta,
             "totals": self.totals(),
             "overall": self.overall(),
+            "selection": self.selection(),
             "tasks": [asdict(r) for r in self.results],
         })
 
@@ -181,6 +198,15 @@ class RunReport:
         if overall is not None:
             out += ["## Metrics (mean over tasks)", "", "| " + " | ".join(METRICS) + " |",
                     "|" + "---:|" * len(METRICS), "| " + " | ".join(_pct(overall[m]) for m in METRICS) + " |", ""]
+        selection = self.selection()
+        if selection is not None:
+            chosen = self.meta.get("config", {}).get("select") if isinstance(self.meta.get("config"), dict) else None
+            out += ["## Selection (every selector on the same candidates)", "", "| selector | vote_1 | vote_2 |",
+                    "|---|---:|---:|"]
+            for name, m in selection.items():
+                label = f"{name} (submitted)" if name == chosen else name
+                out.append(f"| {label} | {_pct(m['vote_1'])} | {_pct(m['vote_2'])} |")
+            out.append("")
         shown = ("vote_2", "vote_1", "pass_n", "accuracy", "unanswered")
         head = ["task", "train s", "infer s", "steps", "tokens", "winning votes"]
         if overall is not None:

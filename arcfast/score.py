@@ -462,25 +462,40 @@ def rescore_items(jobs: Sequence[RescoreJob]) -> list[ScoreItem]:
             for j in jobs for c in j.candidates for a in j.augmentations]
 
 
-def rank_jobs(jobs: Sequence[RescoreJob], scores: np.ndarray) -> list:
-    """Each job's candidates ranked by their summed scores (:func:`arcfast.vote.rescore`; each
-    carries its sum in ``score``), from ``scores`` float [len(rescore_items(jobs))]; ``None`` for a
-    job with an unscored (NaN) item."""
+def score_jobs(jobs: Sequence[RescoreJob], scores: np.ndarray) -> list:
+    """Each job's candidates, in the given order, each carrying its score under every augmentation
+    of the job in ``logprobs`` (:mod:`arcfast.select` ranks them), from ``scores`` float
+    [len(rescore_items(jobs))]; ``None`` for a job with an unscored (NaN) item."""
+    from dataclasses import replace
+
     scores = np.asarray(scores, dtype=np.float64)
     want = sum(len(j.candidates) * len(j.augmentations) for j in jobs)
     if scores.shape != (want,):
-        raise ValueError(f"rank_jobs: {scores.shape} scores for {want} items")
+        raise ValueError(f"score_jobs: {scores.shape} scores for {want} items")
     out, k = [], 0
     for j in jobs:
         m, c = len(j.augmentations), len(j.candidates)
         s = scores[k:k + c * m].reshape(c, m)
         k += c * m
-        if c == 0 or np.isnan(s).any():
-            out.append(None if c else [])
+        if c and np.isnan(s).any():
+            out.append(None)
             continue
-        table = {(grid_key(cand.grid), ai): float(s[ci, ai])
-                 for ci, cand in enumerate(j.candidates) for ai in range(m)}
-        out.append(rescore(j.candidates, lambda g, ai: table[(grid_key(g), ai)], range(m)))
+        out.append([replace(cand, logprobs=tuple(float(x) for x in s[ci])) for ci, cand in enumerate(j.candidates)])
+    return out
+
+
+def rank_jobs(jobs: Sequence[RescoreJob], scores: np.ndarray) -> list:
+    """Each job's candidates ranked by their summed scores (:func:`arcfast.vote.rescore`; each
+    carries its sum in ``score`` and its scores in ``logprobs``), from ``scores`` float
+    [len(rescore_items(jobs))]; ``None`` for a job with an unscored (NaN) item."""
+    out = []
+    for j, cands in zip(jobs, score_jobs(jobs, scores)):
+        if not cands:
+            out.append(cands)
+            continue
+        table = {grid_key(c.grid): c.logprobs for c in cands}
+        ranked = rescore(cands, lambda g, ai: table[grid_key(g)][ai], range(len(j.augmentations)))
+        out.append(ranked)
     return out
 
 
@@ -507,4 +522,4 @@ def rescore_predictions(model, lora, task: Task, test_index: int, candidates: Se
 
 __all__ = ["ScoreItem", "Sequences", "ScoreStats", "build_sequences", "default_batch_tokens", "plan_tokens",
            "target_logprobs",
-           "score_sequences", "score_candidates", "RescoreJob", "rescore_items", "rank_jobs", "rescore_jobs", "rescore_predictions"]
+           "score_sequences", "score_candidates", "RescoreJob", "rescore_items", "score_jobs", "rank_jobs", "rescore_jobs", "rescore_predictions"]

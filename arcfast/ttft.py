@@ -92,8 +92,12 @@ class TTFTConfig:
     # inference
     predictions: int = 8                   # per test input
     max_new_tokens: Optional[int] = None
-    rescore: int = 0                       # re-rank candidates by their score under M augmentations; 0: off
-    rescore_top: int = 8                   # how many voted candidates per test input are re-scored
+    search: str = "greedy"                 # greedy | sample | dfs: how each augmented prompt is decoded
+    min_prob: float = 0.1                  # dfs: every completion of probability >= min_prob
+    temperature: float = 1.0               # sample: softmax temperature
+    select: Optional[str] = None           # vote | poe | nvarc (default: poe with rescore > 0, else vote)
+    rescore: Optional[int] = None          # M scoring augmentations (default: 8 for poe and nvarc, else 0: off)
+    rescore_top: int = 8                   # how many voted candidates per test input are scored
     train: bool = True                     # False: predict with the base model / --adapter only
     # bookkeeping
     resume: bool = False
@@ -130,8 +134,25 @@ class TTFTConfig:
             raise ValueError(f"alpha must be a finite number, got {self.alpha}")
         if self.save_adapters not in ("all", "none"):
             raise ValueError(f"save_adapters must be 'all' or 'none', not {self.save_adapters!r}")
-        if self.rescore < 0:
+        from .search import SEARCHES
+        from .select import SCORED, check_selector
+
+        if self.search not in SEARCHES:
+            raise ValueError(f"search must be one of {', '.join(SEARCHES)}, not {self.search!r}")
+        if not 0.0 < self.min_prob <= 1.0:
+            raise ValueError(f"min_prob must be in (0, 1] (a completion's probability), got {self.min_prob}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature}")
+        if self.rescore is not None and self.rescore < 0:
             raise ValueError(f"rescore must be >= 0 augmentations (0: off), got {self.rescore}")
+        if self.select is None:
+            self.select = "poe" if self.rescore else "vote"
+        check_selector(self.select)
+        if self.rescore is None:
+            self.rescore = 8 if self.select in SCORED else 0
+        if self.select in SCORED and self.rescore == 0:
+            raise ValueError(f"select {self.select!r} ranks by scores under M augmentations: rescore must be "
+                             f">= 1 (default 8), got 0")
         if self.rescore_top < 2:
             raise ValueError(f"rescore_top must be >= 2 (re-ranking one candidate changes nothing), "
                              f"got {self.rescore_top}")
@@ -155,10 +176,11 @@ class TaskRun:
     attempts: list = field(default_factory=list)   # per test input: up to 2 grids (lists)
     votes: list = field(default_factory=list)      # per test input: count of the winning grid
     predictions: list = field(default_factory=list)  # per test input: number of predictions
-    # per test input: None (not re-scored), else the re-scored candidates in their new order as
-    # {"vote_rank": place after voting, "votes": count, "score": summed log-probability}
-    rescore: list = field(default_factory=list)
+    # per test input: every distinct grid in voting order (see _candidate_record)
+    candidates: list = field(default_factory=list)
     metrics: Optional[dict] = None
+    # with known outputs: {selector: {"vote_1": x, "vote_2": y}} of every selector on the same candidates
+    selection: Optional[dict] = None
     error: Optional[str] = None
     fingerprint: Optional[str] = None   # Task.fingerprint() of the task these answers are for
 
@@ -249,7 +271,32 @@ def _task_result(r: TaskRun):
     return TaskResult(task_id=r.task_id, metrics=r.metrics, train_seconds=r.train_seconds,
                       inference_seconds=r.inference_seconds, steps=r.steps, train_tokens=r.train_tokens,
                       generated_tokens=r.generated_tokens, predictions=r.predictions, votes=r.votes,
-                      error=r.error, extra={"rescore": r.rescore} if any(x is not None for x in r.rescore) else {})
+                      error=r.error, selection=r.selection)
+
+
+def _task_run(record: dict) -> TaskRun:
+    """A ``tasks/<id>.json`` record as a TaskRun; records of earlier versions load too (their
+    ``rescore`` entries, the re-scored candidates' order, have no place now and are dropped)."""
+    record = dict(record)
+    record.pop("rescore", None)
+    return TaskRun(**record)
+
+
+def _candidate_record(c, predictions, ranks: dict) -> dict:
+    """One distinct grid of a test input in ``tasks/<id>.json``: the grid, its count, its
+    predictions' mean per-token log-probability, its log-probability under each scoring
+    augmentation (``None``: not scored), how many of its predictions each search found, and its
+    place under each selector."""
+    import math
+
+    found: dict = {}
+    for m in c.members:
+        how = predictions[m].search or "unknown"
+        found[how] = found.get(how, 0) + 1
+    return {"grid": c.grid.tolist(), "count": c.count,
+            "mean_logprob": c.mean_logprob if math.isfinite(c.mean_logprob) else None,
+            "logprobs": list(c.logprobs) if c.logprobs is not None else None,
+            "found_by": found, "rank": ranks}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -501,6 +548,8 @@ class TTFTRun:
         from .adapters import from_peft
         from .generate import GenerationConfig, Generator
         from .predict import max_output_tokens, predict_tasks
+        from .search import SearchConfig, SearchStats
+        from .select import SELECTORS, judge, ranks, select
         from .vote import vote
 
         cfg = self.cfg
@@ -513,7 +562,10 @@ class TTFTRun:
         if self.generator is None:
             self.generator = Generator(model, infer_lora)
         max_new = cfg.max_new_tokens or max(max_output_tokens(t) for t in group)
-        gen_cfg = GenerationConfig(max_new_tokens=max_new)
+        gen_cfg = GenerationConfig(max_new_tokens=max_new,
+                                   temperature=cfg.temperature if cfg.search == "sample" else 0.0, seed=cfg.seed)
+        search = SearchConfig(min_prob=cfg.min_prob, max_new_tokens=max_new) if cfg.search == "dfs" else None
+        search_stats = SearchStats() if search is not None else None
         # Generation stops at the deadline less what the later groups are owed, and less what
         # re-scoring this group took per task before (measured; nothing before the first group).
         stop_at = self.deadline.clock() + max(0.0, planner.inference_seconds())
@@ -521,47 +573,60 @@ class TTFTRun:
         errors: dict = {}
         t0 = time.perf_counter()
         n_inputs = sum(len(t.test) for t in group)
-        self._status(f"predicting {n_inputs} test inputs x {cfg.predictions}", force=True)
+        how = {"greedy": "", "sample": f" (sampled at temperature {cfg.temperature:g})",
+               "dfs": f" (depth-first search, p >= {cfg.min_prob:g})"}[cfg.search]
+        self._status(f"predicting {n_inputs} test inputs x {cfg.predictions}{how}", force=True)
         with torch.no_grad():
             preds = predict_tasks(model, group, list(range(len(group))), infer_lora,
                                   n_predictions=cfg.predictions, config=gen_cfg, generator=self.generator,
                                   max_prompt_len=cfg.max_len, seed=cfg.seed, on_error="skip", errors=errors,
-                                  deadline=gen_stop)
-        if self.generator.stats.cut_by_deadline:
+                                  deadline=gen_stop, search=search, search_stats=search_stats)
+        if search_stats is not None:
+            st = search_stats
+            self.log(event="search", tasks=[t.id for t in group], prompts=st.prompts, completions=st.completions,
+                     steps=st.steps, tokens=st.node_steps, forks=st.forks, capped=st.capped,
+                     cut_by_deadline=st.cut_by_deadline, seconds=round(st.prefill_s + st.decode_s, 3))
+        elif self.generator.stats.cut_by_deadline:   # the stats of this call (each call starts them anew)
             self.log(event="inference_cut", tasks=[t.id for t in group],
                      prompts=self.generator.stats.cut_by_deadline, reason="deadline")
         voted = [[vote(p, top_k=None) for p in per_test] for per_test in preds]
-        ranked = [list(v) for v in voted]
-        scores: list = [[None] * len(per_test) for per_test in preds]
         if cfg.rescore > 0:
-            self._status("re-scoring the voted candidates", force=True)
-            self._rescore_group(model, infer_lora, group, voted, ranked, scores, stop_at)
+            self._status("scoring the voted candidates", force=True)
+            self._rescore_group(model, infer_lora, group, voted, stop_at)
+        # Every selector that can rank these candidates is judged on them, side by side.
+        selectors = SELECTORS if cfg.rescore > 0 else ("vote",)
         per_task = (time.perf_counter() - t0) / len(group)
         for i, (t, per_test) in enumerate(zip(group, preds)):
             r = runs[t.id]
             r.inference_seconds = per_task
             if t.id in errors:
                 r.error = (r.error + "; " if r.error else "") + str(errors[t.id])
-            r.attempts, r.votes, r.predictions, r.rescore = [], [], [], scores[i]
-            for preds_i, cands in zip(per_test, ranked[i]):
-                r.attempts.append([c.grid.tolist() for c in cands[:2]])
-                r.votes.append(cands[0].count if cands else 0)
+            r.attempts, r.votes, r.predictions, r.candidates = [], [], [], []
+            chosen = []
+            for preds_i, cands in zip(per_test, voted[i]):
+                ranked = select(cands, cfg.select)
+                chosen.append(ranked[:2])
+                r.attempts.append([c.grid.tolist() for c in ranked[:2]])
+                r.votes.append(ranked[0].count if ranked else 0)
                 r.predictions.append(len(preds_i))
                 r.generated_tokens += sum(p.n_tokens for p in preds_i)
+                r.candidates.append([_candidate_record(c, preds_i, k)
+                                     for c, k in zip(cands, ranks(cands, selectors))])
             if t.has_solutions and per_test:
                 from .metrics import score_task
 
-                r.metrics = score_task(t, per_test, [c[:2] for c in ranked[i]])
+                r.metrics = score_task(t, per_test, chosen)
+                r.selection = judge([q.output for q in t.test], voted[i], selectors)
 
-    def _rescore_group(self, model, infer_lora, group, voted, ranked, scores, stop_at) -> None:
-        """Re-rank the top ``rescore_top`` voted candidates of every test input of ``group`` with
-        two or more of them by their log-probability summed over ``rescore`` augmentations (one
-        batched scoring call); fills ``ranked`` and ``scores`` in place. Skipped, with a log event,
-        when even its first batch would not end by ``stop_at``; otherwise stopped between batches at
-        ``stop_at`` (test inputs left unscored keep their voting order)."""
+    def _rescore_group(self, model, infer_lora, group, voted, stop_at) -> None:
+        """Score the top ``rescore_top`` voted candidates of every test input of ``group`` with two
+        or more of them under ``rescore`` augmentations (one batched scoring call): each gets its
+        log-probabilities in ``logprobs``, in place in ``voted``. Skipped, with a log event, when
+        even its first batch would not end by ``stop_at``; otherwise stopped between batches at
+        ``stop_at`` (test inputs left unscored are ranked by their votes)."""
         from .augment import test_time_augmentations
-        from .score import (RescoreJob, ScoreStats, build_sequences, default_batch_tokens, rank_jobs,
-                            rescore_items, score_sequences)
+        from .score import (RescoreJob, ScoreStats, build_sequences, default_batch_tokens, rescore_items,
+                            score_jobs, score_sequences)
 
         cfg = self.cfg
         jobs, where = [], []
@@ -587,8 +652,8 @@ class TTFTRun:
         rate = self._score_s_per_token or self.generator.stats.prefill_s_per_token or None
         sst = ScoreStats()
         t0 = time.perf_counter()
-        out = rank_jobs(jobs, score_sequences(model, infer_lora, seqs, deadline=stop_at, s_per_token=rate,
-                                              stats=sst))
+        out = score_jobs(jobs, score_sequences(model, infer_lora, seqs, deadline=stop_at, s_per_token=rate,
+                                               stats=sst))
         if sst.s_per_token > 0:
             self._score_s_per_token = sst.s_per_token
         seconds = time.perf_counter() - t0
@@ -599,14 +664,11 @@ class TTFTRun:
                      left_s=round(stop_at - self.deadline.clock(), 2), reason="deadline")
             return
         cut = sum(r is None for r in out)
-        for (i, ti), job, new in zip(where, jobs, out):
-            if new is None:
-                continue
-            ranked[i][ti] = new + list(voted[i][ti][len(job.candidates):])
-            place = {c.members: k for k, c in enumerate(voted[i][ti])}  # members: disjoint, so unique
-            scores[i][ti] = [{"vote_rank": place[c.members], "votes": c.count, "score": c.score} for c in new]
-        self.log(event="rescore", tasks=ids, test_inputs=len(jobs), sequences=len(seqs), tokens=seqs.n_tokens, tokens_computed=sst.tokens,
-                 seconds=round(seconds, 3), cut_by_deadline=cut)
+        for (i, ti), scored in zip(where, out):
+            if scored is not None:
+                voted[i][ti] = scored + list(voted[i][ti][len(scored):])
+        self.log(event="rescore", tasks=ids, test_inputs=len(jobs), sequences=len(seqs), tokens=seqs.n_tokens,
+                 tokens_computed=sst.tokens, seconds=round(seconds, 3), cut_by_deadline=cut)
 
     # -- bookkeeping ----------------------------------------------------------------------------
     def _finish_task(self, task, r: TaskRun, resumed: bool = False, persist: bool = True) -> None:
@@ -656,7 +718,7 @@ class TTFTRun:
         if not path.exists():
             return None, None
         try:
-            r = TaskRun(**json.loads(path.read_text()))
+            r = _task_run(json.loads(path.read_text()))
         except Exception as e:
             log.warning("%s: unreadable (%s); the task runs again", path, e)
             return None, "unreadable result"
@@ -673,7 +735,7 @@ class TTFTRun:
         out = []
         for path in sorted(self.paths.tasks_dir.glob("*.json")):
             try:
-                out.append(TaskRun(**json.loads(path.read_text())))
+                out.append(_task_run(json.loads(path.read_text())))
             except Exception as e:
                 log.warning("%s: unreadable (%s); skipped", path, e)
         return out
@@ -717,6 +779,18 @@ class TTFTRun:
         sec = max(1e-9, sum(r.train_seconds for r in runs.values()))
         return f"{tok / sec:,.0f} tok/s, budget left {format_duration(self.deadline.remaining())}"
 
+    def _selection(self, mine) -> Optional[dict]:
+        """The mean vote_1/vote_2 of every selector over this rank's tasks with known outputs (a
+        task without predictions counts 0 for each), or None when no task has a selection."""
+        from .select import SELECTORS
+
+        rows = [self.results[t.id].selection if t.id in self.results else None for t in mine if t.has_solutions]
+        names = [s for s in SELECTORS if any(r and s in r for r in rows)]
+        if not names:
+            return None
+        zero = {"vote_1": 0.0, "vote_2": 0.0}
+        return {s: {k: sum((r or {}).get(s, zero)[k] for r in rows) / len(rows) for k in zero} for s in names}
+
     def _summary(self, tasks, problems, backend, reason) -> dict:
         from .metrics import mean_metrics, score_task
 
@@ -739,6 +813,8 @@ class TTFTRun:
             "seconds": round(self.deadline.elapsed(), 2),
             "budget": self.cfg.budget,
             "metrics": mean_metrics(scored) if scored else None,
+            "select": self.cfg.select,
+            "selection": self._selection(mine),
             "submission": str(self.out / "submission.json"),
         }
 

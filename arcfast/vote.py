@@ -72,6 +72,7 @@ class Prediction:
                   0 means no log-probability was recorded.
     augmentation: name or id of the augmentation the prompt was built under.
     adapter:      the adapter that produced it, when several take part.
+    search:       how it was found: ``"greedy"``, ``"sample"`` or ``"dfs"`` (``""``: not said).
     """
 
     grid: Optional[np.ndarray]
@@ -80,6 +81,7 @@ class Prediction:
     n_tokens: int = 0
     augmentation: str = ""
     adapter: str = ""
+    search: str = ""
 
     def __post_init__(self):
         where = f"prediction (augmentation {self.augmentation!r})"
@@ -117,6 +119,8 @@ class Candidate:
     share:        ``count`` / all predictions voted on, failed parses included.
     members:      indices of its predictions in the list given to ``vote``.
     score:        the re-scoring sum when ``rescore`` ranked it, else ``None``.
+    logprobs:     its teacher-forced log-probability under each scoring augmentation, in their
+                  order, when it was scored (:mod:`arcfast.select`), else ``None``.
     """
 
     grid: np.ndarray
@@ -125,6 +129,7 @@ class Candidate:
     share: float
     members: tuple[int, ...] = field(default=())
     score: Optional[float] = None
+    logprobs: Optional[tuple[float, ...]] = None
 
 
 def grid_key(grid: np.ndarray) -> tuple[int, int, bytes]:

@@ -238,17 +238,33 @@ def bigram(tmp_path_factory):
     return _bigram_checkpoint(tmp_path_factory.mktemp("bigram") / "model")
 
 
-def _checked_rescore(rec) -> int:
-    """Asserts every re-scored test input's record is well formed; returns how many there are."""
+def _checked_rescore(rec, m: int, top: int = 8, chosen: str = "poe") -> int:
+    """Asserts every test input's candidate records are well formed and that the submitted attempts
+    are the ``chosen`` selector's first two; returns how many test inputs were scored."""
+    from arcfast.select import SELECTORS
+
     n = 0
-    for ti, entry in enumerate(rec["rescore"]):
-        if entry is None:
+    for ti, cands in enumerate(rec["candidates"]):
+        assert [c["rank"]["vote"] for c in cands] == list(range(len(cands)))   # records in voting order
+        assert [c["count"] for c in cands] == sorted((c["count"] for c in cands), reverse=True)
+        assert sum(c["count"] for c in cands) <= rec["predictions"][ti]
+        scored = [c for c in cands if c["logprobs"] is not None]
+        if not scored:
             continue
         n += 1
-        scores = [e["score"] for e in entry]
-        assert len(entry) >= 2 and scores == sorted(scores, reverse=True) and all(s <= 0 for s in scores)
-        assert sorted(e["vote_rank"] for e in entry) == list(range(len(entry)))
-        assert rec["votes"][ti] == entry[0]["votes"]
+        assert len(cands) >= 2 and len(scored) == min(top, len(cands)) and scored == cands[:len(scored)]
+        assert all(len(c["logprobs"]) == m and all(x <= 0 for x in c["logprobs"]) for c in scored)
+        for s in SELECTORS:
+            assert sorted(c["rank"][s] for c in cands) == list(range(len(cands)))
+        poe = sorted(scored, key=lambda c: c["rank"]["poe"])
+        sums = [sum(c["logprobs"]) for c in poe]
+        assert sums == sorted(sums, reverse=True)
+        nv = sorted(scored, key=lambda c: c["rank"]["nvarc"])
+        keys = [c["count"] + sum(c["logprobs"]) / m for c in nv]
+        assert keys == sorted(keys, reverse=True)
+        first = sorted(cands, key=lambda c: c["rank"][chosen])
+        assert rec["attempts"][ti] == [c["grid"] for c in first[:2]]
+        assert rec["votes"][ti] == first[0]["count"]
     return n
 
 
@@ -260,19 +276,18 @@ def test_ttft_rescore_writes_scores_to_the_task_results_and_report(tmp_path, big
     tasks = load_tasks("arc1:eval[:2]")
     validate_submission(out / "submission.json", tasks)
     sub = json.loads((out / "submission.json").read_text())
-    report = {r["task_id"]: r for r in json.loads((out / "report.json").read_text())["tasks"]}
     rescored = 0
     for t in tasks:
         rec = json.loads((out / "tasks" / f"{t.id}.json").read_text())
-        rescored += _checked_rescore(rec)
-        assert all(e is None or len(e) <= 3 for e in rec["rescore"])
+        rescored += _checked_rescore(rec, m=2, top=3)
         for ti, attempts in enumerate(rec["attempts"]):
             assert attempts and sub[t.id][ti]["attempt_1"] == attempts[0]
-        if any(e is not None for e in rec["rescore"]):
-            assert report[t.id]["extra"]["rescore"] == rec["rescore"]
+        assert set(rec["selection"]) == {"vote", "poe", "nvarc"}   # arc1:eval ships its outputs
+        assert all(set(c["found_by"]) == {"greedy"} for cands in rec["candidates"] for c in cands)
     assert rescored >= 2
     events = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert any(e.get("event") == "rescore" and e["test_inputs"] == rescored for e in events)
+    assert json.loads((out / "run.json").read_text())["select"] == "poe"
 
 
 def test_eval_rescore_ranks_by_the_summed_teacher_forced_score(tmp_path, bigram):
@@ -285,13 +300,14 @@ def test_eval_rescore_ranks_by_the_summed_teacher_forced_score(tmp_path, bigram)
                  "--predictions", "4", "--rescore", "3", "-q"]) == 0
     (task,) = load_tasks("arc1:train[:1]")
     rec = json.loads((out / "tasks" / f"{task.id}.json").read_text())
-    assert _checked_rescore(rec) >= 1 and rec["metrics"] is not None
+    assert _checked_rescore(rec, m=3) >= 1 and rec["metrics"] is not None
     model = load_model(str(bigram))
     augs = test_time_augmentations(task, 3, seed=1)   # the run's seed 0, plus one
-    for ti, entry in enumerate(rec["rescore"]):
-        if entry is not None:   # the submitted grid's score, recomputed alone
-            want = sum(score_item_reference(model, task, ti, np.array(rec["attempts"][ti][0]), a) for a in augs)
-            assert entry[0]["score"] == pytest.approx(want, abs=1e-3)
+    for ti, cands in enumerate(rec["candidates"]):
+        for c in cands:
+            if c["logprobs"] is not None:   # each score recomputed alone
+                want = [score_item_reference(model, task, ti, np.array(c["grid"]), a) for a in augs]
+                assert c["logprobs"] == pytest.approx(want, abs=1e-3)
 
 
 def test_ttft_rescore_with_nothing_parsed_keeps_the_fallbacks(tmp_path, bigram):
@@ -305,10 +321,76 @@ def test_ttft_rescore_with_nothing_parsed_keeps_the_fallbacks(tmp_path, bigram):
     (task,) = load_tasks("arc1:eval[:1]")
     validate_submission(out / "submission.json", [task])
     rec = json.loads((out / "tasks" / f"{task.id}.json").read_text())
-    assert rec["attempts"] == [[]] * len(task.test) and rec["rescore"] == [None] * len(task.test)
+    assert rec["attempts"] == [[]] * len(task.test) and rec["candidates"] == [[]] * len(task.test)
     sub = json.loads((out / "submission.json").read_text())
     for ti in range(len(task.test)):
         assert sub[task.id][ti] == {"attempt_1": fallback_grid(task, ti), "attempt_2": fallback_grid(task, ti)}
+
+
+def test_eval_dfs_nvarc_reports_every_selector_on_the_same_candidates(tmp_path, bigram, capsys):
+    out = tmp_path / "eval"
+    assert main(["eval", "--tasks", "arc1:train[:2]", "--model", str(bigram), "--out", str(out),
+                 "--predictions", "3", "--search", "dfs", "--min-prob", "0.05", "--select", "nvarc",
+                 "--rescore", "2", "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert "nvarc (submitted)" in printed and "poe" in printed
+    tasks = load_tasks("arc1:train[:2]")
+    report = json.loads((out / "report.json").read_text())
+    selections, scored = [], 0
+    for t in tasks:
+        rec = json.loads((out / "tasks" / f"{t.id}.json").read_text())
+        scored += _checked_rescore(rec, m=2, chosen="nvarc")
+        assert all(set(c["found_by"]) == {"dfs"} for cands in rec["candidates"] for c in cands)
+        assert rec["candidates"] and all(rec["candidates"])
+        # The selection written is what each selector's first two candidates score, from the records.
+        want = {}
+        for s in ("vote", "poe", "nvarc"):
+            hits = [[c["grid"] == q.output.tolist() for c in sorted(cands, key=lambda c: c["rank"][s])[:2]]
+                    for q, cands in zip(t.test, rec["candidates"])]
+            want[s] = {"vote_1": sum(any(h[:1]) for h in hits) / len(hits),
+                       "vote_2": sum(any(h) for h in hits) / len(hits)}
+        assert rec["selection"] == want
+        assert rec["metrics"]["vote_2"] == want["nvarc"]["vote_2"]   # the submitted attempts are nvarc's
+        selections.append(want)
+    assert report["selection"] == {s: {k: sum(x[s][k] for x in selections) / 2 for k in ("vote_1", "vote_2")}
+                                   for s in ("vote", "poe", "nvarc")}
+    assert scored >= 1 and "| nvarc (submitted) |" in (out / "report.md").read_text()
+    events = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    search = [e for e in events if e.get("event") == "search"]
+    assert search and sum(e["prompts"] for e in search) == sum(3 * len(t.test) for t in tasks)
+
+
+def test_resume_reads_task_records_of_earlier_versions(tmp_path, bigram):
+    out = tmp_path / "run"
+    args = ["ttft", "--tasks", "arc1:eval[:1]", "--model", str(bigram), "--budget", "30s", "--out", str(out),
+            "--steps", "1", "--predictions", "2", "--row-len", "4096", "--max-len", "4096", "-q"]
+    assert main(args) == 0
+    (path,) = (out / "tasks").glob("*.json")
+    rec = json.loads(path.read_text())
+    old = {k: v for k, v in rec.items() if k not in ("candidates", "selection")}
+    old["rescore"] = [None] * len(rec["attempts"])   # what earlier versions wrote in their place
+    path.write_text(json.dumps(old))
+    before = path.stat().st_mtime_ns
+    assert main(args + ["--resume"]) == 0
+    assert path.stat().st_mtime_ns == before   # kept, not redone
+    events = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    (resume,) = [e for e in events if e.get("event") == "resume"]
+    assert resume["kept"] == [rec["task_id"]] and resume["changed"] == []
+
+
+def test_search_and_select_flags_are_checked(tmp_path, capsys):
+    assert main(["ttft", "--select", "poe", "--rescore", "0", "--out", str(tmp_path / "a"), "-q"]) == 2
+    assert "rescore must be >= 1" in capsys.readouterr().err
+    assert main(["ttft", "--search", "dfs", "--min-prob", "0", "--out", str(tmp_path / "b"), "-q"]) == 2
+    assert "min_prob must be in (0, 1]" in capsys.readouterr().err
+    assert main(["ttft", "--search", "sample", "--temperature", "-1", "--out", str(tmp_path / "c"), "-q"]) == 2
+    assert "temperature must be" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["ttft", "--search", "beam", "--out", str(tmp_path / "d"), "-q"])
+    from arcfast.ttft import TTFTConfig
+
+    assert (TTFTConfig().select, TTFTConfig().rescore) == ("vote", 0)
+    assert (TTFTConfig(rescore=4).select, TTFTConfig(select="nvarc").rescore) == ("poe", 8)
 
 
 def test_rescore_flags_are_checked(tmp_path, capsys):
