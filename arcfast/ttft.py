@@ -8,9 +8,10 @@ What a run does, top to bottom (:func:`run_ttft`):
    group; the one-task-at-a-time backends use groups of one);
 3. for each group: ask the planner how many steps fit, train fresh adapters (or continue from
    ``--adapter``), save each task's adapter in PEFT format, predict its test outputs under test-time
-   augmentations with its adapter, vote, optionally re-rank the top candidates by their
-   teacher-forced log-probability summed over other augmentations (``--rescore``, arcfast.score),
-   and update the submission and the report;
+   augmentations with its adapter (greedy, sampled or depth-first search: ``--search``,
+   arcfast.search), vote, optionally score the top candidates under other augmentations
+   (``--rescore``, arcfast.score), select the two submitted (``--select``, arcfast.select), and
+   update the submission and the report;
 4. finish before the deadline: the planner (arcfast.budget.StepPlanner) keeps time for every
    remaining group's inference and a safety margin, and limits each group's training to its share
    of the time; generation and re-scoring are planned from their measured per-step times and stop

@@ -328,8 +328,20 @@ def test_predict_tasks_batches_tasks_with_their_adapters(eog_model):
             assert [p.logprob for p in x] == pytest.approx([p.logprob for p in y], abs=1e-4)
             assert [p.status for p in x] == [p.status for p in y]
             assert all(p.adapter == (str(a) if a >= 0 else "base") for p in x)
+            assert all(p.search == "greedy" for p in x)
             for p, q in zip(x, y):
                 assert (p.grid is None and q.grid is None) or np.array_equal(p.grid, q.grid)
+
+
+def test_predictions_say_how_they_were_found(eog_model):
+    from arcfast.search import SearchConfig
+
+    task = _task("s", 4)
+    sampled = predict_task(eog_model, task, n_predictions=3,
+                           config=GenerationConfig(max_new_tokens=12, temperature=1.0))
+    searched = predict_task(eog_model, task, n_predictions=2, search=SearchConfig(min_prob=0.2, max_new_tokens=12))
+    assert {p.search for ps in sampled for p in ps} == {"sample"}
+    assert {p.search for ps in searched for p in ps} == {"dfs"}
 
 
 def test_predict_tasks_bad_task_skipped_or_named(model):
