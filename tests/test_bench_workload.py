@@ -22,6 +22,8 @@ def test_quick_workload_through_the_runner(tmp_path):
     assert rc == 0
     doc = json.loads(next((tmp_path / "res").glob("*.json")).read_text())
     assert doc["errors"] == {}
+    searched = [r for r in doc["rows"] if r["case"].startswith("--search dfs")]
+    doc["rows"] = [r for r in doc["rows"] if r not in searched]
     rows = {r["case"].split(": ")[-1] if r["case"].endswith("wall time") else r["case"]: r for r in doc["rows"]}
     assert len(doc["rows"]) == 7 and all(r["bench"] == "workload" for r in doc["rows"])
     whole = rows["wall time"]
@@ -45,6 +47,18 @@ def test_quick_workload_through_the_runner(tmp_path):
     assert whole["baseline_value"] == pytest.approx(hf["train_s"] + hf["inference_s"])
     assert hf["generate"]["new_tokens"] == round(x["generated_tokens"] / x["predictions"])
     assert 1 <= hf["generate"]["new_tokens"] <= 12
+    # The search case: the same workload with DFS and NVARC selection, against greedy + vote.
+    by = {r["case"].split(": ")[-1]: r for r in searched}
+    assert sorted(by) == ["distinct candidates per test input", "inference phase", "vote_2", "wall time"]
+    assert searched[0]["case"].startswith("--search dfs --min-prob 0.1 --select nvarc --rescore 2")
+    d = by["wall time"]["extra"]
+    # Every augmented prompt searched (a random model ends no grid inside 12 tokens: no completion).
+    assert d["complete"] and d["search_stats"]["prompts"] == 3 * sum(len(t.test) for t in tasks)
+    assert d["predictions"] >= 3 * sum(len(t.test) for t in tasks)
+    grids = by["distinct candidates per test input"]
+    assert grids["value"] >= 0 and grids["baseline_value"] == x["candidates"] / sum(len(t.test) for t in tasks)
+    assert by["wall time"]["baseline_value"] == whole["value"]
+    assert set(d["selection"]) == {"vote", "poe", "nvarc"} and by["vote_2"]["value"] == d["metrics"]["vote_2"]
     bar = [r for r in doc["rows"] if r["baseline"] == "30 minutes"][0]
     assert bar["baseline_value"] == 1800.0 and bar["bar"] is None   # not the full workload: no promise
 

@@ -43,7 +43,14 @@ row_len and max_len (8192; 4096 on the CPU: from ONE_DEMO_MAX = 3,729 on no samp
 empty, so every task provably gets all its samples), rank, max_new (max new tokens; default the
 engine's bound per task), budget, out (run directory; default a temporary one, removed afterwards
 unless keep=1), graphs (1: training steps as CUDA graphs, ``arcfast ttft --cuda-graphs``),
-hf_steps, hf_warmup, hf_prompts, hf_gen_tasks, cases (``arcfast`` to skip the hf estimate).
+hf_steps, hf_warmup, hf_prompts, hf_gen_tasks, cases (``arcfast`` to skip the hf estimate; add
+``dfs`` for the search case below), min_prob and rescore (the search case's).
+
+The search case (``dfs`` in ``cases``; in the defaults on the CPU and with ``--quick``, opt-in on
+the full CUDA workload, whose training it repeats): the same workload run again with ``--search dfs
+--min-prob P --select nvarc --rescore M`` (defaults 0.1 and 8; 2 with ``--quick``), against the
+greedy + vote run above: wall time, inference phase, distinct grids per test input, and, the
+tasks' outputs being known, vote_2 of both runs (and of every selector on the DFS run's candidates).
 
 Reading the numbers: the hf estimate counts only steps and generation, none of the recipe's
 per-task overheads (adapter reset, saving, voting), so it flatters the baseline. A random-weight
@@ -85,17 +92,21 @@ def _options(ctx: Context) -> dict:
         s = dict(model="tiny", tasks=3, samples=4, predictions=4, hf_steps=3, hf_warmup=1, hf_prompts=2,
                  hf_gen_tasks=1, max_new=48)
     s.setdefault("max_new", None)
-    s.update(source="arc1:eval", per_step=1, group=0, rank=32, budget="24h", out=None, keep=False, cases="arcfast,hf",
-             spread=False, graphs=False,
+    small = ctx.quick or not cuda
+    s.update(source="arc1:eval", per_step=1, group=0, rank=32, budget="24h", out=None, keep=False,
+             cases="arcfast,hf,dfs" if small else "arcfast,hf", spread=False, graphs=False, min_prob=0.1,
+             rescore=2 if ctx.quick else 8,
              row_len=8192 if cuda else 4096, max_len=8192 if cuda else 4096)
     o = ctx.options
     for k in ("tasks", "samples", "predictions", "per_step", "group", "rank", "row_len", "max_len", "max_new",
-              "hf_steps", "hf_warmup", "hf_prompts", "hf_gen_tasks"):
+              "hf_steps", "hf_warmup", "hf_prompts", "hf_gen_tasks", "rescore"):
         if k in o:
             s[k] = int(o[k])
     for k in ("model", "source", "budget", "out", "cases"):
         if k in o:
             s[k] = o[k]
+    if "min_prob" in o:
+        s["min_prob"] = float(o["min_prob"])
     for k in ("keep", "spread", "graphs"):
         if k in o:
             s[k] = o[k].lower() in ("1", "true", "yes")
@@ -124,8 +135,10 @@ def _is_full(s: dict, device: str) -> bool:
 # ----------------------------------------------------------------------------------------------
 # arcfast: the real engine
 
-def run_arcfast(s: dict, device: str, out: Path) -> dict:
-    """Run ``arcfast ttft`` on the workload into ``out``; returns what it did and what was checked.
+def run_arcfast(s: dict, device: str, out: Path, search: str = "greedy", select: str = "vote") -> dict:
+    """Run ``arcfast ttft`` on the workload into ``out`` (``search`` and ``select`` as its flags;
+    with ``nvarc`` or ``poe``, ``s["rescore"]`` scoring augmentations); returns what it did and what
+    was checked.
 
     Raises RuntimeError when the submission is invalid or a report file is missing (the run is then
     not the workload's output); a run that did less than the workload (a task short of its steps or
@@ -142,7 +155,8 @@ def run_arcfast(s: dict, device: str, out: Path) -> dict:
                      backend="native", device=device, seed=0, rank=s["rank"], alpha=2.0 * s["rank"], steps=steps,
                      samples_per_task=s["per_step"], tasks_per_group=s["group"], row_len=s["row_len"],
                      max_len=s["max_len"], predictions=s["predictions"], max_new_tokens=s["max_new"],
-                     cuda_graphs=s["graphs"], progress=False)
+                     cuda_graphs=s["graphs"], progress=False, search=search, min_prob=s["min_prob"],
+                     select=select, rescore=s["rescore"] if select != "vote" else 0)
     t0 = time.perf_counter()
     ttft = TTFTRun(cfg)
     summary = ttft.run()
@@ -161,14 +175,23 @@ def run_arcfast(s: dict, device: str, out: Path) -> dict:
     short_steps = sorted(t.id for t in tasks if t.id not in results or results[t.id].steps != steps
                          or (steps > 0 and results[t.id].train_tokens == 0))
     samples_verified = s["max_len"] >= ONE_DEMO_MAX
-    short_preds = sorted(t.id for t in tasks if t.id not in results
-                         or list(results[t.id].predictions) != [s["predictions"]] * len(t.test))
+    # A searched prompt gives one prediction per completion found, or one "no_completion": at least one.
+    short_preds = sorted(t.id for t in tasks if t.id not in results or len(results[t.id].predictions) != len(t.test)
+                         or any(n < s["predictions"] if search == "dfs" else n != s["predictions"]
+                                for n in results[t.id].predictions))
     events: dict = {}
+    search_stats: dict = {}
     with open(out / "log.jsonl") as f:
         for line in f:
-            ev = json.loads(line).get("event")
-            if ev in CUT_EVENTS:
+            rec = json.loads(line)
+            ev = rec.get("event")
+            if ev in CUT_EVENTS or (ev in ("search", "rescore") and rec.get("cut_by_deadline")):
                 events[ev] = events.get(ev, 0) + 1
+            if ev == "rescore_skipped":
+                events[ev] = events.get(ev, 0) + 1
+            if ev == "search":
+                for k in ("prompts", "completions", "tokens", "forks", "capped"):
+                    search_stats[k] = search_stats.get(k, 0) + rec[k]
     try:
         validate_submission(out / "submission.json", tasks)
     except SubmissionError as e:
@@ -191,6 +214,7 @@ def run_arcfast(s: dict, device: str, out: Path) -> dict:
         "samples_per_task": s["samples"],
         "samples": sum(r.steps for r in rs) * s["per_step"],
         "predictions": sum(sum(r.predictions) for r in rs),
+        "candidates": sum(len(c) for r in rs for c in r.candidates),   # distinct parsed grids
         "train_tokens": sum(r.train_tokens for r in rs),
         "generated_tokens": sum(r.generated_tokens for r in rs),
         "answered": summary["answered"],
@@ -204,6 +228,11 @@ def run_arcfast(s: dict, device: str, out: Path) -> dict:
         "cut_events": events,
         "submission_valid": True,
         "tasks_spec": spec,
+        "search": search,
+        "select": select,
+        "search_stats": search_stats or None,
+        "metrics": summary["metrics"],
+        "selection": summary["selection"],
     }
 
 
@@ -325,6 +354,35 @@ def run(ctx: Context) -> list[Row]:
     return with_torch_threads(ctx, _run)
 
 
+def _dfs_rows(s: dict, dev: str, greedy: dict) -> list[Row]:
+    """The search case: the workload again with DFS and NVARC's selection, against ``greedy`` (the
+    greedy + vote run's record)."""
+    tmp = tempfile.mkdtemp(prefix="arcfast-workload-dfs-")
+    try:
+        d = run_arcfast(s, dev, Path(tmp) / "run", search="dfs", select="nvarc")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    label = f"--search dfs --min-prob {s['min_prob']:g} --select nvarc --rescore {s['rescore']}"
+    if not d["complete"]:
+        label += " (INCOMPLETE: see extra)"
+    base = "greedy + vote (same workload)"
+    extra = {k: d[k] for k in ("complete", "short_steps", "short_predictions", "cut_events", "search_stats",
+                               "metrics", "selection", "train_s", "inference_s", "predictions")}
+    rows = [
+        Row(BENCH, f"{label}: wall time", d["wall_s"], "s", base, greedy["wall_s"], higher_is_better=False,
+            extra=extra),
+        Row(BENCH, f"{label}: inference phase", d["inference_s"], "s", base, greedy["inference_s"],
+            higher_is_better=False),
+        Row(BENCH, f"{label}: distinct candidates per test input", d["candidates"] / max(1, d["test_inputs"]),
+            "grids", base, greedy["candidates"] / max(1, greedy["test_inputs"])),
+    ]
+    if d["metrics"] is not None and greedy["metrics"] is not None:
+        rows.append(Row(BENCH, f"{label}: vote_2", d["metrics"]["vote_2"], "share", base,
+                        greedy["metrics"]["vote_2"], extra={"selection": d["selection"],
+                                                            "greedy_selection": greedy["selection"]}))
+    return rows
+
+
 def _run(ctx: Context) -> list[Row]:
     import torch
 
@@ -391,6 +449,8 @@ def _run(ctx: Context) -> list[Row]:
             "transformers generate + PEFT" if h else None, hf_ge.get("tokens_per_s"),
             extra={"generated_tokens": a["generated_tokens"]}),
     ]
+    if "dfs" in cases:
+        rows += _dfs_rows(s, dev, a)
     full = _is_full(s, dev)
     rows.append(Row(BENCH, "the whole workload on one GPU in 30 minutes" if full else
                     f"30-minute bar (not the full workload: {what})", a["wall_s"], "s", "30 minutes",
