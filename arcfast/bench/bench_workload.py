@@ -41,7 +41,7 @@ arc1:eval), samples (per task), per_step (samples of each task per step; samples
 predictions, model, group (tasks per packed group; 0 = the engine's default: 32 on a GPU),
 row_len and max_len (8192; 4096 on the CPU: from ONE_DEMO_MAX = 3,729 on no sample slot can be
 empty, so every task provably gets all its samples), rank, max_new (max new tokens; default the
-engine's bound per task), budget, out (run directory; default a temporary one, removed afterwards
+engine's bound per task, also with ``max_new=0``), budget, out (run directory; default a temporary one, removed afterwards
 unless keep=1), graphs (1: training steps as CUDA graphs, ``arcfast ttft --cuda-graphs``),
 hf_steps, hf_warmup, hf_prompts, hf_gen_tasks, cases (``arcfast`` to skip the hf estimate; add
 ``dfs`` for the search case below), min_prob and rescore (the search case's).
@@ -110,6 +110,8 @@ def _options(ctx: Context) -> dict:
     for k in ("keep", "spread", "graphs"):
         if k in o:
             s[k] = o[k].lower() in ("1", "true", "yes")
+    if s["max_new"] == 0:   # --set max_new=0: the engine's own bound per task
+        s["max_new"] = None
     if s["samples"] % s["per_step"]:
         raise ValueError(f"samples={s['samples']} is not a multiple of per_step={s['per_step']}")
     if min(s["tasks"], s["samples"], s["predictions"], s["hf_steps"], s["hf_prompts"], s["hf_gen_tasks"]) < 1:
