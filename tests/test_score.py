@@ -2,6 +2,7 @@
 the log-probabilities generation records for its own outputs."""
 import numpy as np
 import pytest
+import torch
 
 from arcfast import tokens as T
 from arcfast.augment import Augmentation
@@ -371,3 +372,14 @@ def test_a_deadline_cuts_whole_groups_from_the_end(model, lora, monkeypatch):
     np.testing.assert_allclose(got[done], full[done], rtol=0, atol=1e-6)
     ranked = rank_jobs(jobs, got)
     assert ranked[0] is not None and ranked[1] is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_prefix_shared_scores_on_cuda_equal_the_cpu(model, lora, items):
+    want = score_candidates(model, lora, items)
+    gpu_model = _model().to("cuda")   # the same weights as ``model``
+    gpu_lora = _lora(gpu_model, 3, seed=5)
+    shared = score_candidates(gpu_model, gpu_lora, items)
+    whole = score_candidates(gpu_model, gpu_lora, items, prefix_share=False)
+    np.testing.assert_allclose(shared, want, rtol=0, atol=ATOL)
+    np.testing.assert_allclose(whole, want, rtol=0, atol=ATOL)

@@ -21,12 +21,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 MAX_NEW = 8
 
 
-def _model(seed: int, vocab: int = 16, token_ids=None, sharp: float = 6.0, eog: float = 2.0):
+def _model(seed: int, vocab: int = 16, token_ids=None, sharp: float = 6.0, eog: float = 2.0, device=None):
     """Random weights with a sharpened LM head (a random head gives nearly uniform next tokens, so no
     prefix would stay above any useful cutoff) and EOG made likelier, so completions end."""
     cfg = ModelConfig(vocab_size=vocab, hidden_size=32, n_layers=2, n_heads=4, n_kv_heads=2, intermediate_size=48,
                       tie_embeddings=False, token_ids=token_ids)
-    m = build_model(cfg, dtype=torch.float32, seed=seed)
+    m = build_model(cfg, dtype=torch.float32, seed=seed, device=device)
     eog_id = T.EOG if token_ids is None else token_ids[T.EOG]
     with torch.no_grad():
         w = m.lm_head.weight
@@ -200,3 +200,15 @@ def test_model_is_not_modified():
 def test_config_copy_is_independent():
     cfg = SearchConfig(min_prob=0.2)
     assert dataclasses.replace(cfg, min_prob=0.5).rows_per_tree == 3 and cfg.rows_per_tree == 6
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_dfs_on_cuda_finds_what_the_cpu_search_finds():
+    cfg = SearchConfig(min_prob=0.05, max_new_tokens=MAX_NEW)
+    prompts = _prompts(3, n=6)
+    adapters = [0, 1, -1, 0, 1, -1]
+    cpu_model = _model(3, device="cpu")
+    cpu = dfs(cpu_model, prompts, adapters, _lora(cpu_model), cfg)
+    gpu_model = _model(3, device="cpu").to("cuda")   # the same weights (each device draws its own)
+    gpu = dfs(gpu_model, prompts, adapters, _lora(gpu_model), cfg)
+    assert sum(_compare(g, [(c.tokens, c.logprobs, c.greedy) for c in c_], 0.05) for g, c_ in zip(gpu, cpu)) >= 6
