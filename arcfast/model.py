@@ -179,9 +179,16 @@ class ModelConfig:
 
     @property
     def input_vocab(self) -> int:
-        """The ids arcfast's prompts, targets and generated tokens use with this model: the 16
-        compact ids for a full-vocabulary model (mapped by :meth:`model_ids`), else its own."""
-        return self.vocab_size if self.token_ids is None else T.VOCAB_SIZE
+        """The ids arcfast's prompts, targets and generated tokens use with this model: the compact
+        ids it maps for a full-vocabulary model (16, or 20 with the objectives' ids; mapped by
+        :meth:`model_ids`), else its own."""
+        return self.vocab_size if self.token_ids is None else len(self.token_ids)
+
+    @property
+    def has_objective_ids(self) -> bool:
+        """Whether the model has rows for the objectives' ids (CANDIDATE, VERDICT, YES, NO): what
+        the ``verify`` objective needs (:func:`grow_vocab` adds them)."""
+        return self.input_vocab >= T.OBJECTIVE_VOCAB
 
     def model_ids(self, ids: np.ndarray) -> np.ndarray:
         """Compact ids -> this model's own token ids (``token_ids[c]``; unchanged for a model whose
@@ -244,7 +251,7 @@ def preset(name: str, vocab: str = "compact") -> ModelConfig:
     if vocab == "full":
         full = cfg.full_vocab_size or cfg.vocab_size
         # A random full-vocabulary model still reads compact batches: compact id c is token c.
-        cfg = replace(cfg, vocab_size=full, token_ids=tuple(range(T.VOCAB_SIZE)))
+        cfg = replace(cfg, vocab_size=full, token_ids=tuple(range(T.OBJECTIVE_VOCAB)))
     elif vocab != "compact":
         raise ValueError(f"vocab must be 'compact' or 'full', not {vocab!r}")
     return cfg
@@ -642,6 +649,46 @@ def build_model(cfg: ModelConfig, dtype=None, device=None, seed: int = 0) -> Cau
     return init_weights(model, seed)
 
 
+def grow_vocab(model: CausalLM, n_ids: int = T.OBJECTIVE_VOCAB, seed: int = 0) -> CausalLM:
+    """Give ``model`` rows for the compact ids below ``n_ids`` it lacks (the objectives' ids 16-19
+    of a model saved with the 16 grid ids), in place; a model that has them is returned as it is.
+
+    The new embedding rows (and LM-head rows of an untied head) are drawn from a normal of the
+    existing rows' standard deviation with a fixed generator (``seed``), so growing the same model
+    twice gives the same rows: adapters trained on a grown model work on it grown again. The rows
+    start untrained (a LoRA adapter learns to use them; distinct YES and NO rows are what lets a
+    verdict be read at all). A full-vocabulary model maps the objectives' ids to tokens of its own
+    tokenizer instead (:func:`compact_token_ids`); one whose tokenizer lacks them cannot grow here.
+    """
+    cfg = model.config
+    if cfg.input_vocab >= n_ids:
+        return model
+    if n_ids > T.RESERVED_VOCAB:
+        raise ValueError(f"the compact vocabulary has {T.RESERVED_VOCAB} ids at most, not {n_ids}")
+    if cfg.token_ids is not None:
+        if cfg.vocab_size >= n_ids and cfg.token_ids == tuple(range(len(cfg.token_ids))):
+            model.config = replace(cfg, token_ids=tuple(range(n_ids)))   # a random preset: id c is token c
+            return model
+        raise ValueError(f"{cfg.name or 'model'}: a full-vocabulary model whose tokenizer gives no distinct single "
+                         f"tokens for {' '.join(T.OBJECTIVE_SYMBOLS)} (the objectives' ids); load it with the "
+                         f"compact vocabulary instead")
+    gen = torch.Generator().manual_seed(seed)
+
+    def grown(w: torch.Tensor) -> nn.Parameter:
+        w = w.detach()
+        rows = torch.randn(n_ids - w.shape[0], w.shape[1], generator=gen) * w.float().std()
+        return nn.Parameter(torch.cat([w, rows.to(device=w.device, dtype=w.dtype)]), requires_grad=w.requires_grad)
+
+    emb = model.model.embed_tokens
+    emb.weight = grown(emb.weight)
+    emb.num_embeddings = n_ids
+    if model.lm_head is not None:
+        model.lm_head.weight = grown(model.lm_head.weight)
+        model.lm_head.out_features = n_ids
+    model.config = replace(cfg, vocab_size=n_ids)
+    return model
+
+
 def load_model(path_or_preset: str, dtype=None, device=None, vocab: str = "compact",
                seed: int = 0) -> CausalLM:
     """A model from a local Hugging Face checkpoint directory (config.json, *.safetensors,
@@ -807,12 +854,15 @@ def _symbol_token(sym: str, encode, lookup, piece, normalize, unk: Optional[int]
 
 
 def compact_token_ids(tokenizer_dir, tokenizer=None) -> list[int]:
-    """For each compact id, the id of its symbol's single token in the checkpoint's tokenizer.
+    """For each compact id, the id of its symbol's single token in the checkpoint's tokenizer: the
+    16 grid ids (``tokens.SYMBOLS``), then the objectives' 4 (``tokens.OBJECTIVE_SYMBOLS``: C ? Y N)
+    when the tokenizer has a distinct single token for each of them too (else 16 ids: such a model
+    runs every objective but ``verify``, or gets the rows from :func:`grow_vocab`).
 
     The symbol's own vocabulary entry (or byte-fallback piece ``<0xNN>``) when it has one, else its
     encoding, less a SentencePiece-style word-start token ``"▁"`` (see :func:`_symbol_token`).
-    Raises ValueError naming the symbol, the tokens it encodes to and what to do when a symbol has
-    no single token, is the unknown token, or shares its token with another symbol."""
+    Raises ValueError naming the symbol, the tokens it encodes to and what to do when a grid symbol
+    has no single token, is the unknown token, or shares its token with another symbol."""
     unk = None
     if tokenizer is None and (Path(tokenizer_dir) / "tokenizer.json").exists():
         # The checkpoint's own pipeline, as written (transformers may rebuild some tokenizers by
@@ -858,6 +908,9 @@ def compact_token_ids(tokenizer_dir, tokenizer=None) -> list[int]:
                              f"({piece(t)!r}). {_NEEDS}")
         seen[t] = sym
         ids.append(t)
+    extra = [_symbol_token(sym, encode, lookup, piece, normalize, unk)[0] for sym in T.OBJECTIVE_SYMBOLS]
+    if all(t is not None for t in extra) and len(set(extra)) == len(extra) and not set(extra) & set(seen):
+        ids += extra
     return ids
 
 
@@ -890,7 +943,7 @@ def load_checkpoint(path, dtype=None, device=None, vocab: str = "compact") -> Ca
         for key in ("model.embed_tokens.weight", "lm_head.weight"):
             if key in sd:
                 sd[key] = sd[key].index_select(0, index).contiguous()
-        cfg = replace(cfg, vocab_size=T.VOCAB_SIZE, token_ids=None, source_token_ids=tuple(ids))
+        cfg = replace(cfg, vocab_size=len(ids), token_ids=None, source_token_ids=tuple(ids))
     elif vocab == "full":
         cfg = replace(cfg, token_ids=tuple(compact_token_ids(path)))
     else:
@@ -987,21 +1040,25 @@ def from_hf(hf_model, dtype=None) -> CausalLM:
     return model
 
 
-def compact_tokenizer():
+def compact_tokenizer(n_ids: int = T.VOCAB_SIZE):
     """A transformers tokenizer of the compact format: one token per symbol, token id == compact id
-    (``"12\\n"`` -> ``[1, 2, 10]``), BOS ``"B"``, EOS ``"E"`` (end of grid), PAD ``"P"``.
+    (``"12\\n"`` -> ``[1, 2, 10]``), BOS ``"B"``, EOS ``"E"`` (end of grid), PAD ``"P"``; with
+    ``n_ids`` = 20 also the objectives' symbols ``C ? Y N`` (ids 16-19).
 
     Byte-level BPE (``"\\n"`` is stored as ``"Ċ"``, as GPT-2-style vocabularies do) with UNK = PAD:
     transformers' ``AutoTokenizer`` loads a saved checkpoint's tokenizer as its model type's class
     (``Qwen2Tokenizer`` for Qwen2), which re-reads the vocabulary byte-level and adds its own
     ``<|endoftext|>`` unless every special token is one of ours. So built, the checkpoint encodes
-    and decodes the same under either class and keeps exactly 16 tokens (Unsloth refuses a tokenizer
-    larger than the embedding)."""
+    and decodes the same under either class and keeps exactly ``n_ids`` tokens (Unsloth refuses a
+    tokenizer larger than the embedding)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    vocab = {"".join(p for p, _ in byte_level.pre_tokenize_str(s)): i for i, s in enumerate(T.SYMBOLS)}
+    if n_ids not in (T.VOCAB_SIZE, T.OBJECTIVE_VOCAB):
+        raise ValueError(f"a compact tokenizer has {T.VOCAB_SIZE} or {T.OBJECTIVE_VOCAB} ids, not {n_ids}")
+    symbols = (T.SYMBOLS + T.OBJECTIVE_SYMBOLS)[:n_ids]
+    vocab = {"".join(p for p, _ in byte_level.pre_tokenize_str(s)): i for i, s in enumerate(symbols)}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = byte_level
     tok.decoder = decoders.ByteLevel()
@@ -1017,9 +1074,9 @@ def save_model(model: CausalLM, path) -> Path:
 
     path = Path(path)
     hf = to_hf(model)
-    if model.config.token_ids is None and model.config.vocab_size == T.VOCAB_SIZE:
+    if model.config.token_ids is None and model.config.vocab_size in (T.VOCAB_SIZE, T.OBJECTIVE_VOCAB):
         hf.config.bos_token_id, hf.config.eos_token_id, hf.config.pad_token_id = T.BOS, T.EOG, T.PAD
-        compact_tokenizer().save_pretrained(str(path))
+        compact_tokenizer(model.config.vocab_size).save_pretrained(str(path))
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()      # its "Writing model shards" bar in every quiet log
     try:

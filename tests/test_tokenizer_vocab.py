@@ -62,8 +62,10 @@ def sp_tokenizer(kind: str = "bpe", layout: str = "metaspace", newline_byte: boo
 
 
 def expected_ids(tok) -> list[int]:
-    """Each symbol's own piece; the newline's byte piece."""
-    return [tok.token_to_id("<0x0A>" if s == "\n" else s) for s in T.SYMBOLS]
+    """Each symbol's own piece; the newline's byte piece; the objectives' symbols (C ? Y N: not in
+    these vocabularies) their byte pieces."""
+    grid = [tok.token_to_id("<0x0A>" if s == "\n" else s) for s in T.SYMBOLS]
+    return grid + [tok.token_to_id(s) or tok.token_to_id(f"<0x{ord(s):02X}>") for s in T.OBJECTIVE_SYMBOLS]
 
 
 def llama_tokenizer(tok):
@@ -95,7 +97,8 @@ def test_sentencepiece_symbols_get_their_own_pieces(tmp_path, kind, layout):
     ids = compact_token_ids(tmp_path)
     want = expected_ids(tok)
     assert ids == want
-    assert [tok.id_to_token(t) for t in ids] == [*"0123456789", "<0x0A>", *"IOEBP"]
+    assert [tok.id_to_token(t) for t in ids] == [*"0123456789", "<0x0A>", *"IOEBP", "<0x43>", "<0x3F>", "<0x59>",
+                                                 "<0x4E>"]
     # These are the tokens the tokenizer itself uses inside ARC text (after the text's first piece).
     text = tok.encode("I\n12\n30\nO\n4\nE\nB\nP", add_special_tokens=False).ids
     assert set(text[1:]) <= set(ids)
@@ -119,8 +122,9 @@ def test_sentencepiece_checkpoint_loads_with_the_cut(tmp_path, arch):
     d, hf = write_sp_checkpoint(tmp_path, arch, tok)
     keep = expected_ids(tok)
     model = load_model(str(d))
-    assert model.config.vocab_size == T.VOCAB_SIZE and list(model.config.source_token_ids) == keep
-    compact = torch.randint(0, T.VOCAB_SIZE, (2, 24), generator=torch.Generator().manual_seed(1))
+    # The grid ids and the objectives' (byte pieces here): 20 rows, each its symbol's token's.
+    assert model.config.vocab_size == T.OBJECTIVE_VOCAB and list(model.config.source_token_ids) == keep
+    compact = torch.randint(0, T.OBJECTIVE_VOCAB, (2, 24), generator=torch.Generator().manual_seed(1))
     full_ids = torch.tensor(keep)[compact]
     with torch.no_grad():
         theirs = hf(full_ids).logits[..., keep]
@@ -188,7 +192,7 @@ def test_byte_level_bpe_ids_are_the_encodings(tmp_path):
     assert len(tok.get_vocab()) > 256 + 16   # merges were learnt
     tok.save(str(tmp_path / "tokenizer.json"))
     encoded = []
-    for s in T.SYMBOLS:
+    for s in T.SYMBOLS + T.OBJECTIVE_SYMBOLS:
         e = tok.encode(s, add_special_tokens=False).ids
         assert len(e) == 1
         encoded.append(e[0])
