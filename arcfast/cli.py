@@ -53,7 +53,7 @@ def _add_run_flags(p, command: str) -> None:
     """The flags `arcfast ttft` and `arcfast eval` share, defined once (defaults: TTFTConfig)."""
     from .sampling import LOSS_ON
     from .search import SEARCHES
-    from .select import SELECTORS
+    from .select import SELECTORS, VERIFIED
     from .ttft import DEFAULT_BUDGET, DEFAULT_MODEL, DEFAULT_TASKS, TTFTConfig
 
     d = TTFTConfig()
@@ -119,7 +119,7 @@ def _add_run_flags(p, command: str) -> None:
                    help="with --search dfs: the probability an output needs to be found")
     g.add_argument("--temperature", type=float, default=d.temperature,
                    help="with --search sample: the softmax temperature")
-    g.add_argument("--select", choices=SELECTORS, default=None,
+    g.add_argument("--select", choices=[s for s in SELECTORS if s not in VERIFIED], default=None,
                    help="which candidates are submitted: vote (times found), poe (log-probability summed "
                         "over the M scoring augmentations), nvarc (times found + mean log-probability); "
                         "default: poe with --rescore, else vote")

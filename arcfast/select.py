@@ -13,10 +13,15 @@ input. Three selectors rank them:
   from every viewpoint; one unlikely view sinks it.
 - ``nvarc``: times found plus the mean of the M log-probabilities (``count + sum / M``), highest
   first: the count decides between grids the model finds about equally likely.
+- ``verify``: the verifier's mean P(right) over the augmentations the candidate was verified under
+  (``Candidate.verdicts``, :mod:`arcfast.verify`), highest first.
+- ``vote+verify``: times found weighted by that mean (``count * mean P(right)``: the votes the
+  verifier believes), highest first.
 
-Under ``poe`` and ``nvarc`` the scored candidates come first, then the unscored ones (beyond the
-re-scoring cap, or left unscored by a deadline) in voting order; ties keep voting order, so a test
-input with no scored candidate keeps its voting order under every selector.
+Under the scored selectors (all but ``vote``) the candidates with scores come first, then the
+others (beyond the re-scoring cap, dropped from verification, or left unscored by a deadline) in
+voting order; ties keep voting order, so a test input with no scored candidate keeps its voting
+order under every selector.
 """
 from __future__ import annotations
 
@@ -26,8 +31,9 @@ from typing import Optional, Sequence
 
 from .vote import Candidate
 
-SELECTORS = ("vote", "poe", "nvarc")
-SCORED = ("poe", "nvarc")          # the selectors that need scored candidates
+SELECTORS = ("vote", "poe", "nvarc", "verify", "vote+verify")
+SCORED = ("poe", "nvarc")          # the selectors that need candidates scored under M augmentations
+VERIFIED = ("verify", "vote+verify")   # the selectors that need verified candidates
 
 
 def check_selector(name: str) -> str:
@@ -46,12 +52,19 @@ def _check_scores(candidates: Sequence[Candidate]) -> None:
     for i, c in enumerate(candidates):
         if c.logprobs is not None and any(math.isnan(x) for x in c.logprobs):
             raise ValueError(f"candidate {i}: a NaN log-probability")
+        if c.verdicts is not None and (not c.verdicts or any(not 0.0 <= x <= 1.0 for x in c.verdicts)):
+            raise ValueError(f"candidate {i}: verdicts must be probabilities in [0, 1], got {c.verdicts}")
 
 
 def selection_score(selector: str, candidate: Candidate) -> Optional[float]:
     """``candidate``'s score under ``selector`` (``None`` for ``vote``, which ranks by order, and
     for an unscored candidate)."""
     check_selector(selector)
+    if selector in VERIFIED:
+        if candidate.verdicts is None:
+            return None
+        mean = math.fsum(candidate.verdicts) / len(candidate.verdicts)
+        return mean if selector == "verify" else candidate.count * mean
     if selector == "vote" or candidate.logprobs is None:
         return None
     total = math.fsum(candidate.logprobs)
@@ -113,4 +126,4 @@ def judge(solutions: Sequence, candidates_per_test: Sequence[Sequence[Candidate]
     return out
 
 
-__all__ = ["SELECTORS", "SCORED", "check_selector", "selection_score", "select", "ranks", "judge"]
+__all__ = ["SELECTORS", "SCORED", "VERIFIED", "check_selector", "selection_score", "select", "ranks", "judge"]

@@ -136,7 +136,7 @@ class TTFTConfig:
         if self.save_adapters not in ("all", "none"):
             raise ValueError(f"save_adapters must be 'all' or 'none', not {self.save_adapters!r}")
         from .search import SEARCHES
-        from .select import SCORED, check_selector
+        from .select import SCORED, VERIFIED, check_selector
 
         if self.search not in SEARCHES:
             raise ValueError(f"search must be one of {', '.join(SEARCHES)}, not {self.search!r}")
@@ -149,6 +149,8 @@ class TTFTConfig:
         if self.select is None:
             self.select = "poe" if self.rescore else "vote"
         check_selector(self.select)
+        if self.select in VERIFIED:
+            raise ValueError(f"select {self.select!r} is not available in a TTFT run")
         if self.rescore is None:
             self.rescore = 8 if self.select in SCORED else 0
         if self.select in SCORED and self.rescore == 0:
@@ -550,7 +552,7 @@ class TTFTRun:
         from .generate import GenerationConfig, Generator
         from .predict import max_output_tokens, predict_tasks
         from .search import SearchConfig, SearchStats
-        from .select import SELECTORS, judge, ranks, select
+        from .select import SCORED, judge, ranks, select
         from .vote import vote
 
         cfg = self.cfg
@@ -595,7 +597,7 @@ class TTFTRun:
             self._status("scoring the voted candidates", force=True)
             self._rescore_group(model, infer_lora, group, voted, stop_at)
         # Every selector that can rank these candidates is judged on them, side by side.
-        selectors = SELECTORS if cfg.rescore > 0 else ("vote",)
+        selectors = ("vote",) + (SCORED if cfg.rescore > 0 else ())
         per_task = (time.perf_counter() - t0) / len(group)
         for i, (t, per_test) in enumerate(zip(group, preds)):
             r = runs[t.id]

@@ -121,6 +121,8 @@ class Candidate:
     score:        the re-scoring sum when ``rescore`` ranked it, else ``None``.
     logprobs:     its teacher-forced log-probability under each scoring augmentation, in their
                   order, when it was scored (:mod:`arcfast.select`), else ``None``.
+    verdicts:     the verifier's P(right) under each augmentation it was verified with
+                  (:mod:`arcfast.verify`), else ``None``.
     """
 
     grid: np.ndarray
@@ -130,6 +132,7 @@ class Candidate:
     members: tuple[int, ...] = field(default=())
     score: Optional[float] = None
     logprobs: Optional[tuple[float, ...]] = None
+    verdicts: Optional[tuple[float, ...]] = None
 
 
 def grid_key(grid: np.ndarray) -> tuple[int, int, bytes]:

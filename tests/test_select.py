@@ -102,7 +102,7 @@ def test_judge_scores_each_selector_on_the_same_candidates():
     # Test input 1: one candidate, unscored, right under every selector.
     first = _candidates([5, 2, 4], [(-0.1, -9.0), (-1.0, -1.0), (-2.5, -2.5)])
     second = _candidates([1], [None])
-    got = judge([_grid(1), _grid(0)], [first, second])
+    got = judge([_grid(1), _grid(0)], [first, second], ("vote", "poe", "nvarc"))
     assert got == {"vote": {"vote_1": 0.5, "vote_2": 0.5},    # grids 0, 2 submitted for input 0
                    "poe": {"vote_1": 1.0, "vote_2": 1.0},
                    "nvarc": {"vote_1": 0.5, "vote_2": 1.0}}   # grids 2, 1
@@ -110,3 +110,19 @@ def test_judge_scores_each_selector_on_the_same_candidates():
     assert judge([np.full((1, 4), 1, np.uint8)], [first], ("poe",)) == {"poe": {"vote_1": 0.0, "vote_2": 0.0}}
     with pytest.raises(ValueError, match="2 solutions for 1 test inputs"):
         judge([_grid(1), _grid(0)], [first])
+
+
+def test_verify_selectors_rank_by_the_verdicts():
+    from dataclasses import replace
+
+    cands = _candidates([5, 2, 4, 1], [None, None, None, None])
+    verdicts = {0: (0.2, 0.4), 1: (0.9,), 2: (0.5, 0.5, 0.8), 3: None}
+    cands = [replace(c, verdicts=verdicts[int(c.grid[0, 0])]) for c in cands]
+    # verify: means 0.3, 0.9, 0.6; grid 3 unverified, last.
+    assert _ids(select(cands, "verify")) == [1, 2, 0, 3]
+    # vote+verify: 5 * 0.3 = 1.5, 2 * 0.9 = 1.8, 4 * 0.6 = 2.4.
+    assert _ids(select(cands, "vote+verify")) == [2, 1, 0, 3]
+    assert [c.score for c in select(cands, "vote+verify")][:3] == pytest.approx([2.4, 1.8, 1.5])
+    assert _ids(select(cands, "poe")) == _ids(cands)   # no log-probabilities: voting order
+    with pytest.raises(ValueError, match="verdicts must be probabilities"):
+        select([replace(cands[0], verdicts=(1.5,))], "verify")
