@@ -16,11 +16,31 @@ Prompts longer than ``max_len`` either drop demonstrations from the end of their
 fit (``on_too_long="drop_demos"``, keeping at least one) or are rejected (``"skip"``); a rejected
 draw is redrawn (a fresh target and augmentation) up to ``max_attempts`` times, after which the slot
 stays empty. All of it is counted in :class:`SampleStats`.
+
+**Objectives** (docs/FORMAT.md, "Objectives"). Each slot draws one of ``OBJECTIVES`` from its own
+seeded stream, by the weights of ``SampleConfig.objectives`` (default: ``output`` only, the samples
+above):
+
+- ``output`` (id 0): ``BOS (INPUT g OUTPUT g)* INPUT target_in OUTPUT target_out``, loss on the target
+  output;
+- ``input`` (id 1): ``BOS (INPUT g)* INPUT target_in`` over the inputs of *every* pair, test inputs
+  included (pool index ``i < len(task.train)`` is ``task.train[i].input``, then ``task.test[k].input``
+  at ``len(task.train) + k``, in both modes), loss on the target grid;
+- ``verify`` (id 2): ``BOS (INPUT g OUTPUT g)* INPUT target_in CANDIDATE c VERDICT YES|NO`` over the
+  ``output`` pool, loss on the label alone. The candidate is the right output with probability
+  ``verify_right``, else a listed wrong prediction (``wrong=``) or a seeded corruption of the right
+  output (``CANDIDATE_KINDS``); it is augmented exactly as an output grid is.
+
+Output and verify samples share the target permutations (every run of ``n`` slots has each pair as
+the target once, whichever of the two objectives each slot drew); input samples have their own over
+their pool. Packed batches from the core stream carry ``objective_ids``, the objective of each
+sample (indexed by ``sample_ids``).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -31,6 +51,15 @@ from .task import Task, id_bytes
 MODES = ("ttft", "pretrain")
 ON_TOO_LONG = ("drop_demos", "skip")
 LOSS_ON = ("target", "outputs")
+OBJECTIVES = ("output", "input", "verify")  # objective ids 0, 1, 2
+# What a verify sample's candidate is (ids 0-9): the right output, a listed wrong prediction, or a
+# synthetic corruption of the right output (ids 2-9; docs/FORMAT.md, "Objectives").
+CANDIDATE_KINDS = ("right", "prediction", "cells", "swap_colors", "add_row", "drop_row", "add_col", "drop_col",
+                   "transform", "input")
+CORRUPTIONS = CANDIDATE_KINDS[2:]
+
+# Listed wrong predictions: {task id: {pair index: [grid, ...]}}, grids 2-D arrays of colours 0-9.
+WrongPredictions = Mapping[str, Mapping[int, Sequence[np.ndarray]]]
 
 
 @dataclass(frozen=True)
@@ -43,7 +72,12 @@ class SampleConfig:
     - ``loss_on``: ``"target"`` (the target output's tokens) or ``"outputs"`` (also every
       demonstration output but the first);
     - ``max_demos``: at most this many demonstrations (0: every other pair of the pool);
-    - ``max_attempts``: draws per slot before it is left empty.
+    - ``max_attempts``: draws per slot before it is left empty;
+    - ``objectives``: ``(name, weight)`` pairs (or a mapping) of ``OBJECTIVES``; a slot draws each
+      objective with probability weight / sum of the weights (an objective left out has weight 0).
+      Stored as the weights of every objective in id order, e.g. ``(("output", 1.0), ("input",
+      0.0), ("verify", 0.5))``;
+    - ``verify_right``: probability that a verify sample's candidate is the right output.
     """
 
     mode: str = "ttft"
@@ -52,6 +86,8 @@ class SampleConfig:
     loss_on: str = "target"
     max_demos: int = 0
     max_attempts: int = 8
+    objectives: tuple = (("output", 1.0),)
+    verify_right: float = 0.5
 
     def __post_init__(self):
         for name, allowed in (("mode", MODES), ("on_too_long", ON_TOO_LONG), ("loss_on", LOSS_ON)):
@@ -59,6 +95,33 @@ class SampleConfig:
                 raise ValueError(f"SampleConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.max_len < 1 or self.max_demos < 0 or self.max_attempts < 1:
             raise ValueError("SampleConfig: max_len and max_attempts must be >= 1, max_demos >= 0")
+        items = self.objectives.items() if isinstance(self.objectives, Mapping) else self.objectives
+        weights = dict.fromkeys(OBJECTIVES, 0.0)
+        seen = set()
+        for item in items:
+            if isinstance(item, str) or len(item) != 2:
+                raise ValueError(f"SampleConfig.objectives must hold (name, weight) pairs, got {item!r}")
+            name, w = item
+            if name not in OBJECTIVES:
+                raise ValueError(f"SampleConfig.objectives: unknown objective {name!r} (one of {OBJECTIVES})")
+            if name in seen:
+                raise ValueError(f"SampleConfig.objectives: {name!r} is given twice")
+            seen.add(name)
+            w = float(w)
+            if not math.isfinite(w) or w < 0:
+                raise ValueError(f"SampleConfig.objectives: the weight of {name!r} must be finite and >= 0, got {w}")
+            weights[name] = w
+        if not any(w > 0 for w in weights.values()):
+            raise ValueError("SampleConfig.objectives: at least one weight must be > 0")
+        if not 0.0 <= float(self.verify_right) <= 1.0:
+            raise ValueError(f"SampleConfig.verify_right must lie in [0, 1], got {self.verify_right}")
+        object.__setattr__(self, "objectives", tuple((k, weights[k]) for k in OBJECTIVES))
+        object.__setattr__(self, "verify_right", float(self.verify_right))
+
+    @property
+    def weights(self) -> tuple:
+        """The weight of each objective, in id order (``OBJECTIVES``)."""
+        return tuple(w for _, w in self.objectives)
 
     def to_core(self) -> dict:
         return {
@@ -68,6 +131,8 @@ class SampleConfig:
             "loss_on": LOSS_ON.index(self.loss_on),
             "max_demos": int(self.max_demos),
             "max_attempts": int(self.max_attempts),
+            "objectives": [float(w) for w in self.weights],
+            "verify_right": float(self.verify_right),
         }
 
 
@@ -82,6 +147,20 @@ class SampleStats:
     empty_slots: int = 0           # slots whose every draw was rejected
     compositions: int = 0          # samples carrying a task composition
     compositions_dropped: int = 0  # compositions dropped for the size limit
+    objective_output: int = 0      # samples of each objective (OBJECTIVES)
+    objective_input: int = 0
+    objective_verify: int = 0
+    candidate_right: int = 0       # verify samples by candidate kind (CANDIDATE_KINDS)
+    candidate_prediction: int = 0
+    candidate_cells: int = 0
+    candidate_swap_colors: int = 0
+    candidate_add_row: int = 0
+    candidate_drop_row: int = 0
+    candidate_add_col: int = 0
+    candidate_drop_col: int = 0
+    candidate_transform: int = 0
+    candidate_input: int = 0
+    candidate_fallbacks: int = 0   # corruptions that could not apply and became `cells` (counted there)
 
     def add(self, d: dict) -> None:
         for f in fields(self):
@@ -91,6 +170,16 @@ class SampleStats:
     def as_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    @property
+    def objectives(self) -> dict:
+        """Samples by objective name."""
+        return {k: getattr(self, f"objective_{k}") for k in OBJECTIVES}
+
+    @property
+    def candidates(self) -> dict:
+        """Verify samples by candidate kind."""
+        return {k: getattr(self, f"candidate_{k}") for k in CANDIDATE_KINDS}
+
 
 @dataclass
 class Sample:
@@ -99,6 +188,12 @@ class Sample:
     ``input_ids`` int32 [L] is the prompt (layout: docs/FORMAT.md, "Prompts"); ``labels`` int32 [L]
     equals ``input_ids`` on loss positions and -100 elsewhere (Hugging Face alignment: position
     ``t`` predicts ``labels[t + 1]``). ``augmentation.order`` is ``demos``.
+
+    ``objective`` is its objective's name; ``target`` and ``demos`` index that objective's pool (the
+    input pool for ``input``). A ``verify`` sample has ``candidate``, what its candidate is (a name
+    of ``CANDIDATE_KINDS``: ``"right"`` exactly when its label is YES), and ``candidate_grid``, the
+    candidate in the task's original frame (the prompt shows it through ``augmentation`` as an
+    output grid); both are None for the other objectives.
     """
 
     task_index: int          # the task's index in the list given (its adapter id)
@@ -111,9 +206,16 @@ class Sample:
     dropped_demos: int
     input_ids: np.ndarray
     labels: np.ndarray
+    objective: str = "output"
+    candidate: Optional[str] = None
+    candidate_grid: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
+
+    @property
+    def objective_id(self) -> int:
+        return OBJECTIVES.index(self.objective)
 
 
 @dataclass
@@ -133,21 +235,40 @@ class SampleSet:
         return self.samples[i]
 
 
-def _task_spec(task: Task) -> tuple:
+def _task_spec(task: Task, wrong: Optional[Mapping[int, Sequence[np.ndarray]]] = None) -> tuple:
     # Bytes, not str: an id from a JSON file may hold a lone surrogate, which has no UTF-8 form.
-    return (id_bytes(task.id), id_bytes(task.source or ""), [(p.input, p.output) for p in task.train],
+    spec = (id_bytes(task.id), id_bytes(task.source or ""), [(p.input, p.output) for p in task.train],
             [(p.input, p.output) for p in task.test])
+    if not wrong:
+        return spec
+    listed = {}
+    for k, grids in wrong.items():
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise ValueError(f"task {task.id}: wrong predictions are keyed by pair index (int), got {k!r}")
+        if isinstance(grids, np.ndarray) and grids.ndim == 2:
+            raise ValueError(f"task {task.id}: wrong predictions of pair {k} must be a list of grids, got one grid")
+        listed[int(k)] = [np.asarray(g) for g in grids]
+    return spec + (listed,)
 
 
-def task_store(tasks: Sequence[Task]):
-    """The tasks copied into the C++ core once (an opaque handle the sampler and stream share)."""
+def task_store(tasks: Sequence[Task], wrong: Optional[WrongPredictions] = None):
+    """The tasks copied into the C++ core once (an opaque handle the sampler and stream share).
+
+    ``wrong``: listed wrong predictions for the ``verify`` objective, ``{task id: {pair index: [grid,
+    ...]}}`` in each task's original frame. The pair index is ``i`` for ``task.train[i]`` and
+    ``len(task.train) + k`` for ``task.test[k]`` (the pool index in ``ttft`` mode, and in
+    ``pretrain`` mode while every test pair before it has its output). A grid equal to the pair's
+    output is dropped (it is not wrong); a pair out of range or a test pair without an output is a
+    ValueError. Ids not among ``tasks`` are ignored.
+    """
     if isinstance(tasks, Task):
         tasks = [tasks]
-    return _core.TaskStore([_task_spec(t) for t in tasks])
+    wrong = wrong or {}
+    return _core.TaskStore([_task_spec(t, wrong.get(t.id)) for t in tasks])
 
 
 def pool_pairs(task: Task, mode: str = "ttft") -> list:
-    """The task's pool as a list of ``Pair`` (pool index -> pair)."""
+    """The task's pool as a list of ``Pair`` (pool index -> pair) for ``output`` and ``verify``."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     pool = list(task.train)
@@ -156,26 +277,34 @@ def pool_pairs(task: Task, mode: str = "ttft") -> list:
     return pool
 
 
+def pool_inputs(task: Task) -> list:
+    """The ``input`` objective's pool (both modes): every input grid, train then test (pool index -> grid)."""
+    return [p.input for p in task.train] + [p.input for p in task.test]
+
+
 def _sample_from_core(tasks: Sequence[Task], plan: tuple, ids: np.ndarray, labels: np.ndarray) -> Sample:
-    task_idx, index, attempt, target, pairs, transform, colors, comp, dropped = plan
+    task_idx, index, attempt, target, pairs, transform, colors, comp, dropped, objective, cand_kind, cand = plan
     demos = tuple(pairs[:-1])
     aug = Augmentation(transform=transform, colors=tuple(colors), order=demos,
                        composition=Composition.from_core(comp))
-    return Sample(task_idx, tasks[task_idx].id, index, attempt, target, demos, aug, dropped, ids, labels)
+    return Sample(task_idx, tasks[task_idx].id, index, attempt, target, demos, aug, dropped, ids, labels,
+                  OBJECTIVES[objective], None if cand_kind < 0 else CANDIDATE_KINDS[cand_kind], cand)
 
 
 def make_samples(tasks: Sequence[Task], n_per_task: int, seed: int = 0, config: Optional[SampleConfig] = None,
-                 augment: Optional[AugmentConfig] = None, threads: int = 0) -> SampleSet:
+                 augment: Optional[AugmentConfig] = None, threads: int = 0,
+                 wrong: Optional[WrongPredictions] = None) -> SampleSet:
     """Slots ``0 .. n_per_task-1`` of every task, drawn on ``threads`` threads (0: all cores).
 
     The result does not depend on ``threads``. Empty slots (every draw too long) are left out and
-    counted in ``stats.empty_slots``. Raises ValueError when a task has fewer than 2 pairs in its
-    pool (leave-one-out needs a target and a demonstration).
+    counted in ``stats.empty_slots``. Raises ValueError when a task has fewer than 2 pairs in the
+    pool of an objective with weight (leave-one-out needs a target and a demonstration).
+    ``wrong``: listed wrong predictions for ``verify`` samples (see :func:`task_store`).
     """
     config = config or SampleConfig()
     augment = augment or AugmentConfig()
     tasks = [tasks] if isinstance(tasks, Task) else list(tasks)
-    raw, counters = _core.make_samples(task_store(tasks), int(n_per_task), int(seed) & ((1 << 64) - 1),
+    raw, counters = _core.make_samples(task_store(tasks, wrong), int(n_per_task), int(seed) & ((1 << 64) - 1),
                                        config.to_core(), augment.to_core(), int(threads))
     stats = SampleStats()
     stats.add(counters)
@@ -183,4 +312,4 @@ def make_samples(tasks: Sequence[Task], n_per_task: int, seed: int = 0, config: 
 
 
 __all__ = ["SampleConfig", "SampleStats", "Sample", "SampleSet", "make_samples", "task_store", "pool_pairs",
-           "MODES", "ON_TOO_LONG", "LOSS_ON"]
+           "pool_inputs", "MODES", "ON_TOO_LONG", "LOSS_ON", "OBJECTIVES", "CANDIDATE_KINDS", "CORRUPTIONS"]

@@ -72,6 +72,31 @@ struct TaskStore {
     std::vector<TaskData> tasks;
 };
 
+// A task's listed wrong predictions: {pair index: [grid, ...]} (pair index: train i is i, test k is
+// n_train + k). A grid equal to the pair's output is not wrong and is dropped.
+void read_wrong(const py::dict& d, const std::string& name, TaskData& t) {
+    const int32_t n = int32_t(t.ins.size());
+    t.wrong.assign(size_t(n), {});
+    for (const auto& kv : d) {
+        const int64_t i = kv.first.cast<int64_t>();
+        if (i < 0 || i >= n)
+            throw py::value_error(name + ": wrong predictions for pair " + std::to_string(i) + ", out of range (" +
+                                  std::to_string(t.n_train) + " train + " + std::to_string(n - t.n_train) +
+                                  " test pairs)");
+        const std::string pair = i < t.n_train ? "train[" + std::to_string(i) + "]"
+                                               : "test[" + std::to_string(i - t.n_train) + "]";
+        if (!t.known[i])
+            throw py::value_error(name + ": wrong predictions for pair " + std::to_string(i) + " (" + pair +
+                                  "), whose output is unknown");
+        int32_t k = 0;
+        for (const auto& g : kv.second.cast<py::sequence>()) {
+            Grid grid = grid_from_py(g, name + ": wrong prediction " + std::to_string(k) + " of " + pair);
+            if (!same_grid(grid, t.outs[i])) t.wrong[i].push_back(std::move(grid));
+            ++k;
+        }
+    }
+}
+
 std::shared_ptr<TaskStore> make_store(const py::list& specs) {
     auto store = std::make_shared<TaskStore>();
     store->tasks.reserve(specs.size());
@@ -112,7 +137,9 @@ std::shared_ptr<TaskStore> make_store(const py::list& specs) {
         for (int32_t i = 0; i < int32_t(t.ins.size()); ++i) {
             if (i < t.n_train) t.pool[MODE_TTFT].push_back(i);
             if (t.known[i]) t.pool[MODE_PRETRAIN].push_back(i);
+            t.pool_input.push_back(i);
         }
+        if (spec.size() > 4 && !spec[4].is_none()) read_wrong(spec[4].cast<py::dict>(), name, t);
         store->tasks.push_back(std::move(t));
     }
     return store;
@@ -126,6 +153,12 @@ SampleCfg sample_cfg(const py::dict& d) {
     c.loss_on = d["loss_on"].cast<int32_t>();
     c.max_demos = d["max_demos"].cast<int32_t>();
     c.max_attempts = d["max_attempts"].cast<int32_t>();
+    if (d.contains("objectives")) {
+        const auto w = d["objectives"].cast<std::vector<double>>();
+        if (w.size() != N_OBJECTIVES) throw py::value_error("objectives must hold one weight per objective");
+        for (int j = 0; j < N_OBJECTIVES; ++j) c.objectives[j] = w[j];
+    }
+    if (d.contains("verify_right")) c.verify_right = d["verify_right"].cast<double>();
     return c;
 }
 
@@ -142,13 +175,28 @@ AugCfg aug_cfg(const py::dict& d) {
     return c;
 }
 
-// Every task must offer a target and at least one demonstration in the chosen mode.
+const char* const OBJECTIVE_NAMES[N_OBJECTIVES] = {"output", "input", "verify"};
+const char* const CANDIDATE_NAMES[N_CANDIDATE_KINDS] = {"right",    "prediction", "cells",    "swap_colors", "add_row",
+                                                        "drop_row", "add_col",    "drop_col", "transform",   "input"};
+
+// Every task must offer a target and at least one demonstration in the pool of every objective
+// that has weight.
 void check_pools(const TaskStore& s, const SampleCfg& sc) {
+    bool any = false;
+    for (int j = 0; j < N_OBJECTIVES; ++j) any = any || sc.objectives[j] > 0;
+    if (!any) throw py::value_error("objectives: at least one weight must be > 0");
     for (const auto& t : s.tasks)
-        if (t.pool[sc.mode].size() < 2)
-            throw py::value_error("task " + t.id + (t.source.empty() ? "" : " (" + t.source + ")") + ": " +
-                                  std::to_string(t.pool[sc.mode].size()) +
-                                  " usable pair(s); leave-one-out sampling needs at least 2");
+        for (int32_t j = 0; j < N_OBJECTIVES; ++j) {
+            if (!(sc.objectives[j] > 0)) continue;
+            const size_t n = objective_pool(t, sc.mode, j).size();
+            if (n >= 2) continue;
+            const std::string name = "task " + t.id + (t.source.empty() ? "" : " (" + t.source + ")");
+            if (j == OBJ_INPUT)
+                throw py::value_error(name + ": " + std::to_string(n) +
+                                      " input grid(s); the input objective needs at least 2");
+            throw py::value_error(name + ": " + std::to_string(n) + " usable pair(s); leave-one-out sampling" +
+                                  (j == OBJ_VERIFY ? " (the verify objective)" : "") + " needs at least 2");
+        }
 }
 
 py::dict counters_to_py(const Counters& c) {
@@ -160,6 +208,10 @@ py::dict counters_to_py(const Counters& c) {
     d["empty_slots"] = c.empty_slots;
     d["compositions"] = c.compositions;
     d["compositions_dropped"] = c.compositions_dropped;
+    for (int j = 0; j < N_OBJECTIVES; ++j) d[py::str(std::string("objective_") + OBJECTIVE_NAMES[j])] = c.objective[j];
+    for (int j = 0; j < N_CANDIDATE_KINDS; ++j)
+        d[py::str(std::string("candidate_") + CANDIDATE_NAMES[j])] = c.candidate[j];
+    d["candidate_fallbacks"] = c.candidate_fallbacks;
     return d;
 }
 
@@ -189,7 +241,101 @@ py::tuple plan_to_py(const Plan& p) {
     py::object comp = py::none();
     if (p.aug.comp.active()) comp = py::make_tuple(p.aug.comp.side, p.aug.comp.kind, p.aug.comp.a, p.aug.comp.b);
     std::vector<int32_t> colors(p.aug.colors, p.aug.colors + 10);
-    return py::make_tuple(p.task, p.index, p.attempt, p.target, p.pairs, p.aug.transform, colors, comp, p.dropped);
+    py::object cand = py::none();
+    if (p.objective == OBJ_VERIFY) cand = grid_to_py(p.candidate);
+    return py::make_tuple(p.task, p.index, p.attempt, p.target, p.pairs, p.aug.transform, colors, comp, p.dropped,
+                          p.objective, p.cand_kind, cand);
+}
+
+// The prompt for test input test_idx under `aug` with the train pairs of `order` as
+// demonstrations: BOS (INPUT g OUTPUT g)* INPUT test_in, then OUTPUT (inference), or, with a
+// candidate, CANDIDATE cand VERDICT (verification; the candidate augmented as an output grid).
+// With max_len > 0, demonstrations are dropped from the end of the order until it fits (keeping
+// one); `used` gets the demonstrations kept.
+std::vector<int32_t> test_prompt(const TaskData& task, int32_t test_idx, const GridAug& aug,
+                                 const std::vector<int32_t>& order, const Grid* candidate, int32_t max_len,
+                                 int32_t max_size, std::vector<int32_t>& used) {
+    const std::string name = "task " + task.id;
+    const int32_t n_test = int32_t(task.ins.size()) - task.n_train;
+    if (test_idx < 0 || test_idx >= n_test)
+        throw py::value_error(name + ": test index " + std::to_string(test_idx) + " out of range (" +
+                              std::to_string(n_test) + " test inputs)");
+    used.clear();
+    for (int32_t i : order) {
+        if (i < 0 || i >= task.n_train)
+            throw py::value_error(name + ": demonstration " + std::to_string(i) + " out of range (" +
+                                  std::to_string(task.n_train) + " train pairs)");
+        used.push_back(i);
+    }
+    if (used.empty()) throw py::value_error(name + ": an inference prompt needs at least one demonstration");
+    const int32_t target = task.n_train + test_idx;
+    const Composition& c = aug.comp;
+    auto side_grid = [&](int32_t pi) -> const Grid& { return c.side == SIDE_INPUT ? task.ins[pi] : task.outs[pi]; };
+    auto check_size = [&](const Grid& g, const std::string& what) {
+        int32_t oh, ow;
+        compose_shape(c, g.h, g.w, oh, ow);
+        if (oh > max_size || ow > max_size)
+            throw py::value_error(name + ": the composition makes a " + std::to_string(oh) + "x" +
+                                  std::to_string(ow) + " grid" + what + ", over the size limit " +
+                                  std::to_string(max_size));
+    };
+    if (c.active()) {
+        std::vector<int32_t> with_target = used;
+        if (c.side == SIDE_INPUT) with_target.push_back(target);
+        for (int32_t pi : with_target) check_size(side_grid(pi), "");
+        if (candidate && c.side == SIDE_OUTPUT) check_size(*candidate, " of the candidate");
+    }
+    auto grid_of = [&](const Grid& g, int32_t side, Grid& tmp) -> const Grid& {
+        if (!c.active() || c.side != side) return g;
+        compose(c, g, tmp);
+        return tmp;
+    };
+    const int t = aug.transform;
+    Grid tmp, ctmp;
+    const Grid& tin = grid_of(task.ins[target], SIDE_INPUT, tmp);
+    const Grid* cand = candidate ? &grid_of(*candidate, SIDE_OUTPUT, ctmp) : nullptr;
+    int64_t tail = 1 + grid_tokens_after(t, tin.h, tin.w) + 1;
+    if (cand) tail += grid_tokens_after(t, cand->h, cand->w) + 1;
+    auto demo_len = [&](int32_t pi) {
+        Grid a, b;
+        const Grid& gi = grid_of(task.ins[pi], SIDE_INPUT, a);
+        const Grid& go = grid_of(task.outs[pi], SIDE_OUTPUT, b);
+        return 2 + grid_tokens_after(t, gi.h, gi.w) + grid_tokens_after(t, go.h, go.w);
+    };
+    int64_t len = 1 + tail;
+    for (int32_t pi : used) len += demo_len(pi);
+    while (max_len > 0 && len > max_len && used.size() > 1) {
+        len -= demo_len(used.back());
+        used.pop_back();
+    }
+    if (max_len > 0 && len > max_len)
+        throw py::value_error(name + ": test " + std::to_string(test_idx) + ": the prompt takes " +
+                              std::to_string(len) + " tokens with one demonstration, over max_len " +
+                              std::to_string(max_len));
+    int32_t lut[10];
+    for (int k = 0; k < 10; ++k) lut[k] = aug.colors[k];
+    std::vector<int32_t> ids(len);
+    int32_t* o = ids.data();
+    *o++ = TOK_BOS;
+    for (int32_t pi : used) {
+        Grid a, b;
+        const Grid& gi = grid_of(task.ins[pi], SIDE_INPUT, a);
+        const Grid& go = grid_of(task.outs[pi], SIDE_OUTPUT, b);
+        *o++ = TOK_INPUT;
+        o = write_compact(gi.cells.data(), gi.h, gi.w, t, lut, o);
+        *o++ = TOK_OUTPUT;
+        o = write_compact(go.cells.data(), go.h, go.w, t, lut, o);
+    }
+    *o++ = TOK_INPUT;
+    o = write_compact(tin.cells.data(), tin.h, tin.w, t, lut, o);
+    if (cand) {
+        *o++ = TOK_CANDIDATE;
+        o = write_compact(cand->cells.data(), cand->h, cand->w, t, lut, o);
+        *o++ = TOK_VERDICT;
+    } else {
+        *o++ = TOK_OUTPUT;
+    }
+    return ids;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -207,6 +353,8 @@ struct Ready {
     BatchArrays arrays;
     Counters cnt;
     int64_t samples = 0, tokens = 0;
+    bool has_objectives = false;
+    std::vector<int32_t> objectives;  // objective id of each sample, in the batch's sample numbering
 };
 
 Ready write_job(const TaskStore& s, const SampleCfg& sc, int32_t row_len, Job& job,
@@ -222,11 +370,15 @@ Ready write_job(const TaskStore& s, const SampleCfg& sc, int32_t row_len, Job& j
     lay_out(out.arrays, order, job.row_of, job.off_of, lens, adapter, [&](int32_t i, int32_t* ids, int32_t* labels) {
         const Plan& p = job.plans[i];
         const TaskData& t = s.tasks[p.task];
-        write_plan(t, t.pool[sc.mode], p, sc.loss_on, ids, labels);
+        write_plan(t, objective_pool(t, sc.mode, p.objective), p, sc.loss_on, ids, labels);
     });
     out.cnt = job.cnt;
     out.samples = int64_t(order.size());
-    for (int32_t i : order) out.tokens += lens[i];
+    out.has_objectives = true;
+    for (int32_t i : order) {
+        out.tokens += lens[i];
+        out.objectives.push_back(job.plans[i].objective);
+    }
     return out;
 }
 
@@ -244,6 +396,11 @@ py::dict batch_to_py(Ready&& r) {
     d["sample_ids"] = view(3);
     d["adapter_ids"] = view(4);
     d["cu_seqlens"] = vec_to_py(std::move(r.arrays.cu), {ncu});
+    if (r.has_objectives) {
+        // per sample (index = sample_ids value): its objective id; objective_ids[sample_ids] per token
+        const py::ssize_t ns = py::ssize_t(r.objectives.size());
+        d["objective_ids"] = vec_to_py(std::move(r.objectives), {ns});
+    }
     py::dict st = counters_to_py(r.cnt);
     st["samples"] = r.samples;
     st["tokens"] = r.tokens;
@@ -524,7 +681,8 @@ void init_pipeline(py::module_& m) {
                     ok[i] = 1;
                     ids[i].resize(plans[i].length);
                     labels[i].resize(plans[i].length);
-                    write_plan(task, task.pool[sc.mode], plans[i], sc.loss_on, ids[i].data(), labels[i].data());
+                    write_plan(task, objective_pool(task, sc.mode, plans[i].objective), plans[i], sc.loss_on,
+                               ids[i].data(), labels[i].data());
                 });
             }
             Counters total;
@@ -587,84 +745,35 @@ void init_pipeline(py::module_& m) {
            std::vector<int32_t> colors, py::object comp, std::vector<int32_t> order, int32_t max_len,
            int32_t max_size) {
             const TaskData& task = store->tasks.at(task_idx);
-            const std::string name = "task " + task.id;
-            const int32_t n_test = int32_t(task.ins.size()) - task.n_train;
-            if (test_idx < 0 || test_idx >= n_test)
-                throw py::value_error(name + ": test index " + std::to_string(test_idx) + " out of range (" +
-                                      std::to_string(n_test) + " test inputs)");
-            Plan p;
-            p.aug = grid_aug(transform, colors, comp);
-            for (int32_t i : order) {
-                if (i < 0 || i >= task.n_train)
-                    throw py::value_error(name + ": demonstration " + std::to_string(i) + " out of range (" +
-                                          std::to_string(task.n_train) + " train pairs)");
-                p.pairs.push_back(i);
-            }
-            if (p.pairs.empty()) throw py::value_error(name + ": an inference prompt needs at least one demonstration");
-            const int32_t target = task.n_train + test_idx;
-            const Composition& c = p.aug.comp;
-            auto side_grid = [&](int32_t pi) -> const Grid& { return c.side == SIDE_INPUT ? task.ins[pi] : task.outs[pi]; };
-            if (c.active()) {
-                std::vector<int32_t> with_target = p.pairs;
-                if (c.side == SIDE_INPUT) with_target.push_back(target);
-                for (int32_t pi : with_target) {
-                    int32_t oh, ow;
-                    compose_shape(c, side_grid(pi).h, side_grid(pi).w, oh, ow);
-                    if (oh > max_size || ow > max_size)
-                        throw py::value_error(name + ": the composition makes a " + std::to_string(oh) + "x" +
-                                              std::to_string(ow) + " grid, over the size limit " +
-                                              std::to_string(max_size));
-                }
-            }
-            auto grid_of = [&](int32_t pi, int32_t side, Grid& tmp) -> const Grid& {
-                const Grid& g = side == SIDE_INPUT ? task.ins[pi] : task.outs[pi];
-                if (!c.active() || c.side != side) return g;
-                compose(c, g, tmp);
-                return tmp;
-            };
-            const int t = p.aug.transform;
-            Grid tmp;
-            const Grid& tin = grid_of(target, SIDE_INPUT, tmp);
-            int64_t tail = 1 + grid_tokens_after(t, tin.h, tin.w) + 1;
-            auto demo_len = [&](int32_t pi) {
-                Grid a, b;
-                const Grid& gi = grid_of(pi, SIDE_INPUT, a);
-                const Grid& go = grid_of(pi, SIDE_OUTPUT, b);
-                return 2 + grid_tokens_after(t, gi.h, gi.w) + grid_tokens_after(t, go.h, go.w);
-            };
-            int64_t len = 1 + tail;
-            for (int32_t pi : p.pairs) len += demo_len(pi);
-            while (max_len > 0 && len > max_len && p.pairs.size() > 1) {
-                len -= demo_len(p.pairs.back());
-                p.pairs.pop_back();
-            }
-            if (max_len > 0 && len > max_len)
-                throw py::value_error(name + ": test " + std::to_string(test_idx) + ": the prompt takes " +
-                                      std::to_string(len) + " tokens with one demonstration, over max_len " +
-                                      std::to_string(max_len));
-            int32_t lut[10];
-            for (int k = 0; k < 10; ++k) lut[k] = p.aug.colors[k];
-            std::vector<int32_t> ids(len);
-            int32_t* o = ids.data();
-            *o++ = TOK_BOS;
-            for (int32_t pi : p.pairs) {
-                Grid a, b;
-                const Grid& gi = grid_of(pi, SIDE_INPUT, a);
-                const Grid& go = grid_of(pi, SIDE_OUTPUT, b);
-                *o++ = TOK_INPUT;
-                o = write_compact(gi.cells.data(), gi.h, gi.w, t, lut, o);
-                *o++ = TOK_OUTPUT;
-                o = write_compact(go.cells.data(), go.h, go.w, t, lut, o);
-            }
-            *o++ = TOK_INPUT;
-            o = write_compact(tin.cells.data(), tin.h, tin.w, t, lut, o);
-            *o++ = TOK_OUTPUT;
+            std::vector<int32_t> used;
+            std::vector<int32_t> ids =
+                test_prompt(task, test_idx, grid_aug(transform, colors, comp), order, nullptr, max_len, max_size, used);
             const py::ssize_t L = py::ssize_t(ids.size());
-            return py::make_tuple(vec_to_py(std::move(ids), {L}), py::cast(p.pairs));
+            return py::make_tuple(vec_to_py(std::move(ids), {L}), py::cast(used));
         },
         py::arg("store"), py::arg("task"), py::arg("test_index"), py::arg("transform"), py::arg("colors"),
         py::arg("composition"), py::arg("order"), py::arg("max_len"), py::arg("max_size") = DEFAULT_MAX_SIZE,
         "(ids int32 [L], demonstrations used): the prompt for a test input, ending with its OUTPUT marker.");
+
+    m.def(
+        "verify_prompt",
+        [](std::shared_ptr<TaskStore> store, int32_t task_idx, int32_t test_idx, py::object candidate,
+           int32_t transform, std::vector<int32_t> colors, py::object comp, std::vector<int32_t> order,
+           int32_t max_len, int32_t max_size) {
+            const TaskData& task = store->tasks.at(task_idx);
+            const Grid cand = grid_from_py(candidate, "task " + task.id + ": test " + std::to_string(test_idx) +
+                                                          ": candidate");
+            std::vector<int32_t> used;
+            std::vector<int32_t> ids =
+                test_prompt(task, test_idx, grid_aug(transform, colors, comp), order, &cand, max_len, max_size, used);
+            const py::ssize_t L = py::ssize_t(ids.size());
+            return py::make_tuple(vec_to_py(std::move(ids), {L}), py::cast(used));
+        },
+        py::arg("store"), py::arg("task"), py::arg("test_index"), py::arg("candidate"), py::arg("transform"),
+        py::arg("colors"), py::arg("composition"), py::arg("order"), py::arg("max_len"),
+        py::arg("max_size") = DEFAULT_MAX_SIZE,
+        "(ids int32 [L], demonstrations used): the verify prompt for a test input and a candidate output, "
+        "ending with its VERDICT marker.");
 
     m.def(
         "best_fit_decreasing",
@@ -681,9 +790,15 @@ void init_pipeline(py::module_& m) {
         "pack",
         [](py::array_t<int32_t, py::array::c_style | py::array::forcecast> ids,
            py::array_t<int32_t, py::array::c_style | py::array::forcecast> labels, std::vector<int32_t> lens,
-           std::vector<int32_t> adapter, int32_t row_len, int32_t rows) {
+           std::vector<int32_t> adapter, int32_t row_len, int32_t rows, py::object objectives) {
             const size_t n = lens.size();
             if (adapter.size() != n) throw py::value_error("adapter ids and lengths differ in size");
+            std::vector<int32_t> obj;
+            const bool has_obj = !objectives.is_none();
+            if (has_obj) {
+                obj = objectives.cast<std::vector<int32_t>>();
+                if (obj.size() != n) throw py::value_error("objective ids and lengths differ in size");
+            }
             std::vector<int64_t> start(n + 1, 0);
             for (size_t i = 0; i < n; ++i) {
                 if (lens[i] < 1 || lens[i] > row_len)
@@ -714,11 +829,17 @@ void init_pipeline(py::module_& m) {
                 });
                 r.samples = int64_t(n);
                 r.tokens = start[n];
+                if (has_obj) {
+                    r.has_objectives = true;
+                    for (int32_t i : order) r.objectives.push_back(obj[i]);
+                }
             }
             return batch_to_py(std::move(r));
         },
         py::arg("ids"), py::arg("labels"), py::arg("lengths"), py::arg("adapter_ids"), py::arg("row_len"),
-        py::arg("rows"), "Packs concatenated samples (int32) by best-fit-decreasing: the PackedBatch arrays.");
+        py::arg("rows"), py::arg("objective_ids") = py::none(),
+        "Packs concatenated samples (int32) by best-fit-decreasing: the PackedBatch arrays (plus objective_ids "
+        "per sample when the samples' objective ids are given).");
 
     py::class_<Stream>(m, "PackedStream", "Background threads producing packed batches into a bounded queue.")
         .def(py::init([](std::shared_ptr<TaskStore> store, uint64_t seed, py::dict scd, py::dict acd, int32_t row_len,

@@ -12,23 +12,42 @@ Random streams (splitmix64, all arithmetic mod 2**64)::
     shuffle(xs)   = for i from len-1 down to 1: swap xs[i], xs[below(i + 1)]
 
 A task is keyed by ``fnv1a64(task.id)``; with ``tk = combine(seed, key)``, slot ``index`` of a task,
-draw ``attempt``, uses ``Rng(combine(combine(combine(tk, 1), index), attempt))``.
+draw ``attempt``, uses ``Rng(combine(combine(combine(tk, 1), index), attempt))``. Stream tags: 1 a
+draw, 2 the target epochs of the output/verify pool, 3 test-time augmentations (arcfast.augment),
+4 the objective of a slot, 5 the target epochs of the input pool.
 
 Drawing one sample (``draw_plan``), in this order:
 
-1. the pool: the task's train pairs (``ttft``), plus its test pairs with known outputs (``pretrain``);
+0. the objective (once per slot, the same for every attempt): with ``w`` the weights of
+   ``("output", "input", "verify")`` (ids 0, 1, 2), the only one with ``w > 0`` when there is one
+   (nothing drawn); else ``x = Rng(combine(combine(tk, 4), index)).uniform() * sum(w)`` and the first
+   ``j`` with ``w[j] > 0`` and ``x < w[0] + ... + w[j]`` (sums in id order, in doubles);
+1. the pool: for ``output`` and ``verify``, the task's train pairs (``ttft``), plus its test pairs with
+   known outputs (``pretrain``); for ``input``, every pair's input, train then test, in both modes;
 2. the target: at attempt 0, ``perm[index % n]`` where ``perm`` is ``range(n)`` shuffled by
-   ``Rng(combine(combine(tk, 2), index // n))`` (each run of n slots has every pair as target once);
-   at a later attempt, ``below(n)``;
+   ``Rng(combine(combine(tk, e), index // n))``, ``e = 2`` (output, verify) or ``5`` (input): each run
+   of n slots of one pool has every pair as target once; at a later attempt, ``below(n)``;
 3. demonstrations: the other pairs in pool order, shuffled (``shuffle_demos``), cut to ``max_demos``;
 4. the dihedral transform: ``transforms[below(len(transforms))]``;
 5. colours (``permute_colors``): ``uniform() < keep_zero_prob`` keeps 0 and shuffles 1-9, else all ten are shuffled;
-6. a composition, when ``composition_prob > 0`` and ``uniform() < composition_prob``: side, kind, then
+6. (``verify`` only) the candidate, in the task's original frame (``draw_candidate``):
+   ``uniform() < verify_right``: the right output (label YES); else, when the target pair has listed
+   wrong predictions, ``below(2) == 0`` takes one of them, ``below(count)`` (label NO); else a
+   corruption of kind ``2 + below(8)`` of ``CANDIDATE_KINDS`` (label NO), whose own draws follow
+   (``corrupt``). A kind that cannot apply (a side at ``max_size`` or 1, a grid no dihedral transform
+   changes, an input equal to the output) draws nothing and ``cells`` is drawn instead; no
+   corruption ever equals the right output;
+7. a composition, when ``composition_prob > 0`` and ``uniform() < composition_prob``: side, kind, then
    geometric ``1 + below(7)``; pad ``1 + below(5)``, colour ``below(10)``; upscale ``same = below(2) == 0``,
    ``fy = 2 + below(3)``, ``fx = fy if same else 2 + below(3)``; mirror axis ``below(2)``, flip-first ``below(2)``.
-   Dropped when a grid of the sample would exceed ``max_size``;
-7. the length limit: drop demonstrations from the end until the prompt fits (keeping one) or reject the
+   Dropped when a grid the prompt shows on its side would exceed ``max_size`` (for verify, the
+   candidate stands for the target's output; an input sample shows no output, so an output-side
+   composition is kept and composes nothing);
+8. the length limit: drop demonstrations from the end until the prompt fits (keeping one) or reject the
    draw; a rejected draw is retried at ``attempt + 1``, up to ``max_attempts``.
+
+Every grid of a prompt, the verify candidate included (as an output grid), is augmented as
+``dihedral(colors[compose(g)])``.
 """
 from __future__ import annotations
 
@@ -41,7 +60,12 @@ from .. import tokens as T
 
 MASK = (1 << 64) - 1
 GOLDEN = 0x9E3779B97F4A7C15
-TAG_SAMPLE, TAG_EPOCH = 1, 2
+TAG_SAMPLE, TAG_EPOCH, TAG_OBJECTIVE, TAG_EPOCH_INPUT = 1, 2, 4, 5
+
+OBJECTIVES = ("output", "input", "verify")
+CANDIDATE_KINDS = ("right", "prediction", "cells", "swap_colors", "add_row", "drop_row", "add_col", "drop_col",
+                   "transform", "input")
+FIRST_CORRUPTION = 2
 
 KIND_IDS = {"geometric": 1, "pad": 2, "upscale": 3, "mirror": 4}
 SIDE_IDS = {"input": 0, "output": 1}
@@ -205,6 +229,40 @@ def pool_pairs(task, mode: str) -> list[tuple[np.ndarray, np.ndarray]]:
     return pairs
 
 
+def pool_pair_index(task, mode: str) -> list[int]:
+    """The pair index (train i: i, test k: n_train + k) of each pool index of output / verify."""
+    n = len(task.train)
+    out = list(range(n))
+    if mode == "pretrain":
+        out += [n + k for k, p in enumerate(task.test) if p.output is not None]
+    return out
+
+
+def input_pool(task) -> list[tuple[np.ndarray, None]]:
+    """The input objective's pool: every pair's input, train then test (any mode)."""
+    return [(p.input, None) for p in task.train] + [(p.input, None) for p in task.test]
+
+
+def objective_pool(task, mode: str, objective: int) -> list:
+    return input_pool(task) if objective == 1 else pool_pairs(task, mode)
+
+
+def objective_weights(sc) -> list[float]:
+    w = dict(getattr(sc, "objectives", (("output", 1.0),)))
+    return [float(w.get(k, 0.0)) for k in OBJECTIVES]
+
+
+def wrong_lists(task, wrong) -> dict[int, list[np.ndarray]]:
+    """The task's listed wrong predictions by pair index, minus any equal to the pair's output."""
+    pairs = list(task.train) + list(task.test)
+    out = {}
+    for k, grids in ((wrong or {}).get(task.id) or {}).items():
+        right = pairs[int(k)].output
+        out[int(k)] = [np.asarray(g, dtype=np.uint8) for g in grids
+                       if not np.array_equal(np.asarray(g, dtype=np.uint8), right)]
+    return out
+
+
 @dataclass
 class Plan:
     task: int
@@ -220,6 +278,10 @@ class Plan:
     dropped: int = 0
     seq: int = 0
     born: int = 0
+    objective: int = 0                      # id in OBJECTIVES
+    cand_kind: int = -1                     # verify: id in CANDIDATE_KINDS
+    candidate: Optional[np.ndarray] = None  # verify: the candidate, original frame
+    cand_fallback: bool = False
 
 
 @dataclass
@@ -231,6 +293,23 @@ class Counters:
     empty_slots: int = 0
     compositions: int = 0
     compositions_dropped: int = 0
+    objective_output: int = 0
+    objective_input: int = 0
+    objective_verify: int = 0
+    candidate_right: int = 0
+    candidate_prediction: int = 0
+    candidate_cells: int = 0
+    candidate_swap_colors: int = 0
+    candidate_add_row: int = 0
+    candidate_drop_row: int = 0
+    candidate_add_col: int = 0
+    candidate_drop_col: int = 0
+    candidate_transform: int = 0
+    candidate_input: int = 0
+    candidate_fallbacks: int = 0
+
+    def count(self, name: str) -> None:
+        setattr(self, name, getattr(self, name) + 1)
 
     def add(self, o: "Counters") -> None:
         for k in self.__dataclass_fields__:
@@ -245,8 +324,12 @@ def _glen(g: np.ndarray, t: int) -> int:
 
 
 def _grids(pool, plan: Plan, i: int):
+    """(input, output) grids prompt pair i shows, before colours and dihedral: composed on the
+    composition's side; a verify target's output is its candidate; an input sample has no output."""
     pin, pout = pool[plan.pairs[i]]
-    if plan.comp is not None:
+    if plan.objective == 2 and i == len(plan.pairs) - 1:
+        pout = plan.candidate
+    if plan.comp is not None and plan.composed:
         if plan.comp[0] == 0:
             pin = plan.composed[i]
         else:
@@ -258,19 +341,130 @@ def _length(pool, plan: Plan) -> int:
     n = 1
     for i in range(len(plan.pairs)):
         gi, go = _grids(pool, plan, i)
-        n += 2 + _glen(gi, plan.transform) + _glen(go, plan.transform)
-    return n
+        n += 1 + _glen(gi, plan.transform)
+        if plan.objective != 1:
+            n += 1 + _glen(go, plan.transform)
+    return n + (2 if plan.objective == 2 else 0)
 
 
-def draw_plan(task, task_idx: int, index: int, attempt: int, seed: int, sc, ac, cnt: Counters) -> Optional[Plan]:
+def draw_objective(tk: int, index: int, sc) -> int:
+    """Step 0 of the module docstring: the objective id of slot ``index``."""
+    w = objective_weights(sc)
+    positive = [j for j in range(len(w)) if w[j] > 0]
+    if len(positive) <= 1:
+        return positive[0] if positive else 0
+    total = 0.0
+    for j in positive:
+        total += w[j]
+    x = Rng(combine(combine(tk, TAG_OBJECTIVE), index)).uniform() * total
+    acc = 0.0
+    for j in positive:
+        acc += w[j]
+        if x < acc:
+            return j
+    return positive[-1]
+
+
+def corrupt(kind: int, right: np.ndarray, inp: np.ndarray, max_size: int, rng: Rng) -> Optional[np.ndarray]:
+    """A corruption of ``right`` of kind ``CANDIDATE_KINDS[kind]``, or None (nothing drawn) when the
+    kind cannot apply. The draws of each kind:
+
+    - ``cells``: ``k = 1 + below(max(1, h*w // 10))`` distinct cells, each picked by a step of a
+      forward partial Fisher-Yates over the positions ``0 .. h*w-1`` (``swap(pos[j], pos[j +
+      below(h*w - j)])``) and given colour ``(old + 1 + below(9)) % 10``;
+    - ``swap_colors``: the colours present, ascending; with 2 or more, ``a = below(n)``, ``b =
+      below(n - 1)`` (plus one when ``>= a``), the two swapped everywhere; with one, it becomes
+      ``(c + 1 + below(9)) % 10``;
+    - ``add_row`` (``h < max_size``): insert at ``r = below(h + 1)``; ``below(2) == 0`` copies a
+      neighbour (row 0 when ``r == 0``, row ``h - 1`` when ``r == h``, else row ``r - 1 + below(2)``),
+      otherwise ``w`` colours ``below(10)``, left to right; ``add_col`` the same on columns (top to
+      bottom);
+    - ``drop_row`` (``h > 1``): remove row ``below(h)``; ``drop_col`` the same on columns;
+    - ``transform``: among the dihedral transforms 1-7 whose image differs from ``right``, the
+      ``below(count)``-th;
+    - ``input``: the pair's input grid, when it differs from ``right`` (no draw).
+    """
+    right = np.asarray(right, dtype=np.uint8)
+    h, w = right.shape
+    name = CANDIDATE_KINDS[kind]
+    if name == "cells":
+        out = right.copy().reshape(-1)
+        n = h * w
+        k = 1 + rng.below(max(1, n // 10))
+        pos = list(range(n))
+        flat = right.reshape(-1)
+        for j in range(k):
+            s = j + rng.below(n - j)
+            pos[j], pos[s] = pos[s], pos[j]
+            out[pos[j]] = (int(flat[pos[j]]) + 1 + rng.below(9)) % 10
+        return out.reshape(h, w)
+    if name == "swap_colors":
+        present = sorted(set(right.reshape(-1).tolist()))
+        lut = np.arange(10, dtype=np.uint8)
+        if len(present) >= 2:
+            ai = rng.below(len(present))
+            bi = rng.below(len(present) - 1)
+            if bi >= ai:
+                bi += 1
+            a, b = present[ai], present[bi]
+            lut[a], lut[b] = b, a
+        else:
+            lut[present[0]] = (present[0] + 1 + rng.below(9)) % 10
+        return lut[right]
+    if name in ("add_row", "add_col"):
+        g = right if name == "add_row" else right.T
+        side, across = g.shape
+        if side >= max_size:
+            return None
+        at = rng.below(side + 1)
+        if rng.below(2) == 0:
+            src = 0 if at == 0 else side - 1 if at == side else at - 1 + rng.below(2)
+            line = g[src].copy()
+        else:
+            line = np.array([rng.below(10) for _ in range(across)], dtype=np.uint8)
+        out = np.concatenate([g[:at], line[None, :], g[at:]], axis=0)
+        return np.ascontiguousarray(out if name == "add_row" else out.T)
+    if name in ("drop_row", "drop_col"):
+        axis = 0 if name == "drop_row" else 1
+        if right.shape[axis] <= 1:
+            return None
+        return np.ascontiguousarray(np.delete(right, rng.below(right.shape[axis]), axis=axis))
+    if name == "transform":
+        ok = [t for t in range(1, 8) if not np.array_equal(dihedral(right, t), right)]
+        if not ok:
+            return None
+        return dihedral(right, ok[rng.below(len(ok))])
+    if name == "input":
+        inp = np.asarray(inp, dtype=np.uint8)
+        return None if np.array_equal(inp, right) else np.ascontiguousarray(inp)
+    raise ValueError(f"not a corruption kind: {kind}")
+
+
+def draw_candidate(right: np.ndarray, inp: np.ndarray, listed: list, verify_right: float, max_size: int,
+                   rng: Rng) -> tuple[np.ndarray, int, bool]:
+    """Step 6 of the module docstring: (candidate, kind id, fell back to cells)."""
+    if rng.uniform() < verify_right:
+        return np.asarray(right, dtype=np.uint8), 0, False
+    if listed and rng.below(2) == 0:
+        return listed[rng.below(len(listed))], 1, False
+    kind = FIRST_CORRUPTION + rng.below(len(CANDIDATE_KINDS) - FIRST_CORRUPTION)
+    cand = corrupt(kind, right, inp, max_size, rng)
+    if cand is None or np.array_equal(cand, right):
+        return corrupt(2, right, inp, max_size, rng), 2, True
+    return cand, kind, False
+
+
+def draw_plan(task, task_idx: int, index: int, attempt: int, seed: int, sc, ac, cnt: Counters,
+              wrong=None) -> Optional[Plan]:
     """One draw of a slot; None when it cannot fit ``sc.max_len`` (counted by the caller)."""
-    pool = pool_pairs(task, sc.mode)
-    n = len(pool)
     tk = combine(seed, fnv1a64(task.id))
+    obj = draw_objective(tk, index, sc)
+    pool = objective_pool(task, sc.mode, obj)
+    n = len(pool)
     rng = Rng(combine(combine(combine(tk, TAG_SAMPLE), index), attempt))
     if attempt == 0:
         perm = list(range(n))
-        shuffle(perm, Rng(combine(combine(tk, TAG_EPOCH), index // n)))
+        shuffle(perm, Rng(combine(combine(tk, TAG_EPOCH_INPUT if obj == 1 else TAG_EPOCH), index // n)))
         target = perm[index % n]
     else:
         target = rng.below(n)
@@ -289,7 +483,13 @@ def draw_plan(task, task_idx: int, index: int, attempt: int, seed: int, sc, ac, 
             colors = [0] + rest
         else:
             shuffle(colors, rng)
-    plan = Plan(task_idx, index, attempt, target, demos + [target], transform, colors, None)
+    plan = Plan(task_idx, index, attempt, target, demos + [target], transform, colors, None, objective=obj)
+    if obj == 2:
+        pair = pool_pair_index(task, sc.mode)[target]
+        pin, pout = pool[target]
+        listed = wrong_lists(task, wrong).get(pair, [])
+        plan.candidate, plan.cand_kind, plan.cand_fallback = draw_candidate(
+            pout, pin, listed, getattr(sc, "verify_right", 0.5), ac.max_size, rng)
     comp_dropped = False
     if ac.composition_prob > 0 and rng.uniform() < ac.composition_prob:
         sides = [SIDE_IDS[s] for s in ac.composition_sides]
@@ -309,7 +509,12 @@ def draw_plan(task, task_idx: int, index: int, attempt: int, seed: int, sc, ac, 
         elif kind == 4:
             a = rng.below(2)
             b = rng.below(2)
-        grids = [pool[i][side] for i in plan.pairs]
+        if obj == 1 and side == 1:
+            grids = []  # an input sample shows no output grid
+        else:
+            grids = [pool[i][side] for i in plan.pairs]
+            if obj == 2 and side == 1:
+                grids[-1] = plan.candidate
         if all(max(compose_shape(kind, a, b, *g.shape)) <= ac.max_size for g in grids):
             plan.comp = (side, kind, a, b)
             plan.composed = [compose(kind, a, b, g) for g in grids]
@@ -335,12 +540,16 @@ def draw_plan(task, task_idx: int, index: int, attempt: int, seed: int, sc, ac, 
     cnt.trimmed += dropped > 0
     cnt.compositions += plan.comp is not None
     cnt.compositions_dropped += comp_dropped
+    cnt.count("objective_" + OBJECTIVES[obj])
+    if obj == 2:
+        cnt.count("candidate_" + CANDIDATE_KINDS[plan.cand_kind])
+        cnt.candidate_fallbacks += plan.cand_fallback
     return plan
 
 
-def plan_slot(task, task_idx: int, index: int, seed: int, sc, ac, cnt: Counters) -> Optional[Plan]:
+def plan_slot(task, task_idx: int, index: int, seed: int, sc, ac, cnt: Counters, wrong=None) -> Optional[Plan]:
     for attempt in range(sc.max_attempts):
-        plan = draw_plan(task, task_idx, index, attempt, seed, sc, ac, cnt)
+        plan = draw_plan(task, task_idx, index, attempt, seed, sc, ac, cnt, wrong)
         if plan is not None:
             return plan
         cnt.skipped += 1
@@ -349,38 +558,50 @@ def plan_slot(task, task_idx: int, index: int, seed: int, sc, ac, cnt: Counters)
 
 
 def write_plan(task, plan: Plan, sc) -> tuple[list[int], list[int]]:
-    """(ids, HF-aligned labels) of a plan's prompt."""
-    pool = pool_pairs(task, sc.mode)
+    """(ids, HF-aligned labels) of a plan's prompt (layouts and loss: docs/FORMAT.md, "Objectives")."""
+    pool = objective_pool(task, sc.mode, plan.objective)
     ids = [T.BOS]
     labels = [T.IGNORE_INDEX]
     last = len(plan.pairs) - 1
+    verify = plan.objective == 2
     for i in range(len(plan.pairs)):
         gi, go = _grids(pool, plan, i)
         gi = augment_grid(gi, -1, plan.transform, plan.colors, None)
+        loss = (i == last or (sc.loss_on == "outputs" and i > 0)) and not verify
+        if plan.objective == 1:
+            body = encode(gi)
+            ids += [T.INPUT] + body
+            labels += [T.IGNORE_INDEX] + (body if loss else [T.IGNORE_INDEX] * len(body))
+            continue
         go = augment_grid(go, -1, plan.transform, plan.colors, None)
-        head = [T.INPUT] + encode(gi) + [T.OUTPUT]
+        head = [T.INPUT] + encode(gi) + [T.CANDIDATE if verify and i == last else T.OUTPUT]
         body = encode(go)
         ids += head + body
         labels += [T.IGNORE_INDEX] * len(head)
-        loss = i == last or (sc.loss_on == "outputs" and i > 0)
         labels += body if loss else [T.IGNORE_INDEX] * len(body)
+    if verify:
+        verdict = T.YES if plan.cand_kind == 0 else T.NO
+        ids += [T.VERDICT, verdict]
+        labels += [T.IGNORE_INDEX, verdict]
     return ids, labels
 
 
-def make_samples(tasks, n_per_task: int, seed: int, sc, ac) -> tuple[list[tuple[Plan, list, list]], Counters]:
+def make_samples(tasks, n_per_task: int, seed: int, sc, ac, wrong=None) -> tuple[list[tuple[Plan, list, list]], Counters]:
     cnt = Counters()
     out = []
     for t, task in enumerate(tasks):
         for i in range(n_per_task):
-            plan = plan_slot(task, t, i, seed, sc, ac, cnt)
+            plan = plan_slot(task, t, i, seed, sc, ac, cnt, wrong)
             if plan is not None:
                 ids, labels = write_plan(task, plan, sc)
                 out.append((plan, ids, labels))
     return out, cnt
 
 
-def inference_prompt(task, test_index: int, transform: int, colors, comp, order, max_len: int) -> tuple[list[int], list[int]]:
-    """(ids, demonstrations used): BOS, demonstrations, the test input, then OUTPUT."""
+def inference_prompt(task, test_index: int, transform: int, colors, comp, order, max_len: int,
+                     candidate=None) -> tuple[list[int], list[int]]:
+    """(ids, demonstrations used): BOS, demonstrations, the test input, then OUTPUT; with a
+    ``candidate`` (original frame), CANDIDATE, the candidate augmented as an output grid, VERDICT."""
     order = list(order)
 
     def grid(g, side):
@@ -390,7 +611,11 @@ def inference_prompt(task, test_index: int, transform: int, colors, comp, order,
         p = task.train[i]
         return [T.INPUT] + encode(grid(p.input, 0)) + [T.OUTPUT] + encode(grid(p.output, 1))
 
-    tail = [T.INPUT] + encode(grid(task.test[test_index].input, 0)) + [T.OUTPUT]
+    tail = [T.INPUT] + encode(grid(task.test[test_index].input, 0))
+    if candidate is None:
+        tail += [T.OUTPUT]
+    else:
+        tail += [T.CANDIDATE] + encode(grid(np.asarray(candidate, dtype=np.uint8), 1)) + [T.VERDICT]
     demos = [demo(i) for i in order]
     while max_len > 0 and 1 + sum(map(len, demos)) + len(tail) > max_len and len(demos) > 1:
         demos.pop()
@@ -400,6 +625,12 @@ def inference_prompt(task, test_index: int, transform: int, colors, comp, order,
         raise ValueError(f"task {task.id}: test {test_index}: the prompt takes {len(ids)} tokens "
                          f"with one demonstration, over max_len {max_len}")
     return ids, order
+
+
+def verify_prompt(task, test_index: int, candidate, transform: int, colors, comp, order,
+                  max_len: int) -> tuple[list[int], list[int]]:
+    """(ids, demonstrations used) of the verification prompt: ends with VERDICT."""
+    return inference_prompt(task, test_index, transform, colors, comp, order, max_len, candidate)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -433,8 +664,11 @@ def best_fit_decreasing(lens: Sequence[int], keys: Sequence[int], row_len: int, 
     return row_of, off_of, len(used)
 
 
-def lay_out(items: Sequence[tuple[list, list, int]], row_of, off_of, rows: int, row_len: int) -> dict:
-    """Arrays of a PackedBatch from placed (ids, labels, adapter) items (conventions: arcfast/batch.py)."""
+def lay_out(items: Sequence[tuple], row_of, off_of, rows: int, row_len: int) -> dict:
+    """Arrays of a PackedBatch from placed (ids, labels, adapter) items (conventions: arcfast/batch.py).
+
+    Items of four, (ids, labels, adapter, objective id), also give ``objective_ids``: int32
+    [n_samples], the objective of each sample in the batch's numbering (``sample_ids``)."""
     shape = (rows, row_len)
     ids = np.full(shape, T.PAD, np.int32)
     labels = np.full(shape, T.IGNORE_INDEX, np.int32)
@@ -442,13 +676,15 @@ def lay_out(items: Sequence[tuple[list, list, int]], row_of, off_of, rows: int, 
     sid = np.full(shape, -1, np.int32)
     aid = np.full(shape, -1, np.int32)
     placed = sorted((i for i in range(len(items)) if row_of[i] >= 0), key=lambda i: (row_of[i], off_of[i]))
+    with_objectives = bool(items) and all(len(it) > 3 for it in items)
+    objective_ids = [items[i][3] for i in placed] if with_objectives else None
     cu = [0]
     k = 0
     for r in range(rows):
         end = 0
         while k < len(placed) and row_of[placed[k]] == r:
             i = placed[k]
-            x, y, a = items[i]
+            x, y, a = items[i][:3]
             o, L = off_of[i], len(x)
             ids[r, o:o + L] = x
             labels[r, o:o + L] = y
@@ -461,13 +697,16 @@ def lay_out(items: Sequence[tuple[list, list, int]], row_of, off_of, rows: int, 
             k += 1
         if end < row_len:
             cu.append(r * row_len + row_len)
-    return {"input_ids": ids, "labels": labels, "position_ids": pos, "sample_ids": sid,
-            "adapter_ids": aid, "cu_seqlens": np.asarray(cu, np.int32)}
+    out = {"input_ids": ids, "labels": labels, "position_ids": pos, "sample_ids": sid,
+           "adapter_ids": aid, "cu_seqlens": np.asarray(cu, np.int32)}
+    if objective_ids is not None:
+        out["objective_ids"] = np.asarray(objective_ids, np.int32)
+    return out
 
 
-def pack(items: Sequence[tuple[list, list, int]], row_len: int, rows: int = 0) -> dict:
-    """Packs (ids, labels, adapter) items by best-fit-decreasing (ties by list order)."""
-    lens = [len(x) for x, _, _ in items]
+def pack(items: Sequence[tuple], row_len: int, rows: int = 0) -> dict:
+    """Packs (ids, labels, adapter[, objective]) items by best-fit-decreasing (ties by list order)."""
+    lens = [len(it[0]) for it in items]
     row_of, off_of, need = best_fit_decreasing(lens, list(range(len(items))), row_len, 0)
     if rows > 0 and need > rows:
         raise ValueError(f"the samples need {need} rows of {row_len} tokens but rows={rows}")
@@ -475,8 +714,8 @@ def pack(items: Sequence[tuple[list, list, int]], row_len: int, rows: int = 0) -
 
 
 def stream(tasks, seed: int, sc, ac, row_len: int, rows: int, samples_per_task: int, window: int,
-           max_wait: int) -> Iterator[dict]:
-    """The batches of arcfast.packing.PackedStream, one after another (arrays plus "stats")."""
+           max_wait: int, wrong=None) -> Iterator[dict]:
+    """The batches of arcfast.packing.PackedStream, one after another (arrays, "objective_ids" and "stats")."""
     T_ = len(tasks)
     b = 0
     q = 0
@@ -488,7 +727,7 @@ def stream(tasks, seed: int, sc, ac, row_len: int, rows: int, samples_per_task: 
             plans = []
             for t, task in enumerate(tasks):
                 for j in range(k):
-                    p = plan_slot(task, t, b * k + j, seed, sc, ac, cnt)
+                    p = plan_slot(task, t, b * k + j, seed, sc, ac, cnt, wrong)
                     if p is not None:
                         p.seq = (b * T_ + t) * k + j
                         plans.append(p)
@@ -499,7 +738,7 @@ def stream(tasks, seed: int, sc, ac, row_len: int, rows: int, samples_per_task: 
         else:
             while len(pending) < window:
                 t = q % T_
-                p = plan_slot(tasks[t], t, q // T_, seed, sc, ac, cnt)
+                p = plan_slot(tasks[t], t, q // T_, seed, sc, ac, cnt, wrong)
                 if p is not None:
                     p.seq = q
                     p.born = b
@@ -516,8 +755,9 @@ def stream(tasks, seed: int, sc, ac, row_len: int, rows: int, samples_per_task: 
         items = []
         for p in plans:
             ids, labels = write_plan(tasks[p.task], p, sc)
-            items.append((ids, labels, p.task))
+            items.append((ids, labels, p.task, p.objective))
         batch = lay_out(items, row_of, off_of, n_rows, row_len)
+        batch.setdefault("objective_ids", np.zeros(0, np.int32))
         stats = dict(cnt.__dict__)
         stats.update(samples=len(plans), tokens=sum(p.length for p in plans), positions=n_rows * row_len)
         batch["stats"] = stats
