@@ -53,7 +53,7 @@ def _add_run_flags(p, command: str) -> None:
     """The flags `arcfast ttft` and `arcfast eval` share, defined once (defaults: TTFTConfig)."""
     from .sampling import LOSS_ON
     from .search import SEARCHES
-    from .select import SELECTORS, VERIFIED
+    from .select import SELECTORS
     from .ttft import DEFAULT_BUDGET, DEFAULT_MODEL, DEFAULT_TASKS, TTFTConfig
 
     d = TTFTConfig()
@@ -100,6 +100,11 @@ def _add_run_flags(p, command: str) -> None:
     g.add_argument("--steps", type=int, default=d.steps, help="optimizer steps per task at most")
     g.add_argument("--samples-per-task", type=int, default=d.samples_per_task,
                    help="samples of each task in every step")
+    g.add_argument("--objective", action="append", default=None, metavar="NAME=W",
+                   help="a training objective and its share of the samples, repeatable: output (predict "
+                        "the output), input (generate another input of the task), verify (judge a candidate "
+                        "output: right or a corruption); e.g. --objective output=1 --objective verify=0.5 "
+                        "(default: output only)")
     g.add_argument("--loss-on", choices=LOSS_ON, default=d.loss_on,
                    help="the tokens that carry loss: the left-out pair's output, or every output of the "
                         "prompt but the first demonstration's")
@@ -119,15 +124,21 @@ def _add_run_flags(p, command: str) -> None:
                    help="with --search dfs: the probability an output needs to be found")
     g.add_argument("--temperature", type=float, default=d.temperature,
                    help="with --search sample: the softmax temperature")
-    g.add_argument("--select", choices=[s for s in SELECTORS if s not in VERIFIED], default=None,
+    g.add_argument("--select", choices=SELECTORS, default=None,
                    help="which candidates are submitted: vote (times found), poe (log-probability summed "
-                        "over the M scoring augmentations), nvarc (times found + mean log-probability); "
-                        "default: poe with --rescore, else vote")
+                        "over the M scoring augmentations), nvarc (times found + mean log-probability), "
+                        "verify (the verifier's mean P(right), see --verify), vote+verify (times found x "
+                        "mean P(right)); default: poe with --rescore, else vote")
     g.add_argument("--rescore", type=int, default=None, metavar="M",
                    help="score the voted candidates under M augmentations (default: 8 with --select poe or "
                         "nvarc, else 0: off); eval then reports every selector side by side")
     g.add_argument("--rescore-top", type=int, default=d.rescore_top, metavar="K",
                    help="with --rescore: how many voted candidates per test input are scored")
+    g.add_argument("--verify", type=int, default=None, metavar="K",
+                   help="ask the model whether each voted candidate is right under up to K augmentations, "
+                        "in rounds that drop candidates out of reach of the top two (a model trained on the "
+                        "verify objective; default: 8 with --select verify or vote+verify or --objective "
+                        "verify=W, else 0: off); eval then reports verify_1/verify_2 beside vote_1/vote_2")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     _add_verbose(p)
 
@@ -136,6 +147,7 @@ def _run_config(args, command: str):
     """The TTFTConfig of `arcfast ttft`/`arcfast eval` from their shared flags."""
     from .ttft import TTFTConfig
 
+    d_objectives = TTFTConfig.__dataclass_fields__["objectives"].default
     budget, margin = _budget_and_margin(args)
     return TTFTConfig(tasks=args.tasks, solutions=args.solutions, model=args.model, adapter=args.adapter,
                       budget=budget, margin=margin, out=args.out or time.strftime(f"runs/{command}-%Y%m%d-%H%M%S"),
@@ -145,7 +157,8 @@ def _run_config(args, command: str):
                       row_len=args.row_len, max_len=args.max_len, predictions=args.predictions,
                       max_new_tokens=args.max_new_tokens, search=args.search, min_prob=args.min_prob,
                       temperature=args.temperature, select=args.select, rescore=args.rescore,
-                      rescore_top=args.rescore_top,
+                      rescore_top=args.rescore_top, verify=args.verify,
+                      objectives=tuple(args.objective) if args.objective else d_objectives,
                       cuda_graphs=args.cuda_graphs, resume=args.resume, save_adapters=args.save_adapters,
                       train=getattr(args, "ttft", True), progress=not args.quiet)
 

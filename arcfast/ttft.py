@@ -84,6 +84,7 @@ class TTFTConfig:
     steps: int = 100                       # optimizer steps per task at most
     samples_per_task: int = 1              # samples of every task in each step
     loss_on: str = "target"                # target | outputs: also every demonstration output but the first
+    objectives: tuple = (("output", 1.0),)  # (name, weight): shares of the samples (arcfast.objectives)
     warmup_ratio: float = 0.1
     # batching
     tasks_per_group: int = 0               # 0: 8 on the CPU, 32 on a GPU
@@ -99,6 +100,8 @@ class TTFTConfig:
     select: Optional[str] = None           # vote | poe | nvarc (default: poe with rescore > 0, else vote)
     rescore: Optional[int] = None          # M scoring augmentations (default: 8 for poe and nvarc, else 0: off)
     rescore_top: int = 8                   # how many voted candidates per test input are scored
+    verify: Optional[int] = None           # K verifications per candidate (default: 8 with a verify selector
+                                           # or the verify objective, else 0: off)
     train: bool = True                     # False: predict with the base model / --adapter only
     # bookkeeping
     resume: bool = False
@@ -149,8 +152,18 @@ class TTFTConfig:
         if self.select is None:
             self.select = "poe" if self.rescore else "vote"
         check_selector(self.select)
-        if self.select in VERIFIED:
-            raise ValueError(f"select {self.select!r} is not available in a TTFT run")
+        from .objectives import parse_objectives
+
+        obj = self.objectives
+        strings = isinstance(obj, str) or all(isinstance(x, str) for x in obj)
+        self.objectives = parse_objectives(obj if strings else dict(obj))
+        trains_verify = dict(self.objectives).get("verify", 0.0) > 0
+        if self.verify is None:
+            self.verify = 8 if self.select in VERIFIED or trains_verify else 0
+        if self.verify < 0:
+            raise ValueError(f"verify must be >= 0 verifications per candidate (0: off), got {self.verify}")
+        if self.select in VERIFIED and self.verify == 0:
+            raise ValueError(f"select {self.select!r} ranks by verdicts: verify must be >= 1 (default 8), got 0")
         if self.rescore is None:
             self.rescore = 8 if self.select in SCORED else 0
         if self.select in SCORED and self.rescore == 0:
@@ -163,6 +176,13 @@ class TTFTConfig:
     @property
     def out_dir(self) -> Path:
         return Path(self.out)
+
+    @property
+    def needs_objective_ids(self) -> bool:
+        """Whether the model needs the objectives' ids (verify objective, or verification)."""
+        from .objectives import NEEDS_OBJECTIVE_IDS
+
+        return self.verify > 0 or any(w > 0 and n in NEEDS_OBJECTIVE_IDS for n, w in self.objectives)
 
 
 @dataclass
@@ -299,6 +319,7 @@ def _candidate_record(c, predictions, ranks: dict) -> dict:
     return {"grid": c.grid.tolist(), "count": c.count,
             "mean_logprob": c.mean_logprob if math.isfinite(c.mean_logprob) else None,
             "logprobs": list(c.logprobs) if c.logprobs is not None else None,
+            "verdicts": list(c.verdicts) if c.verdicts is not None else None,
             "found_by": found, "rank": ranks}
 
 
@@ -321,6 +342,7 @@ class TTFTRun:
         self._where = ""                 # which group runs, for the progress display
         self._score_s_per_token = 0.0    # measured by the last re-scoring call (0: none yet)
         self._rescore_s_per_task = 0.0   # the most re-scoring has taken per task of a group
+        self._verify_s_per_task = 0.0    # the most verification has taken per task of a group
 
     # -- setup ----------------------------------------------------------------------------------
     def load_tasks(self):
@@ -346,6 +368,12 @@ class TTFTRun:
         device = _device(self.cfg.device)
         dtype = _dtype(self.cfg.dtype, device)
         model = load_model(self.cfg.model, dtype=dtype, device=device)
+        if self.cfg.needs_objective_ids and not model.config.has_objective_ids:
+            from .model import grow_vocab
+
+            grow_vocab(model)   # the same rows every time: adapters trained on them stay valid
+            self.log(event="grow_vocab", vocab_size=model.config.vocab_size,
+                     reason="the verify objective and verification use ids 16-19; the model had none")
         model.eval()
         return model
 
@@ -502,7 +530,8 @@ class TTFTRun:
             self.log(event="no_training", tasks=[t.id for t in group], reason=reason)
             return runs
         stream = PackedStream(group, seed=seeds[0], row_len=cfg.row_len, samples_per_task=cfg.samples_per_task,
-                              config=SampleConfig(max_len=min(cfg.max_len, cfg.row_len), loss_on=cfg.loss_on),
+                              config=SampleConfig(max_len=min(cfg.max_len, cfg.row_len), loss_on=cfg.loss_on,
+                                                  **self._objective_args()),
                               threads=1, queue_size=4, batches=steps)
         done, losses, t_group = 0, np.full(len(group), np.nan), time.perf_counter()
         tokens = np.zeros(len(group), np.int64)
@@ -544,6 +573,12 @@ class TTFTRun:
                 log.error("%s: %s", t.id, r.error)
         return runs
 
+    def _objective_args(self) -> dict:
+        """The SampleConfig fields of the run's objective mixture (none for output only)."""
+        if self.cfg.objectives == (("output", 1.0),):
+            return {}
+        return {"objectives": self.cfg.objectives}
+
     # -- inference ------------------------------------------------------------------------------
     def _predict_group(self, model, backend, infer_lora, group, runs, planner) -> None:
         import torch
@@ -552,7 +587,7 @@ class TTFTRun:
         from .generate import GenerationConfig, Generator
         from .predict import max_output_tokens, predict_tasks
         from .search import SearchConfig, SearchStats
-        from .select import SCORED, judge, ranks, select
+        from .select import SCORED, VERIFIED, judge, ranks, select
         from .vote import vote
 
         cfg = self.cfg
@@ -572,7 +607,8 @@ class TTFTRun:
         # Generation stops at the deadline less what the later groups are owed, and less what
         # re-scoring this group took per task before (measured; nothing before the first group).
         stop_at = self.deadline.clock() + max(0.0, planner.inference_seconds())
-        gen_stop = stop_at - (self._rescore_s_per_task * len(group) if cfg.rescore > 0 else 0.0)
+        gen_stop = stop_at - ((self._rescore_s_per_task if cfg.rescore > 0 else 0.0)
+                              + (self._verify_s_per_task if cfg.verify > 0 else 0.0)) * len(group)
         errors: dict = {}
         t0 = time.perf_counter()
         n_inputs = sum(len(t.test) for t in group)
@@ -596,8 +632,11 @@ class TTFTRun:
         if cfg.rescore > 0:
             self._status("scoring the voted candidates", force=True)
             self._rescore_group(model, infer_lora, group, voted, stop_at)
+        if cfg.verify > 0:
+            self._status("verifying the voted candidates", force=True)
+            self._verify_group(model, infer_lora, group, voted, stop_at)
         # Every selector that can rank these candidates is judged on them, side by side.
-        selectors = ("vote",) + (SCORED if cfg.rescore > 0 else ())
+        selectors = ("vote",) + (SCORED if cfg.rescore > 0 else ()) + (VERIFIED if cfg.verify > 0 else ())
         per_task = (time.perf_counter() - t0) / len(group)
         for i, (t, per_test) in enumerate(zip(group, preds)):
             r = runs[t.id]
@@ -672,6 +711,43 @@ class TTFTRun:
                 voted[i][ti] = scored + list(voted[i][ti][len(scored):])
         self.log(event="rescore", tasks=ids, test_inputs=len(jobs), sequences=len(seqs), tokens=seqs.n_tokens,
                  tokens_computed=sst.tokens, seconds=round(seconds, 3), cut_by_deadline=cut)
+
+    def _verify_group(self, model, infer_lora, group, voted, stop_at) -> None:
+        """Verify the voted candidates of every test input of ``group`` with two or more of them
+        (:func:`arcfast.verify.verify_jobs`, rounds, ``verify`` augmentations at most, each test
+        input's adapter): each verified candidate gets its ``verdicts``, in place in ``voted``.
+        Stopped between batches at ``stop_at``."""
+        from .augment import test_time_augmentations
+        from .verify import VerifyConfig, VerifyJob, VerifyStats, verify_jobs
+
+        cfg = self.cfg
+        jobs, where = [], []
+        for i, t in enumerate(group):
+            # Viewpoints apart from the prediction's and the re-scoring's.
+            augs = test_time_augmentations(t, cfg.verify, seed=cfg.seed + 2)
+            for ti, cands in enumerate(voted[i]):
+                if len(cands) >= 2:
+                    jobs.append(VerifyJob(t, ti, cands, augs, i))
+                    where.append((i, ti))
+        if not jobs:
+            return
+        st = VerifyStats()
+        t0 = time.perf_counter()
+        rate = self._score_s_per_token or self.generator.stats.prefill_s_per_token or None
+        try:
+            out = verify_jobs(model, infer_lora, jobs, VerifyConfig(augmentations=cfg.verify), deadline=stop_at,
+                              stats=st, max_prompt_len=cfg.max_len, s_per_token=rate)
+        except ValueError as e:
+            self.log(event="verify_skipped", tasks=sorted({group[i].id for i, _ in where}), reason=str(e))
+            return
+        seconds = time.perf_counter() - t0
+        self._verify_s_per_task = max(self._verify_s_per_task, seconds / len(group))
+        for (i, ti), cands in zip(where, out):
+            voted[i][ti] = cands
+        self.log(event="verify", tasks=sorted({group[i].id for i, _ in where}), test_inputs=len(jobs),
+                 candidates=st.candidates, verifications=st.verifications, stopped=st.stopped, rounds=st.rounds,
+                 tokens_computed=st.tokens, tokens=st.whole_tokens, seconds=round(seconds, 3),
+                 cut_by_deadline=st.cut_by_deadline)
 
     # -- bookkeeping ----------------------------------------------------------------------------
     def _finish_task(self, task, r: TaskRun, resumed: bool = False, persist: bool = True) -> None:
