@@ -4,7 +4,12 @@
 
 A training prompt carries labels (loss on the target output's cells, ROWs and EOG; optionally on
 every demonstration output but the first); an inference prompt stops right after the target's
-OUTPUT marker, where generation starts.
+OUTPUT marker, where generation starts. A verification prompt (the ``verify`` objective,
+docs/FORMAT.md, "Objectives") puts a candidate output after the test input and stops at VERDICT:
+
+    BOS  (INPUT <grid> OUTPUT <grid>) per demonstration  INPUT <test input> CANDIDATE <candidate> VERDICT
+
+and the model's next token there, YES or NO, is its verdict on the candidate.
 """
 from __future__ import annotations
 
@@ -63,4 +68,31 @@ def build_inference_prompts(task: Task, test_index: int, augmentations: Sequence
     return out
 
 
-__all__ = ["build_training_prompt", "build_inference_prompt", "build_inference_prompts"]
+def build_verify_prompts(task: Task, test_index: int, candidates: Sequence, augmentations: Sequence[Augmentation],
+                         max_len: Optional[int] = None, max_size: int = MAX_SIZE) -> list[np.ndarray]:
+    """The verification prompts of ``task.test[test_index]``: one int32 [L] array per (candidate,
+    augmentation), candidate-major (``out[c * len(augmentations) + a]``), each
+    ``BOS (INPUT g OUTPUT g)* INPUT test_in CANDIDATE cand VERDICT``.
+
+    ``candidates``: output grids (2-D, colours 0-9) in the task's original frame. Under each
+    augmentation the demonstrations, their order and the test input are those of
+    :func:`build_inference_prompts`, and the candidate goes through the augmentation as an output
+    grid does (an output-side composition included). With ``max_len``, demonstrations are dropped
+    from the end of the order until the whole prompt, candidate included, fits; ValueError if even
+    one demonstration is too many, or a grid is not a grid of colours 0-9 (naming the candidate).
+    The model's next-token distribution at the final VERDICT gives P(YES).
+    """
+    store = task_store([task])
+    augs = [a or Augmentation() for a in augmentations]
+    orders = [list(range(len(task.train))) if a.order is None else list(a.order) for a in augs]
+    out = []
+    for c, cand in enumerate(candidates):
+        grid = np.asarray(cand)
+        for aug, order in zip(augs, orders):
+            ids, _used = _core.verify_prompt(store, 0, int(test_index), grid, *_aug_args(aug), order,
+                                             int(max_len or 0), max_size, c)
+            out.append(ids)
+    return out
+
+
+__all__ = ["build_training_prompt", "build_inference_prompt", "build_inference_prompts", "build_verify_prompts"]

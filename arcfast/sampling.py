@@ -75,8 +75,8 @@ class SampleConfig:
     - ``max_attempts``: draws per slot before it is left empty;
     - ``objectives``: ``(name, weight)`` pairs (or a mapping) of ``OBJECTIVES``; a slot draws each
       objective with probability weight / sum of the weights (an objective left out has weight 0).
-      Stored as the weights of every objective in id order, e.g. ``(("output", 1.0), ("input",
-      0.0), ("verify", 0.5))``;
+      Stored as ``(name, float weight)`` pairs in id order, e.g. ``(("output", 1.0), ("verify",
+      0.5))``; ``weights`` gives every objective's weight;
     - ``verify_right``: probability that a verify sample's candidate is the right output.
     """
 
@@ -115,13 +115,14 @@ class SampleConfig:
             raise ValueError("SampleConfig.objectives: at least one weight must be > 0")
         if not 0.0 <= float(self.verify_right) <= 1.0:
             raise ValueError(f"SampleConfig.verify_right must lie in [0, 1], got {self.verify_right}")
-        object.__setattr__(self, "objectives", tuple((k, weights[k]) for k in OBJECTIVES))
+        object.__setattr__(self, "objectives", tuple((k, weights[k]) for k in OBJECTIVES if k in seen))
         object.__setattr__(self, "verify_right", float(self.verify_right))
 
     @property
     def weights(self) -> tuple:
         """The weight of each objective, in id order (``OBJECTIVES``)."""
-        return tuple(w for _, w in self.objectives)
+        given = dict(self.objectives)
+        return tuple(given.get(k, 0.0) for k in OBJECTIVES)
 
     def to_core(self) -> dict:
         return {

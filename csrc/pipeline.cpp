@@ -759,10 +759,11 @@ void init_pipeline(py::module_& m) {
         "verify_prompt",
         [](std::shared_ptr<TaskStore> store, int32_t task_idx, int32_t test_idx, py::object candidate,
            int32_t transform, std::vector<int32_t> colors, py::object comp, std::vector<int32_t> order,
-           int32_t max_len, int32_t max_size) {
+           int32_t max_len, int32_t max_size, int32_t candidate_index) {
             const TaskData& task = store->tasks.at(task_idx);
             const Grid cand = grid_from_py(candidate, "task " + task.id + ": test " + std::to_string(test_idx) +
-                                                          ": candidate");
+                                                          ": candidate" +
+                                                          (candidate_index < 0 ? "" : " " + std::to_string(candidate_index)));
             std::vector<int32_t> used;
             std::vector<int32_t> ids =
                 test_prompt(task, test_idx, grid_aug(transform, colors, comp), order, &cand, max_len, max_size, used);
@@ -771,7 +772,7 @@ void init_pipeline(py::module_& m) {
         },
         py::arg("store"), py::arg("task"), py::arg("test_index"), py::arg("candidate"), py::arg("transform"),
         py::arg("colors"), py::arg("composition"), py::arg("order"), py::arg("max_len"),
-        py::arg("max_size") = DEFAULT_MAX_SIZE,
+        py::arg("max_size") = DEFAULT_MAX_SIZE, py::arg("candidate_index") = -1,
         "(ids int32 [L], demonstrations used): the verify prompt for a test input and a candidate output, "
         "ending with its VERDICT marker.");
 
