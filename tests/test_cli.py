@@ -391,6 +391,33 @@ def test_search_and_select_flags_are_checked(tmp_path, capsys):
     assert (TTFTConfig(rescore=4).select, TTFTConfig(select="nvarc").rescore) == ("poe", 8)
 
 
+def test_eval_verify_trains_the_verifier_and_ranks_by_its_verdicts(tmp_path, bigram):
+    out = tmp_path / "eval"
+    assert main(["eval", "--tasks", "arc1:train[:3]", "--model", str(bigram), "--out", str(out), "--ttft",
+                 "--steps", "2", "--predictions", "4", "--objective", "output=1", "--objective", "verify=0.5",
+                 "--verify", "2", "--select", "vote+verify", "-q"]) == 0
+    events = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [e["vocab_size"] for e in events if e.get("event") == "grow_vocab"] == [20]   # 16 ids, grown
+    (ev,) = [e for e in events if e.get("event") == "verify"]
+    verified = 0
+    for t in load_tasks("arc1:train[:3]"):
+        rec = json.loads((out / "tasks" / f"{t.id}.json").read_text())
+        assert set(rec["selection"]) == {"vote", "verify", "vote+verify"}
+        for ti, cands in enumerate(rec["candidates"]):
+            if len(cands) < 2:
+                assert all(c["verdicts"] is None for c in cands)
+                continue
+            verified += len(cands)
+            assert all(len(c["verdicts"]) == 2 and all(0 <= v <= 1 for v in c["verdicts"]) for c in cands)
+            means = [sum(c["verdicts"]) / 2 for c in sorted(cands, key=lambda c: c["rank"]["verify"])]
+            assert means == sorted(means, reverse=True)
+            keys = [c["count"] * sum(c["verdicts"]) / 2 for c in sorted(cands, key=lambda c: c["rank"]["vote+verify"])]
+            assert keys == sorted(keys, reverse=True)
+            first = sorted(cands, key=lambda c: c["rank"]["vote+verify"])
+            assert rec["attempts"][ti] == [c["grid"] for c in first[:2]]
+    assert verified >= 4 and ev["verifications"] == 2 * verified == 2 * ev["candidates"]
+
+
 def test_rescore_flags_are_checked(tmp_path, capsys):
     assert main(["ttft", "--rescore", "-1", "--out", str(tmp_path / "a"), "-q"]) == 2
     assert "rescore must be >= 0" in capsys.readouterr().err
