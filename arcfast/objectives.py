@@ -24,7 +24,8 @@ from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-OBJECTIVES = ("output", "input", "verify")
+from .sampling import OBJECTIVES  # noqa: E402  (the sampler's ids: 0, 1, 2)
+
 NEEDS_OBJECTIVE_IDS = ("verify",)   # the objectives whose layout uses ids 16-19
 
 log = logging.getLogger(__name__)
