@@ -660,6 +660,22 @@ void init_pipeline(py::module_& m) {
         "An output grid predicted in the augmented frame mapped back, or None if it cannot have come from it.");
 
     m.def(
+        "corrupt",
+        [](py::object right, py::object input, int32_t kind, int32_t max_size, uint64_t state) -> py::object {
+            if (kind < FIRST_CORRUPTION || kind >= N_CANDIDATE_KINDS)
+                throw py::value_error("kind must be a corruption id " + std::to_string(FIRST_CORRUPTION) + "-" +
+                                      std::to_string(N_CANDIDATE_KINDS - 1) + ", got " + std::to_string(kind));
+            const Grid r = grid_from_py(right, "right output"), in = grid_from_py(input, "input");
+            Rng rng(state);
+            Grid out;
+            if (!corrupt(kind, r, in, max_size, rng, out)) return py::none();
+            return grid_to_py(out);
+        },
+        py::arg("right"), py::arg("input"), py::arg("kind"), py::arg("max_size"), py::arg("state"),
+        "One synthetic corruption of a right output drawn from Rng(state) (uint8 grid), or None when the kind "
+        "cannot apply: the sampler's `corrupt`, for tests.");
+
+    m.def(
         "make_samples",
         [](std::shared_ptr<TaskStore> store, int64_t n_per_task, uint64_t seed, py::dict scd, py::dict acd,
            int32_t threads) {
