@@ -19,6 +19,7 @@ Conventions (every producer and consumer of a PackedBatch keeps them):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -31,6 +32,9 @@ class PackedBatch:
     sample_ids: np.ndarray    # int32 [rows, row_len]; -1 on padding
     adapter_ids: np.ndarray   # int32 [rows, row_len]; -1 on padding
     cu_seqlens: np.ndarray    # int32 [n_segments + 1]
+    # int32 [n_samples]: the objective of each sample (arcfast.sampling.OBJECTIVES ids), indexed by
+    # its sample_ids value; None where the maker did not say (every sample an ``output`` one)
+    objective_ids: Optional[np.ndarray] = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -69,7 +73,7 @@ class PackedBatch:
 
         sample_ids = pad(self.sample_ids, -1)
         return PackedBatch(pad(self.input_ids, T.PAD), pad(self.labels, T.IGNORE_INDEX), pad(self.position_ids, 0),
-                           sample_ids, pad(self.adapter_ids, -1), cu_seqlens_of(sample_ids))
+                           sample_ids, pad(self.adapter_ids, -1), cu_seqlens_of(sample_ids), self.objective_ids)
 
     def to_torch(self, device="cpu"):
         """The arrays as torch tensors on ``device`` (int64 ids/labels/positions, int32 the rest)."""

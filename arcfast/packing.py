@@ -32,8 +32,9 @@ from .task import Task
 
 
 def _batch(d: dict) -> PackedBatch:
+    obj = d.get("objective_ids")
     return PackedBatch(d["input_ids"], d["labels"], d["position_ids"], d["sample_ids"], d["adapter_ids"],
-                       d["cu_seqlens"])
+                       d["cu_seqlens"], None if obj is None else np.asarray(obj, np.int32))
 
 
 def best_fit_decreasing(lengths: Sequence[int], row_len: int, rows: Optional[int] = None
@@ -59,7 +60,8 @@ def pack(samples: Sequence[Sample], row_len: int = 8192, rows: Optional[int] = N
     lens = [len(s) for s in samples]
     ids = np.concatenate([s.input_ids for s in samples]).astype(np.int32, copy=False)
     labels = np.concatenate([s.labels for s in samples]).astype(np.int32, copy=False)
-    d = _core.pack(ids, labels, lens, [int(s.task_index) for s in samples], int(row_len), int(rows or 0))
+    d = _core.pack(ids, labels, lens, [int(s.task_index) for s in samples], int(row_len), int(rows or 0),
+                   objective_ids=[int(s.objective_id) for s in samples])
     return _batch(d)
 
 
@@ -94,7 +96,10 @@ class PackedStream:
     - ``window``: pending samples the flat packer chooses from (larger: fuller rows; default
       ``16 * rows``); ``max_wait``: a pending sample passed over for this many batches goes before
       all others (oldest first), so short samples are not held back behind long ones indefinitely;
-    - ``threads``: background threads; ``queue_size``: batches produced ahead of the consumer.
+    - ``threads``: background threads; ``queue_size``: batches produced ahead of the consumer;
+    - ``wrong``: listed wrong predictions for ``verify`` samples (:func:`arcfast.sampling.task_store`).
+
+    Each batch's ``objective_ids`` give the objective of every sample it holds.
 
     ``stats`` (:class:`StreamStats`) sums the delivered batches. Use as a context manager or call
     :meth:`close` to stop the threads early.
@@ -104,7 +109,7 @@ class PackedStream:
                  samples_per_task: Optional[int] = None, rows: Optional[int] = None, window: Optional[int] = None,
                  max_wait: int = 8,
                  config: Optional[SampleConfig] = None, augment: Optional[AugmentConfig] = None,
-                 threads: int = 1, queue_size: int = 4, batches: Optional[int] = None):
+                 threads: int = 1, queue_size: int = 4, batches: Optional[int] = None, wrong=None):
         self.config = config or SampleConfig()
         self.augment = augment or AugmentConfig()
         self.tasks = [tasks] if isinstance(tasks, Task) else list(tasks)
@@ -126,7 +131,7 @@ class PackedStream:
         self.window, self.max_wait = window or 0, max_wait
         self.batches = batches
         self.stats = StreamStats()
-        self._core = _core.PackedStream(task_store(self.tasks), int(seed) & ((1 << 64) - 1), self.config.to_core(),
+        self._core = _core.PackedStream(task_store(self.tasks, wrong), int(seed) & ((1 << 64) - 1), self.config.to_core(),
                                         self.augment.to_core(), int(row_len), int(rows or 0),
                                         int(samples_per_task or 0), int(window or 0), int(max_wait),
                                         max(1, int(threads)),

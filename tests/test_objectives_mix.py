@@ -57,3 +57,25 @@ def test_wrong_predictions_are_the_candidates_that_differ_from_the_solution(tmp_
     assert read_wrong_predictions([tmp_path / "a"], [t], mode="ttft") == {}
     with pytest.raises(FileNotFoundError, match="neither a run directory"):
         read_wrong_predictions([tmp_path / "nowhere"], [t])
+
+
+def test_packed_batches_say_each_samples_objective():
+    from arcfast import tokens as T
+    from arcfast.data import load_tasks
+    from arcfast.packing import PackedStream, pack
+    from arcfast.sampling import SampleConfig, make_samples
+
+    tasks = load_tasks("arc1:train[:4]")
+    cfg = SampleConfig(mode="pretrain", max_len=4096, objectives=(("output", 1.0), ("input", 1.0), ("verify", 1.0)))
+
+    def kind(b, k):   # read from the tokens: verify holds CANDIDATE, input no OUTPUT
+        toks = b.input_ids[b.sample_ids == k]
+        return 2 if (toks == T.CANDIDATE).any() else 0 if (toks == T.OUTPUT).any() else 1
+
+    batch = pack(list(make_samples(tasks, 3, config=cfg)), row_len=8192)
+    seen = [kind(batch, k) for k in range(batch.n_samples)]
+    assert batch.objective_ids.tolist() == seen and set(seen) == {0, 1, 2}
+    with PackedStream(tasks, 0, row_len=4096, samples_per_task=2, config=cfg, batches=3) as stream:
+        for b in stream:
+            assert b.objective_ids.tolist() == [kind(b, k) for k in range(b.n_samples)]
+            assert b.widen(4608).objective_ids is b.objective_ids
