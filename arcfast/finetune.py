@@ -74,7 +74,10 @@ STATE_FILE = "state.pt"
 _STATE_VERSION = 1
 # Settings that decide which batches a step sees: a checkpoint made with others cannot be resumed
 # into the same run (changing --steps, --val, --budget or --save-every is fine).
-_BATCH_KEYS = ("data", "seed", "row_len", "rows", "max_len", "loss_on", "rank", "alpha", "model", "full")
+_BATCH_KEYS = ("data", "seed", "row_len", "rows", "max_len", "loss_on", "rank", "alpha", "model", "full",
+               "objectives", "wrong_from")
+# What a checkpoint written before a key existed ran with.
+_BATCH_DEFAULTS = {"full": False, "objectives": "output=1", "wrong_from": []}
 
 
 def parse_mixture(specs: Sequence[str]) -> list[tuple[str, float]]:
@@ -137,7 +140,7 @@ class MixtureStream:
 
     def __init__(self, sources: Sequence[Sequence], weights: Sequence[float], seed: int, *, row_len: int,
                  rows: int = 1, segment_len: int = 1000, start_step: int = 0, config=None, augment=None,
-                 threads: int = 1):
+                 threads: int = 1, wrong=None):
         if len(sources) != len(weights) or not sources:
             raise ValueError("MixtureStream needs one weight per source and at least one source")
         if any(len(s) == 0 for s in sources):
@@ -147,7 +150,7 @@ class MixtureStream:
         self.sources = [list(s) for s in sources]
         self.weights = [float(w) for w in weights]
         self.seed, self.row_len, self.rows, self.segment_len = int(seed), row_len, rows, segment_len
-        self.config, self.augment, self.threads = config, augment, threads
+        self.config, self.augment, self.threads, self.wrong = config, augment, threads, wrong
         self.step = start_step
         self.counts = np.zeros(len(sources), np.int64)   # batches delivered per source
         self._segment = -1
@@ -170,7 +173,7 @@ class MixtureStream:
             order = np.random.default_rng(_seed(self.seed, 2, self._segment, k)).permutation(len(self.sources[k]))
             self._streams[k] = PackedStream([self.sources[k][i] for i in order], _seed(self.seed, 1, self._segment, k),
                                             row_len=self.row_len, rows=self.rows, config=self.config,
-                                            augment=self.augment, threads=self.threads)
+                                            augment=self.augment, threads=self.threads, wrong=self.wrong)
         return self._streams[k]
 
     def __iter__(self):
@@ -229,12 +232,18 @@ class FinetuneConfig:
     rows: int = 1
     max_len: int = 8192
     loss_on: str = "target"
+    objectives: tuple = (("output", 1.0),)  # (name, weight): shares of the samples (arcfast.objectives)
+    wrong_from: tuple = ()                 # eval run directories whose wrong predictions verify learns from
     threads: int = 2
     progress: bool = True
     cuda_graphs: bool = False              # LoRA steps replayed as CUDA graphs (fixed rows x row_len)
 
     def batch_settings(self) -> dict:
+        from .objectives import format_objectives, parse_objectives
+
         d = asdict(self)
+        d["objectives"] = format_objectives(parse_objectives(dict(self.objectives)))
+        d["wrong_from"] = [str(p) for p in self.wrong_from]
         skip = ("rank", "alpha") if self.full else ()   # no LoRA in a full run
         return {k: d[k] for k in _BATCH_KEYS if k not in skip}
 
@@ -392,7 +401,7 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
             log.warning("%s: no checkpoint to resume from; starting at step 0", out)
         else:
             state = load_checkpoint(ck)
-            before = {"full": False, **state["settings"]}    # checkpoints from before --full were LoRA
+            before = {**_BATCH_DEFAULTS, **state["settings"]}    # e.g. checkpoints from before --full were LoRA
             if bool(before["full"]) != cfg.full:
                 raise ValueError(
                     f"{ck}: the checkpoint is of a {'full' if before['full'] else 'LoRA'} run and cannot be resumed "
@@ -415,8 +424,23 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
             log.warning("%d of %d validation tasks are also training tasks", overlap, len(val_tasks))
             jlog(event="warning", message=f"{overlap} of {len(val_tasks)} validation tasks are also training tasks")
 
+    from .objectives import NEEDS_OBJECTIVE_IDS, format_objectives, parse_objectives, read_wrong_predictions
+
+    objectives = parse_objectives(dict(cfg.objectives))
+    wrong = None
+    if cfg.wrong_from:
+        counts: dict = {}
+        wrong = read_wrong_predictions(cfg.wrong_from, [t for s in sources for t in s], stats=counts)
+        jlog(event="wrong_predictions", runs=[str(p) for p in cfg.wrong_from], **counts)
+        log.info("wrong predictions from %d runs: %d grids of %d task records", len(cfg.wrong_from),
+                 counts["grids"], counts["records"])
     device = _device(cfg.device)
     model = load_model(cfg.model, dtype=_dtype(cfg.dtype, device), device=device)
+    if any(w > 0 and n in NEEDS_OBJECTIVE_IDS for n, w in objectives) and not model.config.has_objective_ids:
+        from .model import grow_vocab
+
+        grow_vocab(model)   # the same rows every time: an adapter trained on them stays valid
+        jlog(event="grow_vocab", vocab_size=model.config.vocab_size, objectives=format_objectives(objectives))
     train_cfg = TrainConfig(lr=cfg.lr, steps=cfg.steps, warmup_ratio=cfg.warmup_ratio, schedule=cfg.schedule,
                             weight_decay=cfg.weight_decay, cuda_graphs=cfg.cuda_graphs)
     if cfg.full:
@@ -438,7 +462,8 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
     else:
         trainer.reset_adapters([0], seeds=[_seed(cfg.seed, 4) & 0x7FFFFFFF], total_steps=cfg.steps)
 
-    sample_cfg = SampleConfig(mode="pretrain", max_len=min(cfg.max_len, cfg.row_len), loss_on=cfg.loss_on)
+    sample_cfg = SampleConfig(mode="pretrain", max_len=min(cfg.max_len, cfg.row_len), loss_on=cfg.loss_on,
+                              objectives=objectives)
     val_set = []
     if val_tasks and cfg.val_batches:
         from .packing import PackedStream
@@ -502,7 +527,8 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
     acc_t = 0.0
     last_loss = None
     stream = MixtureStream(sources, [w for _, w in mixture], cfg.seed, row_len=cfg.row_len, rows=cfg.rows,
-                           segment_len=segment_len, start_step=start, config=sample_cfg, threads=cfg.threads)
+                           segment_len=segment_len, start_step=start, config=sample_cfg, threads=cfg.threads,
+                           wrong=wrong)
     try:
         while step < cfg.steps:
             # Room for this step, a checkpoint and the final adapter (twice the measured save).
@@ -618,6 +644,12 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--rows", type=int, default=d.rows, help="rows per batch")
     g.add_argument("--max-len", type=int, default=d.max_len, help="longest prompt in tokens")
     g.add_argument("--loss-on", default=d.loss_on, choices=LOSS_ON)
+    g.add_argument("--objective", action="append", default=None, metavar="NAME=W",
+                   help="a training objective and its share of the samples, repeatable: output, input, verify "
+                        "(default: output only; see arcfast.objectives)")
+    g.add_argument("--wrong-from", action="append", default=[], metavar="RUN",
+                   help="an `arcfast eval` run directory whose wrong predictions of these tasks the verify "
+                        "objective learns from (beside synthetic corruptions), repeatable")
     g = p.add_argument_group("engine")
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     g.add_argument("--dtype", default=d.dtype, help="auto, float32, bfloat16 or float16")
@@ -631,6 +663,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def config_from_args(args) -> FinetuneConfig:
+    from .objectives import parse_objectives
+
     return FinetuneConfig(
         data=args.data or ["arc1:train=1.0"], val=args.val, model=args.model,
         out=args.out or time.strftime("runs/train-%Y%m%d-%H%M%S"), adapter=args.adapter, full=args.full,
@@ -640,6 +674,7 @@ def config_from_args(args) -> FinetuneConfig:
         device=args.device, dtype=args.dtype, rank=args.rank, alpha=args.alpha, lr=args.lr,
         warmup_ratio=args.warmup_ratio, schedule=args.schedule, weight_decay=args.weight_decay,
         row_len=args.row_len, rows=args.rows, max_len=args.max_len, loss_on=args.loss_on, threads=args.threads,
+        objectives=parse_objectives(args.objective), wrong_from=tuple(args.wrong_from),
         progress=not args.quiet, cuda_graphs=args.cuda_graphs)
 
 

@@ -338,3 +338,29 @@ def test_keep_snapshots_keeps_the_weights_of_every_checkpoint(tmp_path):
     # Without the flag there are none.
     run_train(_cfg(tmp_path, "n", full=True, steps=2, save_every=1, val=None))
     assert not (tmp_path / "n" / "snapshots").exists()
+
+
+def test_train_with_the_verify_objective_and_wrong_predictions(tmp_path):
+    """--objective verify on a 16-id model grows it; --wrong-from feeds an eval run's wrong
+    predictions to the sampler (counted in the log); a resume needs the same objectives."""
+    from arcfast.outdir import OutDir
+
+    tasks = load_tasks("arc1:train[:3]")
+    run = OutDir(tmp_path / "eval")
+    for t in tasks:   # each test input answered wrongly once: its input
+        path = run.task_file(t.id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"task_id": t.id, "fingerprint": t.fingerprint(),
+                                    "candidates": [[{"grid": q.input.tolist()}] for q in t.test]}))
+    cfg = _cfg(tmp_path, "v", steps=3, save_every=1, val=None, data=["arc1:train[:3]=1"], full=True,
+               objectives=(("output", 1.0), ("verify", 1.0)), wrong_from=(str(tmp_path / "eval"),))
+    run_train(cfg)
+    events = [json.loads(line) for line in (tmp_path / "v" / "log.jsonl").read_text().splitlines()]
+    (wrong,) = [e for e in events if e.get("event") == "wrong_predictions"]
+    assert wrong["records"] == 3 and wrong["grids"] == sum(len(t.test) for t in tasks)
+    assert [e["vocab_size"] for e in events if e.get("event") == "grow_vocab"] == [20]
+    model = load_model(str(tmp_path / "v" / "model"), device="cpu", dtype=torch.float32)
+    assert model.config.vocab_size == 20 and model.config.has_objective_ids
+    with pytest.raises(ValueError, match="objectives"):
+        run_train(_cfg(tmp_path, "v", steps=4, save_every=1, val=None, data=["arc1:train[:3]=1"], full=True,
+                       resume=True))
