@@ -16,6 +16,7 @@ from arcfast.reference import pipeline as R
 from arcfast.sampling import (CANDIDATE_KINDS, CORRUPTIONS, OBJECTIVES, SampleConfig, make_samples, pool_inputs,
                               pool_pairs, task_store)
 from arcfast.task import Pair, Task
+from test_prompts import _read_grid
 
 MIX = (("output", 1.0), ("input", 0.5), ("verify", 0.5))
 
@@ -55,21 +56,6 @@ def _wrong_for(tasks, seed=0, every=2):
             per[i] = [bad, p.output.copy(), bad if other is None else other]
         wrong[t.id] = per
     return wrong
-
-
-def _read_grid(ids, i):
-    """The grid whose first token is ids[i], and the index after its EOG."""
-    rows, row = [], []
-    while ids[i] != T.EOG:
-        if ids[i] == T.ROW:
-            rows.append(row)
-            row = []
-        else:
-            assert 0 <= ids[i] <= 9, ids[i]
-            row.append(ids[i])
-        i += 1
-    assert row == []
-    return np.array(rows, np.uint8), i + 1
 
 
 def _parse(ids):
