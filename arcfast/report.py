@@ -144,14 +144,9 @@ class RunReport:
         """Per selector, the mean ``vote_1`` / ``vote_2`` over the tasks that have metrics (a task
         scored without a selection, e.g. one that failed, counts 0), or ``None`` when no task has
         a selection."""
-        from .select import SELECTORS
+        from .select import mean_selection
 
-        rows = [r.selection or {} for r in self.results if r.metrics is not None]
-        names = [s for s in SELECTORS if any(s in x for x in rows)]
-        if not names:
-            return None
-        return {s: {k: sum(x.get(s, {}).get(k, 0.0) for x in rows) / len(rows) for k in ("vote_1", "vote_2")}
-                for s in names}
+        return mean_selection([r.selection for r in self.results if r.metrics is not None])
 
     def totals(self) -> dict:
         rs = self.results

@@ -27,7 +27,7 @@ a batch without a shared prompt is anyway. The plain reference (:mod:`arcfast.re
 runs each sequence alone through the model's own unpacked forward.
 
 Re-scoring (:func:`rescore_jobs`): every voted candidate of a test input is scored under M
-augmentations and the candidates are ranked by the sum (:func:`arcfast.vote.rescore`), all test
+augmentations and the candidates are ranked by the sum (:func:`arcfast.select.select`, ``poe``), all test
 inputs of all tasks in one batched call. Items are scored batch after batch, grouped by prompt, the
 groups in the order of their first item, so when a ``deadline`` stops the work the items left
 unscored (NaN) belong to the last jobs (the last groups: each job's prompts are its own unless two
@@ -47,7 +47,8 @@ import numpy as np
 from . import tokens as T
 from .augment import Augmentation
 from .task import Task
-from .vote import Candidate, check_grid, grid_key, rescore
+from .select import select
+from .vote import Candidate, check_grid
 
 
 class ScoreItem(NamedTuple):
@@ -485,18 +486,11 @@ def score_jobs(jobs: Sequence[RescoreJob], scores: np.ndarray) -> list:
 
 
 def rank_jobs(jobs: Sequence[RescoreJob], scores: np.ndarray) -> list:
-    """Each job's candidates ranked by their summed scores (:func:`arcfast.vote.rescore`; each
-    carries its sum in ``score`` and its scores in ``logprobs``), from ``scores`` float
-    [len(rescore_items(jobs))]; ``None`` for a job with an unscored (NaN) item."""
-    out = []
-    for j, cands in zip(jobs, score_jobs(jobs, scores)):
-        if not cands:
-            out.append(cands)
-            continue
-        table = {grid_key(c.grid): c.logprobs for c in cands}
-        ranked = rescore(cands, lambda g, ai: table[grid_key(g)][ai], range(len(j.augmentations)))
-        out.append(ranked)
-    return out
+    """Each job's candidates ranked by their summed scores (:func:`arcfast.select.select`'s
+    ``poe``: ties keep the given order; each carries its sum in ``score`` and its scores in
+    ``logprobs``), from ``scores`` float [len(rescore_items(jobs))]; ``None`` for a job with an
+    unscored (NaN) item."""
+    return [None if cands is None else select(cands, "poe") for cands in score_jobs(jobs, scores)]
 
 
 def rescore_jobs(model, lora, jobs: Sequence[RescoreJob], max_prompt_len: Optional[int] = None,

@@ -126,4 +126,14 @@ def judge(solutions: Sequence, candidates_per_test: Sequence[Sequence[Candidate]
     return out
 
 
-__all__ = ["SELECTORS", "SCORED", "VERIFIED", "check_selector", "selection_score", "select", "ranks", "judge"]
+def mean_selection(rows: Sequence[Optional[dict]]) -> Optional[dict]:
+    """The per-selector mean of tasks' :func:`judge` results (``rows``; a task without one, or
+    without a selector the others have, counts 0 for it), or ``None`` when no row has any."""
+    names = [s for s in SELECTORS if any(r and s in r for r in rows)]
+    if not names:
+        return None
+    return {s: {k: sum((r or {}).get(s, {}).get(k, 0.0) for r in rows) / len(rows)
+                for k in ("vote_1", "vote_2")} for s in names}
+
+
+__all__ = ["SELECTORS", "SCORED", "VERIFIED", "check_selector", "mean_selection", "selection_score", "select", "ranks", "judge"]

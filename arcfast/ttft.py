@@ -531,7 +531,7 @@ class TTFTRun:
             return runs
         stream = PackedStream(group, seed=seeds[0], row_len=cfg.row_len, samples_per_task=cfg.samples_per_task,
                               config=SampleConfig(max_len=min(cfg.max_len, cfg.row_len), loss_on=cfg.loss_on,
-                                                  **self._objective_args()),
+                                                  objectives=cfg.objectives),
                               threads=1, queue_size=4, batches=steps)
         done, losses, t_group = 0, np.full(len(group), np.nan), time.perf_counter()
         tokens = np.zeros(len(group), np.int64)
@@ -572,12 +572,6 @@ class TTFTRun:
                 r.error = f"saving adapter: {type(e).__name__}: {e}"
                 log.error("%s: %s", t.id, r.error)
         return runs
-
-    def _objective_args(self) -> dict:
-        """The SampleConfig fields of the run's objective mixture (none for output only)."""
-        if self.cfg.objectives == (("output", 1.0),):
-            return {}
-        return {"objectives": self.cfg.objectives}
 
     # -- inference ------------------------------------------------------------------------------
     def _predict_group(self, model, backend, infer_lora, group, runs, planner) -> None:
@@ -861,14 +855,10 @@ class TTFTRun:
     def _selection(self, mine) -> Optional[dict]:
         """The mean vote_1/vote_2 of every selector over this rank's tasks with known outputs (a
         task without predictions counts 0 for each), or None when no task has a selection."""
-        from .select import SELECTORS
+        from .select import mean_selection
 
-        rows = [self.results[t.id].selection if t.id in self.results else None for t in mine if t.has_solutions]
-        names = [s for s in SELECTORS if any(r and s in r for r in rows)]
-        if not names:
-            return None
-        zero = {"vote_1": 0.0, "vote_2": 0.0}
-        return {s: {k: sum((r or {}).get(s, zero)[k] for r in rows) / len(rows) for k in zero} for s in names}
+        return mean_selection([self.results[t.id].selection if t.id in self.results else None
+                               for t in mine if t.has_solutions])
 
     def _summary(self, tasks, problems, backend, reason) -> dict:
         from .metrics import mean_metrics, score_task

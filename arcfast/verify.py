@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from statistics import NormalDist
 from typing import Optional, Sequence
 
@@ -86,7 +86,6 @@ class VerifyStats:
     whole_tokens: int = 0
     seconds: float = 0.0
     cut_by_deadline: int = 0
-    per_job_verifications: list = field(default_factory=list)
 
 
 def p_right(logp_yes: float, logp_no: float) -> float:
@@ -116,7 +115,7 @@ def still_running(verdicts: Sequence[Sequence[float]], running: Sequence[int], t
     return sorted(i for k, i in enumerate(order) if k < top or bounds[i][1] >= floor)
 
 
-def _round_sequences(jobs, running, verdicts, config, r, max_prompt_len):
+def _round_sequences(jobs, running, config, r, max_prompt_len):
     """The sequences of round ``r``: per job, augmentation of the round and running candidate, the
     YES and the NO sequence; and where each pair of sequences belongs."""
     from .prompts import build_verify_prompts
@@ -177,7 +176,7 @@ def verify_jobs(model, lora, jobs: Sequence[VerifyJob], config: Optional[VerifyC
     st.candidates += sum(len(r) for r in running)
     rounds = math.ceil(config.augmentations / config.per_round)
     for r in range(rounds):
-        seqs, where = _round_sequences(jobs, running, verdicts, config, r, max_prompt_len)
+        seqs, where = _round_sequences(jobs, running, config, r, max_prompt_len)
         if not where:
             break
         if deadline is not None and time.monotonic() >= deadline:
@@ -204,7 +203,6 @@ def verify_jobs(model, lora, jobs: Sequence[VerifyJob], config: Optional[VerifyC
             kept = still_running(verdicts[j], running[j], config.top, z)
             st.stopped += len(running[j]) - len(kept)
             running[j] = kept
-    st.per_job_verifications = [sum(len(v) for v in vs) for vs in verdicts]
     return [[replace(c, verdicts=tuple(v)) if v else c for c, v in zip(job.candidates, vs)]
             for job, vs in zip(jobs, verdicts)]
 

@@ -187,9 +187,7 @@ def run_arcfast(s: dict, device: str, out: Path, search: str = "greedy", select:
         for line in f:
             rec = json.loads(line)
             ev = rec.get("event")
-            if ev in CUT_EVENTS or (ev in ("search", "rescore") and rec.get("cut_by_deadline")):
-                events[ev] = events.get(ev, 0) + 1
-            if ev == "rescore_skipped":
+            if ev in CUT_EVENTS + ("rescore_skipped",) or (ev in ("search", "rescore") and rec.get("cut_by_deadline")):
                 events[ev] = events.get(ev, 0) + 1
             if ev == "search":
                 for k in ("prompts", "completions", "tokens", "forks", "capped"):
