@@ -123,10 +123,9 @@ def source_schedule(seed: int, segment: int, segment_len: int, weights: Sequence
 
 def shared_adapter(batch):
     """A copy of ``batch`` whose every token trains adapter 0 (padding stays -1)."""
-    from .batch import PackedBatch
+    from dataclasses import replace
 
-    a = np.where(batch.adapter_ids >= 0, 0, -1).astype(np.int32)
-    return PackedBatch(batch.input_ids, batch.labels, batch.position_ids, batch.sample_ids, a, batch.cu_seqlens)
+    return replace(batch, adapter_ids=np.where(batch.adapter_ids >= 0, 0, -1).astype(np.int32))
 
 
 class MixtureStream:
@@ -379,7 +378,7 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
     """
     from .lora import LoRAConfig
     from .model import load_model
-    from .sampling import SampleConfig
+    from .sampling import OBJECTIVES, SampleConfig
     from .trainer import FullTrainer, TrainConfig, Trainer
     from .ttft import JsonLog, _device, _dtype
 
@@ -525,7 +524,8 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
     step, stop, tokens, train_s = start, "steps", 0, 0.0
     acc_loss = acc_n = acc_tok = 0.0
     acc_t = 0.0
-    last_loss = None
+    acc_obj = np.zeros((2, len(OBJECTIVES)))   # per objective: loss x tokens, tokens
+    last_loss, last_obj = None, {}
     stream = MixtureStream(sources, [w for _, w in mixture], cfg.seed, row_len=cfg.row_len, rows=cfg.rows,
                            segment_len=segment_len, start_step=start, config=sample_cfg, threads=cfg.threads,
                            wrong=wrong)
@@ -544,16 +544,22 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
             if n:
                 acc_loss += float(stats.loss[0]) * n
                 acc_n += n
+            if len(stats.objective_tokens):
+                seen = stats.objective_tokens[0] > 0
+                acc_obj[0, seen] += stats.objective_loss[0, seen] * stats.objective_tokens[0, seen]
+                acc_obj[1] += stats.objective_tokens[0]
             acc_tok += stats.tokens
             acc_t += stats.time_s
             tokens += stats.tokens
             train_s += stats.time_s
             if step % cfg.log_every == 0 or step == cfg.steps:
                 last_loss = acc_loss / acc_n if acc_n else None
-                jlog(event="train", step=step, loss=last_loss, tokens=int(acc_tok),
+                last_obj = {o: float(acc_obj[0, i] / acc_obj[1, i]) for i, o in enumerate(OBJECTIVES) if acc_obj[1, i]}
+                jlog(event="train", step=step, loss=last_loss, objective_loss=last_obj, tokens=int(acc_tok),
                      tokens_per_s=round(acc_tok / max(acc_t, 1e-9), 1), lr=float(stats.lr[0]),
                      source_batches=stream.counts.tolist())
                 acc_loss = acc_n = acc_tok = 0.0
+                acc_obj[:] = 0.0
                 acc_t = 0.0
             if bar is not None:
                 bar.update(1, text=f"loss {float(stats.loss[0]):.4f} · {stats.tokens_per_s:,.0f} tok/s"
@@ -582,7 +588,7 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
         jlog(event="stop", step=step, reason=stop)
     summary = {
         "steps": step, "start_step": start, "target_steps": cfg.steps, "stopped": stop,
-        "train_loss": last_loss, "val_loss": last_val, "tokens": tokens,
+        "train_loss": last_loss, "train_objective_loss": last_obj, "val_loss": last_val, "tokens": tokens,
         "tokens_per_s": round(tokens / max(train_s, 1e-9), 1),
         "source_batches": {src: int(c) for (src, _), c in zip(mixture, stream.counts)},
         "seconds": round(time.time() - t_start, 2), ("model" if cfg.full else "adapter"): str(result),

@@ -10,8 +10,9 @@ present in the batch through host-side index lists. :class:`StaticStep` computes
 with shapes that depend only on ``(rows, row_len, segment bucket)``:
 
 - the loss covers every position: positions without a label get target -100 (cross entropy 0, no
-  gradient), each labelled one adds into its task's sum, and each sum is divided by the task's
-  labelled-token count (a device buffer) — the per-task mean of ``trainer.task_losses``. With the
+  gradient), each labelled one adds into its (task, objective) sum, each sum is divided by its
+  labelled-token count and weighted by its share of the task's tokens (device buffers) — the
+  per-task mean of ``trainer.objective_losses``, with its per-objective means beside it. With the
   compact vocabulary (16 ids) the LM head over all positions costs a few microseconds;
 - ``cu_seqlens`` is padded with zero-length segments to a power-of-two bucket (≥ 8) and varlen
   attention is told ``max_seqlen = row_len``, so one graph serves every batch of a bucket;
@@ -45,6 +46,9 @@ import torch.nn.functional as F
 
 from . import tokens as T
 from .batch import PackedBatch
+from .sampling import OBJECTIVES
+
+K = len(OBJECTIVES)   # loss groups per adapter: one per objective
 
 MAX_VOCAB = 1024      # the all-positions LM head stays cheap up to here
 MIN_SEGMENTS = 8      # smallest cu_seqlens bucket
@@ -104,8 +108,10 @@ class _Buffers:
     adapter_ids: torch.Tensor   # int32 [R * L]
     cu_seqlens: torch.Tensor    # int32 [S + 1], zero-length segments at the end
     targets: torch.Tensor       # int64 [R * L]: the label position t predicts, -100 where none
-    groups: torch.Tensor        # int64 [R * L]: the adapter of position t (0 where no label)
-    counts: torch.Tensor        # fp32 [N]: labelled tokens per adapter, at least 1
+    groups: torch.Tensor        # int64 [R * L]: the (adapter, objective) pair of position t, adapter * K +
+                                # objective (0 where no label)
+    counts: torch.Tensor        # fp32 [N * K]: labelled tokens per pair, at least 1
+    share: torch.Tensor         # fp32 [N, K]: each objective's share of its adapter's labelled tokens
     decay: torch.Tensor         # fp32 [N, 1]: 1 - lr * weight_decay (1 when inactive)
     m_blend: torch.Tensor       # fp32 [N, 1]: 1 - beta1 (0 when inactive)
     v_keep: torch.Tensor        # fp32 [N, 1]: beta2 (1 when inactive)
@@ -119,8 +125,8 @@ class _Buffers:
             return torch.zeros(shape, dtype=dtype, device=device)
 
         return cls(z((R, L), torch.long), z((R, L), torch.long), z((R, L), torch.int32), z(R * L, torch.int32),
-                   z(S + 1, torch.int32), z(R * L, torch.long), z(R * L, torch.long), z(N, torch.float32),
-                   *(z((N, 1), torch.float32) for _ in range(6)))
+                   z(S + 1, torch.int32), z(R * L, torch.long), z(R * L, torch.long), z(N * K, torch.float32),
+                   z((N, K), torch.float32), *(z((N, 1), torch.float32) for _ in range(6)))
 
 
 @dataclass
@@ -129,6 +135,7 @@ class _HostStep:
 
     arrays: dict
     counts: np.ndarray    # int64 [N]
+    pair_counts: np.ndarray  # int64 [N, K]
     active: np.ndarray    # bool [N]
     lr: np.ndarray        # float64 [N]
     tokens: int
@@ -162,7 +169,7 @@ class StaticStep:
 
     # -- host side -------------------------------------------------------------------------------
     def _host(self, batch: PackedBatch) -> _HostStep:
-        from .trainer import check_batch, model_ids
+        from .trainer import check_batch, label_objectives, model_ids
 
         tr = self.trainer
         N = tr.n_adapters
@@ -172,8 +179,12 @@ class StaticStep:
         nxt = np.concatenate([labels[:, 1:], np.full((R, 1), T.IGNORE_INDEX, np.int64)], axis=1).reshape(-1)
         labelled = nxt != T.IGNORE_INDEX
         a = batch.adapter_ids.reshape(-1).astype(np.int64)
-        groups = np.where(labelled, a, 0)
-        counts = np.bincount(a[labelled], minlength=N).astype(np.int64)
+        pos = np.flatnonzero(labelled)
+        pair_of = a[pos] * K + label_objectives(batch, pos)
+        groups = np.zeros(R * L, np.int64)
+        groups[pos] = pair_of
+        pair_counts = np.bincount(pair_of, minlength=N * K).astype(np.int64).reshape(N, K)
+        counts = pair_counts.sum(1)
         active = counts > 0
         lr = tr.step_lrs()
         b1, b2 = tr.opt.beta1, tr.opt.beta2
@@ -192,12 +203,13 @@ class StaticStep:
             "input_ids": ids, "position_ids": batch.position_ids.astype(np.int64),
             "sample_ids": batch.sample_ids.astype(np.int32), "adapter_ids": batch.adapter_ids.reshape(-1).astype(np.int32),
             "cu_seqlens": cu_pad, "targets": nxt, "groups": groups,
-            "counts": np.maximum(counts, 1).astype(np.float32),
+            "counts": np.maximum(pair_counts, 1).astype(np.float32).reshape(-1),
+            "share": (pair_counts / np.maximum(counts, 1)[:, None]).astype(np.float32),
             "decay": col(1.0 - lr * tr.opt.weight_decay, 1.0), "m_blend": col(np.full(N, 1.0 - b1), 0.0),
             "v_keep": col(np.full(N, b2), 1.0), "v_blend": col(np.full(N, 1.0 - b2), 0.0),
             "step_scale": col(-lr / bc1, 0.0), "bc2_sqrt": col(bc2_sqrt, 1.0),
         }
-        return _HostStep(arrays, counts, active, lr, int((batch.sample_ids >= 0).sum()), R * L)
+        return _HostStep(arrays, counts, pair_counts, active, lr, int((batch.sample_ids >= 0).sum()), R * L)
 
     # -- the computation (eager, or recorded into a graph) ------------------------------------------
     def _compute(self, buf: _Buffers, attention, lora_step) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,7 +221,9 @@ class StaticStep:
         hidden = model(buf.input_ids, buf.position_ids, attention, lora_step)
         logits = model.logits(hidden.reshape(-1, hidden.shape[-1]))
         ce = F.cross_entropy(logits.float(), buf.targets, ignore_index=T.IGNORE_INDEX, reduction="none")
-        losses = torch.zeros(N, device=ce.device, dtype=torch.float32).index_add_(0, buf.groups, ce) / buf.counts
+        pair = (torch.zeros(N * K, device=ce.device, dtype=torch.float32).index_add_(0, buf.groups, ce)
+                / buf.counts).view(N, K)
+        losses = (pair * buf.share).sum(1)
         losses.sum().backward()
         grad = lora.weight.grad
         lora.weight.grad = None
@@ -222,7 +236,7 @@ class StaticStep:
             v.mul_(buf.v_keep).addcmul_(grad * buf.v_blend, grad)
             denom = (v.sqrt() / buf.bc2_sqrt).add_(opt.eps)
             p.addcdiv_(m * buf.step_scale, denom)
-        return losses.detach(), norms
+        return losses.detach(), pair.detach(), norms
 
     def _eager_inputs(self, batch: PackedBatch, buf: _Buffers):
         from .attention import PackedAttention
@@ -245,7 +259,7 @@ class StaticStep:
     def step(self, batch: PackedBatch):
         """One training step on ``batch``; returns the :class:`arcfast.trainer.StepStats` that
         ``Trainer.step`` would."""
-        from .trainer import StepStats
+        from .trainer import StepStats, objective_stats
 
         t0 = time.perf_counter()
         tr = self.trainer
@@ -261,7 +275,7 @@ class StaticStep:
         self._fill(buf, h.arrays)
         if self.capture:
             try:
-                losses, norms = self._replay(key, buf, h.arrays)
+                losses, pair, norms = self._replay(key, buf, h.arrays)
             except torch.cuda.OutOfMemoryError:
                 raise   # the batch is too big, not the capture at fault: the caller splits it
             except RuntimeError as e:
@@ -271,13 +285,14 @@ class StaticStep:
                 self._fill(buf, h.arrays)
         if not self.capture:
             att, lora_step = self._eager_inputs(batch, buf)
-            losses, norms = self._compute(buf, att, lora_step)
+            losses, pair, norms = self._compute(buf, att, lora_step)
         tr.opt.steps[h.active] += 1
         loss_np = losses.double().cpu().numpy()   # the step's one device sync
         norms_np = norms.double().cpu().numpy()
         loss_np[~h.active] = np.nan
         return StepStats(loss=loss_np, label_tokens=h.counts, grad_norm=norms_np, lr=np.where(h.active, h.lr, 0.0),
-                         tokens=tokens, positions=h.positions, time_s=time.perf_counter() - t0, stepped=h.active)
+                         tokens=tokens, positions=h.positions, time_s=time.perf_counter() - t0, stepped=h.active,
+                         objective_loss=objective_stats(pair, h.pair_counts), objective_tokens=h.pair_counts)
 
     def _give_up(self, err: Exception) -> None:
         """The first capture failed (an op that cannot be captured on this stack): run eagerly

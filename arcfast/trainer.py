@@ -63,6 +63,7 @@ from .attention import PackedAttention
 from .batch import PackedBatch
 from .lora import LoRAConfig, LoRAStep, MultiLoRA
 from .model import CausalLM
+from .sampling import OBJECTIVES
 
 SCHEDULES = ("cosine", "linear", "constant")
 
@@ -115,6 +116,11 @@ class StepStats:
     positions: int              # rows * row_len
     time_s: float               # wall time of the step, device work included
     stepped: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # bool [N]
+    # float64 [N, len(OBJECTIVES)]: each task's mean loss per objective (nan where the task has no
+    # labelled token of that objective); int64 [N, len(OBJECTIVES)]: those tokens. Empty where the
+    # backend does not say.
+    objective_loss: np.ndarray = field(default_factory=lambda: np.zeros((0, len(OBJECTIVES))))
+    objective_tokens: np.ndarray = field(default_factory=lambda: np.zeros((0, len(OBJECTIVES)), np.int64))
 
     @property
     def tokens_per_s(self) -> float:
@@ -222,10 +228,19 @@ class DeviceBatch:
     lora: Optional[LoRAStep]
     pred_index: torch.Tensor    # int64 [M]: flat positions r*L+t whose next token is labelled
     targets: torch.Tensor       # int64 [M]: the labels they predict
-    groups: torch.Tensor        # int64 [M]: the adapter of each
+    groups: torch.Tensor        # int64 [M]: the (adapter, objective) pair of each: adapter * K + objective
     counts: np.ndarray          # int64 [N]: labelled tokens per adapter
+    pair_counts: np.ndarray     # int64 [N, K]: labelled tokens per adapter and objective (K = len(OBJECTIVES))
     tokens: int
     positions: int
+
+
+def label_objectives(batch: PackedBatch, flat_index: np.ndarray) -> np.ndarray:
+    """int64: the objective id of the sample at each flat position ``r * L + t`` of ``batch``
+    (``output``, 0, everywhere when the batch does not carry ``objective_ids``)."""
+    if batch.objective_ids is None or not len(flat_index):
+        return np.zeros(len(flat_index), np.int64)
+    return np.asarray(batch.objective_ids, np.int64)[batch.sample_ids.reshape(-1)[flat_index]]
 
 
 def check_batch(batch: PackedBatch, n_adapters: int) -> None:
@@ -271,8 +286,10 @@ def prepare_batch(batch: PackedBatch, model: CausalLM, lora: Optional[MultiLoRA]
     nxt = labels[:, 1:]
     pred = np.flatnonzero(np.concatenate([nxt != T.IGNORE_INDEX, np.zeros((R, 1), bool)], axis=1))
     targets = labels.reshape(-1)[pred + 1]
-    groups = batch.adapter_ids.reshape(-1)[pred].astype(np.int64)
-    counts = np.bincount(groups, minlength=n_adapters).astype(np.int64)
+    K = len(OBJECTIVES)
+    groups = batch.adapter_ids.reshape(-1)[pred].astype(np.int64) * K + label_objectives(batch, pred)
+    pair_counts = np.bincount(groups, minlength=n_adapters * K).astype(np.int64).reshape(n_adapters, K)
+    counts = pair_counts.sum(1)
 
     def t(a, dtype):
         return torch.from_numpy(np.ascontiguousarray(a)).to(dev, dtype=dtype, non_blocking=True)
@@ -283,7 +300,7 @@ def prepare_batch(batch: PackedBatch, model: CausalLM, lora: Optional[MultiLoRA]
     return DeviceBatch(
         input_ids=t(ids, torch.long), position_ids=t(batch.position_ids, torch.long), attention=att, lora=step,
         pred_index=t(pred, torch.long), targets=t(targets, torch.long), groups=t(groups, torch.long),
-        counts=counts, tokens=int((batch.sample_ids >= 0).sum()), positions=R * L)
+        counts=counts, pair_counts=pair_counts, tokens=int((batch.sample_ids >= 0).sum()), positions=R * L)
 
 
 def grouped_ce_torch(logits: torch.Tensor, targets: torch.Tensor, groups: torch.Tensor, n_groups: int,
@@ -301,13 +318,32 @@ def _grouped_ce_triton(logits, targets, groups, n_groups, counts):
     return grouped_cross_entropy(logits, targets, groups, n_groups)
 
 
-def task_losses(model: CausalLM, hidden: torch.Tensor, b: DeviceBatch, n: int, loss_impl: str = "torch") -> torch.Tensor:
-    """fp32 [n]: each task's mean cross entropy over its own labelled tokens (0 where it has none).
-    Only the labelled positions go through the LM head."""
+def objective_losses(model: CausalLM, hidden: torch.Tensor, b: DeviceBatch, n: int,
+                     loss_impl: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(per_task fp32 [n], per_pair fp32 [n, K])``: each task's mean cross entropy over its own
+    labelled tokens, and over those of each objective (0 where none). Only the labelled positions go
+    through the LM head. The task's loss is its objectives' means weighted by their token shares,
+    which is its plain mean (exactly so for a task with one objective), so mixing objectives in a
+    batch changes nothing in training; the per-objective means only report."""
+    K = len(OBJECTIVES)
     h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, b.pred_index)
     logits = model.logits(h)
     fn = _grouped_ce_triton if loss_impl == "triton" else grouped_ce_torch
-    return fn(logits, b.targets, b.groups, n, b.counts)
+    pair = fn(logits, b.targets, b.groups, n * K, b.pair_counts.reshape(-1)).view(n, K)
+    share = torch.as_tensor(b.pair_counts / np.maximum(b.counts, 1)[:, None], dtype=torch.float32, device=pair.device)
+    return (pair * share).sum(1), pair
+
+
+def task_losses(model: CausalLM, hidden: torch.Tensor, b: DeviceBatch, n: int, loss_impl: str = "torch") -> torch.Tensor:
+    """fp32 [n]: each task's mean cross entropy over its own labelled tokens (0 where it has none)."""
+    return objective_losses(model, hidden, b, n, loss_impl)[0]
+
+
+def objective_stats(pair: torch.Tensor, pair_counts: np.ndarray) -> np.ndarray:
+    """float64 [N, K] on the host: the per-objective means, nan where a task has no such token."""
+    out = pair.detach().double().cpu().numpy()
+    out[pair_counts == 0] = np.nan
+    return out
 
 
 def _kernels_available(*names: str) -> bool:
@@ -413,9 +449,10 @@ class Trainer:
                             base_model=base_model or self.model.config.name, dtype=dtype, meta=meta)
 
     # -- steps --------------------------------------------------------------------------------------
-    def _forward_losses(self, b: DeviceBatch) -> torch.Tensor:
+    def _forward_losses(self, b: DeviceBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(per-task losses [N], per-(task, objective) losses [N, K]) of :func:`objective_losses`."""
         hidden = self.model(b.input_ids, b.position_ids, b.attention, b.lora, checkpoint=self.cfg.checkpoint)
-        return task_losses(self.model, hidden, b, self.n_adapters, self.loss_impl)
+        return objective_losses(self.model, hidden, b, self.n_adapters, self.loss_impl)
 
     def step(self, batch: PackedBatch) -> StepStats:
         """One training step on ``batch`` (adapter_ids = slot of each token's task)."""
@@ -424,7 +461,7 @@ class Trainer:
         t0 = time.perf_counter()
         b = prepare_batch(batch, self.model, self.lora, self.n_adapters, self.cfg.attention, self.cfg.lora_path)
         active = b.counts > 0
-        losses = self._forward_losses(b)
+        losses, pair = self._forward_losses(b)
         (losses.sum() * self.loss_scale).backward()
 
         grad = self.lora.weight.grad
@@ -441,7 +478,8 @@ class Trainer:
         norms_np = norms.double().cpu().numpy()
         loss_np[~(b.counts > 0)] = np.nan
         return StepStats(loss=loss_np, label_tokens=b.counts, grad_norm=norms_np, lr=np.where(active, lr, 0.0),
-                         tokens=b.tokens, positions=b.positions, time_s=time.perf_counter() - t0, stepped=active)
+                         tokens=b.tokens, positions=b.positions, time_s=time.perf_counter() - t0, stepped=active,
+                         objective_loss=objective_stats(pair, b.pair_counts), objective_tokens=b.pair_counts)
 
     def step_lrs(self) -> np.ndarray:
         """float64 [N]: each adapter's learning rate for its next step (its schedule position)."""
@@ -467,7 +505,7 @@ class Trainer:
         """Per-adapter mean loss [N] on ``batch`` without training (nan where no labelled token)."""
         b = prepare_batch(batch, self.model, self.lora, self.n_adapters, self.cfg.attention, self.cfg.lora_path,
                           training=False)
-        out = self._forward_losses(b).double().cpu().numpy()
+        out = self._forward_losses(b)[0].double().cpu().numpy()
         out[b.counts == 0] = np.nan
         return out
 
@@ -567,8 +605,9 @@ class FullTrainer:
         if b.counts[0] == 0:
             return StepStats(loss=np.full(1, np.nan), label_tokens=b.counts, grad_norm=np.zeros(1), lr=np.zeros(1),
                              tokens=b.tokens, positions=b.positions, time_s=time.perf_counter() - t0,
-                             stepped=np.zeros(1, bool))
-        losses = self._forward_losses(b)
+                             stepped=np.zeros(1, bool), objective_loss=np.full((1, len(OBJECTIVES)), np.nan),
+                             objective_tokens=b.pair_counts)
+        losses, pair = self._forward_losses(b)
         (losses.sum() * self.loss_scale).backward()
 
         grads = self._master_grads()
@@ -595,7 +634,8 @@ class FullTrainer:
         loss_np = losses.detach().double().cpu().numpy()   # the step's one device sync
         return StepStats(loss=loss_np, label_tokens=b.counts, grad_norm=np.array([float(norm)]),
                          lr=np.where(active, lr, 0.0), tokens=b.tokens, positions=b.positions,
-                         time_s=time.perf_counter() - t0, stepped=active)
+                         time_s=time.perf_counter() - t0, stepped=active,
+                         objective_loss=objective_stats(pair, b.pair_counts), objective_tokens=b.pair_counts)
 
     def _master_grads(self) -> list:
         """fp32 gradients of the master weights (moved off the model's parameters when mixed). A
@@ -610,7 +650,7 @@ class FullTrainer:
     def eval_loss(self, batch: PackedBatch) -> np.ndarray:
         """Mean loss [1] over ``batch``'s labelled tokens without training (nan if none)."""
         b = prepare_batch(batch, self.model, None, 1, self.cfg.attention, training=False)
-        out = self._forward_losses(b).double().cpu().numpy()
+        out = self._forward_losses(b)[0].double().cpu().numpy()
         out[b.counts == 0] = np.nan
         return out
 

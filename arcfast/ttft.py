@@ -196,6 +196,8 @@ class TaskRun:
     train_tokens: int = 0
     generated_tokens: int = 0
     final_loss: Optional[float] = None
+    # {objective: its loss at the task's last step that had its tokens}, for the objectives trained
+    objective_losses: Optional[dict] = None
     attempts: list = field(default_factory=list)   # per test input: up to 2 grids (lists)
     votes: list = field(default_factory=list)      # per test input: count of the winning grid
     predictions: list = field(default_factory=list)  # per test input: number of predictions
@@ -513,7 +515,7 @@ class TTFTRun:
     # -- training -------------------------------------------------------------------------------
     def _train_group(self, backend, group, steps, planner, pretrained, lora_cfg) -> dict:
         from .packing import PackedStream
-        from .sampling import SampleConfig
+        from .sampling import OBJECTIVES, SampleConfig
 
         cfg = self.cfg
         runs = {t.id: TaskRun(t.id) for t in group}
@@ -534,6 +536,8 @@ class TTFTRun:
                                                   objectives=cfg.objectives),
                               threads=1, queue_size=4, batches=steps)
         done, losses, t_group = 0, np.full(len(group), np.nan), time.perf_counter()
+        obj_losses = np.full((len(group), len(OBJECTIVES)), np.nan)
+        mixed = sum(w > 0 for _, w in cfg.objectives) > 1   # per-objective losses are worth logging
         tokens = np.zeros(len(group), np.int64)
         try:
             # Keep the inference time of this group and every later one free while stepping.
@@ -549,9 +553,16 @@ class TTFTRun:
                 n = len(group)
                 seen = np.asarray(stats.label_tokens[:n]) > 0
                 losses[seen] = np.asarray(stats.loss[:n])[seen]
+                step_obj = {}
+                if len(stats.objective_tokens):
+                    has = np.asarray(stats.objective_tokens[:n]) > 0
+                    obj_losses[has] = np.asarray(stats.objective_loss[:n])[has]
+                    step_obj = {o: float(np.mean(stats.objective_loss[:n, i][has[:, i]]))
+                                for i, o in enumerate(OBJECTIVES) if has[:, i].any() and mixed}
                 for a in range(len(group)):
                     tokens[a] += int((batch.adapter_ids == a).sum())
                 self.log(event="step", tasks=len(group), step=step, loss=float(np.nanmean(stats.loss[:n][seen])) if seen.any() else None,
+                         **({"objective_loss": step_obj} if step_obj else {}),
                          tokens=stats.tokens, label_tokens=int(np.asarray(stats.label_tokens[:n]).sum()),
                          tokens_per_s=round(stats.tokens_per_s, 1), budget_left=round(self.deadline.remaining(), 1))
                 self._status(f"train step {done}/{steps} · {stats.tokens_per_s:,.0f} tok/s", force=done == 1)
@@ -563,6 +574,9 @@ class TTFTRun:
             r.steps, r.train_seconds = done, seconds / len(group)
             r.train_tokens = int(tokens[i])
             r.final_loss = None if np.isnan(losses[i]) else float(losses[i])
+            if mixed:
+                r.objective_losses = {o: float(obj_losses[i, j]) for j, o in enumerate(OBJECTIVES)
+                                      if not np.isnan(obj_losses[i, j])}
             if cfg.save_adapters == "none":
                 continue
             try:

@@ -399,10 +399,15 @@ def test_eval_verify_trains_the_verifier_and_ranks_by_its_verdicts(tmp_path, big
     events = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [e["vocab_size"] for e in events if e.get("event") == "grow_vocab"] == [20]   # 16 ids, grown
     (ev,) = [e for e in events if e.get("event") == "verify"]
+    steps = [e for e in events if e.get("event") == "step"]
+    assert steps and all(set(e["objective_loss"]) <= {"output", "verify"} for e in steps)
+    assert {o for e in steps for o in e["objective_loss"]} == {"output", "verify"}
     verified = 0
     for t in load_tasks("arc1:train[:3]"):
         rec = json.loads((out / "tasks" / f"{t.id}.json").read_text())
         assert set(rec["selection"]) == {"vote", "verify", "vote+verify"}
+        assert set(rec["objective_losses"]) <= {"output", "verify"} and rec["objective_losses"]
+        assert all(v > 0 for v in rec["objective_losses"].values())
         for ti, cands in enumerate(rec["candidates"]):
             if len(cands) < 2:
                 assert all(c["verdicts"] is None for c in cands)

@@ -352,13 +352,19 @@ def test_train_with_the_verify_objective_and_wrong_predictions(tmp_path):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"task_id": t.id, "fingerprint": t.fingerprint(),
                                     "candidates": [[{"grid": q.input.tolist()}] for q in t.test]}))
-    cfg = _cfg(tmp_path, "v", steps=3, save_every=1, val=None, data=["arc1:train[:3]=1"], full=True,
+    cfg = _cfg(tmp_path, "v", steps=6, save_every=3, val=None, data=["arc1:train[:3]=1"], full=True, log_every=1,
                objectives=(("output", 1.0), ("verify", 1.0)), wrong_from=(str(tmp_path / "eval"),))
     run_train(cfg)
     events = [json.loads(line) for line in (tmp_path / "v" / "log.jsonl").read_text().splitlines()]
     (wrong,) = [e for e in events if e.get("event") == "wrong_predictions"]
     assert wrong["records"] == 3 and wrong["grids"] == sum(len(t.test) for t in tasks)
     assert [e["vocab_size"] for e in events if e.get("event") == "grow_vocab"] == [20]
+    # each objective's loss logged apart; the interval's loss lies between its objectives' losses
+    train = [e for e in events if e.get("event") == "train"]
+    assert {o for e in train for o in e["objective_loss"]} == {"output", "verify"}, train
+    for e in train:
+        lo, hi = min(e["objective_loss"].values()), max(e["objective_loss"].values())
+        assert lo - 1e-5 <= e["loss"] <= hi + 1e-5
     model = load_model(str(tmp_path / "v" / "model"), device="cpu", dtype=torch.float32)
     assert model.config.vocab_size == 20 and model.config.has_objective_ids
     with pytest.raises(ValueError, match="objectives"):

@@ -317,3 +317,58 @@ def test_bad_batches_are_refused():
     with pytest.raises(ValueError, match="row 0 position 10"):
         t.step(bad)
     t.step(good)
+
+
+def test_objective_losses_are_each_objectives_own_mean():
+    """A batch mixing objectives (``objective_ids``): each (task, objective) loss equals the loss of
+    the same batch with only that objective's labels kept, and the task's loss, which trains, is
+    what it is without objective ids (the plain mean over its tokens) -- for the LoRA trainer, its
+    fixed-shape step and the full trainer."""
+    from arcfast.sampling import OBJECTIVES
+    from arcfast.step_graph import StaticStep
+    from arcfast.trainer import FullTrainer
+
+    data = task_data(7, n_tasks=2, n_steps=2)
+    samples = [x for a in range(2) for step in data[a] for x in step]
+    objectives = np.array([k % len(OBJECTIVES) for k in range(len(samples))], np.int32)
+    # one row: samples keep their list order as sample ids (objective_ids is indexed by those)
+    ROW = sum(len(x) for x, _, _ in samples)
+    batch = replace(pack_samples(samples, ROW), objective_ids=objectives)
+    assert batch.shape[0] == 1 and batch.objective_ids is not None and len(set(objectives)) == len(OBJECTIVES)
+
+    def only(o):
+        keep = [(x, (y if objectives[k] == o else np.full_like(y, T.IGNORE_INDEX)).astype(np.int32), a)
+                for k, (x, y, a) in enumerate(samples)]
+        return pack_samples(keep, ROW)
+
+    def check(make, n):
+        ref = make()
+        want = np.stack([ref.eval_loss(only(o)) for o in range(len(OBJECTIVES))], axis=1)
+        plain = make().step(replace(batch, objective_ids=None))
+        st = make().step(batch)
+        assert st.objective_loss.shape == (n, len(OBJECTIVES))
+        assert np.isfinite(want).all()
+        np.testing.assert_allclose(st.objective_loss, want, rtol=1e-5)
+        np.testing.assert_array_equal(st.objective_tokens.sum(1), st.label_tokens)
+        np.testing.assert_allclose(st.loss, plain.loss, rtol=1e-6)
+        # without objective ids every token is an ``output`` one
+        np.testing.assert_allclose(plain.objective_loss[:, 0], plain.loss, rtol=1e-6)
+        assert np.isnan(plain.objective_loss[:, 1:]).all()
+
+    check(lambda: Trainer(load_model("tiny", seed=0), LCFG, train_cfg(warmup_steps=0), 2), 2)
+
+    class Static:
+        def __init__(self):
+            self.tr = Trainer(load_model("tiny", seed=0), LCFG, train_cfg(warmup_steps=0), 2)
+
+        def eval_loss(self, b):
+            return self.tr.eval_loss(b)
+
+        def step(self, b):
+            return StaticStep(self.tr, capture=False).step(b)
+
+    check(Static, 2)
+    one = [(x, y, 0) for x, y, _ in samples]
+    batch = replace(pack_samples(one, ROW), objective_ids=objectives)
+    samples = one
+    check(lambda: FullTrainer(load_model("tiny", seed=0), train_cfg(warmup_steps=0)), 1)
