@@ -628,6 +628,10 @@ class TTFTRun:
                                   n_predictions=cfg.predictions, config=gen_cfg, generator=self.generator,
                                   max_prompt_len=cfg.max_len, seed=cfg.seed, on_error="skip", errors=errors,
                                   deadline=gen_stop, search=search, search_stats=search_stats)
+        self.log(event="predict", tasks=[t.id for t in group], test_inputs=n_inputs,
+                 predictions=sum(len(p) for per_test in preds for p in per_test),
+                 tokens=sum(q.n_tokens for per_test in preds for p in per_test for q in p),
+                 seconds=round(time.perf_counter() - t0, 3))
         if search_stats is not None:
             st = search_stats
             self.log(event="search", tasks=[t.id for t in group], prompts=st.prompts, completions=st.completions,

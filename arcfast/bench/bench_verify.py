@@ -1,0 +1,146 @@
+"""Verification at inference: what it costs beside generation, and whether it picks better than votes.
+
+    arcfast bench -k verify                          # the starter model, ARC-AGI-1 evaluation tasks
+    arcfast bench -k verify --quick                  # the tiny model, 2 tasks: seconds on a CPU
+    arcfast bench -k verify --set tasks=40 --set verify=8
+
+Each run is the real engine (:class:`arcfast.ttft.TTFTRun`, as ``arcfast eval --ttft``) on the same
+tasks with the same seed: per-task adapters trained for ``steps`` steps, ``predictions`` greedy
+predictions per test input under test-time augmentations, every test input's distinct candidates
+verified under up to ``verify`` augmentations (:func:`arcfast.verify.verify_jobs`, in rounds: a
+candidate stops once it cannot reach the top two), and every selector judged on the same
+candidates (``vote``, ``verify``, ``vote+verify``). Two runs, apart only in what TTFT trains:
+
+- ``output``: the output objective alone; the verdict ids are grown but never trained, so verify's
+  ranking is the untrained adapter's;
+- ``output+input+verify``: ``--objective output=1 --objective input=0.5 --objective verify=0.5``
+  (the weights: ``objectives``), the adapter learning to verify from its own leave-one-out pairs and
+  their corruptions.
+
+Rows, per run: verification seconds against the run's generation seconds (both from the run's log:
+the ``verify`` and ``predict`` events; ratio = generation / verification, the bar 10x: verification
+at most 10% of generation); and vote_2 of ``verify`` and of ``vote+verify`` against ``vote``'s on
+the same candidates (ratio = theirs / vote's; ``extra`` holds every selector's vote_1/vote_2 and the
+runs' pass@n, the share of test inputs with the right grid among the candidates at all, which bounds
+every selector).
+
+Options (``--set key=value``): tasks (count from the start of ``source``, default 12; ``--quick``
+2), source (default arc1:eval), model (default the shipped ``starter``; ``--quick`` ``tiny``), steps
+(per task; default 16, ``--quick`` 2), predictions (default 8, ``--quick`` 4), verify (K, default 8,
+``--quick`` 2), objectives (the second run's, default ``output=1,input=0.5,verify=0.5``), max_new
+(``--quick`` 48), budget (default 24h), out (the runs' parent directory; default a temporary one).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from .runner import Context, Row, with_torch_threads
+
+BENCH = "verify"
+SELECTORS = ("vote", "verify", "vote+verify")
+
+
+def _options(ctx: Context) -> dict:
+    quick = ctx.quick
+    s = dict(tasks=2 if quick else 12, source="arc1:eval", model="tiny" if quick else "starter",
+             steps=2 if quick else 16, predictions=4 if quick else 8, verify=2 if quick else 8,
+             objectives="output=1,input=0.5,verify=0.5", max_new=48 if quick else None, budget="24h", out=None)
+    o = ctx.options
+    for k in ("tasks", "steps", "predictions", "verify", "max_new"):
+        if k in o:
+            s[k] = int(o[k])
+    for k in ("source", "model", "objectives", "budget", "out"):
+        if k in o:
+            s[k] = o[k]
+    if s["max_new"] == 0:   # --set max_new=0: the engine's own bound per task
+        s["max_new"] = None
+    if min(s["tasks"], s["steps"], s["verify"]) < 1 or s["predictions"] < 2:
+        raise ValueError("tasks, steps and verify must be >= 1, predictions >= 2")
+    return s
+
+
+def _objectives(text: str) -> tuple:
+    from arcfast.objectives import parse_objectives
+
+    return parse_objectives(text)
+
+
+def run_eval(s: dict, device: str, out: Path, objectives: tuple) -> dict:
+    """One ``arcfast eval --ttft --verify K --select vote+verify`` run into ``out``: its generation
+    and verification seconds (from its log), its verification counts and its selection results."""
+    from arcfast.budget import parse_duration
+    from arcfast.ttft import TTFTConfig, TTFTRun
+
+    cfg = TTFTConfig(tasks=f"{s['source']}[:{s['tasks']}]", model=s["model"], budget=parse_duration(s["budget"]),
+                     out=str(out), backend="native", device=device, seed=0, steps=s["steps"],
+                     predictions=s["predictions"], max_new_tokens=s["max_new"], progress=False,
+                     objectives=objectives, verify=s["verify"], select="vote+verify")
+    t0 = time.perf_counter()
+    summary = TTFTRun(cfg).run()
+    wall = time.perf_counter() - t0
+    gen_s = verify_s = 0.0
+    counts = dict(predictions=0, generated_tokens=0, verified_inputs=0, candidates=0, verifications=0,
+                  stopped=0, verify_tokens=0, verify_cut=0)
+    skipped, predicted = [], False
+    with open(out / "log.jsonl") as f:
+        for line in f:
+            e = json.loads(line)
+            if e.get("event") == "predict":
+                predicted = True
+                gen_s += e["seconds"]
+                counts["predictions"] += e["predictions"]
+                counts["generated_tokens"] += e["tokens"]
+            elif e.get("event") == "verify":
+                verify_s += e["seconds"]
+                counts["verified_inputs"] += e["test_inputs"]
+                counts["candidates"] += e["candidates"]
+                counts["verifications"] += e["verifications"]
+                counts["stopped"] += e["stopped"]
+                counts["verify_tokens"] += e["tokens_computed"]
+                counts["verify_cut"] += e["cut_by_deadline"]
+            elif e.get("event") == "verify_skipped":
+                skipped.append(e["reason"])
+    if not predicted:
+        raise RuntimeError(f"{out}: the run logged no prediction")
+    if skipped:
+        raise RuntimeError(f"{out}: verification was skipped: {skipped[0]}")
+    return dict(wall_s=round(wall, 2), generation_s=gen_s, verify_s=verify_s, **counts,
+                selection=summary["selection"], metrics=summary["metrics"], tasks=summary["tasks"])
+
+
+def run(ctx: Context) -> list[Row]:
+    return with_torch_threads(ctx, _run)
+
+
+def _run(ctx: Context) -> list[Row]:
+    s = _options(ctx)
+    runs = (("output", (("output", 1.0),)), ("+".join(n for n, _ in _objectives(s["objectives"])),
+                                              _objectives(s["objectives"])))
+    parent = Path(s["out"]) if s["out"] else Path(tempfile.mkdtemp(prefix="arcfast-bench-verify-"))
+    rows: list[Row] = []
+    try:
+        for name, objectives in runs:
+            r = run_eval(s, ctx.device, parent / name.replace("+", "-"), objectives)
+            where = (f"{s['model']}, {s['source']}[:{s['tasks']}], TTFT {name} x {s['steps']} steps, "
+                     f"{s['predictions']} predictions, K={s['verify']}, {ctx.device}")
+            extra = {k: v for k, v in r.items() if k not in ("selection",)}
+            extra["selection"] = r["selection"]
+            rows.append(Row(BENCH, f"verification vs generation time ({where})", r["verify_s"], "s",
+                            baseline="generation", baseline_value=r["generation_s"], higher_is_better=False,
+                            bar=10.0, extra=extra))
+            sel = r["selection"] or {}
+            vote_2 = (sel.get("vote") or {}).get("vote_2")
+            for selector in SELECTORS[1:]:
+                got = (sel.get(selector) or {}).get("vote_2")
+                if got is None:
+                    continue
+                rows.append(Row(BENCH, f"{selector} vote_2 ({where})", got, "share", baseline="vote",
+                                baseline_value=vote_2, extra={"selection": sel, "pass_n": (r["metrics"] or {}).get("pass_n")}))
+    finally:
+        if not s["out"]:
+            shutil.rmtree(parent, ignore_errors=True)
+    return rows
