@@ -373,7 +373,7 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
 
     ``deadline``: default ``Deadline(cfg.budget)`` when a budget is set. ``on_step(step, stats)`` is
     called after every optimizer step (``step`` counted from 1, ``stats`` a
-    :class:`arcfast.trainer.StepStats`); returning True stops the run as a budget stop does
+    :class:`arcfast.loss.StepStats`); returning True stops the run as a budget stop does
     (checkpoint and adapter written).
     """
     from .lora import LoRAConfig

@@ -19,10 +19,11 @@ with shapes that depend only on ``(rows, row_len, segment bucket)``:
 - rows are padded to a bucketed length (:func:`row_bucket`; a batch-1 recipe's row is as long as
   its sample), so nearby lengths share a graph;
 - token routing happens on the device (:func:`arcfast.kernels.lora.lora_segments`, sort + search);
-- AdamW updates every adapter row with per-row factors held in device buffers: an adapter without
-  tokens in the batch gets factors that leave its weights and moments bit-for-bit unchanged
-  (decay 1, update 0, moment blend 0), so the state equals the host-indexed update of
-  :class:`arcfast.trainer.MultiAdamW`.
+- AdamW is :func:`arcfast.optim.adamw_update`, the eager step's own update, on every adapter row
+  with the per-row factors of :meth:`arcfast.optim.MultiAdamW.factors` held in device buffers: an
+  adapter without tokens in the batch gets the neutral ones, which leave its weights and moments
+  bit-for-bit unchanged (decay 1, update 0, moment blend 0), so the state equals the eager step's,
+  which updates only the active rows.
 
 Per step the host fills the buffers (a few small copies), replays the graph and reads the losses
 and norms back: the one device sync, as in ``Trainer.step``. A graph is captured per shape key on
@@ -46,6 +47,8 @@ import torch.nn.functional as F
 
 from . import tokens as T
 from .batch import PackedBatch
+from .loss import StepStats, check_batch, label_objectives, model_ids, objective_stats
+from .optim import FACTORS, NEUTRAL, adamw_update, clip_per_adapter
 from .sampling import OBJECTIVES
 
 K = len(OBJECTIVES)   # loss groups per adapter: one per objective
@@ -169,8 +172,6 @@ class StaticStep:
 
     # -- host side -------------------------------------------------------------------------------
     def _host(self, batch: PackedBatch) -> _HostStep:
-        from .trainer import check_batch, label_objectives, model_ids
-
         tr = self.trainer
         N = tr.n_adapters
         check_batch(batch, N)
@@ -187,14 +188,6 @@ class StaticStep:
         counts = pair_counts.sum(1)
         active = counts > 0
         lr = tr.step_lrs()
-        b1, b2 = tr.opt.beta1, tr.opt.beta2
-        t = (tr.opt.steps + 1).astype(np.float64)
-        bc1 = 1.0 - b1 ** t
-        bc2_sqrt = np.sqrt(1.0 - b2 ** t)
-
-        def col(x, off):
-            return np.where(active, x, off).astype(np.float32)[:, None]
-
         cu = np.asarray(batch.cu_seqlens, np.int32)
         S = segment_bucket(len(cu) - 1)
         cu_pad = np.full(S + 1, R * L, np.int32)
@@ -205,16 +198,12 @@ class StaticStep:
             "cu_seqlens": cu_pad, "targets": nxt, "groups": groups,
             "counts": np.maximum(pair_counts, 1).astype(np.float32).reshape(-1),
             "share": (pair_counts / np.maximum(counts, 1)[:, None]).astype(np.float32),
-            "decay": col(1.0 - lr * tr.opt.weight_decay, 1.0), "m_blend": col(np.full(N, 1.0 - b1), 0.0),
-            "v_keep": col(np.full(N, b2), 1.0), "v_blend": col(np.full(N, 1.0 - b2), 0.0),
-            "step_scale": col(-lr / bc1, 0.0), "bc2_sqrt": col(bc2_sqrt, 1.0),
+            **tr.opt.factors(lr, active),
         }
         return _HostStep(arrays, counts, pair_counts, active, lr, int((batch.sample_ids >= 0).sum()), R * L)
 
     # -- the computation (eager, or recorded into a graph) ------------------------------------------
     def _compute(self, buf: _Buffers, attention, lora_step) -> tuple[torch.Tensor, torch.Tensor]:
-        from .trainer import clip_per_adapter
-
         tr = self.trainer
         model, lora, opt = tr.model, tr.lora, tr.opt
         N = tr.n_adapters
@@ -228,14 +217,8 @@ class StaticStep:
         grad = lora.weight.grad
         lora.weight.grad = None
         norms = clip_per_adapter(grad, tr.cfg.max_grad_norm)
-        with torch.no_grad():
-            # MultiAdamW.step's operations in its order, each row with its own factors.
-            p, m, v = lora.weight, opt.m, opt.v
-            p.mul_(buf.decay)
-            m.lerp_(grad, buf.m_blend)
-            v.mul_(buf.v_keep).addcmul_(grad * buf.v_blend, grad)
-            denom = (v.sqrt() / buf.bc2_sqrt).add_(opt.eps)
-            p.addcdiv_(m * buf.step_scale, denom)
+        # MultiAdamW.step's update, every row with its own factors (neutral where it does not step).
+        adamw_update(lora.weight, opt.m, opt.v, grad, {k: getattr(buf, k) for k in FACTORS}, opt.eps)
         return losses.detach(), pair.detach(), norms
 
     def _eager_inputs(self, batch: PackedBatch, buf: _Buffers):
@@ -257,9 +240,8 @@ class StaticStep:
 
     # -- one step -------------------------------------------------------------------------------------
     def step(self, batch: PackedBatch):
-        """One training step on ``batch``; returns the :class:`arcfast.trainer.StepStats` that
+        """One training step on ``batch``; returns the :class:`arcfast.loss.StepStats` that
         ``Trainer.step`` would."""
-        from .trainer import StepStats, objective_stats
 
         t0 = time.perf_counter()
         tr = self.trainer
@@ -329,9 +311,8 @@ class StaticStep:
         # factor neutral, so they leave adapters and moments unchanged; then the real factors.
         neutral = dict(arrays)
         N = tr.n_adapters
-        for name, value in (("decay", 1.0), ("m_blend", 0.0), ("v_keep", 1.0), ("v_blend", 0.0),
-                            ("step_scale", 0.0), ("bc2_sqrt", 1.0)):
-            neutral[name] = np.full((N, 1), value, np.float32)
+        for name in FACTORS:
+            neutral[name] = np.full((N, 1), NEUTRAL[name], np.float32)
         self._fill(buf, neutral)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())

@@ -50,19 +50,20 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import tokens as T
-from .attention import PackedAttention
 from .batch import PackedBatch
-from .lora import LoRAConfig, LoRAStep, MultiLoRA
+from .lora import LoRAConfig, MultiLoRA
+from .loss import (DeviceBatch, StepStats, check_batch, grouped_ce_torch, label_objectives, model_ids,  # noqa: F401
+                   objective_losses, objective_stats, prepare_batch, task_losses)
 from .model import CausalLM
+from .optim import MultiAdamW, clip_per_adapter, lr_factor  # noqa: F401
 from .sampling import OBJECTIVES
 
 SCHEDULES = ("cosine", "linear", "constant")
@@ -101,249 +102,6 @@ class TrainConfig:
 
     def warmup_for(self, total: int) -> int:
         return self.warmup_steps if self.warmup_steps is not None else math.ceil(self.warmup_ratio * total)
-
-
-@dataclass
-class StepStats:
-    """What one step did. Per-adapter arrays have ``n_adapters`` entries; nan/0 for adapters
-    without labelled tokens in the batch (they did not step)."""
-
-    loss: np.ndarray            # float64 [N]: each task's mean loss over its labelled tokens
-    label_tokens: np.ndarray    # int64 [N]: labelled tokens per task
-    grad_norm: np.ndarray       # float64 [N]: per-adapter gradient norm before clipping
-    lr: np.ndarray              # float64 [N]: learning rate used
-    tokens: int                 # real (non-padding) tokens in the batch
-    positions: int              # rows * row_len
-    time_s: float               # wall time of the step, device work included
-    stepped: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # bool [N]
-    # float64 [N, len(OBJECTIVES)]: each task's mean loss per objective (nan where the task has no
-    # labelled token of that objective); int64 [N, len(OBJECTIVES)]: those tokens. Empty where the
-    # backend does not say.
-    objective_loss: np.ndarray = field(default_factory=lambda: np.zeros((0, len(OBJECTIVES))))
-    objective_tokens: np.ndarray = field(default_factory=lambda: np.zeros((0, len(OBJECTIVES)), np.int64))
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.tokens / self.time_s if self.time_s > 0 else 0.0
-
-
-# ----------------------------------------------------------------------------------------------
-# Schedule and optimizer (per adapter)
-
-def lr_factor(step: np.ndarray, total: np.ndarray, warmup: np.ndarray, schedule: str) -> np.ndarray:
-    """Learning-rate multiplier at 0-based step ``step`` of a ``total``-step run (elementwise), with
-    a linear warm-up over ``warmup`` steps: the values of transformers' get_*_schedule_with_warmup."""
-    step, total, warmup = (np.asarray(a, dtype=np.float64) for a in (step, total, warmup))
-    warm = step / np.maximum(1.0, warmup)
-    if schedule == "constant":
-        after = np.ones_like(step)
-    elif schedule == "linear":
-        after = np.maximum(0.0, (total - step) / np.maximum(1.0, total - warmup))
-    else:
-        progress = (step - warmup) / np.maximum(1.0, total - warmup)
-        after = np.maximum(0.0, 0.5 * (1.0 + np.cos(math.pi * progress)))
-    return np.where(step < warmup, warm, after)
-
-
-class MultiAdamW:
-    """AdamW over the rows of one parameter [N, P], each row its own optimizer: its own step
-    count (bias correction), learning rate and activity. Row a is updated exactly as
-    ``torch.optim.AdamW`` would update adapter a's parameters alone."""
-
-    def __init__(self, param: torch.Tensor, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
-        self.param = param
-        self.beta1, self.beta2 = betas
-        self.eps, self.weight_decay = eps, weight_decay
-        self.m = torch.zeros_like(param)
-        self.v = torch.zeros_like(param)
-        self.steps = np.zeros(param.shape[0], dtype=np.int64)   # host: no device sync to read
-
-    def reset(self, ids: Sequence[int]) -> None:
-        idx = torch.as_tensor(list(ids), dtype=torch.long, device=self.param.device)
-        self.m.index_fill_(0, idx, 0.0)
-        self.v.index_fill_(0, idx, 0.0)
-        self.steps[list(ids)] = 0
-
-    @torch.no_grad()
-    def step(self, grad: torch.Tensor, lr: np.ndarray, active: np.ndarray) -> None:
-        """One step of rows where ``active`` (bool [N]) with learning rates ``lr`` (float [N])."""
-        rows = np.flatnonzero(active)
-        if rows.size == 0:
-            return
-        self.steps[rows] += 1
-        t = self.steps[rows].astype(np.float64)
-        lr_r = lr[rows].astype(np.float64)
-        bc1 = 1.0 - self.beta1 ** t
-        bc2_sqrt = np.sqrt(1.0 - self.beta2 ** t)
-        dev = self.param.device
-
-        def col(a):
-            return torch.as_tensor(a, dtype=torch.float32, device=dev)[:, None]
-
-        if rows.size == len(active):
-            p, g, m, v = self.param, grad, self.m, self.v
-        else:
-            idx = torch.as_tensor(rows, dtype=torch.long, device=dev)
-            p, g, m, v = self.param[idx], grad[idx], self.m[idx], self.v[idx]
-        # The order of torch.optim.AdamW's single-tensor path, so results agree to rounding.
-        p.mul_(col(1.0 - lr_r * self.weight_decay))
-        m.lerp_(g, 1.0 - self.beta1)
-        v.mul_(self.beta2).addcmul_(g, g, value=1.0 - self.beta2)
-        denom = (v.sqrt() / col(bc2_sqrt)).add_(self.eps)
-        p.addcdiv_(m * col(-lr_r / bc1), denom)
-        if rows.size != len(active):
-            self.param.index_copy_(0, idx, p)
-            self.m.index_copy_(0, idx, m)
-            self.v.index_copy_(0, idx, v)
-
-    def state_dict(self) -> dict:
-        return {"m": self.m, "v": self.v, "steps": torch.from_numpy(self.steps.copy())}
-
-    def load_state_dict(self, sd: dict) -> None:
-        self.m.copy_(sd["m"])
-        self.v.copy_(sd["v"])
-        self.steps[:] = sd["steps"].numpy()
-
-
-def clip_per_adapter(grad: torch.Tensor, max_norm: Optional[float]) -> torch.Tensor:
-    """Per-row gradient norms [N] (fp32, before clipping); rows over ``max_norm`` scaled down in
-    place with torch's clip_grad_norm_ formula (coef = max_norm / (norm + 1e-6), at most 1)."""
-    norms = torch.linalg.vector_norm(grad, dim=1)
-    if max_norm is not None:
-        coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
-        grad.mul_(coef[:, None])
-    return norms
-
-
-# ----------------------------------------------------------------------------------------------
-# Batch preparation and loss
-
-@dataclass
-class DeviceBatch:
-    """A PackedBatch on the device, plus what the loss needs (computed on the host)."""
-
-    input_ids: torch.Tensor     # int64 [R, L] (model vocabulary ids)
-    position_ids: torch.Tensor  # int64 [R, L]
-    attention: PackedAttention
-    lora: Optional[LoRAStep]
-    pred_index: torch.Tensor    # int64 [M]: flat positions r*L+t whose next token is labelled
-    targets: torch.Tensor       # int64 [M]: the labels they predict
-    groups: torch.Tensor        # int64 [M]: the (adapter, objective) pair of each: adapter * K + objective
-    counts: np.ndarray          # int64 [N]: labelled tokens per adapter
-    pair_counts: np.ndarray     # int64 [N, K]: labelled tokens per adapter and objective (K = len(OBJECTIVES))
-    tokens: int
-    positions: int
-
-
-def label_objectives(batch: PackedBatch, flat_index: np.ndarray) -> np.ndarray:
-    """int64: the objective id of the sample at each flat position ``r * L + t`` of ``batch``
-    (``output``, 0, everywhere when the batch does not carry ``objective_ids``)."""
-    if batch.objective_ids is None or not len(flat_index):
-        return np.zeros(len(flat_index), np.int64)
-    return np.asarray(batch.objective_ids, np.int64)[batch.sample_ids.reshape(-1)[flat_index]]
-
-
-def check_batch(batch: PackedBatch, n_adapters: int) -> None:
-    """Clear errors for a batch that breaks the PackedBatch conventions the trainer relies on."""
-    shapes = {k: getattr(batch, k).shape for k in ("input_ids", "labels", "position_ids", "sample_ids", "adapter_ids")}
-    if len(set(shapes.values())) != 1:
-        raise ValueError(f"PackedBatch arrays disagree in shape: {shapes}")
-    a = batch.adapter_ids
-    if a.size and (a.max() >= n_adapters or a.min() < -1):
-        raise ValueError(f"PackedBatch adapter ids span {a.min()}..{a.max()}, the trainer has {n_adapters} adapters")
-    lab = batch.labels[:, 1:]
-    labelled = lab != T.IGNORE_INDEX
-    if labelled.any():
-        ids = batch.adapter_ids[:, :-1][labelled]
-        if (ids < 0).any():
-            raise ValueError("PackedBatch has a labelled token whose predicting position has no adapter (-1)")
-        same = batch.sample_ids[:, :-1][labelled] == batch.sample_ids[:, 1:][labelled]
-        if not same.all():
-            r, t = np.argwhere(labelled & (batch.sample_ids[:, :-1] != batch.sample_ids[:, 1:]))[0]
-            raise ValueError(f"PackedBatch row {r} position {t + 1}: a labelled token starts a sample "
-                             f"(the first token of every sample must have label -100)")
-
-
-def model_ids(batch: PackedBatch, cfg) -> tuple[np.ndarray, np.ndarray]:
-    """int64 input ids and labels [R, L] of ``batch`` in the model's vocabulary (a full-vocabulary
-    model maps each compact id to its own token id); ValueError for a sample longer than the
-    model's sliding window, which the trainer does not apply."""
-    ids = cfg.model_ids(batch.input_ids.astype(np.int64))
-    labels = cfg.model_ids(batch.labels.astype(np.int64))
-    if cfg.sliding_window is not None and batch.position_ids.size and batch.position_ids.max() >= cfg.sliding_window:
-        raise ValueError(f"a sample is longer than the model's sliding window ({cfg.sliding_window} tokens), "
-                         f"which this trainer does not apply")
-    return ids, labels
-
-
-def prepare_batch(batch: PackedBatch, model: CausalLM, lora: Optional[MultiLoRA], n_adapters: int,
-                  attention: str = "auto", lora_path: str = "auto", training: bool = True) -> DeviceBatch:
-    """Move a PackedBatch to the model's device and precompute the loss targets on the host."""
-    check_batch(batch, n_adapters)
-    cfg, dev = model.config, model.device
-    R, L = batch.shape
-    ids, labels = model_ids(batch, cfg)
-    nxt = labels[:, 1:]
-    pred = np.flatnonzero(np.concatenate([nxt != T.IGNORE_INDEX, np.zeros((R, 1), bool)], axis=1))
-    targets = labels.reshape(-1)[pred + 1]
-    K = len(OBJECTIVES)
-    groups = batch.adapter_ids.reshape(-1)[pred].astype(np.int64) * K + label_objectives(batch, pred)
-    pair_counts = np.bincount(groups, minlength=n_adapters * K).astype(np.int64).reshape(n_adapters, K)
-    counts = pair_counts.sum(1)
-
-    def t(a, dtype):
-        return torch.from_numpy(np.ascontiguousarray(a)).to(dev, dtype=dtype, non_blocking=True)
-
-    sample_ids = t(batch.sample_ids, torch.int32)
-    att = PackedAttention(sample_ids, attention, cu_seqlens=batch.cu_seqlens, dtype=model.dtype)
-    step = lora.begin(batch.adapter_ids, model.dtype, lora_path, training) if lora is not None else None
-    return DeviceBatch(
-        input_ids=t(ids, torch.long), position_ids=t(batch.position_ids, torch.long), attention=att, lora=step,
-        pred_index=t(pred, torch.long), targets=t(targets, torch.long), groups=t(groups, torch.long),
-        counts=counts, pair_counts=pair_counts, tokens=int((batch.sample_ids >= 0).sum()), positions=R * L)
-
-
-def grouped_ce_torch(logits: torch.Tensor, targets: torch.Tensor, groups: torch.Tensor, n_groups: int,
-                     counts: np.ndarray) -> torch.Tensor:
-    """Per-group mean cross entropy: logits [M, V], targets/groups int64 [M], counts [n] (host)
-    -> fp32 [n] (0 for a group without tokens)."""
-    ce = F.cross_entropy(logits.float(), targets, reduction="none")
-    sums = torch.zeros(n_groups, device=logits.device, dtype=torch.float32).index_add_(0, groups, ce)
-    return sums / torch.as_tensor(np.maximum(counts, 1), dtype=torch.float32, device=sums.device)
-
-
-def _grouped_ce_triton(logits, targets, groups, n_groups, counts):
-    from .kernels.cross_entropy import grouped_cross_entropy
-
-    return grouped_cross_entropy(logits, targets, groups, n_groups)
-
-
-def objective_losses(model: CausalLM, hidden: torch.Tensor, b: DeviceBatch, n: int,
-                     loss_impl: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
-    """``(per_task fp32 [n], per_pair fp32 [n, K])``: each task's mean cross entropy over its own
-    labelled tokens, and over those of each objective (0 where none). Only the labelled positions go
-    through the LM head. The task's loss is its objectives' means weighted by their token shares,
-    which is its plain mean (exactly so for a task with one objective), so mixing objectives in a
-    batch changes nothing in training; the per-objective means only report."""
-    K = len(OBJECTIVES)
-    h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, b.pred_index)
-    logits = model.logits(h)
-    fn = _grouped_ce_triton if loss_impl == "triton" else grouped_ce_torch
-    pair = fn(logits, b.targets, b.groups, n * K, b.pair_counts.reshape(-1)).view(n, K)
-    share = torch.as_tensor(b.pair_counts / np.maximum(b.counts, 1)[:, None], dtype=torch.float32, device=pair.device)
-    return (pair * share).sum(1), pair
-
-
-def task_losses(model: CausalLM, hidden: torch.Tensor, b: DeviceBatch, n: int, loss_impl: str = "torch") -> torch.Tensor:
-    """fp32 [n]: each task's mean cross entropy over its own labelled tokens (0 where it has none)."""
-    return objective_losses(model, hidden, b, n, loss_impl)[0]
-
-
-def objective_stats(pair: torch.Tensor, pair_counts: np.ndarray) -> np.ndarray:
-    """float64 [N, K] on the host: the per-objective means, nan where a task has no such token."""
-    out = pair.detach().double().cpu().numpy()
-    out[pair_counts == 0] = np.nan
-    return out
 
 
 def _kernels_available(*names: str) -> bool:

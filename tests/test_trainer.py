@@ -372,3 +372,26 @@ def test_objective_losses_are_each_objectives_own_mean():
     batch = replace(pack_samples(one, ROW), objective_ids=objectives)
     samples = one
     check(lambda: FullTrainer(load_model("tiny", seed=0), train_cfg(warmup_steps=0)), 1)
+
+
+def test_the_step_modules_form_no_cycle_and_share_one_update():
+    """arcfast.step_graph builds on arcfast.optim and arcfast.loss, never on arcfast.trainer; the
+    optimizer's neutral factors change nothing, bit for bit."""
+    import subprocess
+    import sys
+
+    code = "import sys, arcfast.step_graph; assert 'arcfast.trainer' not in sys.modules, 'step_graph imports trainer'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    from arcfast.optim import FACTORS, NEUTRAL, adamw_update
+
+    opt = MultiAdamW(torch.randn(3, 7), betas=(0.9, 0.95), eps=1e-6, weight_decay=0.1)
+    opt.m.normal_()
+    opt.v.uniform_(0.1, 1.0)
+    f = opt.factors(np.array([1e-2, 2e-2, 3e-2]), np.array([True, False, True]))
+    assert set(f) == set(FACTORS) and all(a.shape == (3, 1) for a in f.values())
+    assert all(f[k][1, 0] == NEUTRAL[k] for k in FACTORS)
+    before = [t.clone() for t in (opt.param, opt.m, opt.v)]
+    adamw_update(opt.param, opt.m, opt.v, torch.randn(3, 7), {k: torch.from_numpy(a) for k, a in f.items()}, opt.eps)
+    for b, a in zip(before, (opt.param, opt.m, opt.v)):
+        assert torch.equal(b[1], a[1]) and not torch.equal(b[0], a[0])
+    assert opt.steps.tolist() == [0, 0, 0]   # factors read the counts, the step advances them

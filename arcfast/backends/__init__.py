@@ -10,7 +10,7 @@
 ================  ===========================================================================
 
 Every backend takes the same :class:`arcfast.batch.PackedBatch` (``adapter_ids`` = slot) and
-returns the same :class:`arcfast.trainer.StepStats`::
+returns the same :class:`arcfast.loss.StepStats`::
 
     cls, reason = select_backend("auto")          # reason: "native: CUDA available (NVIDIA H100 ...)"
     backend = cls(model, lora_cfg, train_cfg, n_adapters=min(n, cls.max_adapters))
