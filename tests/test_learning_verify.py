@@ -51,22 +51,22 @@ STEPS = 1000
 HELD_OUT = 40
 MIN_AUC = 0.8
 SHAPES = ((2, 3), (3, 2))
+AUGMENTATIONS = 2   # the identity, then a quarter turn (transform 1) with permuted colours
 MODEL = preset("tiny")
 
 
-def paint_task(rng: np.random.Generator, task_id: str, n_train: int = 2) -> Task:
-    """Random inputs of one shape, 2x3 or 3x2 (zeros and at least two other colours); each output
-    paints the input's non-zero cells with the task's colour ``k``."""
+def task(rng: np.random.Generator, task_id: str) -> Task:
+    """Three pairs (two demonstrations, one test) of one shape, 2x3 or 3x2: random inputs of zeros
+    and at least two other colours, each output the input with every non-zero cell painted ``k``."""
     k = int(rng.integers(1, 10))
     shape = SHAPES[int(rng.integers(0, 2))]
-    pairs = []
-    for _ in range(n_train + 1):
-        while True:
-            g = np.where(rng.random(shape) < 0.3, 0, rng.integers(1, 10, shape)).astype(np.uint8)
-            if (g == 0).any() and len(np.unique(g[g > 0])) >= 2:
-                break
-        pairs.append(Pair(g, np.where(g > 0, k, 0).astype(np.uint8)))
-    return Task(id=task_id, train=pairs[:n_train], test=pairs[n_train:])
+    inputs = []
+    while len(inputs) < 3:
+        g = np.where(rng.random(shape) < 0.3, 0, rng.integers(1, 10, shape)).astype(np.uint8)
+        if (g == 0).any() and len(np.unique(g[g > 0])) >= 2:
+            inputs.append(g)
+    pairs = [Pair(g, np.where(g > 0, k, 0).astype(np.uint8)) for g in inputs]
+    return Task(id=task_id, train=pairs[:2], test=pairs[2:])
 
 
 def auc(pos, neg) -> float:
@@ -134,10 +134,10 @@ def judge(model, tasks) -> dict:
     for t in tasks:
         right = t.test[0].output
         jobs.append(VerifyJob(t, 0, [cand(right), cand(np.rot90(right)), cand(np.vstack([right, right[:1]]))],
-                              augment.test_time_augmentations(t, 2, seed=SEED), -1))
+                              augment.test_time_augmentations(t, AUGMENTATIONS, seed=SEED), -1))
     with torch.no_grad():
-        out = verify_jobs(model, None, jobs, VerifyConfig(augmentations=2, per_round=2, max_candidates=3))
-    assert all(len(c.verdicts) == 2 for cands in out for c in cands)
+        out = verify_jobs(model, None, jobs, VerifyConfig(augmentations=AUGMENTATIONS, per_round=AUGMENTATIONS, max_candidates=3))
+    assert all(len(c.verdicts) == AUGMENTATIONS for cands in out for c in cands)
     scores = np.array([[np.mean(c.verdicts) for c in cands] for cands in out])
     return {"turned": auc(scores[:, 0], scores[:, 1]), "row_added": auc(scores[:, 0], scores[:, 2])}
 
@@ -145,7 +145,7 @@ def judge(model, tasks) -> dict:
 @pytest.fixture(scope="module")
 def data():
     rng = np.random.default_rng(SEED)
-    return [paint_task(rng, f"v-{i}") for i in range(TASKS)], [paint_task(rng, f"h-{i}") for i in range(HELD_OUT)]
+    return [task(rng, f"v-{i}") for i in range(TASKS)], [task(rng, f"h-{i}") for i in range(HELD_OUT)]
 
 
 def test_verifier_learnt_at_small_scale_separates_right_from_wrong(data):
