@@ -6,7 +6,9 @@ PEFT gives the equivalent transformers model (see :func:`arcfast.model.to_hf`)::
     base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight   [r, din]
     base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight   [dout, r]
 
-so ``peft.PeftModel.from_pretrained(to_hf(model), dir)`` loads it as is. LoRA never touches the
+so ``peft.PeftModel.from_pretrained(to_hf(model), dir)`` loads it as is. ``use_rslora: true`` in
+the config says the scaling is ``alpha / sqrt(r)`` rather than ``alpha / r`` (see
+:attr:`arcfast.lora.LoRAConfig.scaling`); DoRA adapters are refused. LoRA never touches the
 embedding or LM head, so an adapter trained on a compact-vocabulary model also applies to the
 original full-vocabulary checkpoint.
 
@@ -80,7 +82,7 @@ def adapter_config(cfg: LoRAConfig, base_model: str = "") -> dict:
         "target_modules": sorted(cfg.targets),
         "bias": "none",
         "fan_in_fan_out": False,
-        "use_rslora": False,
+        "use_rslora": cfg.rslora,
         "use_dora": False,
         "modules_to_save": None,
         "init_lora_weights": True,
@@ -131,8 +133,9 @@ def load_adapter(path) -> tuple[LoRAConfig, dict]:
 
     Raises FileNotFoundError when the directory or one of its files is missing, and
     :class:`arcfast.model.CheckpointError` (a ValueError) naming the file when adapter_config.json
-    is not a JSON object with a positive integer ``r`` (and numbers for ``lora_alpha`` and
-    ``lora_dropout``), or the weights are truncated, corrupt or do not match it."""
+    is not a JSON object with a positive integer ``r`` (numbers for ``lora_alpha`` and
+    ``lora_dropout``, a boolean ``use_rslora``), is a DoRA adapter (``use_dora``), or the weights
+    are truncated, corrupt or do not match it."""
     from .model import CheckpointError, json_field, read_json_object, read_safetensors
 
     path = Path(path)
@@ -144,9 +147,11 @@ def load_adapter(path) -> tuple[LoRAConfig, dict]:
     c = read_json_object(cfg_file)
     if c.get("peft_type", "LORA") != "LORA":
         raise CheckpointError(f"{cfg_file}: peft_type {c.get('peft_type')!r}; only LORA adapters are read")
-    if c.get("use_dora") or c.get("use_rslora"):
-        raise CheckpointError(f"{cfg_file}: DoRA / rsLoRA adapters are not supported")
+    if c.get("use_dora"):
+        raise CheckpointError(f"{cfg_file}: a DoRA adapter (use_dora: true); DoRA is not supported, "
+                              f"only LoRA and rsLoRA adapters are read")
     r = json_field(c, "r", "count", cfg_file)
+    rslora = json_field(c, "use_rslora", "flag", cfg_file, default=False)
     alpha = float(json_field(c, "lora_alpha", "number", cfg_file, default=r))
     dropout = float(json_field(c, "lora_dropout", "number", cfg_file, default=0.0))
     targets = c.get("target_modules")
@@ -174,7 +179,7 @@ def load_adapter(path) -> tuple[LoRAConfig, dict]:
     if not targets or isinstance(targets, str):  # absent, or a regular expression: the layers present
         targets = sorted({n.split(".")[-1] for n in tensors})
     try:
-        cfg = LoRAConfig(r=r, alpha=alpha, dropout=dropout, targets=tuple(targets))
+        cfg = LoRAConfig(r=r, alpha=alpha, dropout=dropout, targets=tuple(targets), rslora=rslora)
     except ValueError as e:
         raise CheckpointError(f"{cfg_file}: {e}") from None
     for name, (a, b) in tensors.items():
@@ -185,11 +190,11 @@ def load_adapter(path) -> tuple[LoRAConfig, dict]:
 
 def merge_adapter(model, adapter) -> list:
     """Add the PEFT LoRA adapter directory ``adapter`` into ``model``'s weights, in place:
-    ``W += alpha / r * B @ A`` (W [dout, din], PEFT's B [dout, r], A [r, din]) on every layer it
-    targets, summed in fp32 and rounded once to the model's dtype. The model then computes what it
-    computed with the adapter attached. Returns the merged layer names; raises ValueError naming the
-    directory and the layer, before changing anything, when a layer is not in the model or its
-    shape differs."""
+    ``W += scaling * B @ A`` (W [dout, din], PEFT's B [dout, r], A [r, din]; scaling ``alpha / r``,
+    or ``alpha / sqrt(r)`` for rsLoRA) on every layer it targets, summed in fp32 and rounded once to
+    the model's dtype. The model then computes what it computed with the adapter attached. Returns
+    the merged layer names; raises ValueError naming the directory and the layer, before changing
+    anything, when a layer is not in the model or its shape differs."""
     import torch
 
     from .model import Linear

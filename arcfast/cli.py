@@ -96,6 +96,9 @@ def _add_run_flags(p, command: str) -> None:
                        help="fine-tune a per-task adapter first, as `arcfast ttft` does (the flags below)")
     g.add_argument("--rank", type=int, default=d.rank, help="LoRA rank")
     g.add_argument("--alpha", type=float, default=d.alpha, help="LoRA alpha")
+    g.add_argument("--rslora", action="store_true",
+                   help="rank-stabilised LoRA: scale by alpha/sqrt(rank) instead of alpha/rank (PEFT's "
+                        "use_rslora), for high ranks such as 256")
     g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
     g.add_argument("--steps", type=int, default=d.steps, help="optimizer steps per task at most")
     g.add_argument("--samples-per-task", type=int, default=d.samples_per_task,
@@ -152,7 +155,7 @@ def _run_config(args, command: str):
     return TTFTConfig(tasks=args.tasks, solutions=args.solutions, model=args.model, adapter=args.adapter,
                       budget=budget, margin=margin, out=args.out or time.strftime(f"runs/{command}-%Y%m%d-%H%M%S"),
                       backend=args.backend, device=args.device, dtype=args.dtype, seed=args.seed,
-                      rank=args.rank, alpha=args.alpha, lr=args.lr, steps=args.steps,
+                      rank=args.rank, alpha=args.alpha, rslora=args.rslora, lr=args.lr, steps=args.steps,
                       samples_per_task=args.samples_per_task, loss_on=args.loss_on, tasks_per_group=args.tasks_per_group,
                       row_len=args.row_len, max_len=args.max_len, predictions=args.predictions,
                       max_new_tokens=args.max_new_tokens, search=args.search, min_prob=args.min_prob,

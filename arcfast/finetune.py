@@ -75,9 +75,9 @@ _STATE_VERSION = 1
 # Settings that decide which batches a step sees: a checkpoint made with others cannot be resumed
 # into the same run (changing --steps, --val, --budget or --save-every is fine).
 _BATCH_KEYS = ("data", "seed", "row_len", "rows", "max_len", "loss_on", "rank", "alpha", "model", "full",
-               "objectives", "wrong_from")
+               "objectives", "wrong_from", "rslora")
 # What a checkpoint written before a key existed ran with.
-_BATCH_DEFAULTS = {"full": False, "objectives": "output=1", "wrong_from": []}
+_BATCH_DEFAULTS = {"full": False, "objectives": "output=1", "wrong_from": [], "rslora": False}
 
 
 def parse_mixture(specs: Sequence[str]) -> list[tuple[str, float]]:
@@ -223,6 +223,7 @@ class FinetuneConfig:
     dtype: str = "auto"
     rank: int = 32
     alpha: float = 64.0
+    rslora: bool = False                   # LoRA scaling alpha / sqrt(rank) instead of alpha / rank
     lr: float = 1e-4
     warmup_ratio: float = 0.02
     schedule: str = "cosine"
@@ -243,7 +244,7 @@ class FinetuneConfig:
         d = asdict(self)
         d["objectives"] = format_objectives(parse_objectives(dict(self.objectives)))
         d["wrong_from"] = [str(p) for p in self.wrong_from]
-        skip = ("rank", "alpha") if self.full else ()   # no LoRA in a full run
+        skip = ("rank", "alpha", "rslora") if self.full else ()   # no LoRA in a full run
         return {k: d[k] for k in _BATCH_KEYS if k not in skip}
 
 
@@ -450,7 +451,8 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
             jlog(event="merge", adapter=str(cfg.adapter), layers=len(merged))
         trainer = FullTrainer(model, train_cfg)
     else:
-        trainer = Trainer(model, LoRAConfig(r=cfg.rank, alpha=cfg.alpha), train_cfg, n_adapters=1)
+        trainer = Trainer(model, LoRAConfig(r=cfg.rank, alpha=cfg.alpha, rslora=cfg.rslora), train_cfg,
+                          n_adapters=1)
     if state:
         trainer.load_state_dict(state["trainer"])
         trainer.set_total_steps([0], cfg.steps)  # a longer --steps extends the schedule
@@ -642,6 +644,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g = p.add_argument_group("recipe")
     g.add_argument("--rank", type=int, default=d.rank, help="LoRA rank")
     g.add_argument("--alpha", type=float, default=d.alpha, help="LoRA alpha")
+    g.add_argument("--rslora", action="store_true",
+                   help="rank-stabilised LoRA: scale by alpha/sqrt(rank) instead of alpha/rank (PEFT's "
+                        "use_rslora), for high ranks such as 256")
     g.add_argument("--lr", type=float, default=d.lr)
     g.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio)
     g.add_argument("--schedule", default=d.schedule, choices=("cosine", "linear", "constant"))
@@ -677,7 +682,7 @@ def config_from_args(args) -> FinetuneConfig:
         resume=args.resume,
         steps=args.steps, save_every=args.save_every, keep_snapshots=args.keep_snapshots, val_every=args.val_every, val_batches=args.val_batches,
         log_every=args.log_every, budget=parse_duration(args.budget) if args.budget else None, seed=args.seed,
-        device=args.device, dtype=args.dtype, rank=args.rank, alpha=args.alpha, lr=args.lr,
+        device=args.device, dtype=args.dtype, rank=args.rank, alpha=args.alpha, rslora=args.rslora, lr=args.lr,
         warmup_ratio=args.warmup_ratio, schedule=args.schedule, weight_decay=args.weight_decay,
         row_len=args.row_len, rows=args.rows, max_len=args.max_len, loss_on=args.loss_on, threads=args.threads,
         objectives=parse_objectives(args.objective), wrong_from=tuple(args.wrong_from),

@@ -4,9 +4,10 @@ For a targeted layer ``y = x W^T + b`` and token t of adapter a = adapter_ids[t]
 
     y_t = x_t W^T + b + scaling * (x_t A[a]) B[a]          (nothing added when a == -1)
 
-with A [N, din, r], B [N, r, dout], ``scaling = alpha / r`` (no rsLoRA). A is initialised uniform in
-±1/sqrt(din) (PEFT's kaiming-uniform with a=sqrt(5)), B to zero, so a fresh adapter starts as
-the base model.
+with A [N, din, r], B [N, r, dout], ``scaling = alpha / r``, or ``alpha / sqrt(r)`` with ``rslora``
+(rank-stabilised LoRA, PEFT's ``use_rslora``: the update keeps its size as r grows, for high ranks
+such as 256). A is initialised uniform in ±1/sqrt(din) (PEFT's kaiming-uniform with a=sqrt(5)), B
+to zero, so a fresh adapter starts as the base model.
 
 Storage: every adapter's A and B of every layer live in ONE fp32 parameter ``weight [N, P]``,
 adapter-major (row a is adapter a's P numbers). Per-layer A/B are views of it, so per-adapter
@@ -40,17 +41,27 @@ class LoRAConfig:
     alpha: float = 64.0
     dropout: float = 0.0
     targets: tuple = DEFAULT_TARGETS   # last component of the module name
+    rslora: bool = False               # scaling alpha / sqrt(r) instead of alpha / r
 
     def __post_init__(self):
         self.targets = tuple(self.targets)
-        if self.r <= 0:
-            raise ValueError(f"LoRA rank must be positive, got {self.r}")
+        if isinstance(self.r, bool) or not isinstance(self.r, (int, np.integer)) or self.r <= 0:
+            raise ValueError(f"LoRA rank must be a positive integer, got {self.r!r}")
+        self.r = int(self.r)
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float, np.number)) \
+                or not math.isfinite(self.alpha):
+            raise ValueError(f"LoRA alpha must be a finite number, got {self.alpha!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
+        if not isinstance(self.rslora, (bool, np.bool_)):
+            raise ValueError(f"LoRA rslora must be True or False, got {self.rslora!r}")
+        self.rslora = bool(self.rslora)
 
     @property
     def scaling(self) -> float:
-        return self.alpha / self.r
+        """The factor of the delta: ``alpha / r``, or ``alpha / sqrt(r)`` with ``rslora`` (PEFT's
+        ``use_rslora``). Every user of an adapter takes it from here, never from alpha and r."""
+        return self.alpha / (math.sqrt(self.r) if self.rslora else self.r)
 
 
 @dataclass

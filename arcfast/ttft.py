@@ -80,6 +80,7 @@ class TTFTConfig:
     # LoRA and optimisation (the recipe per task)
     rank: int = 32
     alpha: float = 64.0
+    rslora: bool = False                   # LoRA scaling alpha / sqrt(rank) instead of alpha / rank
     lr: float = 1e-4
     steps: int = 100                       # optimizer steps per task at most
     samples_per_task: int = 1              # samples of every task in each step
@@ -385,7 +386,7 @@ class TTFTRun:
         from .trainer import TrainConfig
 
         cls, reason = select_backend(self.cfg.backend)
-        lora_cfg = LoRAConfig(r=self.cfg.rank, alpha=self.cfg.alpha)
+        lora_cfg = LoRAConfig(r=self.cfg.rank, alpha=self.cfg.alpha, rslora=self.cfg.rslora)
         train_cfg = TrainConfig(lr=self.cfg.lr, steps=self.cfg.steps, warmup_ratio=self.cfg.warmup_ratio,
                                 cuda_graphs=self.cfg.cuda_graphs)
         n = min(n_adapters, cls.max_adapters)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -43,14 +44,16 @@ def our_logits(trainer, ids):
         return trainer.model.logits(trainer.model(ids, lora=step))
 
 
-def test_peft_loads_our_adapter_with_the_same_logits(tmp_path):
+@pytest.mark.parametrize("rslora", [False, True])
+def test_peft_loads_our_adapter_with_the_same_logits(tmp_path, rslora):
     from peft import PeftModel
 
     model = load_model("tiny", seed=1)
-    t = trained(model)
+    t = trained(model, replace(LCFG, rslora=rslora))
     path = t.save_adapter(0, tmp_path / "task-a")
     cfg = json.loads((path / "adapter_config.json").read_text())
     assert cfg["r"] == 4 and cfg["lora_alpha"] == 8 and cfg["peft_type"] == "LORA"
+    assert cfg["use_rslora"] is rslora and cfg["use_dora"] is False
     peft_model = PeftModel.from_pretrained(to_hf(model), str(path)).eval()
     ids = torch.randint(0, T.VOCAB_SIZE, (2, 25), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -60,14 +63,80 @@ def test_peft_loads_our_adapter_with_the_same_logits(tmp_path):
     assert (ours - base).abs().max() > 1e-3  # the adapter changes the output...
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)  # ...the same way in both
 
+    # The flag is what makes them agree: read with the other scaling (2 for 4), PEFT differs.
+    flipped = tmp_path / "flipped"
+    flipped.mkdir()
+    (flipped / "adapter_config.json").write_text(json.dumps({**cfg, "use_rslora": not rslora}))
+    (flipped / "adapter_model.safetensors").write_bytes((path / "adapter_model.safetensors").read_bytes())
+    with torch.no_grad():
+        other = PeftModel.from_pretrained(to_hf(model), str(flipped)).eval()(ids).logits
+    assert (other - theirs).abs().max() > 1e-3
 
-def test_we_load_a_peft_saved_adapter(tmp_path):
-    """An adapter PEFT itself wrote (another alpha than ours) gives PEFT's logits in our trainer."""
+
+@pytest.mark.parametrize("r", [4, 256])
+def test_rslora_adapter_round_trips(tmp_path, r):
+    g = torch.Generator().manual_seed(r)
+    name = "model.layers.0.self_attn.q_proj"
+    tensors = {name: (torch.randn(8, r, generator=g), torch.randn(r, 6, generator=g))}
+    cfg = LoRAConfig(r=r, alpha=16, targets=("q_proj",), rslora=True)
+    p = save_adapter(tmp_path / "a", tensors, cfg)
+    assert json.loads((p / "adapter_config.json").read_text())["use_rslora"] is True
+    back, got = load_adapter(p)
+    assert back == cfg and back.rslora is True and back.scaling == cfg.scaling == 16 / r ** 0.5
+    torch.testing.assert_close(got[name][1], tensors[name][1])
+    # Without the flag (or with it false or null) an adapter is plain LoRA, alpha / r.
+    for value in (False, None, "absent"):
+        c = json.loads((p / "adapter_config.json").read_text())
+        if value == "absent":
+            del c["use_rslora"]
+        else:
+            c["use_rslora"] = value
+        (p / "adapter_config.json").write_text(json.dumps(c))
+        plain, _ = load_adapter(p)
+        assert plain.rslora is False and plain.scaling == 16 / r
+
+
+def test_merge_of_an_rslora_adapter_gives_peft_logits(tmp_path):
+    from peft import PeftModel
+
+    from arcfast.adapters import merge_adapter
+
+    model = load_model("tiny", seed=7)
+    t = trained(model, replace(LCFG, alpha=6.0, rslora=True), seed=2)   # scaling 3, not 1.5
+    path = t.save_adapter(0, tmp_path / "rs")
+    merged = load_model("tiny", seed=7)
+    merge_adapter(merged, path)
+    ids = torch.randint(0, T.VOCAB_SIZE, (1, 20), generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        theirs = PeftModel.from_pretrained(to_hf(model), str(path)).eval()(ids).logits
+        torch.testing.assert_close(merged.logits(merged(ids)), theirs, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(our_logits(t, ids), theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_dora_adapters_are_refused_and_bad_flags_named(tmp_path):
+    from arcfast.model import CheckpointError
+
+    name = "model.layers.0.self_attn.q_proj"
+    tensors = {name: (torch.zeros(8, 2), torch.zeros(2, 6))}
+    p = save_adapter(tmp_path / "a", tensors, LoRAConfig(r=2, alpha=4, targets=("q_proj",)))
+    c = json.loads((p / "adapter_config.json").read_text())
+    (p / "adapter_config.json").write_text(json.dumps({**c, "use_dora": True, "use_rslora": True}))
+    with pytest.raises(CheckpointError, match=r"adapter_config.json: a DoRA adapter .*not supported"):
+        load_adapter(p)
+    (p / "adapter_config.json").write_text(json.dumps({**c, "use_rslora": "yes"}))
+    with pytest.raises(CheckpointError, match="'use_rslora' is the string 'yes'; true or false"):
+        load_adapter(p)
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_we_load_a_peft_saved_adapter(tmp_path, rslora):
+    """An adapter PEFT itself wrote (another alpha than ours, rsLoRA or not) gives PEFT's logits in
+    our trainer, whose own adapters are plain LoRA: the scaling is folded into B."""
     from peft import LoraConfig, get_peft_model
 
     model = load_model("tiny", seed=2)
-    pm = get_peft_model(to_hf(model), LoraConfig(r=4, lora_alpha=12, target_modules=["q_proj", "v_proj",
-                                                                                      "down_proj"]))
+    pm = get_peft_model(to_hf(model), LoraConfig(r=4, lora_alpha=12, use_rslora=rslora,
+                                                 target_modules=["q_proj", "v_proj", "down_proj"]))
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for n, p in pm.named_parameters():
@@ -76,6 +145,7 @@ def test_we_load_a_peft_saved_adapter(tmp_path):
     pm.save_pretrained(str(tmp_path / "peft"))
     cfg, tensors = load_adapter(tmp_path / "peft")
     assert cfg.r == 4 and cfg.alpha == 12 and set(cfg.targets) == {"q_proj", "v_proj", "down_proj"}
+    assert cfg.rslora is rslora and cfg.scaling == (6.0 if rslora else 3.0)
     assert len(tensors) == 3 * model.config.n_layers
 
     t = Trainer(model, LCFG, TrainConfig(), 2)   # alpha 8, all seven projections

@@ -40,3 +40,34 @@ def test_unsloth_checkpoint_has_a_fitting_tokenizer_with_a_pad_token(tmp_path, v
     back = load_model(str(path), dtype=torch.float32, vocab="full")
     for (k, a), (_, b) in zip(sorted(model.state_dict().items()), sorted(back.state_dict().items())):
         assert torch.equal(a, b), k
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_hf_backend_scales_as_native(rslora):
+    """The hf backend hands rsLoRA to PEFT (use_rslora): with the same adapter loaded, its loss is
+    the native trainer's, and PEFT's layers carry alpha/sqrt(r) (or alpha/r)."""
+    import numpy as np
+
+    from arcfast.backends import make_backend
+    from arcfast.lora import LoRAConfig
+    from arcfast.trainer import TrainConfig, pack_samples
+
+    model = load_model("tiny", seed=0)
+    lcfg = LoRAConfig(r=16, alpha=8, rslora=rslora)       # scaling 2 with rsLoRA, 0.5 without
+    tcfg = TrainConfig(attention="sdpa", lora_path="torch", ops="torch", loss="torch")
+    native, hf = make_backend("native", model, lcfg, tcfg, 1), make_backend("hf", model, lcfg, tcfg, 1)
+    assert {m.scaling["default"] for m in hf._lora_modules().values()} == {lcfg.scaling}
+    g = torch.Generator().manual_seed(0)
+    tensors = {n: (a, torch.randn(b.shape, generator=g) * 0.1) for n, (a, b) in native.lora.get(0).items()}
+    native.load_adapter([0], tensors)
+    hf.load_adapter([0], tensors)
+    rng = np.random.default_rng(1)
+    samples = []
+    for _ in range(2):
+        ids = rng.integers(0, 14, 20).astype(np.int32)
+        ids[0] = T.BOS
+        lab = ids.copy()
+        lab[:8] = -100
+        samples.append((ids, lab, 0))
+    batch = pack_samples(samples, 48)
+    np.testing.assert_allclose(native.eval_loss(batch), hf.eval_loss(batch), rtol=1e-5)

@@ -482,3 +482,19 @@ def test_loss_on_outputs_trains_on_every_demonstration_output(tmp_path):
     assert all(o > t for (_, _, t), (_, _, o) in zip(labelled["target"], labelled["outputs"]))
     with pytest.raises(SystemExit):
         main(["ttft", "--loss-on", "inputs"])
+
+
+def test_rslora_flag_reaches_the_lora_config(tmp_path):
+    """--rslora (parsed only, nothing trained) gives ttft and eval a LoRAConfig scaled by alpha/sqrt(r)."""
+    from arcfast.cli import _run_config, build_parser
+    from arcfast.model import load_model
+    from arcfast.ttft import TTFTRun
+
+    for argv in (["ttft"], ["eval", "--tasks", "arc1:eval[:1]", "--ttft"]):
+        args = build_parser().parse_args(argv + ["--rank", "64", "--alpha", "16", "--rslora", "--backend", "native",
+                                                 "--out", str(tmp_path / argv[0])])
+        cfg = _run_config(args, argv[0])
+        assert cfg.rslora is True and cfg.rank == 64
+        backend, lora_cfg, _ = TTFTRun(cfg).make_backend(load_model("tiny"), 1)
+        assert lora_cfg.rslora is True and lora_cfg.scaling == 2.0 and backend.lora_cfg.scaling == 2.0
+        assert _run_config(build_parser().parse_args(argv), argv[0]).rslora is False

@@ -370,3 +370,19 @@ def test_train_with_the_verify_objective_and_wrong_predictions(tmp_path):
     with pytest.raises(ValueError, match="objectives"):
         run_train(_cfg(tmp_path, "v", steps=4, save_every=1, val=None, data=["arc1:train[:3]=1"], full=True,
                        resume=True))
+
+
+def test_rslora_flag_reaches_the_config():
+    from arcfast.finetune import config_from_args
+
+    assert config_from_args(parser().parse_args(["train", "--rank", "256", "--rslora"])).rslora is True
+    assert config_from_args(parser().parse_args(["train", "--rank", "256"])).rslora is False
+
+
+def test_rslora_reaches_the_adapter_and_a_resume_keeps_it(tmp_path):
+    assert run_train(_cfg(tmp_path, "rs", steps=2, save_every=1, val=None, rslora=True))["steps"] == 2
+    cfg = json.loads((tmp_path / "rs" / "adapter" / "adapter_config.json").read_text())
+    assert cfg["use_rslora"] is True and cfg["r"] == 4
+    with pytest.raises(ValueError, match="rslora: True -> False"):
+        run_train(_cfg(tmp_path, "rs", steps=3, save_every=1, val=None, resume=True))
+    assert "rslora" not in FinetuneConfig(full=True).batch_settings()    # no LoRA in a full run

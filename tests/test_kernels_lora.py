@@ -52,6 +52,13 @@ CASES = [
 ]
 if kt.ON_GPU:
     CASES += [(3000, 896, 1152, 32, 16, "runs"), (2048, 256, 320, 16, 64, "random")]
+# The ranks TTFT recipes use, up to 256 (rsLoRA's high ranks): few tokens and narrow layers so the
+# interpreter stays fast; r = 256 fills a whole rank block of the fused epilogue (BLOCK_R = 256)
+# and is the reduction length of the expand (16 k-steps of the interpreter's BLOCK_K = 16). On a
+# GPU also at model width.
+RANK_CASES = [(23, 20, 24, 8, 3, "runs"), (21, 24, 20, 64, 3, "random"), (19, 16, 24, 256, 2, "runs")]
+if kt.ON_GPU:
+    RANK_CASES += [(1024, 896, 1152, r, 8, "runs") for r in (64, 256)]
 
 
 def _make(T, d_in, d_out, r, n, layout, dtype, seed=0):
@@ -68,7 +75,7 @@ def _make(T, d_in, d_out, r, n, layout, dtype, seed=0):
 
 
 @pytest.mark.parametrize("dtype", kt.DTYPES)
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
+@pytest.mark.parametrize("case", CASES + RANK_CASES, ids=lambda c: "-".join(map(str, c)))
 def test_lora_delta_matches_reference(case, dtype):
     x, A, B, _, _, ids, up = _make(*case, dtype)
     scaling = 0.75
@@ -88,12 +95,13 @@ def test_lora_delta_matches_reference(case, dtype):
 
 
 # lora_linear adds the LoRA expand either in its GEMM's epilogue ("fused") or after a torch matmul
-# ("matmul+pass"); the interpreter checks the second on one shape (it is slow), the GPU on all.
+# ("matmul+pass"); the interpreter checks the second on one shape (it is slow) and the high rank,
+# the GPU on all.
 LINEAR_CASES = [(case, bias, train, path)
-                for case in CASES[:3] + CASES[5:]
+                for case in CASES[:3] + CASES[5:] + RANK_CASES
                 for bias, train in [(True, False), (False, True)]
                 for path in ("fused", "matmul+pass")
-                if path == "fused" or kt.ON_GPU or case is CASES[0]]
+                if path == "fused" or kt.ON_GPU or case is CASES[0] or case is RANK_CASES[2]]
 
 
 @pytest.mark.parametrize("dtype", kt.DTYPES)

@@ -144,3 +144,37 @@ def test_targets_and_config_checks():
         MultiLoRA(model, LoRAConfig(targets=("c_attn",)), 1)
     with pytest.raises(ValueError, match="rank"):
         LoRAConfig(r=0)
+
+
+@pytest.mark.parametrize("r", [8, 64, 256])
+def test_scaling_is_alpha_over_r_or_over_sqrt_r_with_rslora(r):
+    assert LoRAConfig(r=r, alpha=16).scaling == 16 / r
+    assert LoRAConfig(r=r, alpha=16, rslora=True).scaling == pytest.approx(16 / math.sqrt(r), rel=1e-15)
+    assert LoRAConfig(r=r, alpha=16).rslora is False
+
+
+def test_rslora_adapter_at_rank_256_equals_its_merged_model():
+    """A rank-256 rsLoRA adapter adds alpha/sqrt(r) * (A B)^T to every targeted weight: 16 times
+    what alpha/r would add, so a forgotten sqrt shows."""
+    model = load_model("tiny", seed=3)
+    cfg = LoRAConfig(r=256, alpha=32, rslora=True)
+    lora = MultiLoRA(model, cfg, 1)
+    with torch.no_grad():
+        lora.weight.normal_(0, 0.02, generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, 16, (1, 10), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = model.logits(model(ids, lora=lora.begin(np.zeros((1, 10), np.int32), torch.float32, "torch")))
+        ref = merged_copy(model, lora.get(0), 2.0)        # 32 / sqrt(256)
+        plain = merged_copy(model, lora.get(0), 32 / 256)
+        torch.testing.assert_close(out, ref.logits(ref(ids)), rtol=1e-4, atol=1e-5)
+        assert (out - plain.logits(plain(ids))).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(r=0), "rank"), (dict(r=-4), "rank"), (dict(r=2.5), "rank"), (dict(r=True), "rank"),
+    (dict(alpha=float("nan")), "alpha"), (dict(alpha=float("inf")), "alpha"), (dict(alpha="16"), "alpha"),
+    (dict(rslora="yes"), "rslora"), (dict(rslora=1), "rslora"),
+])
+def test_config_refuses_bad_values(bad, match):
+    with pytest.raises(ValueError, match=match):
+        LoRAConfig(**bad)

@@ -67,7 +67,8 @@ class HFBackend(Backend):
 
         hf = hf_model if hf_model is not None else to_hf(model)
         pc = LoraConfig(r=self.lora_cfg.r, lora_alpha=self.lora_cfg.alpha, lora_dropout=self.lora_cfg.dropout,
-                        target_modules=list(self.lora_cfg.targets), bias="none", task_type="CAUSAL_LM")
+                        use_rslora=self.lora_cfg.rslora, target_modules=list(self.lora_cfg.targets), bias="none",
+                        task_type="CAUSAL_LM")
         return get_peft_model(hf, pc)
 
     def _lora_modules(self):

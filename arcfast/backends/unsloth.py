@@ -55,5 +55,6 @@ class UnslothBackend(HFBackend):
             load_in_4bit=False, local_files_only=True)
         c = self.lora_cfg
         return FastLanguageModel.get_peft_model(
-            fm, r=c.r, lora_alpha=c.alpha, lora_dropout=c.dropout, target_modules=list(c.targets), bias="none",
+            fm, r=c.r, lora_alpha=c.alpha, lora_dropout=c.dropout, use_rslora=c.rslora,
+            target_modules=list(c.targets), bias="none",
             use_gradient_checkpointing=("unsloth" if self._gc else False), random_state=0)
