@@ -308,6 +308,21 @@ def _task_run(record: dict) -> TaskRun:
     return TaskRun(**record)
 
 
+def _pretrained(path, lora_cfg) -> dict:
+    """The adapter at ``path`` as ``{name: (A, B)}`` for slots of ``lora_cfg``: the same rank
+    required; a different scaling (alpha, rsLoRA) folded into B, so the adapter's update is what
+    it was trained as."""
+    from .adapters import load_adapter
+
+    pre_cfg, tensors = load_adapter(path)
+    if pre_cfg.r != lora_cfg.r:
+        raise ValueError(f"{path}: adapter rank {pre_cfg.r} differs from --rank {lora_cfg.r}")
+    scale = pre_cfg.scaling / lora_cfg.scaling
+    if scale != 1.0:
+        tensors = {n: (a, b * scale) for n, (a, b) in tensors.items()}
+    return tensors
+
+
 def _candidate_record(c, predictions, ranks: dict) -> dict:
     """One distinct grid of a test input in ``tasks/<id>.json``: the grid, its count, its
     predictions' mean per-token log-probability, its log-probability under each scoring
@@ -434,11 +449,7 @@ class TTFTRun:
         infer_lora = MultiLoRA(model, lora_cfg, group_size)
         pretrained = None
         if cfg.adapter:
-            from .adapters import load_adapter
-
-            pre_cfg, pretrained = load_adapter(cfg.adapter)
-            if pre_cfg.r != lora_cfg.r:
-                raise ValueError(f"{cfg.adapter}: adapter rank {pre_cfg.r} differs from --rank {lora_cfg.r}")
+            pretrained = _pretrained(cfg.adapter, lora_cfg)
 
         todo = self._resume(mine, tasks) if cfg.resume else list(mine)
         # Leave-one-out training needs a target and a demonstration: a task with one train pair

@@ -21,21 +21,45 @@ LCFG = LoRAConfig(r=4, alpha=8, targets=("q_proj", "k_proj", "v_proj", "o_proj",
                                           "down_proj"))
 
 
+def random_batch(rng, n: int = 2):
+    """``n`` random 20-token samples of adapter 0 (the last 12 labelled), packed into rows of 48."""
+    samples = []
+    for _ in range(n):
+        ids = rng.integers(0, 14, 20).astype(np.int32)
+        ids[0] = T.BOS
+        lab = ids.copy()
+        lab[:8] = -100
+        samples.append((ids, lab, 0))
+    return pack_samples(samples, 48)
+
+
 def trained(model, lcfg=LCFG, steps=3, seed=0):
     """A trainer whose adapter 0 has been trained a few steps (so A and B are both non-trivial)."""
     rng = np.random.default_rng(seed)
     t = Trainer(model, lcfg, TrainConfig(lr=5e-2, steps=steps, attention="sdpa", lora_path="torch",
                                          ops="torch", loss="torch"), 1)
     for _ in range(steps):
-        samples = []
-        for _ in range(2):
-            ids = rng.integers(0, 14, 20).astype(np.int32)
-            ids[0] = T.BOS
-            lab = ids.copy()
-            lab[:8] = -100
-            samples.append((ids, lab, 0))
-        t.step(pack_samples(samples, 48))
+        t.step(random_batch(rng))
     return t
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_ttft_starts_from_an_adapter_of_another_scaling_with_its_update(tmp_path, rslora):
+    """--adapter with another alpha or rsLoRA setting than the run's: B is rescaled so each layer's
+    update, scaling x B A, is the saved adapter's."""
+    from arcfast.ttft import _pretrained
+
+    saved = LoRAConfig(r=16, alpha=8, rslora=rslora)
+    t = trained(load_model("tiny", seed=0), saved)
+    path = t.save_adapter(0, tmp_path / "a")
+    run = LoRAConfig(r=16, alpha=32)
+    got = _pretrained(path, run)
+    want = t.lora.get(0)
+    assert set(got) == set(want)
+    for name, (a, b) in got.items():
+        torch.testing.assert_close(run.scaling * (a @ b), saved.scaling * (want[name][0] @ want[name][1]))
+    with pytest.raises(ValueError, match="rank 16 differs"):
+        _pretrained(path, LoRAConfig(r=8))
 
 
 def our_logits(trainer, ids):

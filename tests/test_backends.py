@@ -50,7 +50,8 @@ def test_hf_backend_scales_as_native(rslora):
 
     from arcfast.backends import make_backend
     from arcfast.lora import LoRAConfig
-    from arcfast.trainer import TrainConfig, pack_samples
+    from arcfast.trainer import TrainConfig
+    from test_adapters import random_batch
 
     model = load_model("tiny", seed=0)
     lcfg = LoRAConfig(r=16, alpha=8, rslora=rslora)       # scaling 2 with rsLoRA, 0.5 without
@@ -61,13 +62,5 @@ def test_hf_backend_scales_as_native(rslora):
     tensors = {n: (a, torch.randn(b.shape, generator=g) * 0.1) for n, (a, b) in native.lora.get(0).items()}
     native.load_adapter([0], tensors)
     hf.load_adapter([0], tensors)
-    rng = np.random.default_rng(1)
-    samples = []
-    for _ in range(2):
-        ids = rng.integers(0, 14, 20).astype(np.int32)
-        ids[0] = T.BOS
-        lab = ids.copy()
-        lab[:8] = -100
-        samples.append((ids, lab, 0))
-    batch = pack_samples(samples, 48)
+    batch = random_batch(np.random.default_rng(1))
     np.testing.assert_allclose(native.eval_loss(batch), hf.eval_loss(batch), rtol=1e-5)
