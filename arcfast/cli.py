@@ -54,6 +54,7 @@ def _add_run_flags(p, command: str) -> None:
     from .sampling import LOSS_ON
     from .search import SEARCHES
     from .select import SELECTORS
+    from .recipes import RECIPES
     from .ttft import DEFAULT_BUDGET, DEFAULT_MODEL, DEFAULT_TASKS, TTFTConfig
 
     d = TTFTConfig()
@@ -94,15 +95,21 @@ def _add_run_flags(p, command: str) -> None:
     if not ttft:
         g.add_argument("--ttft", action="store_true",
                        help="fine-tune a per-task adapter first, as `arcfast ttft` does (the flags below)")
-    g.add_argument("--rank", type=int, default=d.rank, help="LoRA rank")
-    g.add_argument("--alpha", type=float, default=d.alpha, help="LoRA alpha")
-    g.add_argument("--rslora", action="store_true",
+    # The flags a --recipe sets default to None: a flag given wins over the recipe, which wins over
+    # the engine's default (shown in each help).
+    g.add_argument("--recipe", choices=sorted(RECIPES), default=None,
+                   help="a named recipe that sets the fields below (printed at the start; a flag given "
+                        "beside it wins): nvarc (r=256, alpha 32, rsLoRA, lr 5e-5, batch 1), arc24 (r=128, "
+                        "lr 8e-5, 300 steps, 96 predictions); see arcfast/recipes.py")
+    g.add_argument("--rank", type=int, default=None, help=f"LoRA rank (default {d.rank})")
+    g.add_argument("--alpha", type=float, default=None, help=f"LoRA alpha (default {d.alpha:g})")
+    g.add_argument("--rslora", action="store_true", default=None,
                    help="rank-stabilised LoRA: scale by alpha/sqrt(rank) instead of alpha/rank (PEFT's "
                         "use_rslora), for high ranks such as 256")
-    g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
-    g.add_argument("--steps", type=int, default=d.steps, help="optimizer steps per task at most")
-    g.add_argument("--samples-per-task", type=int, default=d.samples_per_task,
-                   help="samples of each task in every step")
+    g.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {d.lr:g})")
+    g.add_argument("--steps", type=int, default=None, help=f"optimizer steps per task at most (default {d.steps})")
+    g.add_argument("--samples-per-task", type=int, default=None,
+                   help=f"samples of each task in every step (default {d.samples_per_task})")
     g.add_argument("--objective", action="append", default=None, metavar="NAME=W",
                    help="a training objective and its share of the samples, repeatable: output (predict "
                         "the output), input (generate another input of the task), verify (judge a candidate "
@@ -116,8 +123,8 @@ def _add_run_flags(p, command: str) -> None:
     g.add_argument("--row-len", type=int, default=d.row_len, help="tokens per packed row")
     g.add_argument("--max-len", type=int, default=d.max_len, help="longest prompt in tokens")
     g = p.add_argument_group("inference")
-    g.add_argument("--predictions", type=int, default=d.predictions,
-                   help="predictions per test input (one per test-time augmentation)")
+    g.add_argument("--predictions", type=int, default=None,
+                   help=f"predictions per test input (one per test-time augmentation; default {d.predictions})")
     g.add_argument("--max-new-tokens", type=int, default=None,
                    help="tokens generated per prediction at most (default: from the 30x30 size limit)")
     g.add_argument("--search", choices=SEARCHES, default=d.search,
@@ -147,17 +154,21 @@ def _add_run_flags(p, command: str) -> None:
 
 
 def _run_config(args, command: str):
-    """The TTFTConfig of `arcfast ttft`/`arcfast eval` from their shared flags."""
+    """The TTFTConfig of `arcfast ttft`/`arcfast eval` from their shared flags: the engine's
+    defaults, then the --recipe's fields, then the flags given (``args.recipe_line`` says which)."""
+    from .recipes import describe, resolve
     from .ttft import TTFTConfig
 
     d_objectives = TTFTConfig.__dataclass_fields__["objectives"].default
     budget, margin = _budget_and_margin(args)
+    given = {k: getattr(args, k) for k in ("rank", "alpha", "rslora", "lr", "steps", "samples_per_task", "predictions")}
+    recipe, overridden = resolve(args.recipe, given)
+    args.recipe_line = describe(args.recipe, overridden) if args.recipe else None
     return TTFTConfig(tasks=args.tasks, solutions=args.solutions, model=args.model, adapter=args.adapter,
                       budget=budget, margin=margin, out=args.out or time.strftime(f"runs/{command}-%Y%m%d-%H%M%S"),
                       backend=args.backend, device=args.device, dtype=args.dtype, seed=args.seed,
-                      rank=args.rank, alpha=args.alpha, rslora=args.rslora, lr=args.lr, steps=args.steps,
-                      samples_per_task=args.samples_per_task, loss_on=args.loss_on, tasks_per_group=args.tasks_per_group,
-                      row_len=args.row_len, max_len=args.max_len, predictions=args.predictions,
+                      recipe=args.recipe, **recipe, loss_on=args.loss_on, tasks_per_group=args.tasks_per_group,
+                      row_len=args.row_len, max_len=args.max_len,
                       max_new_tokens=args.max_new_tokens, search=args.search, min_prob=args.min_prob,
                       temperature=args.temperature, select=args.select, rescore=args.rescore,
                       rescore_top=args.rescore_top, verify=args.verify,
@@ -202,6 +213,8 @@ def cmd_ttft(args) -> int:
     rank, world = _dist()
     if rank == 0:
         _note_random_weights(cfg.model)
+        _note_recipe(args)
+    _note_recipe(args)
     if world > 1:
         import torch
         import torch.distributed as dist
@@ -217,6 +230,11 @@ def cmd_ttft(args) -> int:
     if rank == 0:
         _print_summary(summary, cfg.out_dir)
     return 0
+
+
+def _note_recipe(args) -> None:
+    if getattr(args, "recipe_line", None):
+        print(args.recipe_line, flush=True)
 
 
 def _note_random_weights(model: str) -> None:

@@ -77,6 +77,7 @@ class TTFTConfig:
     device: str = "auto"                   # auto | cpu | cuda
     dtype: str = "auto"                    # auto | float32 | bfloat16 | float16
     seed: int = 0
+    recipe: Optional[str] = None           # the named recipe the fields below came from (arcfast.recipes)
     # LoRA and optimisation (the recipe per task)
     rank: int = 32
     alpha: float = 64.0
@@ -124,8 +125,10 @@ class TTFTConfig:
         for name, low, what in at_least:
             if getattr(self, name) < low:
                 raise ValueError(f"{name} must be >= {low} ({what}), got {getattr(self, name)}")
+        from .recipes import recipe_fields
         from .sampling import LOSS_ON
 
+        recipe_fields(self.recipe)   # an unknown name is refused, naming the recipes
         if self.loss_on not in LOSS_ON:
             raise ValueError(f"loss_on must be one of {LOSS_ON}, not {self.loss_on!r}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
@@ -444,6 +447,11 @@ class TTFTRun:
                f"{len(mine)} tasks in groups of {group_size}; budget {format_duration(cfg.budget)}")
         log.info(msg)
         self.log(event="start", message=msg, rank=self.rank, world=self.world, tasks=len(mine))
+        if cfg.recipe:
+            from .recipes import RECIPES
+
+            self.log(event="recipe", name=cfg.recipe, recipe=RECIPES[cfg.recipe],
+                     used={k: getattr(cfg, k) for k in RECIPES[cfg.recipe]})
         if self.cfg.progress and self.rank == 0:
             print(msg, flush=True)
         infer_lora = MultiLoRA(model, lora_cfg, group_size)

@@ -498,3 +498,44 @@ def test_rslora_flag_reaches_the_lora_config(tmp_path):
         backend, lora_cfg, _ = TTFTRun(cfg).make_backend(load_model("tiny"), 1)
         assert lora_cfg.rslora is True and lora_cfg.scaling == 2.0 and backend.lora_cfg.scaling == 2.0
         assert _run_config(build_parser().parse_args(argv), argv[0]).rslora is False
+
+
+def test_a_recipe_sets_its_fields_and_flags_beside_it_win(capsys):
+    from arcfast.cli import _run_config, build_parser
+    from arcfast.recipes import RECIPES
+    from arcfast.ttft import TTFTConfig
+
+    def cfg(*argv):
+        args = build_parser().parse_args(["ttft", "--out", "/tmp/unused", *argv])
+        return _run_config(args, "ttft"), args
+
+    plain, args = cfg()
+    d = TTFTConfig()
+    assert (plain.rank, plain.alpha, plain.rslora, plain.lr, plain.steps, plain.predictions) == \
+        (d.rank, d.alpha, d.rslora, d.lr, d.steps, d.predictions) and args.recipe_line is None
+    nv, args = cfg("--recipe", "nvarc")
+    assert nv.recipe == "nvarc" and all(getattr(nv, k) == v for k, v in RECIPES["nvarc"].items())
+    assert (nv.rank, nv.alpha, nv.rslora, nv.lr) == (256, 32.0, True, 5e-5)
+    assert args.recipe_line.startswith("recipe nvarc: rank=256") and "overridden" not in args.recipe_line
+    a24, args = cfg("--recipe", "arc24", "--steps", "20", "--rank", "128")
+    assert (a24.rank, a24.steps, a24.predictions, a24.lr, a24.alpha) == (128, 20, 96, 8e-5, d.alpha)
+    assert "overridden by flags: steps=20 (recipe 300)" in args.recipe_line   # --rank 128 is the recipe's own
+    assert "rank=128 (recipe" not in args.recipe_line
+    with pytest.raises(SystemExit):
+        cfg("--recipe", "nope")
+    with pytest.raises(ValueError, match="unknown recipe 'nope': one of arc24, nvarc"):
+        TTFTConfig(recipe="nope")
+
+
+def test_a_run_with_a_recipe_prints_and_logs_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["ttft", "--recipe", "nvarc", "--tasks", "arc1:eval[:1]", "--model", "tiny", "--rank", "8",
+                 "--steps", "1", "--predictions", "2", "--max-new-tokens", "8", "--budget", "5m",
+                 "--out", str(out), "-q"]) == 0
+    assert "recipe nvarc: rank=256" in capsys.readouterr().out
+    events = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    (rec,) = [e for e in events if e.get("event") == "recipe"]
+    assert rec["name"] == "nvarc" and rec["used"]["rank"] == 8 and rec["used"]["rslora"] is True
+    (adapter,) = (out / "adapters").iterdir()
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    assert cfg["use_rslora"] is True and cfg["r"] == 8 and cfg["lora_alpha"] == 32
