@@ -43,16 +43,19 @@ from . import tokens as T
 class VerifyConfig:
     """augmentations: verifications per candidate at most (K); per_round: added each round;
     confidence: of the interval that stops a candidate; top: the places that matter (2 attempts);
-    max_candidates: the most voted candidates of a test input that are verified at all."""
+    max_candidates: the most voted candidates of a test input that are verified at all;
+    min_candidates: the fewest a test input needs to be verified at all (2: with one there is nothing
+    to choose between; 1 verifies every candidate, which measures the whole cost)."""
 
     augmentations: int = 8
     per_round: int = 2
     confidence: float = 0.95
     top: int = 2
     max_candidates: int = 16
+    min_candidates: int = 2
 
     def __post_init__(self):
-        for name in ("augmentations", "per_round", "top", "max_candidates"):
+        for name in ("augmentations", "per_round", "top", "max_candidates", "min_candidates"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"VerifyConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.confidence < 1.0:
@@ -153,8 +156,8 @@ def verify_jobs(model, lora, jobs: Sequence[VerifyJob], config: Optional[VerifyC
 
     Returns, per job, its candidates in the given order, each verified one carrying its verdicts
     (P(right) under each augmentation it was verified with, in augmentation order) in
-    ``verdicts``; the rest (beyond ``max_candidates``, or a job with fewer than two candidates:
-    nothing to choose between) unchanged. ``score_kwargs`` go to
+    ``verdicts``; the rest (beyond ``max_candidates``, or a job with fewer than ``min_candidates``)
+    unchanged. ``score_kwargs`` go to
     :func:`arcfast.score.target_logprobs` (batch_tokens, row_len, s_per_token, ...).
     """
     from .score import ScoreStats, target_logprobs
@@ -171,7 +174,8 @@ def verify_jobs(model, lora, jobs: Sequence[VerifyJob], config: Optional[VerifyC
             raise ValueError(f"job {j} (task {job.task.id}, test input {job.test_index}): "
                              f"{len(job.augmentations)} augmentations for {config.augmentations} verifications")
     verdicts = [[[] for _ in job.candidates] for job in jobs]
-    running = [list(range(min(len(job.candidates), config.max_candidates))) if len(job.candidates) >= 2 else []
+    running = [list(range(min(len(job.candidates), config.max_candidates)))
+               if len(job.candidates) >= config.min_candidates else []
                for job in jobs]
     st.candidates += sum(len(r) for r in running)
     rounds = math.ceil(config.augmentations / config.per_round)

@@ -28,6 +28,12 @@ def test_verify_bench_tiny_cpu(tmp_path):
         assert e["verified_inputs"] > 0 and e["candidates"] >= 2 * e["verified_inputs"]
         assert 0 < e["verifications"] <= 2 * e["candidates"]
         assert set(e["selection"]) == {"vote", "verify", "vote+verify"}
+    everything = [r for r in rows if r.case.startswith("every distinct candidate verified x2")]
+    assert len(everything) == 2
+    for t, e in zip(times, everything):
+        x = e.extra
+        assert e.value > 0 and e.baseline_value == t.baseline_value and e.bar == 10.0
+        assert x["all_candidates"] >= t.extra["candidates"] and x["all_verifications"] == 2 * x["all_candidates"]
     selections = [r for r in rows if "vote_2" in r.case]
     assert [r.case.split(" vote_2")[0] for r in selections] == ["verify", "vote+verify"] * 2
     for r in selections:
@@ -35,6 +41,12 @@ def test_verify_bench_tiny_cpu(tmp_path):
     # the runs are kept where asked, each with its log
     assert (tmp_path / "runs" / "output" / "log.jsonl").is_file()
     assert (tmp_path / "runs" / "output-input-verify" / "log.jsonl").is_file()
+    # reuse=1 reads those runs back instead of running them: the same rows, no wall time
+    again = bench_verify.run(Context(quick=True, device="cpu", threads=1, options={
+        "model": str(model), "source": "arc1:train", "out": str(tmp_path / "runs"), "reuse": "1"}))
+    assert [r.case for r in again] == [r.case for r in rows]
+    assert [r.baseline_value for r in again] == [r.baseline_value for r in rows]
+    assert all(r.extra.get("wall_s", None) is None for r in again if "wall_s" in r.extra)
 
 
 def test_verify_bench_options_are_checked():

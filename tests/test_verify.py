@@ -51,6 +51,12 @@ def test_verdicts_equal_the_reference(model):
     base = verify_jobs(model, None, [VerifyJob(jobs[0].task, 0, jobs[0].candidates, jobs[0].augmentations, -1)],
                        VerifyConfig(augmentations=4, confidence=1 - 1e-12))[0]
     assert max(abs(a - b) for c, d in zip(base, out[0]) for a, b in zip(c.verdicts, d.verdicts)) > 1e-4
+    # min_candidates=1: a lone candidate is verified too, with the verdicts of the reference.
+    st1 = VerifyStats()
+    (lone,) = verify_jobs(model, lora, jobs[2:], VerifyConfig(augmentations=4, min_candidates=1), stats=st1)[0]
+    assert st1.verifications == 4 and st1.candidates == 1
+    want = [verdict_reference(model, jobs[2].task, 0, lone.grid, a, lora, -1) for a in jobs[2].augmentations]
+    np.testing.assert_allclose(lone.verdicts, want, atol=1e-4)
 
 
 def test_rounds_stop_candidates_out_of_reach():

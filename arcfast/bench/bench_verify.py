@@ -19,7 +19,10 @@ candidates (``vote``, ``verify``, ``vote+verify``). Two runs, apart only in what
 
 Rows, per run: verification seconds against the run's generation seconds (both from the run's log:
 the ``verify`` and ``predict`` events; ratio = generation / verification, the bar 10x: verification
-at most 10% of generation); and vote_2 of ``verify`` and of ``vote+verify`` against ``vote``'s on
+at most 10% of generation). The engine verifies only test inputs with two or more distinct
+candidates, which a weak model may rarely give; so a second row times verifying every distinct
+candidate of the run, a lone one included, under all ``verify`` augmentations with its task's saved
+adapter (:func:`verify_everything`), against the same generation time: the whole cost; and vote_2 of ``verify`` and of ``vote+verify`` against ``vote``'s on
 the same candidates (ratio = theirs / vote's; ``extra`` holds every selector's vote_1/vote_2 and the
 runs' pass@n, the share of test inputs with the right grid among the candidates at all, which bounds
 every selector).
@@ -28,7 +31,8 @@ Options (``--set key=value``): tasks (count from the start of ``source``, defaul
 2), source (default arc1:eval), model (default the shipped ``starter``; ``--quick`` ``tiny``), steps
 (per task; default 16, ``--quick`` 2), predictions (default 8, ``--quick`` 4), verify (K, default 8,
 ``--quick`` 2), objectives (the second run's, default ``output=1,input=0.5,verify=0.5``), max_new
-(``--quick`` 48), budget (default 24h), out (the runs' parent directory; default a temporary one).
+(``--quick`` 48), budget (default 24h), out (the runs' parent directory; default a temporary one,
+removed afterwards), reuse (1: a run already finished under ``out`` is read, not run again).
 """
 from __future__ import annotations
 
@@ -48,7 +52,8 @@ def _options(ctx: Context) -> dict:
     quick = ctx.quick
     s = dict(tasks=2 if quick else 12, source="arc1:eval", model="tiny" if quick else "starter",
              steps=2 if quick else 16, predictions=4 if quick else 8, verify=2 if quick else 8,
-             objectives="output=1,input=0.5,verify=0.5", max_new=48 if quick else None, budget="24h", out=None)
+             objectives="output=1,input=0.5,verify=0.5", max_new=48 if quick else None, budget="24h", out=None,
+             reuse=False)
     o = ctx.options
     for k in ("tasks", "steps", "predictions", "verify", "max_new"):
         if k in o:
@@ -56,6 +61,8 @@ def _options(ctx: Context) -> dict:
     for k in ("source", "model", "objectives", "budget", "out"):
         if k in o:
             s[k] = o[k]
+    if "reuse" in o:
+        s["reuse"] = o["reuse"].lower() in ("1", "true", "yes")
     if s["max_new"] == 0:   # --set max_new=0: the engine's own bound per task
         s["max_new"] = None
     if min(s["tasks"], s["steps"], s["verify"]) < 1 or s["predictions"] < 2:
@@ -80,8 +87,11 @@ def run_eval(s: dict, device: str, out: Path, objectives: tuple) -> dict:
                      predictions=s["predictions"], max_new_tokens=s["max_new"], progress=False,
                      objectives=objectives, verify=s["verify"], select="vote+verify")
     t0 = time.perf_counter()
-    summary = TTFTRun(cfg).run()
-    wall = time.perf_counter() - t0
+    if s["reuse"] and (out / "run.json").is_file():   # a finished run of the same settings: read it
+        summary, wall = json.loads((out / "run.json").read_text()), None
+    else:
+        summary = TTFTRun(cfg).run()
+        wall = time.perf_counter() - t0
     gen_s = verify_s = 0.0
     counts = dict(predictions=0, generated_tokens=0, verified_inputs=0, candidates=0, verifications=0,
                   stopped=0, verify_tokens=0, verify_cut=0)
@@ -108,8 +118,56 @@ def run_eval(s: dict, device: str, out: Path, objectives: tuple) -> dict:
         raise RuntimeError(f"{out}: the run logged no prediction")
     if skipped:
         raise RuntimeError(f"{out}: verification was skipped: {skipped[0]}")
-    return dict(wall_s=round(wall, 2), generation_s=gen_s, verify_s=verify_s, **counts,
+    return dict(wall_s=None if wall is None else round(wall, 2), generation_s=gen_s, verify_s=verify_s, **counts,
                 selection=summary["selection"], metrics=summary["metrics"], tasks=summary["tasks"])
+
+
+def verify_everything(s: dict, device: str, out: Path) -> dict:
+    """Every distinct candidate of the run in ``out`` (a lone one included, which the engine leaves
+    alone) verified under ``verify`` augmentations with its task's saved adapter, all rounds run:
+    the whole cost verification would have in that run, in seconds, with the counts."""
+    import numpy as np
+    import torch
+
+    from arcfast.adapters import load_adapter
+    from arcfast.augment import test_time_augmentations
+    from arcfast.data import load_tasks
+    from arcfast.lora import MultiLoRA
+    from arcfast.model import grow_vocab, load_model
+    from arcfast.outdir import OutDir
+    from arcfast.ttft import _dtype
+    from arcfast.verify import VerifyConfig, VerifyJob, VerifyStats, verify_jobs
+    from arcfast.vote import Candidate
+
+    paths = OutDir(out)
+    tasks = load_tasks(f"{s['source']}[:{s['tasks']}]")
+    model = load_model(s["model"], dtype=_dtype("auto", torch.device(device)), device=device)
+    if not model.config.has_objective_ids:
+        grow_vocab(model)
+    model.eval()
+    jobs, adapters = [], []
+    for t in tasks:
+        rec = json.loads(paths.task_file(t.id).read_text())
+        cands = [[Candidate(grid=np.asarray(c["grid"], np.uint8), count=c["count"], mean_logprob=0.0, share=0.0,
+                            members=()) for c in per_test] for per_test in rec["candidates"]]
+        if not any(cands):
+            continue
+        cfg, tensors = load_adapter(paths.adapter_dir(t.id))
+        adapters.append((cfg, tensors))
+        augs = test_time_augmentations(t, s["verify"], seed=2)   # the run's verification viewpoints (seed + 2)
+        jobs += [VerifyJob(t, ti, c, augs, len(adapters) - 1) for ti, c in enumerate(cands) if c]
+    if not jobs:
+        return dict(all_verify_s=0.0, all_candidates=0, all_verifications=0, all_tokens=0)
+    lora = MultiLoRA(model, adapters[0][0], len(adapters))
+    for i, (_, tensors) in enumerate(adapters):
+        lora.set(i, tensors)
+    st = VerifyStats()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        verify_jobs(model, lora, jobs, VerifyConfig(augmentations=s["verify"], per_round=s["verify"],
+                                                    confidence=1 - 1e-12, min_candidates=1), stats=st)
+    return dict(all_verify_s=time.perf_counter() - t0, all_candidates=st.candidates,
+                all_verifications=st.verifications, all_tokens=st.tokens)
 
 
 def run(ctx: Context) -> list[Row]:
@@ -125,6 +183,7 @@ def _run(ctx: Context) -> list[Row]:
     try:
         for name, objectives in runs:
             r = run_eval(s, ctx.device, parent / name.replace("+", "-"), objectives)
+            r.update(verify_everything(s, ctx.device, parent / name.replace("+", "-")))
             where = (f"{s['model']}, {s['source']}[:{s['tasks']}], TTFT {name} x {s['steps']} steps, "
                      f"{s['predictions']} predictions, K={s['verify']}, {ctx.device}")
             extra = {k: v for k, v in r.items() if k not in ("selection",)}
@@ -132,6 +191,11 @@ def _run(ctx: Context) -> list[Row]:
             rows.append(Row(BENCH, f"verification vs generation time ({where})", r["verify_s"], "s",
                             baseline="generation", baseline_value=r["generation_s"], higher_is_better=False,
                             bar=10.0, extra=extra))
+            rows.append(Row(BENCH, f"every distinct candidate verified x{s['verify']} vs generation time ({where})",
+                            r["all_verify_s"], "s", baseline="generation", baseline_value=r["generation_s"],
+                            higher_is_better=False, bar=10.0,
+                            extra={k: r[k] for k in ("all_candidates", "all_verifications", "all_tokens",
+                                                     "predictions", "generated_tokens")}))
             sel = r["selection"] or {}
             vote_2 = (sel.get("vote") or {}).get("vote_2")
             for selector in SELECTORS[1:]:
