@@ -278,10 +278,11 @@ class Generator:
         self.device = model.device
         # A full-vocabulary model reads and writes compact ids here as everywhere else: prompts
         # and the fed-back token are mapped to its own ids (ModelConfig.model_ids), tokens are
-        # chosen among the compact ids' columns, log-probabilities are over its whole vocabulary
-        # (as the scorer computes them).
-        self.vocab_map = None if cfg.token_ids is None else \
-            torch.as_tensor(cfg.model_ids(np.arange(T.VOCAB_SIZE)), dtype=torch.int64, device=self.device)
+        # chosen among the grid ids' columns (ModelConfig.grid_columns; so also on a compact model
+        # grown for the verify objective), log-probabilities are over its whole vocabulary (as the
+        # scorer computes them).
+        cols = cfg.grid_columns()   # a grown compact model too: its ids 16-19 are never chosen
+        self.vocab_map = None if cols is None else torch.as_tensor(cols, dtype=torch.int64, device=self.device)
         self.dtype = model.dtype
         cuda = self.device.type == "cuda"
         self.cuda = cuda

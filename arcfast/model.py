@@ -190,6 +190,15 @@ class ModelConfig:
         the ``verify`` objective needs (:func:`grow_vocab` adds them)."""
         return self.input_vocab >= T.OBJECTIVE_VOCAB
 
+    def grid_columns(self) -> Optional[np.ndarray]:
+        """The model's own ids of the grid vocabulary (compact ids 0-15), the columns generation
+        and search choose among: a grid never holds the objectives' ids, which a model grown for
+        ``verify`` can otherwise emit. None where those are all the model's ids (nothing to
+        choose out)."""
+        if self.token_ids is None and self.vocab_size <= T.VOCAB_SIZE:
+            return None
+        return self.model_ids(np.arange(T.VOCAB_SIZE))
+
     def model_ids(self, ids: np.ndarray) -> np.ndarray:
         """Compact ids -> this model's own token ids (``token_ids[c]``; unchanged for a model whose
         ids are the compact ones). Negative entries (the -100 of unlabelled positions) are kept.

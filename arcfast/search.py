@@ -194,8 +194,8 @@ class _Search:
         self.m, self.lora, self.cfg, self.stats = model, lora, cfg, stats
         self.device = model.device
         mc = model.config
-        self.vocab_map = None if mc.token_ids is None else \
-            torch.as_tensor(mc.model_ids(np.arange(T.VOCAB_SIZE)), dtype=torch.int64, device=self.device)
+        cols = mc.grid_columns()   # a grown compact model too: its ids 16-19 are never expanded
+        self.vocab_map = None if cols is None else torch.as_tensor(cols, dtype=torch.int64, device=self.device)
         self.k = cfg.rows_per_tree
         cap = max_rows or (256 if self.device.type == "cuda" else 64)
         self.cap = max(cap, self.k)

@@ -88,3 +88,31 @@ def test_full_vocabulary_models_map_the_objective_ids():
                     dtype=torch.float32, device="cpu")
     with pytest.raises(ValueError, match="cut-elsewhere: a full-vocabulary model whose tokenizer gives no distinct"):
         grow_vocab(m)
+
+
+@pytest.mark.parametrize("search", [False, True])
+def test_a_grown_model_never_generates_the_objective_ids(tmp_path, search):
+    """Generation and depth-first search choose among the grid ids only: a model grown for verify
+    whose YES row would win every step still answers grids (the bigram model of test_cli: [[3]] in
+    the prompt's frame), with log-probabilities under its whole vocabulary, as the scorer's."""
+    from arcfast.data import load_tasks
+    from arcfast.predict import predict_tasks
+    from arcfast.search import SearchConfig
+    from test_cli import _bigram_checkpoint
+
+    model = grow_vocab(load_model(str(_bigram_checkpoint(tmp_path / "bigram")), dtype=torch.float32, device="cpu"))
+    assert model.config.grid_columns().tolist() == list(range(T.VOCAB_SIZE))
+    plain = load_model(str(tmp_path / "bigram"), dtype=torch.float32, device="cpu")
+    assert plain.config.grid_columns() is None
+    tasks = load_tasks("arc1:train[:1]")
+    kw = dict(n_predictions=2, search=SearchConfig(min_prob=0.5, max_new_tokens=8) if search else None)
+    with torch.no_grad():
+        want = predict_tasks(plain.eval(), tasks, [-1], **kw)
+        # YES a little below the grid token each step picks: a tie-break away, never chosen
+        model.lm_head.weight[T.YES] = model.lm_head.weight[: T.VOCAB_SIZE].max(0).values * 0.999
+        got = predict_tasks(model.eval(), tasks, [-1], **kw)
+    flat = lambda preds: [p for per_task in preds for per_test in per_task for p in per_test]
+    assert [str(p.status) for p in flat(got)] == [str(p.status) for p in flat(want)] and flat(got)
+    assert all(p.grid is not None and np.array_equal(p.grid, q.grid) for p, q in zip(flat(got), flat(want)))
+    # YES takes probability mass the 16-id model did not have: its outputs are less likely
+    assert all(p.logprob < q.logprob for p, q in zip(flat(got), flat(want)))
