@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from typing import Optional
@@ -88,6 +89,13 @@ def _add_run_flags(p, command: str) -> None:
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     g.add_argument("--dtype", default=d.dtype, help="auto, float32, bfloat16 or float16")
     g.add_argument("--seed", type=int, default=d.seed, help="seed of every random choice")
+    if ttft:
+        g.add_argument("--workers", type=int, default=1,
+                       help="worker processes on this machine, one per GPU, pulling tasks from one shared "
+                            "queue (as under torchrun --nproc_per_node N); 1: this process alone")
+    g.add_argument("--sharding", choices=("queue", "static"), default=d.sharding,
+                   help="with several workers (torchrun or --workers): queue (each takes the next task, "
+                        "longest first, from a shared queue) or static (worker r takes every N-th task)")
     g.add_argument("--cuda-graphs", action="store_true",
                    help="replay each training step as a CUDA graph (native backend on a GPU; falls back to "
                         "eager steps, and says why, where it cannot)")
@@ -167,7 +175,7 @@ def _run_config(args, command: str):
     return TTFTConfig(tasks=args.tasks, solutions=args.solutions, model=args.model, adapter=args.adapter,
                       budget=budget, margin=margin, out=args.out or time.strftime(f"runs/{command}-%Y%m%d-%H%M%S"),
                       backend=args.backend, device=args.device, dtype=args.dtype, seed=args.seed,
-                      recipe=args.recipe, **recipe, loss_on=args.loss_on, tasks_per_group=args.tasks_per_group,
+                      recipe=args.recipe, sharding=args.sharding, **recipe, loss_on=args.loss_on, tasks_per_group=args.tasks_per_group,
                       row_len=args.row_len, max_len=args.max_len,
                       max_new_tokens=args.max_new_tokens, search=args.search, min_prob=args.min_prob,
                       temperature=args.temperature, select=args.select, rescore=args.rescore,
@@ -209,12 +217,15 @@ def cmd_ttft(args) -> int:
     from .ttft import TTFTRun, _dist
 
     cfg = _run_config(args, "ttft")
-    deadline = _deadline(args, cfg)
     rank, world = _dist()
+    if args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    if args.workers > 1 and world == 1:
+        return _spawn_workers(args, cfg)
+    deadline = _deadline(args, cfg)
     if rank == 0:
         _note_random_weights(cfg.model)
         _note_recipe(args)
-    _note_recipe(args)
     if world > 1:
         import torch
         import torch.distributed as dist
@@ -230,6 +241,38 @@ def cmd_ttft(args) -> int:
     if rank == 0:
         _print_summary(summary, cfg.out_dir)
     return 0
+
+
+def _spawn_workers(args, cfg) -> int:
+    """``--workers N`` on one machine: N processes of this same command, wired as torchrun would
+    wire them (RANK, LOCAL_RANK (the GPU), WORLD_SIZE, a rendezvous on a free local port), one
+    output directory, one budget counted from this process's start. Returns the worst exit code."""
+    import socket
+    import subprocess
+
+    n = args.workers
+    argv, skip = [], False
+    for a in args.argv:   # the same command less --workers, with the output directory fixed
+        if skip:
+            skip = False
+        elif a == "--workers":
+            skip = True
+        elif not a.startswith("--workers="):
+            argv.append(a)
+    if not args.out:
+        argv += ["--out", str(cfg.out_dir)]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    epoch = time.time() - (time.monotonic() - args.started)
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(n),
+               LOCAL_WORLD_SIZE=str(n), ARCFAST_START_EPOCH=repr(epoch))
+    procs = [subprocess.Popen([sys.executable, "-m", "arcfast", *argv],
+                              env=dict(env, RANK=str(i), LOCAL_RANK=str(i))) for i in range(n)]
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        print(f"arcfast ttft: worker exit codes {codes}", file=sys.stderr)
+    return max(codes, key=abs)
 
 
 def _note_recipe(args) -> None:
@@ -267,6 +310,7 @@ def cmd_eval(args) -> int:
         raise ValueError(f"{args.tasks}: no task has known test outputs; `arcfast eval` needs solutions "
                          f"(use `arcfast ttft` to predict without them)")
     _note_random_weights(cfg.model)
+    _note_recipe(args)
     summary = TTFTRun(cfg, deadline=_deadline(args, cfg)).run()
     _print_summary(summary, cfg.out_dir)
     return 0
@@ -475,6 +519,8 @@ def main(argv: Optional[list] = None) -> int:
     # A budget counts from the start of the process: interpreter start-up and every import
     # included. Called with an argument list (as a library), from this call.
     started = process_start() if argv is None else time.monotonic()
+    if os.environ.get("ARCFAST_START_EPOCH"):   # a worker of --workers: the launcher's budget
+        started = time.monotonic() - max(0.0, time.time() - float(os.environ["ARCFAST_START_EPOCH"]))
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:
         try:
@@ -485,6 +531,7 @@ def main(argv: Optional[list] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.started = started
+    args.argv = argv
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):

@@ -170,6 +170,10 @@ class TaskQueue:
         with self._lock:
             self.held.pop(i, None)
 
+    def remaining(self) -> int:
+        """Tasks not yet handed out (by ticket) to any worker."""
+        return max(0, len(self.ids) - int(self.store.add(f"{self.prefix}/next", 0)))
+
     def finished(self) -> int:
         """How many tasks are done, by any worker."""
         return sum(self.store.check([self._key("done", j)]) for j in range(len(self.ids)))

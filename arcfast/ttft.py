@@ -30,13 +30,19 @@ per-task results (``tasks/<name>.json``), ``submission.json``, the report and a 
 ``--out``. A run started again with ``--resume`` keeps every task whose result is already written
 for the same task (its fingerprint: id, train pairs, test inputs) and runs the rest.
 
-Multi-GPU: under ``torchrun --nproc_per_node N`` each rank takes every N-th task and writes its own
-answers under ``parts/``; rank 0 merges them into ``submission.json`` at the end.
+Multi-GPU: under ``torchrun --nproc_per_node N`` (or ``arcfast ttft --workers N``, which starts the
+same N workers on one machine) the ranks pull groups of tasks from one queue in the rendezvous
+store (:mod:`arcfast.taskqueue`; each claim at most an even share of the tasks not yet handed out,
+longest first, the leases renewed while a group trains and predicts) and write their answers under
+``parts/`` and ``tasks/``; rank 0, once every task is done, merges them into ``submission.json``
+and its summary speaks for the whole run. ``sharding="static"`` gives rank r every N-th task.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import os
 import time
 from collections import deque
@@ -78,6 +84,10 @@ class TTFTConfig:
     dtype: str = "auto"                    # auto | float32 | bfloat16 | float16
     seed: int = 0
     recipe: Optional[str] = None           # the named recipe the fields below came from (arcfast.recipes)
+    # with several workers (torchrun, --workers): "queue" (tasks pulled from a shared queue, longest
+    # first; arcfast.taskqueue) or "static" (worker r takes every world-th task)
+    sharding: str = "queue"
+    lease_s: float = 120.0                 # queue: a worker silent this long has its task handed out again
     # LoRA and optimisation (the recipe per task)
     rank: int = 32
     alpha: float = 64.0
@@ -129,6 +139,10 @@ class TTFTConfig:
         from .sampling import LOSS_ON
 
         recipe_fields(self.recipe)   # an unknown name is refused, naming the recipes
+        if self.sharding not in ("queue", "static"):
+            raise ValueError(f"sharding must be queue or static, not {self.sharding!r}")
+        if not self.lease_s > 0:
+            raise ValueError(f"lease_s must be > 0, got {self.lease_s}")
         if self.loss_on not in LOSS_ON:
             raise ValueError(f"loss_on must be one of {LOSS_ON}, not {self.loss_on!r}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
@@ -288,6 +302,15 @@ def _trainable(task) -> bool:
     return len(task.train) >= 2
 
 
+def _groups(tasks, size: int) -> list:
+    """``tasks`` in groups of ``size``, the trainable ones first: leave-one-out training needs a
+    target and a demonstration, so a task with one train pair is predicted untrained, in groups of
+    its own, and never holds back another task."""
+    trainable = [t for t in tasks if _trainable(t)]
+    alone = [t for t in tasks if not _trainable(t)]
+    return [g[i:i + size] for g in (trainable, alone) for i in range(0, len(g), size)]
+
+
 def _out_of_memory(e: BaseException) -> bool:
     import torch
 
@@ -351,6 +374,8 @@ class TTFTRun:
     """One `arcfast ttft` run. ``run()`` returns the summary dict also written to ``run.json``."""
 
     def __init__(self, cfg: TTFTConfig, deadline: Optional[Deadline] = None):
+        self.tq = None   # the shared task queue of a multi-worker run (see run)
+        self.others: dict = {}   # rank 0 of several workers: the other workers' results, once merged
         self.cfg = cfg
         self.deadline = deadline or Deadline(cfg.budget, margin=cfg.margin)
         self.out = cfg.out_dir
@@ -426,7 +451,10 @@ class TTFTRun:
                 self.log(event="removed_stale_temporary", path=str(p))
         tasks, problems, unloadable = self.load_tasks()
         self.unloadable = unloadable
-        mine = tasks[self.rank::self.world]
+        self.tq = self._task_queue(tasks)
+        # A queue worker's tasks are the ones it is handed: every task may be its, so its part of
+        # the submission starts with every fallback answer.
+        mine = tasks if self.tq is not None else tasks[self.rank::self.world]
         part = self.paths.submission if self.world == 1 else self.paths.part(self.rank)
         # The fallback answers go to disk before anything else can fail.
         self.submission = SubmissionWriter(part, mine, unloadable=unloadable if self.world == 1 else None)
@@ -460,19 +488,31 @@ class TTFTRun:
             pretrained = _pretrained(cfg.adapter, lora_cfg)
 
         todo = self._resume(mine, tasks) if cfg.resume else list(mine)
-        # Leave-one-out training needs a target and a demonstration: a task with one train pair
-        # is predicted untrained, in groups of its own, so it never holds back another task.
-        trainable = [t for t in todo if _trainable(t)]
-        alone = [t for t in todo if not _trainable(t)]
-        groups = [g[i:i + group_size] for g in (trainable, alone) for i in range(0, len(g), group_size)]
+        if self.tq is not None:
+            self._todo = {t.id for t in todo}
+            by_id = {t.id: t for t in tasks}
+            groups = []   # claimed from the queue as the run goes
+            planned = [group_size] * max(1, math.ceil(len(todo) / self.world / group_size))
+        else:
+            groups = _groups(todo, group_size)
+            planned = [len(g) for g in groups]
         # Until a group's inference has been timed, a third of the time left is kept for it.
-        planner = StepPlanner(self.deadline, max_steps=cfg.steps, groups=[len(g) for g in groups],
-                              inference_share=1 / 3)
+        planner = StepPlanner(self.deadline, max_steps=cfg.steps, groups=planned, inference_share=1 / 3)
 
         self.progress = self._progress(len(mine), len(mine) - len(todo))
         self.generator = None
         queue = deque(groups)
-        while queue:
+        while True:
+            if not queue and self.tq is not None:
+                claimed = self._claim(by_id, group_size)
+                if not claimed:
+                    break
+                queue.extend(_groups(claimed, group_size))
+                # This worker's share of the tasks not yet handed out, as groups after these.
+                rest = math.ceil(self.tq.remaining() / self.world / group_size)
+                planner.plan([len(g) for g in queue] + [group_size] * rest)
+            if not queue:
+                break
             group = queue.popleft()
             self._where = f"group {planner.groups_done + 1}/{planner.groups_done + 1 + len(queue)}"
             if self.deadline.expired():
@@ -480,9 +520,10 @@ class TTFTRun:
                 break
             steps = planner.steps_for_next_group() if cfg.train and _trainable(group[0]) else 0
             try:
-                runs = self._train_group(backend, group, steps, planner, pretrained, lora_cfg)
-                t_inf = time.perf_counter()
-                self._predict_group(model, backend, infer_lora, group, runs, planner)
+                with self.tq.heartbeat() if self.tq is not None else contextlib.nullcontext():
+                    runs = self._train_group(backend, group, steps, planner, pretrained, lora_cfg)
+                    t_inf = time.perf_counter()
+                    self._predict_group(model, backend, infer_lora, group, runs, planner)
                 planner.record_inference(time.perf_counter() - t_inf, len(group))
                 failed = False
             except Exception as e:   # one group's failure must not end the run
@@ -506,6 +547,8 @@ class TTFTRun:
             for t in group:
                 # A failed task is not written to tasks/: a --resume run tries it again.
                 self._finish_task(t, runs[t.id], persist=not failed)
+                if self.tq is not None:
+                    self.tq.done(t.id)
             if self.progress is not None:
                 self.progress.update(len(group), text=self._postfix(runs), force=True)
         if self.progress is not None:
@@ -795,6 +838,37 @@ class TTFTRun:
                 self.log(event="write_failed", task=task.id, error=str(e))
         self.report.add(_task_result(r))
 
+    def _task_queue(self, tasks):
+        """The shared queue of a multi-worker run with ``sharding="queue"`` (None otherwise): every
+        task, longest first, in the store of torch.distributed's rendezvous."""
+        if self.world == 1 or self.cfg.sharding != "queue":
+            return None
+        from .taskqueue import TaskQueue, default_store, longest_first
+
+        return TaskQueue(default_store(), [t.id for t in longest_first(tasks)], worker=self.rank,
+                         lease_s=self.cfg.lease_s, prefix=f"arcfast/queue/{self.cfg.out_dir.resolve()}")
+
+    def _claim(self, by_id: dict, size: int) -> list:
+        """Up to ``size`` tasks from the queue for the next group: waits (until the deadline) for
+        the first, takes the others only if handed out at once. A task a --resume already finished
+        is marked done and skipped."""
+        # At most an even share of what is left: a group never takes tasks an idle worker could run.
+        size = min(size, max(1, math.ceil(self.tq.remaining() / self.world)))
+        out = []
+        while len(out) < size:
+            if self.deadline.expired():
+                break
+            tid = self.tq.claim(timeout=self.deadline.remaining() if not out else 0.0)
+            if tid is None:
+                break
+            if tid not in self._todo:
+                self.tq.done(tid)
+                continue
+            out.append(by_id[tid])
+        if out:
+            self.log(event="claimed", tasks=[t.id for t in out], taken_over=[t.id for t in out if t.id in self.tq.taken_over])
+        return out
+
     def _resume(self, mine, tasks) -> list:
         """Keep every task of ``mine`` whose result an earlier run wrote for the same task (same
         fingerprint); return the rest, to run. Says what changed."""
@@ -855,7 +929,9 @@ class TTFTRun:
         """Rank 0 merges every rank's answers into submission.json (missing ranks keep fallbacks)."""
         import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized():
+        # A queue's rank 0 stops claiming only once every task is done (or the deadline passed):
+        # nothing to wait for, and no barrier that a dead worker would hang.
+        if self.tq is None and dist.is_available() and dist.is_initialized():
             dist.barrier()
         if self.rank != 0:
             return
@@ -869,8 +945,9 @@ class TTFTRun:
                 continue
             if r.attempts:
                 merged.update(r.task_id, [[np.asarray(g, np.uint8) for g in a] for a in r.attempts])
-            if r.task_id not in self.results:  # another rank's task joins rank 0's report
+            if r.task_id not in self.results:  # another rank's task joins rank 0's report and summary
                 self.report.add(_task_result(r))
+                self.others[r.task_id] = r
 
     def _progress(self, total: int, initial: int):
         if not self.cfg.progress or self.rank != 0:
@@ -890,28 +967,35 @@ class TTFTRun:
         sec = max(1e-9, sum(r.train_seconds for r in runs.values()))
         return f"{tok / sec:,.0f} tok/s, budget left {format_duration(self.deadline.remaining())}"
 
-    def _selection(self, mine) -> Optional[dict]:
-        """The mean vote_1/vote_2 of every selector over this rank's tasks with known outputs (a
+    def _mine(self, tasks) -> list:
+        """This worker's tasks: its static share, or those it finished from the queue."""
+        if self.tq is not None:
+            return [t for t in tasks if t.id in self.results]
+        return tasks[self.rank::self.world]
+
+    def _selection(self, mine, runs: dict) -> Optional[dict]:
+        """The mean vote_1/vote_2 of every selector over ``mine``'s tasks with known outputs (a
         task without predictions counts 0 for each), or None when no task has a selection."""
         from .select import mean_selection
 
-        return mean_selection([self.results[t.id].selection if t.id in self.results else None
-                               for t in mine if t.has_solutions])
+        return mean_selection([runs[t.id].selection if t.id in runs else None for t in mine if t.has_solutions])
 
     def _summary(self, tasks, problems, backend, reason) -> dict:
         from .metrics import mean_metrics, score_task
 
+        # Rank 0 of several workers speaks for the whole run once it merged the others' results.
+        runs = {**self.others, **self.results}
+        mine = tasks if self.world > 1 and self.rank == 0 else self._mine(tasks)
         # A task with known outputs that got no answer (out of time, failed) scores as unanswered.
-        mine = tasks[self.rank::self.world]
-        scored = [(self.results[t.id].metrics if t.id in self.results and self.results[t.id].metrics
-                   else score_task(t, None)) for t in mine if t.has_solutions]
+        scored = [(runs[t.id].metrics if t.id in runs and runs[t.id].metrics else score_task(t, None))
+                  for t in mine if t.has_solutions]
         return {
             "tasks": len(tasks) + len(self.unloadable),
             "tasks_this_rank": len(self.results),
-            "trained": sum(1 for r in self.results.values() if r.steps > 0),
+            "trained": sum(1 for r in runs.values() if r.steps > 0),
             # Answered by the model: at least one test input got a grid that parsed.
-            "answered": sum(1 for r in self.results.values() if any(r.attempts)),
-            "failed": sorted(r.task_id for r in self.results.values() if r.error and r.error.startswith("failed")),
+            "answered": sum(1 for r in runs.values() if any(r.attempts)),
+            "failed": sorted(r.task_id for r in runs.values() if r.error and r.error.startswith("failed")),
             "problems": [str(p) for p in problems],
             "backend": backend.name,
             "backend_reason": reason,
@@ -921,7 +1005,8 @@ class TTFTRun:
             "budget": self.cfg.budget,
             "metrics": mean_metrics(scored) if scored else None,
             "select": self.cfg.select,
-            "selection": self._selection(mine),
+            "selection": self._selection(mine, runs),
+            "sharding": None if self.world == 1 else self.cfg.sharding,
             "submission": str(self.out / "submission.json"),
         }
 

@@ -163,8 +163,9 @@ def test_eval_scores_and_refuses_tasks_without_solutions(tmp_path, capsys, monke
 
 @pytest.mark.slow
 def test_ttft_under_torchrun_shards_tasks_and_merges_the_submission(tmp_path):
-    """Two CPU processes (gloo), each with the scripted generator: each trains and answers half the
-    tasks; rank 0 merges one complete submission that holds every rank's (known) answers."""
+    """Two CPU processes (gloo), each with the scripted generator, --sharding static: each trains
+    and answers half the tasks; rank 0 merges one complete submission that holds every rank's
+    (known) answers."""
     import os
     import socket
     import subprocess
@@ -178,7 +179,8 @@ def test_ttft_under_torchrun_shards_tasks_and_merges_the_submission(tmp_path):
     script = Path(__file__).with_name("scripted.py")   # the arcfast command line, scripted generator
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(port), str(script), "ttft", "--tasks", "arc1:eval[:4]", "--model", "tiny", "--budget", "90s",
-           "--out", str(out), "--steps", "2", "--predictions", "2", "--row-len", "4096", "--max-len", "4096", "-q"]
+           "--out", str(out), "--steps", "2", "--predictions", "2", "--row-len", "4096", "--max-len", "4096",
+           "--sharding", "static", "-q"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -186,7 +188,7 @@ def test_ttft_under_torchrun_shards_tasks_and_merges_the_submission(tmp_path):
     merged = validate_submission(out / "submission.json", tasks)
     ranks = [json.loads((out / f"run.rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["tasks_this_rank"] for r in ranks] == [2, 2]
-    assert [r["trained"] for r in ranks] == [2, 2]
+    assert [r["trained"] for r in ranks] == [4, 2]   # rank 0 speaks for the run once merged
     results = _results(out)
     assert set(results) == {t.id for t in tasks}
     assert len(list((out / "adapters").glob("*/adapter_model.safetensors"))) == len(tasks)
@@ -202,6 +204,42 @@ def test_ttft_under_torchrun_shards_tasks_and_merges_the_submission(tmp_path):
         part = json.loads((out / "parts" / f"rank{r}.json").read_text())
         assert part == {t.id: want[t.id] for t in tasks[r::2]}
     assert merged == want   # every rank's answers made it into the merged file
+
+
+@pytest.mark.slow
+def test_ttft_workers_pull_tasks_from_one_queue(tmp_path):
+    """--workers 2 on the CPU: two processes wired as under torchrun take tasks from the shared
+    queue (longest first, an even share per claim); every task is claimed once, trained once and
+    answered once, and rank 0 merges one submission and speaks for the whole run."""
+    import os
+    import subprocess
+    import sys
+
+    from arcfast.taskqueue import longest_first
+
+    out = tmp_path / "q"
+    cmd = [sys.executable, "-m", "arcfast", "ttft", "--workers", "2", "--tasks", "arc1:eval[:6]", "--model", "tiny",
+           "--budget", "3m", "--out", str(out), "--steps", "2", "--predictions", "2", "--max-new-tokens", "8", "-q"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tasks = load_tasks("arc1:eval[:6]")
+    validate_submission(out / "submission.json", tasks)
+    claimed = {}
+    for r in (0, 1):
+        for line in (out / f"log.rank{r}.jsonl").read_text().splitlines():
+            e = json.loads(line)
+            if e.get("event") == "claimed":
+                claimed.setdefault(r, []).extend(e["tasks"])
+    everything = claimed.get(0, []) + claimed.get(1, [])
+    assert sorted(everything) == sorted(t.id for t in tasks)          # once each
+    assert claimed.get(0) and claimed.get(1)                         # both worked
+    order = [t.id for t in longest_first(tasks)]
+    assert order[0] in (claimed[0][0], claimed[1][0])                 # ticket 0: the longest task
+    ranks = [json.loads((out / f"run.rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["sharding"] for r in ranks] == ["queue", "queue"]
+    assert [r["tasks_this_rank"] for r in ranks] == [len(claimed[0]), len(claimed[1])]
+    assert ranks[0]["trained"] == len(tasks) and ranks[1]["trained"] == len(claimed[1])
+    assert set(_results(out)) == {t.id for t in tasks}
 
 
 # -- re-scoring --------------------------------------------------------------------------------
