@@ -89,10 +89,9 @@ def _add_run_flags(p, command: str) -> None:
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     g.add_argument("--dtype", default=d.dtype, help="auto, float32, bfloat16 or float16")
     g.add_argument("--seed", type=int, default=d.seed, help="seed of every random choice")
-    if ttft:
-        g.add_argument("--workers", type=int, default=1,
-                       help="worker processes on this machine, one per GPU, pulling tasks from one shared "
-                            "queue (as under torchrun --nproc_per_node N); 1: this process alone")
+    g.add_argument("--workers", type=int, default=1,
+                   help="worker processes on this machine, one per GPU, pulling tasks from one shared "
+                        "queue (as under torchrun --nproc_per_node N); 1: this process alone")
     g.add_argument("--sharding", choices=("queue", "static"), default=d.sharding,
                    help="with several workers (torchrun or --workers): queue (each takes the next task, "
                         "longest first, from a shared queue) or static (worker r takes every N-th task)")
@@ -214,9 +213,15 @@ def _deadline(args, cfg):
 
 
 def cmd_ttft(args) -> int:
+    return _run(args, _run_config(args, "ttft"))
+
+
+def _run(args, cfg) -> int:
+    """Run ``cfg`` as this process, as one worker of several (torchrun's environment: the
+    process group joined and left), or, with ``--workers N``, as the launcher of N local workers.
+    Rank 0 prints the summary."""
     from .ttft import TTFTRun, _dist
 
-    cfg = _run_config(args, "ttft")
     rank, world = _dist()
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
@@ -271,7 +276,7 @@ def _spawn_workers(args, cfg) -> int:
                               env=dict(env, RANK=str(i), LOCAL_RANK=str(i))) for i in range(n)]
     codes = [p.wait() for p in procs]
     if any(codes):
-        print(f"arcfast ttft: worker exit codes {codes}", file=sys.stderr)
+        print(f"arcfast {args.command}: worker exit codes {codes}", file=sys.stderr)
     return max(codes, key=abs)
 
 
@@ -299,7 +304,6 @@ def _add_eval(sub) -> None:
 
 def cmd_eval(args) -> int:
     from .data import load_tasks
-    from .ttft import TTFTRun
 
     cfg = _run_config(args, "eval")
     problems: list = []
@@ -309,11 +313,7 @@ def cmd_eval(args) -> int:
     if not any(t.has_solutions for t in tasks):
         raise ValueError(f"{args.tasks}: no task has known test outputs; `arcfast eval` needs solutions "
                          f"(use `arcfast ttft` to predict without them)")
-    _note_random_weights(cfg.model)
-    _note_recipe(args)
-    summary = TTFTRun(cfg, deadline=_deadline(args, cfg)).run()
-    _print_summary(summary, cfg.out_dir)
-    return 0
+    return _run(args, cfg)
 
 
 def _print_summary(s: dict, out) -> None:
