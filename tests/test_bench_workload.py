@@ -23,7 +23,8 @@ def test_quick_workload_through_the_runner(tmp_path):
     doc = json.loads(next((tmp_path / "res").glob("*.json")).read_text())
     assert doc["errors"] == {}
     searched = [r for r in doc["rows"] if r["case"].startswith("--search dfs")]
-    doc["rows"] = [r for r in doc["rows"] if r not in searched]
+    queued = [r for r in doc["rows"] if "shared queue vs static sharding" in r["case"]]
+    doc["rows"] = [r for r in doc["rows"] if r not in searched and r not in queued]
     rows = {r["case"].split(": ")[-1] if r["case"].endswith("wall time") else r["case"]: r for r in doc["rows"]}
     assert len(doc["rows"]) == 7 and all(r["bench"] == "workload" for r in doc["rows"])
     whole = rows["wall time"]
@@ -61,6 +62,12 @@ def test_quick_workload_through_the_runner(tmp_path):
     assert set(d["selection"]) == {"vote", "poe", "nvarc"} and by["vote_2"]["value"] == d["metrics"]["vote_2"]
     bar = [r for r in doc["rows"] if r["baseline"] == "30 minutes"][0]
     assert bar["baseline_value"] == 1800.0 and bar["bar"] is None   # not the full workload: no promise
+    # The queue case: two workers finish the same unbalanced task set, each task once.
+    (q,) = queued
+    qx, sx = q["extra"]["queue"], q["extra"]["static"]
+    assert q["value"] > 0 and q["baseline_value"] > 0 and len(q["extra"]["order"]) == 6
+    assert sum(qx["tasks_per_worker"]) == sum(sx["tasks_per_worker"]) == 6 and sx["tasks_per_worker"] == [3, 3]
+    assert qx["trained"] == sx["trained"] == 6
 
 
 def test_a_run_cut_by_its_budget_is_reported_incomplete(tmp_path):
@@ -196,3 +203,19 @@ def test_one_demonstration_bound_is_the_longest_prompt_the_sampler_can_need():
     fits = make_samples([task], 6, config=SampleConfig(max_len=bench_workload.ONE_DEMO_MAX))
     assert len(fits) == 6 and {len(s) for s in fits} == {bench_workload.ONE_DEMO_MAX}
     assert len(make_samples([task], 6, config=SampleConfig(max_len=bench_workload.ONE_DEMO_MAX - 1))) == 0
+
+
+def test_the_unbalanced_order_puts_the_large_half_on_static_worker_zero(tmp_path):
+    from arcfast.bench.bench_workload import unbalanced_tasks
+    from arcfast.data import load_tasks
+
+    root, order = unbalanced_tasks({"source": "arc1:eval[:20]", "queue_tasks": 7, "slow_tests": 3}, tmp_path / "t")
+    cells = lambda t: sum(p.input.size + (p.output.size if p.output is not None else 0) for p in [*t.train, *t.test])
+    assert len(order) == 7 and len({t.id for t in order}) == 7
+    assert min(cells(t) for t in order[0::2][:3]) > max(cells(t) for t in order[1::2])
+    full = {t.id: t for t in load_tasks("arc1:eval[:20]")}
+    assert all(len(t.test) == 3 * len(full[t.id].test) for t in order[0::2][:3])   # the slow half
+    assert all(len(t.test) == len(full[t.id].test) for t in order[1::2])
+    loaded = load_tasks(str(root))   # the directory reads back in that order
+    assert [t.id for t in loaded] == [f"{k:03d}-{t.id}" for k, t in enumerate(order)]
+    assert [len(t.test) for t in loaded] == [len(t.test) for t in order]

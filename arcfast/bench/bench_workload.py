@@ -52,6 +52,16 @@ the full CUDA workload, whose training it repeats): the same workload run again 
 greedy + vote run above: wall time, inference phase, distinct grids per test input, and, the
 tasks' outputs being known, vote_2 of both runs (and of every selector on the DFS run's candidates).
 
+The queue case (``queue`` in ``cases``; in the defaults on the CPU and with ``--quick``):
+``queue_tasks`` tasks of ``source`` (default 8, ``--quick`` 6), written in an order that static
+sharding splits badly (a slow half at even places, all on worker 0 of 2: the larger tasks by grid
+cells, their test inputs repeated ``slow_tests`` times, default 4), run by
+``arcfast ttft --workers 2`` (two CPU processes, one task per group, model ``queue_model``, default
+``tiny``; generation bounded per task by the engine, from the task's own output sizes, so a larger
+task's predictions cost more) with ``--sharding queue``
+(tasks pulled from the shared queue, longest first) against ``--sharding static`` (every other
+task): wall time to finish all of them, and each worker's task count and seconds in ``extra``.
+
 Reading the numbers: the hf estimate counts only steps and generation, none of the recipe's
 per-task overheads (adapter reset, saving, voting), so it flatters the baseline. A random-weight
 model rarely emits the end-of-grid token, so its outputs run to the length bound: inference costs
@@ -94,15 +104,16 @@ def _options(ctx: Context) -> dict:
     s.setdefault("max_new", None)
     small = ctx.quick or not cuda
     s.update(source="arc1:eval", per_step=1, group=0, rank=32, budget="24h", out=None, keep=False,
-             cases="arcfast,hf,dfs" if small else "arcfast,hf", spread=False, graphs=False, min_prob=0.1,
+             cases="arcfast,hf,dfs,queue" if small else "arcfast,hf", spread=False, graphs=False, min_prob=0.1,
+             queue_tasks=6 if ctx.quick else 8, queue_model="tiny", slow_tests=4,
              rescore=2 if ctx.quick else 8,
              row_len=8192 if cuda else 4096, max_len=8192 if cuda else 4096)
     o = ctx.options
     for k in ("tasks", "samples", "predictions", "per_step", "group", "rank", "row_len", "max_len", "max_new",
-              "hf_steps", "hf_warmup", "hf_prompts", "hf_gen_tasks", "rescore"):
+              "hf_steps", "hf_warmup", "hf_prompts", "hf_gen_tasks", "rescore", "queue_tasks", "slow_tests"):
         if k in o:
             s[k] = int(o[k])
-    for k in ("model", "source", "budget", "out", "cases"):
+    for k in ("model", "source", "budget", "out", "cases", "queue_model"):
         if k in o:
             s[k] = o[k]
     if "min_prob" in o:
@@ -383,6 +394,70 @@ def _dfs_rows(s: dict, dev: str, greedy: dict) -> list[Row]:
     return rows
 
 
+def unbalanced_tasks(s: dict, root: Path) -> tuple[Path, list]:
+    """``queue_tasks`` tasks of ``source`` written to ``root`` in an order that static sharding
+    splits badly: the slow half at even places, so worker 0 of 2 gets every slow task. The slow
+    half are the larger tasks (by grid cells), each with its test inputs repeated ``slow_tests``
+    times: predictions cost per test input, while a training step costs the same for every task
+    (a packed row is as long as the longest prompt allowed). Returns (the directory, the tasks in
+    that order, the slow ones with their repeated test inputs)."""
+    from dataclasses import replace
+
+    from arcfast.data import load_tasks
+    from arcfast.taskqueue import longest_first
+
+    pool = longest_first(load_tasks(s["source"]))
+    n = s["queue_tasks"]
+    big = [replace(t, test=list(t.test) * s["slow_tests"]) for t in pool[:n // 2]]
+    small = pool[-(n - n // 2):]
+    order = [t for pair in zip(big, small) for t in pair] + big[len(small):] + small[len(big):]
+    root.mkdir(parents=True, exist_ok=True)
+    for k, t in enumerate(order):
+        (root / f"{k:03d}-{t.id}.json").write_text(json.dumps(t.to_json()))
+    return root, order
+
+
+def run_workers(s: dict, tasks_dir: Path, out: Path, sharding: str) -> dict:
+    """``arcfast ttft --workers 2 --sharding S`` on ``tasks_dir`` (its own processes, as a user
+    runs it): wall seconds and what each worker did."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "arcfast", "ttft", "--workers", "2", "--sharding", sharding,
+           "--tasks", str(tasks_dir), "--model", s["queue_model"], "--budget", s["budget"], "--out", str(out),
+           "--steps", str(s["samples"] // s["per_step"]), "--samples-per-task", str(s["per_step"]),
+           "--predictions", str(s["predictions"]), "--row-len", str(s["row_len"]), "--max-len", str(s["max_len"]),
+           "--tasks-per-group", "1", "--device", "cpu", "-q"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"arcfast ttft --workers 2 --sharding {sharding} failed: {proc.stderr[-2000:]}")
+    ranks = [json.loads((out / f"run.rank{r}.json").read_text()) for r in (0, 1)]
+    return {"wall_s": wall, "tasks_per_worker": [r["tasks_this_rank"] for r in ranks],
+            "seconds_per_worker": [r["seconds"] for r in ranks], "trained": ranks[0]["trained"]}
+
+
+def _queue_rows(s: dict, dev: str) -> list[Row]:
+    """The queue case: two CPU workers on a task set static sharding splits badly, pulling from the
+    shared queue against taking every other task."""
+    if dev != "cpu":
+        return []
+    tmp = Path(tempfile.mkdtemp(prefix="arcfast-workload-queue-"))
+    try:
+        tasks_dir, order = unbalanced_tasks(s, tmp / "tasks")
+        q = run_workers(s, tasks_dir, tmp / "queue", "queue")
+        st = run_workers(s, tasks_dir, tmp / "static", "static")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    what = (f"2 CPU workers, {len(order)} tasks ({s['source']}; a slow half, test inputs x{s['slow_tests']}, "
+            f"all on static's worker 0), "
+            f"{s['queue_model']}, {s['samples']} steps, one task per group")
+    return [Row(BENCH, f"{what}: shared queue vs static sharding, wall time", q["wall_s"], "s",
+                "static sharding", st["wall_s"], higher_is_better=False,
+                extra={"queue": q, "static": st, "order": [t.id for t in order]})]
+
+
 def _run(ctx: Context) -> list[Row]:
     import torch
 
@@ -451,6 +526,8 @@ def _run(ctx: Context) -> list[Row]:
     ]
     if "dfs" in cases:
         rows += _dfs_rows(s, dev, a)
+    if "queue" in cases:
+        rows += _queue_rows(s, dev)
     full = _is_full(s, dev)
     rows.append(Row(BENCH, "the whole workload on one GPU in 30 minutes" if full else
                     f"30-minute bar (not the full workload: {what})", a["wall_s"], "s", "30 minutes",
