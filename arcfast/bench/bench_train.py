@@ -10,7 +10,8 @@ config on the CPU.
     arcfast bench -k train --set model=qwen2.5-0.5b --set tasks=16 --set steps=10
 
 Options (``--set key=value``): model, steps, warmup, tasks (tasks per native step), per_task
-(samples of each task per native step), row_len, max_len (longest sample), r, hf_steps,
+(samples of each task per native step), row_len, max_len (longest sample), r, rslora (1: scaling
+alpha/sqrt(r), e.g. with r=256 as NVARC trained), hf_steps,
 attention/lora_path/ops/loss/compile/checkpoint (native TrainConfig fields), adapters and
 adapter_max_len (the many-adapter case), cases (comma list of hf, unsloth, native1, native,
 native1-graphs, native-graphs, many, hf-batch, unsloth-batch), hf_batch (samples per step of the "-batch" cases).
@@ -155,7 +156,7 @@ def run_case(name: str, ctx: Context, opts: dict, data, ref_cfg) -> dict:
     from arcfast.trainer import TrainConfig, pack_samples
 
     device = ctx.device
-    lcfg = LoRAConfig(r=opts["r"], alpha=2 * opts["r"])
+    lcfg = LoRAConfig(r=opts["r"], alpha=2 * opts["r"], rslora=opts["rslora"])
     base = dict(lr=1e-4, steps=1000, warmup_steps=0)
     _reset_peak(device)
     flat = [s for task in data for s in task]
@@ -285,6 +286,7 @@ def run(ctx: Context) -> list[Row]:
         "per_task": int(o.get("per_task", 2)),
         "max_len": int(o.get("max_len", 8192 if cuda else (512 if quick else 2048))),
         "r": int(o.get("r", 32)),
+        "rslora": o.get("rslora", "0").lower() in ("1", "true", "yes"),
         "adapters": int(o.get("adapters", 64 if cuda else (4 if quick else 8))),
         "hf_batch": int(o.get("hf_batch", 8 if cuda else 2)),
         "adapter_max_len": int(o.get("adapter_max_len", 1024 if cuda else 256)),
@@ -327,7 +329,7 @@ def run(ctx: Context) -> list[Row]:
             results[name] = {"skipped": f"out of memory: {str(exc).splitlines()[0]}"}
             _reset_peak(ctx.device)
 
-    common = {"model": opts["model"], "device": ctx.device, "lora_r": opts["r"], "samples": how,
+    common = {"model": opts["model"], "device": ctx.device, "lora_r": opts["r"], "rslora": opts["rslora"], "samples": how,
               "unsloth": _version("unsloth") if status["unsloth"][0] else None}
     rows: list[Row] = []
     base = results.get("hf", {})
