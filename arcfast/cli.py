@@ -115,6 +115,9 @@ def _add_run_flags(p, command: str) -> None:
                         "use_rslora), for high ranks such as 256")
     g.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {d.lr:g})")
     g.add_argument("--steps", type=int, default=None, help=f"optimizer steps per task at most (default {d.steps})")
+    g.add_argument("--max-task-seconds", type=float, default=None, metavar="S",
+                   help="stop a group's training so that it and the group's inference fit S seconds (the "
+                        "tasks of a group train together; NVARC capped a task at 1200); default: no cap")
     g.add_argument("--samples-per-task", type=int, default=None,
                    help=f"samples of each task in every step (default {d.samples_per_task})")
     g.add_argument("--objective", action="append", default=None, metavar="NAME=W",
@@ -168,7 +171,8 @@ def _run_config(args, command: str):
 
     d_objectives = TTFTConfig.__dataclass_fields__["objectives"].default
     budget, margin = _budget_and_margin(args)
-    given = {k: getattr(args, k) for k in ("rank", "alpha", "rslora", "lr", "steps", "samples_per_task", "predictions")}
+    given = {k: getattr(args, k) for k in ("rank", "alpha", "rslora", "lr", "steps", "samples_per_task", "predictions",
+                                           "max_task_seconds")}
     recipe, overridden = resolve(args.recipe, given)
     args.recipe_line = describe(args.recipe, overridden) if args.recipe else None
     return TTFTConfig(tasks=args.tasks, solutions=args.solutions, model=args.model, adapter=args.adapter,

@@ -88,6 +88,8 @@ class TTFTConfig:
     # first; arcfast.taskqueue) or "static" (worker r takes every world-th task)
     sharding: str = "queue"
     lease_s: float = 120.0                 # queue: a worker silent this long has its task handed out again
+    max_task_seconds: Optional[float] = None  # a group's training stops so that training and its
+                                           # inference fit this many seconds (NVARC: 1,200 per task)
     # LoRA and optimisation (the recipe per task)
     rank: int = 32
     alpha: float = 64.0
@@ -141,6 +143,8 @@ class TTFTConfig:
         recipe_fields(self.recipe)   # an unknown name is refused, naming the recipes
         if self.sharding not in ("queue", "static"):
             raise ValueError(f"sharding must be queue or static, not {self.sharding!r}")
+        if self.max_task_seconds is not None and not self.max_task_seconds > 0:
+            raise ValueError(f"max_task_seconds must be > 0, got {self.max_task_seconds}")
         if not self.lease_s > 0:
             raise ValueError(f"lease_s must be > 0, got {self.lease_s}")
         if self.loss_on not in LOSS_ON:
@@ -608,6 +612,10 @@ class TTFTRun:
                 if step > 0 and not planner.may_step():
                     self.log(event="stop_early", tasks=[t.id for t in group], step=step, reason="deadline")
                     break
+                if step > 0 and cfg.max_task_seconds and not self._within_cap(t_group, planner, len(group)):
+                    self.log(event="stop_early", tasks=[t.id for t in group], step=step, reason="task cap",
+                             max_task_seconds=cfg.max_task_seconds)
+                    break
                 t = time.perf_counter()
                 batch = next(stream)
                 stats = backend.step(batch)
@@ -837,6 +845,14 @@ class TTFTRun:
                 log.error("%s: result not written: %s", task.id, e)
                 self.log(event="write_failed", task=task.id, error=str(e))
         self.report.add(_task_result(r))
+
+    def _within_cap(self, t_group: float, planner, n_tasks: int) -> bool:
+        """Whether one more training step of the group that started at ``t_group`` still leaves its
+        inference (measured per task, once known) inside ``max_task_seconds``: the tasks of a group
+        train together, so the cap bounds the group's training and inference."""
+        infer = (planner.inference_per_task or 0.0) * n_tasks
+        spent = time.perf_counter() - t_group
+        return spent + (planner.step_time or 0.0) + infer <= self.cfg.max_task_seconds
 
     def _task_queue(self, tasks):
         """The shared queue of a multi-worker run with ``sharding="queue"`` (None otherwise): every

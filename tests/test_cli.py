@@ -577,3 +577,20 @@ def test_a_run_with_a_recipe_prints_and_logs_it(tmp_path, capsys):
     (adapter,) = (out / "adapters").iterdir()
     cfg = json.loads((adapter / "adapter_config.json").read_text())
     assert cfg["use_rslora"] is True and cfg["r"] == 8 and cfg["lora_alpha"] == 32
+
+
+def test_max_task_seconds_stops_a_groups_training(tmp_path):
+    """A cap far below what the steps take: every group trains one step (at least one), then stops
+    with the reason "task cap"; the flag reaches the config, and nvarc's recipe sets 1200 s."""
+    from arcfast.cli import _run_config, build_parser
+
+    out = tmp_path / "cap"
+    assert main(["ttft", "--tasks", "arc1:eval[:2]", "--model", "tiny", "--steps", "40", "--predictions", "2",
+                 "--max-new-tokens", "8", "--max-task-seconds", "0.001", "--budget", "5m", "--out", str(out), "-q"]) == 0
+    events = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    stops = [e for e in events if e.get("event") == "stop_early"]
+    assert stops and all(e["reason"] == "task cap" and e["step"] == 1 for e in stops)
+    assert len([e for e in events if e.get("event") == "step"]) == len(stops)
+    parse = lambda *a: _run_config(build_parser().parse_args(["ttft", "--out", str(tmp_path / "x"), *a]), "ttft")
+    assert parse().max_task_seconds is None and parse("--recipe", "nvarc").max_task_seconds == 1200.0
+    assert parse("--recipe", "nvarc", "--max-task-seconds", "600").max_task_seconds == 600.0
