@@ -92,6 +92,8 @@ def _add_run_flags(p, command: str) -> None:
     g.add_argument("--workers", type=int, default=1,
                    help="worker processes on this machine, one per GPU, pulling tasks from one shared "
                         "queue (as under torchrun --nproc_per_node N); 1: this process alone")
+    g.add_argument("--lease-seconds", type=float, default=d.lease_s, metavar="S",
+                   help="with the queue: a worker silent for S seconds (it died) has its tasks handed out again")
     g.add_argument("--sharding", choices=("queue", "static"), default=d.sharding,
                    help="with several workers (torchrun or --workers): queue (each takes the next task, "
                         "longest first, from a shared queue) or static (worker r takes every N-th task)")
@@ -178,7 +180,7 @@ def _run_config(args, command: str):
     return TTFTConfig(tasks=args.tasks, solutions=args.solutions, model=args.model, adapter=args.adapter,
                       budget=budget, margin=margin, out=args.out or time.strftime(f"runs/{command}-%Y%m%d-%H%M%S"),
                       backend=args.backend, device=args.device, dtype=args.dtype, seed=args.seed,
-                      recipe=args.recipe, sharding=args.sharding, **recipe, loss_on=args.loss_on, tasks_per_group=args.tasks_per_group,
+                      recipe=args.recipe, sharding=args.sharding, lease_s=args.lease_seconds, **recipe, loss_on=args.loss_on, tasks_per_group=args.tasks_per_group,
                       row_len=args.row_len, max_len=args.max_len,
                       max_new_tokens=args.max_new_tokens, search=args.search, min_prob=args.min_prob,
                       temperature=args.temperature, select=args.select, rescore=args.rescore,

@@ -594,3 +594,44 @@ def test_max_task_seconds_stops_a_groups_training(tmp_path):
     parse = lambda *a: _run_config(build_parser().parse_args(["ttft", "--out", str(tmp_path / "x"), *a]), "ttft")
     assert parse().max_task_seconds is None and parse("--recipe", "nvarc").max_task_seconds == 1200.0
     assert parse("--recipe", "nvarc", "--max-task-seconds", "600").max_task_seconds == 600.0
+
+
+@pytest.mark.slow
+def test_a_killed_workers_tasks_are_finished_by_the_other(tmp_path):
+    """Two workers on the queue (the environment torchrun or --workers gives them); worker 1 is
+    killed as soon as it has claimed tasks. Its lease goes unrenewed, worker 0 takes its tasks over,
+    and the run still ends with every task answered once and one merged submission."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "arcfast", "ttft", "--tasks", "arc1:eval[:6]", "--model", "tiny", "--steps", "4",
+           "--predictions", "2", "--max-new-tokens", "8", "--budget", "3m", "--lease-seconds", "2",
+           "--tasks-per-group", "1", "--out", str(out), "-q"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2")
+    procs = [subprocess.Popen(cmd, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    log1 = out / "log.rank1.jsonl"
+    stop = time.monotonic() + 120
+    while time.monotonic() < stop and not (log1.is_file() and '"claimed"' in log1.read_text()):
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGKILL)
+    assert procs[1].wait(30) == -signal.SIGKILL
+    assert procs[0].wait(240) == 0, procs[0].stderr.read()[-3000:]
+    lost = [t for line in log1.read_text().splitlines() if (e := json.loads(line)).get("event") == "claimed"
+            for t in e["tasks"]]
+    assert lost
+    events = [json.loads(line) for line in (out / "log.rank0.jsonl").read_text().splitlines()]
+    taken = [t for e in events if e.get("event") == "claimed" for t in e["taken_over"]]
+    assert sorted(taken) == sorted(lost)
+    tasks = load_tasks("arc1:eval[:6]")
+    validate_submission(out / "submission.json", tasks)
+    assert set(_results(out)) == {t.id for t in tasks}
+    assert json.loads((out / "run.rank0.json").read_text())["trained"] == len(tasks)
