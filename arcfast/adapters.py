@@ -188,6 +188,17 @@ def load_adapter(path) -> tuple[LoRAConfig, dict]:
     return cfg, tensors
 
 
+def load_adapter_for(path, lora_cfg: LoRAConfig) -> dict:
+    """The adapter at ``path`` as ``{name: (A, B)}`` for slots of ``lora_cfg``: the rank must match
+    (ValueError naming both); a different scaling (alpha, rsLoRA) is folded into B (in fp32), so each
+    layer's update, scaling x B A, is what the adapter was trained as."""
+    cfg, tensors = load_adapter(path)
+    if cfg.r != lora_cfg.r:
+        raise ValueError(f"{path}: adapter rank {cfg.r} differs from r={lora_cfg.r} of the adapters it starts")
+    scale = cfg.scaling / lora_cfg.scaling
+    return tensors if scale == 1.0 else {n: (a, b.float() * scale) for n, (a, b) in tensors.items()}
+
+
 def merge_adapter(model, adapter) -> list:
     """Add the PEFT LoRA adapter directory ``adapter`` into ``model``'s weights, in place:
     ``W += scaling * B @ A`` (W [dout, din], PEFT's B [dout, r], A [r, din]; scaling ``alpha / r``,

@@ -219,9 +219,9 @@ class MultiLoRA(nn.Module):
             self.weight[int(i)].copy_(row.to(self.weight.device))
 
     @torch.no_grad()
-    def set(self, i: int, tensors: dict, scale: float = 1.0) -> None:
+    def set(self, i: int, tensors: dict) -> None:
         """Load adapter ``i`` from ``{name: (A [din, r], B [r, dout])}``; layers not named get zeros
-        (no change to the base). ``scale`` multiplies B (to fold a different alpha/r in)."""
+        (no change to the base). An adapter of another scaling: :func:`arcfast.adapters.load_adapter_for`."""
         row = torch.zeros(self.size, dtype=torch.float32, device=self.weight.device)
         r = self.cfg.r
         for name, (a, b) in tensors.items():
@@ -232,7 +232,7 @@ class MultiLoRA(nn.Module):
                 raise ValueError(f"adapter layer {name}: A {tuple(a.shape)} / B {tuple(b.shape)}, "
                                  f"expected ({s.din}, {r}) / ({r}, {s.dout})")
             row[s.off_a:s.off_a + s.din * r] = a.reshape(-1).float()
-            row[s.off_b:s.off_b + r * s.dout] = (b.float() * scale).reshape(-1)
+            row[s.off_b:s.off_b + r * s.dout] = b.reshape(-1).float()
         self.weight[int(i)].copy_(row)
 
     @torch.no_grad()

@@ -171,19 +171,12 @@ class Trainer:
     def load_adapter(self, ids: Sequence[int], adapter, total_steps=None) -> None:
         """Start slots ``ids`` from a pretrained adapter (PEFT directory or ``{name: (A, B)}``),
         with fresh optimizer state. A different alpha is folded into B; the rank must match."""
-        from .adapters import load_adapter
+        from .adapters import load_adapter_for
 
-        scale = 1.0
-        if isinstance(adapter, (str, Path)):
-            cfg, tensors = load_adapter(adapter)
-            if cfg.r != self.lora_cfg.r:
-                raise ValueError(f"{adapter}: adapter rank {cfg.r} differs from the trainer's r={self.lora_cfg.r}")
-            scale = cfg.scaling / self.lora_cfg.scaling
-        else:
-            tensors = adapter
+        tensors = load_adapter_for(adapter, self.lora_cfg) if isinstance(adapter, (str, Path)) else adapter
         ids = [int(i) for i in ids]
         for i in ids:
-            self.lora.set(i, tensors, scale)
+            self.lora.set(i, tensors)
         self.opt.reset(ids)
         self.set_total_steps(ids, self.cfg.steps if total_steps is None else total_steps)
 

@@ -338,21 +338,6 @@ def _task_run(record: dict) -> TaskRun:
     return TaskRun(**record)
 
 
-def _pretrained(path, lora_cfg) -> dict:
-    """The adapter at ``path`` as ``{name: (A, B)}`` for slots of ``lora_cfg``: the same rank
-    required; a different scaling (alpha, rsLoRA) folded into B, so the adapter's update is what
-    it was trained as."""
-    from .adapters import load_adapter
-
-    pre_cfg, tensors = load_adapter(path)
-    if pre_cfg.r != lora_cfg.r:
-        raise ValueError(f"{path}: adapter rank {pre_cfg.r} differs from --rank {lora_cfg.r}")
-    scale = pre_cfg.scaling / lora_cfg.scaling
-    if scale != 1.0:
-        tensors = {n: (a, b * scale) for n, (a, b) in tensors.items()}
-    return tensors
-
-
 def _candidate_record(c, predictions, ranks: dict) -> dict:
     """One distinct grid of a test input in ``tasks/<id>.json``: the grid, its count, its
     predictions' mean per-token log-probability, its log-probability under each scoring
@@ -489,7 +474,9 @@ class TTFTRun:
         infer_lora = MultiLoRA(model, lora_cfg, group_size)
         pretrained = None
         if cfg.adapter:
-            pretrained = _pretrained(cfg.adapter, lora_cfg)
+            from .adapters import load_adapter_for
+
+            pretrained = load_adapter_for(cfg.adapter, lora_cfg)   # read once, for every group
 
         todo = self._resume(mine, tasks) if cfg.resume else list(mine)
         if self.tq is not None:

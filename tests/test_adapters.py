@@ -47,19 +47,19 @@ def trained(model, lcfg=LCFG, steps=3, seed=0):
 def test_ttft_starts_from_an_adapter_of_another_scaling_with_its_update(tmp_path, rslora):
     """--adapter with another alpha or rsLoRA setting than the run's: B is rescaled so each layer's
     update, scaling x B A, is the saved adapter's."""
-    from arcfast.ttft import _pretrained
+    from arcfast.adapters import load_adapter_for
 
     saved = LoRAConfig(r=16, alpha=8, rslora=rslora)
     t = trained(load_model("tiny", seed=0), saved)
     path = t.save_adapter(0, tmp_path / "a")
     run = LoRAConfig(r=16, alpha=32)
-    got = _pretrained(path, run)
+    got = load_adapter_for(path, run)
     want = t.lora.get(0)
     assert set(got) == set(want)
     for name, (a, b) in got.items():
         torch.testing.assert_close(run.scaling * (a @ b), saved.scaling * (want[name][0] @ want[name][1]))
     with pytest.raises(ValueError, match="rank 16 differs"):
-        _pretrained(path, LoRAConfig(r=8))
+        load_adapter_for(path, LoRAConfig(r=8))
 
 
 def our_logits(trainer, ids):

@@ -108,15 +108,9 @@ class HFBackend(Backend):
         self._fresh_optimizer(int(self.cfg.steps if total_steps is None else np.ravel(total_steps)[0]))
 
     def load_adapter(self, ids, adapter, total_steps=None) -> None:
-        from ..adapters import load_adapter
+        from ..adapters import load_adapter_for
 
-        scale = 1.0
-        if isinstance(adapter, (str, Path)):
-            cfg, tensors = load_adapter(adapter)
-            scale = cfg.scaling / self.lora_cfg.scaling
-        else:
-            tensors = adapter
-        self._set_tensors({n: (a, b * scale) for n, (a, b) in tensors.items()})
+        self._set_tensors(load_adapter_for(adapter, self.lora_cfg) if isinstance(adapter, (str, Path)) else adapter)
         self._fresh_optimizer(int(self.cfg.steps if total_steps is None else np.ravel(total_steps)[0]))
 
     def step(self, batch) -> StepStats:
