@@ -19,7 +19,8 @@ master weights and AdamW state, global gradient clipping, no weight decay on nor
 the result is a transformers checkpoint directory, ``OUT/model``, that ``arcfast ttft --model`` and
 ``load_model`` read. ``--adapter`` then names a PEFT adapter merged into the weights before training
 (``W += scaling * B @ A`` on every layer it targets; scaling alpha / r, alpha / sqrt(r) with
-rsLoRA), so a LoRA-pretrained model can be fully fine-tuned. A checkpoint records its mode: a LoRA run cannot be resumed as a full one or back.
+rsLoRA), so a LoRA-pretrained model can be fully fine-tuned. A checkpoint records its mode: a LoRA
+run cannot be resumed as a full one or back.
 
 The mixture. Each source is a list of tasks with a weight. The source of batch ``b`` is drawn with
 probability ``weight / sum(weights)``, so a weight is a source's expected share of the training

@@ -26,6 +26,8 @@ from .lora import LoRAStep, MultiLoRA
 from .model import CausalLM
 from .sampling import OBJECTIVES
 
+K = len(OBJECTIVES)   # loss groups per task: one per objective
+
 
 @dataclass
 class StepStats:
@@ -76,6 +78,21 @@ def label_objectives(batch: PackedBatch, flat_index: np.ndarray) -> np.ndarray:
     return np.asarray(batch.objective_ids, np.int64)[batch.sample_ids.reshape(-1)[flat_index]]
 
 
+def loss_groups(batch: PackedBatch, pred: np.ndarray, n_adapters: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(groups, pair_counts)`` of the predicting positions ``pred`` (flat ``r * L + t``): each
+    one's (task, objective) group, ``adapter * K + objective``, int64 [len(pred)], and the labelled
+    tokens of each group, int64 [n_adapters, K]."""
+    groups = batch.adapter_ids.reshape(-1)[pred].astype(np.int64) * K + label_objectives(batch, pred)
+    pair_counts = np.bincount(groups, minlength=n_adapters * K).astype(np.int64).reshape(n_adapters, K)
+    return groups, pair_counts
+
+
+def objective_shares(pair_counts: np.ndarray) -> np.ndarray:
+    """float32 [N, K]: each objective's share of its task's labelled tokens (0 for a task without
+    any), the weights that make a task's loss the plain mean over its tokens."""
+    return (pair_counts / np.maximum(pair_counts.sum(1), 1)[:, None]).astype(np.float32)
+
+
 def check_batch(batch: PackedBatch, n_adapters: int) -> None:
     """Clear errors for a batch that breaks the PackedBatch conventions the trainer relies on."""
     shapes = {k: getattr(batch, k).shape for k in ("input_ids", "labels", "position_ids", "sample_ids", "adapter_ids")}
@@ -119,9 +136,7 @@ def prepare_batch(batch: PackedBatch, model: CausalLM, lora: Optional[MultiLoRA]
     nxt = labels[:, 1:]
     pred = np.flatnonzero(np.concatenate([nxt != T.IGNORE_INDEX, np.zeros((R, 1), bool)], axis=1))
     targets = labels.reshape(-1)[pred + 1]
-    K = len(OBJECTIVES)
-    groups = batch.adapter_ids.reshape(-1)[pred].astype(np.int64) * K + label_objectives(batch, pred)
-    pair_counts = np.bincount(groups, minlength=n_adapters * K).astype(np.int64).reshape(n_adapters, K)
+    groups, pair_counts = loss_groups(batch, pred, n_adapters)
     counts = pair_counts.sum(1)
 
     def t(a, dtype):
@@ -158,12 +173,11 @@ def objective_losses(model: CausalLM, hidden: torch.Tensor, b: DeviceBatch, n: i
     through the LM head. The task's loss is its objectives' means weighted by their token shares,
     which is its plain mean (exactly so for a task with one objective), so mixing objectives in a
     batch changes nothing in training; the per-objective means only report."""
-    K = len(OBJECTIVES)
     h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, b.pred_index)
     logits = model.logits(h)
     fn = _grouped_ce_triton if loss_impl == "triton" else grouped_ce_torch
     pair = fn(logits, b.targets, b.groups, n * K, b.pair_counts.reshape(-1)).view(n, K)
-    share = torch.as_tensor(b.pair_counts / np.maximum(b.counts, 1)[:, None], dtype=torch.float32, device=pair.device)
+    share = torch.as_tensor(objective_shares(b.pair_counts), device=pair.device)
     return (pair * share).sum(1), pair
 
 
@@ -179,5 +193,6 @@ def objective_stats(pair: torch.Tensor, pair_counts: np.ndarray) -> np.ndarray:
     return out
 
 
-__all__ = ["StepStats", "DeviceBatch", "label_objectives", "check_batch", "model_ids", "prepare_batch",
+__all__ = ["K", "StepStats", "DeviceBatch", "label_objectives", "loss_groups", "objective_shares", "check_batch",
+           "model_ids", "prepare_batch",
            "grouped_ce_torch", "objective_losses", "task_losses", "objective_stats"]

@@ -12,7 +12,7 @@ with shapes that depend only on ``(rows, row_len, segment bucket)``:
 - the loss covers every position: positions without a label get target -100 (cross entropy 0, no
   gradient), each labelled one adds into its (task, objective) sum, each sum is divided by its
   labelled-token count and weighted by its share of the task's tokens (device buffers) — the
-  per-task mean of ``trainer.objective_losses``, with its per-objective means beside it. With the
+  per-task mean of ``arcfast.loss.objective_losses``, with its per-objective means beside it. With the
   compact vocabulary (16 ids) the LM head over all positions costs a few microseconds;
 - ``cu_seqlens`` is padded with zero-length segments to a power-of-two bucket (≥ 8) and varlen
   attention is told ``max_seqlen = row_len``, so one graph serves every batch of a bucket;
@@ -47,11 +47,8 @@ import torch.nn.functional as F
 
 from . import tokens as T
 from .batch import PackedBatch
-from .loss import StepStats, check_batch, label_objectives, model_ids, objective_stats
+from .loss import K, StepStats, check_batch, loss_groups, model_ids, objective_shares, objective_stats
 from .optim import FACTORS, NEUTRAL, adamw_update, clip_per_adapter
-from .sampling import OBJECTIVES
-
-K = len(OBJECTIVES)   # loss groups per adapter: one per objective
 
 MAX_VOCAB = 1024      # the all-positions LM head stays cheap up to here
 MIN_SEGMENTS = 8      # smallest cu_seqlens bucket
@@ -178,13 +175,10 @@ class StaticStep:
         R, L = batch.shape
         ids, labels = model_ids(batch, tr.model.config)
         nxt = np.concatenate([labels[:, 1:], np.full((R, 1), T.IGNORE_INDEX, np.int64)], axis=1).reshape(-1)
-        labelled = nxt != T.IGNORE_INDEX
-        a = batch.adapter_ids.reshape(-1).astype(np.int64)
-        pos = np.flatnonzero(labelled)
-        pair_of = a[pos] * K + label_objectives(batch, pos)
+        pos = np.flatnonzero(nxt != T.IGNORE_INDEX)
+        pair_of, pair_counts = loss_groups(batch, pos, N)
         groups = np.zeros(R * L, np.int64)
         groups[pos] = pair_of
-        pair_counts = np.bincount(pair_of, minlength=N * K).astype(np.int64).reshape(N, K)
         counts = pair_counts.sum(1)
         active = counts > 0
         lr = tr.step_lrs()
@@ -197,7 +191,7 @@ class StaticStep:
             "sample_ids": batch.sample_ids.astype(np.int32), "adapter_ids": batch.adapter_ids.reshape(-1).astype(np.int32),
             "cu_seqlens": cu_pad, "targets": nxt, "groups": groups,
             "counts": np.maximum(pair_counts, 1).astype(np.float32).reshape(-1),
-            "share": (pair_counts / np.maximum(counts, 1)[:, None]).astype(np.float32),
+            "share": objective_shares(pair_counts),
             **tr.opt.factors(lr, active),
         }
         return _HostStep(arrays, counts, pair_counts, active, lr, int((batch.sample_ids >= 0).sum()), R * L)
