@@ -69,6 +69,8 @@ DEFAULT_TASKS = "arc1:eval[:6]"
 # otherwise.
 DEFAULT_MODEL = "starter" if shipped_model("starter") is not None else "tiny"
 DEFAULT_BUDGET = "90s"
+# The verification augmentations' seed, apart from the prediction's (seed) and re-scoring's (seed + 1).
+VERIFY_SEED_OFFSET = 2
 
 
 @dataclass
@@ -794,7 +796,7 @@ class TTFTRun:
         jobs, where = [], []
         for i, t in enumerate(group):
             # Viewpoints apart from the prediction's and the re-scoring's.
-            augs = test_time_augmentations(t, cfg.verify, seed=cfg.seed + 2)
+            augs = test_time_augmentations(t, cfg.verify, seed=cfg.seed + VERIFY_SEED_OFFSET)
             for ti, cands in enumerate(voted[i]):
                 if len(cands) >= 2:
                     jobs.append(VerifyJob(t, ti, cands, augs, i))

@@ -135,7 +135,7 @@ def verify_everything(s: dict, device: str, out: Path) -> dict:
     from arcfast.lora import MultiLoRA
     from arcfast.model import grow_vocab, load_model
     from arcfast.outdir import OutDir
-    from arcfast.ttft import _dtype
+    from arcfast.ttft import VERIFY_SEED_OFFSET, _dtype
     from arcfast.verify import VerifyConfig, VerifyJob, VerifyStats, verify_jobs
     from arcfast.vote import Candidate
 
@@ -154,7 +154,7 @@ def verify_everything(s: dict, device: str, out: Path) -> dict:
             continue
         cfg, tensors = load_adapter(paths.adapter_dir(t.id))
         adapters.append((cfg, tensors))
-        augs = test_time_augmentations(t, s["verify"], seed=2)   # the run's verification viewpoints (seed + 2)
+        augs = test_time_augmentations(t, s["verify"], seed=VERIFY_SEED_OFFSET)   # the run's (seed 0)
         jobs += [VerifyJob(t, ti, c, augs, len(adapters) - 1) for ti, c in enumerate(cands) if c]
     if not jobs:
         return dict(all_verify_s=0.0, all_candidates=0, all_verifications=0, all_tokens=0)
@@ -176,21 +176,20 @@ def run(ctx: Context) -> list[Row]:
 
 def _run(ctx: Context) -> list[Row]:
     s = _options(ctx)
-    runs = (("output", (("output", 1.0),)), ("+".join(n for n, _ in _objectives(s["objectives"])),
-                                              _objectives(s["objectives"])))
+    mix = _objectives(s["objectives"])
+    runs = (("output", (("output", 1.0),)), ("+".join(n for n, _ in mix), mix))
     parent = Path(s["out"]) if s["out"] else Path(tempfile.mkdtemp(prefix="arcfast-bench-verify-"))
     rows: list[Row] = []
     try:
         for name, objectives in runs:
-            r = run_eval(s, ctx.device, parent / name.replace("+", "-"), objectives)
-            r.update(verify_everything(s, ctx.device, parent / name.replace("+", "-")))
+            run_dir = parent / name.replace("+", "-")
+            r = run_eval(s, ctx.device, run_dir, objectives)
+            r.update(verify_everything(s, ctx.device, run_dir))
             where = (f"{s['model']}, {s['source']}[:{s['tasks']}], TTFT {name} x {s['steps']} steps, "
                      f"{s['predictions']} predictions, K={s['verify']}, {ctx.device}")
-            extra = {k: v for k, v in r.items() if k not in ("selection",)}
-            extra["selection"] = r["selection"]
             rows.append(Row(BENCH, f"verification vs generation time ({where})", r["verify_s"], "s",
                             baseline="generation", baseline_value=r["generation_s"], higher_is_better=False,
-                            bar=10.0, extra=extra))
+                            bar=10.0, extra=dict(r)))
             rows.append(Row(BENCH, f"every distinct candidate verified x{s['verify']} vs generation time ({where})",
                             r["all_verify_s"], "s", baseline="generation", baseline_value=r["generation_s"],
                             higher_is_better=False, bar=10.0,
