@@ -8,11 +8,24 @@ PEFT gives the equivalent transformers model (see :func:`arcfast.model.to_hf`)::
 
 so ``peft.PeftModel.from_pretrained(to_hf(model), dir)`` loads it as is. ``use_rslora: true`` in
 the config says the scaling is ``alpha / sqrt(r)`` rather than ``alpha / r`` (see
-:attr:`arcfast.lora.LoRAConfig.scaling`); DoRA adapters are refused. LoRA never touches the
-embedding or LM head, so an adapter trained on a compact-vocabulary model also applies to the
-original full-vocabulary checkpoint.
+:attr:`arcfast.lora.LoRAConfig.scaling`); DoRA adapters are refused. An adapter without token rows
+never touches the embedding or LM head, so one trained on a compact-vocabulary model also applies
+to the original full-vocabulary checkpoint.
 
-In memory an adapter is ``{layer name: (A [din, r], B [r, dout])}`` (arcfast's layout, x @ A @ B).
+An adapter's own embedding / LM-head rows (:attr:`arcfast.lora.LoRAConfig.tokens`) are saved as
+PEFT saves them:
+
+- a compact-vocabulary model (its rows are the whole module): ``modules_to_save`` in the config
+  and the modules' whole weights, ``base_model.model.model.embed_tokens.weight`` [V, d] and
+  ``base_model.model.lm_head.weight`` [V, d] (a tied head gets its own copy, as PEFT's wrappers do);
+- a full-vocabulary model: ``trainable_token_indices`` ``{"embed_tokens": [ids], ...}`` and the
+  rows of those ids, ``base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta``
+  [n, d] (PEFT's name; the rows themselves, not differences). A tied head reads the embedding's
+  rows, as PEFT ties it, so only the embedding is listed.
+
+In memory an adapter is ``{layer name: (A [din, r], B [r, dout])}`` (arcfast's layout, x @ A @ B)
+and, where it trains token rows, ``{module path: rows [n, d]}`` (``"model.embed_tokens"``,
+``"lm_head"``): the values that are not pairs.
 """
 from __future__ import annotations
 
@@ -24,7 +37,7 @@ from typing import Optional
 
 import torch
 
-from .lora import LoRAConfig
+from .lora import TOKEN_MODULES, LoRAConfig
 from .outdir import fresh_dir
 
 CONFIG_NAME = "adapter_config.json"
@@ -32,10 +45,33 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 _PREFIX = "base_model.model."
 
 
-def to_peft(tensors: dict, dtype: Optional[torch.dtype] = None) -> dict:
-    """``{name: (A [din, r], B [r, dout])}`` -> PEFT state dict ``{key: tensor}`` (contiguous, CPU)."""
+_TOKEN_PATHS = {path: module for module, path in TOKEN_MODULES.items()}
+_TRAINABLE_TOKENS = ".token_adapter.trainable_tokens_delta"
+
+
+def token_rows(tensors: dict) -> dict:
+    """The token rows of an in-memory adapter: ``{module path: rows}`` (its values that are not pairs)."""
+    return {k: v for k, v in tensors.items() if not isinstance(v, tuple)}
+
+
+def lora_layers(tensors: dict) -> dict:
+    """The LoRA layers of an in-memory adapter: ``{name: (A, B)}``."""
+    return {k: v for k, v in tensors.items() if isinstance(v, tuple)}
+
+
+def to_peft(tensors: dict, dtype: Optional[torch.dtype] = None, token_ids: Optional[list] = None) -> dict:
+    """``{name: (A [din, r], B [r, dout])}`` (and token rows) -> PEFT state dict ``{key: tensor}``
+    (contiguous, CPU). Token rows are saved as whole modules (``modules_to_save``), or as PEFT's
+    trainable tokens where ``token_ids`` (the model ids of the rows) is given."""
     out = {}
-    for name, (a, b) in tensors.items():
+    for path, rows in token_rows(tensors).items():
+        if path not in _TOKEN_PATHS:
+            raise ValueError(f"adapter entry {path!r} is neither a LoRA layer's (A, B) nor token rows of "
+                             f"{', '.join(_TOKEN_PATHS)}")
+        rows = rows.detach().contiguous().cpu()
+        rows = rows.to(dtype) if dtype is not None else rows
+        out[f"{_PREFIX}{path}{_TRAINABLE_TOKENS}" if token_ids is not None else f"{_PREFIX}{path}.weight"] = rows
+    for name, (a, b) in lora_layers(tensors).items():
         a, b = a.detach().t().contiguous().cpu(), b.detach().t().contiguous().cpu()
         if dtype is not None:
             a, b = a.to(dtype), b.to(dtype)
@@ -48,8 +84,20 @@ def from_peft(sd: dict, source: str = "adapter") -> dict:
     """PEFT state dict -> ``{name: (A [din, r], B [r, dout])}`` (fp32). Keys may carry an adapter
     name (``lora_A.default.weight``) as PEFT's in-memory state dicts do."""
     parts: dict[str, dict] = {}
+    rows: dict[str, torch.Tensor] = {}
     for key, t in sd.items():
         k = key[len(_PREFIX):] if key.startswith(_PREFIX) else key
+        # Token rows: a whole module (modules_to_save; in memory PEFT names its copy
+        # ``<path>.modules_to_save.<adapter>.weight``) or trainable tokens (``...delta[.<adapter>]``).
+        path = k.split(_TRAINABLE_TOKENS)[0] if _TRAINABLE_TOKENS in k else \
+            k.split(".modules_to_save.")[0] if ".modules_to_save." in k else \
+            k[:-len(".weight")] if k.endswith(".weight") and k[:-len(".weight")] in _TOKEN_PATHS else None
+        if path is not None:
+            if path not in _TOKEN_PATHS or t.dim() != 2:
+                raise ValueError(f"{source}: key {key!r}: trained rows of {path!r} {tuple(t.shape)}; only the "
+                                 f"embedding's and the LM head's 2-D rows are read")
+            rows[path] = t.float().contiguous()
+            continue
         for which in ("lora_A", "lora_B"):
             tag = f".{which}."
             if tag in k:
@@ -57,7 +105,8 @@ def from_peft(sd: dict, source: str = "adapter") -> dict:
                 parts.setdefault(name, {})[which] = t
                 break
         else:
-            raise ValueError(f"{source}: key {key!r} is not a LoRA A/B weight (only LoRA on linear layers is read)")
+            raise ValueError(f"{source}: key {key!r} is not a LoRA A/B weight nor embedding / LM-head rows "
+                             f"(only LoRA on linear layers and trained token rows are read)")
     out = {}
     for name, ab in parts.items():
         if set(ab) != {"lora_A", "lora_B"}:
@@ -67,11 +116,22 @@ def from_peft(sd: dict, source: str = "adapter") -> dict:
             raise ValueError(f"{source}: layer {name}: lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} "
                              f"are not [r, din] and [dout, r]")
         out[name] = (a.t().float().contiguous(), b.t().float().contiguous())
-    return out
+    return {**out, **rows}
 
 
-def adapter_config(cfg: LoRAConfig, base_model: str = "") -> dict:
-    """The adapter_config.json of a LoRA of config ``cfg``."""
+def token_config(tensors: dict, token_ids: Optional[list] = None) -> dict:
+    """The adapter_config.json fields of an adapter's token rows: ``modules_to_save`` (whole
+    modules), or ``trainable_token_indices`` where ``token_ids`` gives the rows' model ids."""
+    modules = [_TOKEN_PATHS[p] for p in _TOKEN_PATHS if p in token_rows(tensors)]
+    if not modules:
+        return {"modules_to_save": None}
+    if token_ids is None:
+        return {"modules_to_save": modules}
+    return {"modules_to_save": None, "trainable_token_indices": {m: [int(i) for i in token_ids] for m in modules}}
+
+
+def adapter_config(cfg: LoRAConfig, base_model: str = "", tokens: Optional[dict] = None) -> dict:
+    """The adapter_config.json of a LoRA of config ``cfg`` (``tokens``: :func:`token_config`'s fields)."""
     return {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -87,6 +147,7 @@ def adapter_config(cfg: LoRAConfig, base_model: str = "") -> dict:
         "modules_to_save": None,
         "init_lora_weights": True,
         "inference_mode": True,
+        **(tokens or {}),
     }
 
 
@@ -95,11 +156,14 @@ def _header_str(value) -> str:
 
 
 def save_adapter(path, tensors: dict, cfg: LoRAConfig, base_model: str = "",
-                 dtype: Optional[torch.dtype] = None, meta: Optional[dict] = None) -> Path:
+                 dtype: Optional[torch.dtype] = None, meta: Optional[dict] = None,
+                 token_ids: Optional[list] = None) -> Path:
     """Write an adapter directory atomically (a temporary sibling, then renamed into place), with
     the modes a plain ``mkdir`` and file write give under the current umask.
 
-    ``tensors``: ``{name: (A [din, r], B [r, dout])}``; ``dtype``: saved dtype (default: as given,
+    ``tensors``: ``{name: (A [din, r], B [r, dout])}`` and token rows; ``token_ids``: the model ids
+    of those rows when they are not the whole module (PEFT's trainable tokens, see the module
+    docstring; :meth:`arcfast.lora.MultiLoRA.peft_token_ids`); ``dtype``: saved dtype (default: as given,
     fp32 for arcfast's master weights); ``meta``: strings stored in the safetensors header (a
     character with no UTF-8 form, such as a lone surrogate from a JSON task id, kept as its
     ``\\uXXXX`` escape)."""
@@ -109,11 +173,12 @@ def save_adapter(path, tensors: dict, cfg: LoRAConfig, base_model: str = "",
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = fresh_dir(path.parent, f".{path.name}.")
     try:
-        (tmp / CONFIG_NAME).write_text(json.dumps(adapter_config(cfg, base_model), indent=2))
+        config = adapter_config(cfg, base_model, token_config(tensors, token_ids))
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2))
         md = {"format": "pt", **{_header_str(k): _header_str(v) for k, v in (meta or {}).items()}}
         # Written here, not by save_file, which creates its file 0600 whatever the umask. The bytes
         # are held once in memory: tens of MB for a rank-32 adapter of a 0.5B model in fp32.
-        (tmp / WEIGHTS_NAME).write_bytes(save(to_peft(tensors, dtype), metadata=md))
+        (tmp / WEIGHTS_NAME).write_bytes(save(to_peft(tensors, dtype, token_ids), metadata=md))
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -129,13 +194,25 @@ def save_adapter(path, tensors: dict, cfg: LoRAConfig, base_model: str = "",
 
 
 def load_adapter(path) -> tuple[LoRAConfig, dict]:
-    """Read a PEFT LoRA directory -> (config, ``{name: (A [din, r], B [r, dout])}``).
+    """Read a PEFT LoRA directory -> (config, ``{name: (A [din, r], B [r, dout])}`` and token rows).
 
     Raises FileNotFoundError when the directory or one of its files is missing, and
     :class:`arcfast.model.CheckpointError` (a ValueError) naming the file when adapter_config.json
     is not a JSON object with a positive integer ``r`` (numbers for ``lora_alpha`` and
     ``lora_dropout``, a boolean ``use_rslora``), is a DoRA adapter (``use_dora``), or the weights
-    are truncated, corrupt or do not match it."""
+    are truncated, corrupt or do not match it. ``config.tokens`` names the modules whose rows it
+    trains (``modules_to_save`` / ``trainable_token_indices``; :func:`adapter_token_ids` their ids)."""
+    cfg, tensors, _ = _read_adapter(path)
+    return cfg, tensors
+
+
+def adapter_token_ids(path) -> Optional[list]:
+    """The model ids of the adapter's trained token rows where it saved PEFT's trainable tokens
+    (``trainable_token_indices``), None where it saved whole modules or no rows."""
+    return _read_adapter(path)[2]
+
+
+def _read_adapter(path) -> tuple[LoRAConfig, dict, Optional[list]]:
     from .model import CheckpointError, json_field, read_json_object, read_safetensors
 
     path = Path(path)
@@ -175,28 +252,93 @@ def load_adapter(path) -> tuple[LoRAConfig, dict]:
             raise CheckpointError(f"{source}: a state dict is expected, found {type(sd).__name__}")
     else:
         raise FileNotFoundError(f"{path}: no {WEIGHTS_NAME}")
-    tensors = from_peft(sd, str(source))
-    if not targets or isinstance(targets, str):  # absent, or a regular expression: the layers present
-        targets = sorted({n.split(".")[-1] for n in tensors})
     try:
-        cfg = LoRAConfig(r=r, alpha=alpha, dropout=dropout, targets=tuple(targets), rslora=rslora)
+        tensors = from_peft(sd, str(source))
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    if not targets or isinstance(targets, str):  # absent, or a regular expression: the layers present
+        targets = sorted({n.split(".")[-1] for n in lora_layers(tensors)})
+    saved, token_ids = _token_fields(c, cfg_file)
+    rows = token_rows(tensors)
+    have = sorted(_TOKEN_PATHS[p] for p in rows)
+    # A tied head's trainable tokens follow the embedding's: listed or not, only the embedding has rows.
+    if token_ids is not None and "embed_tokens" in saved and "lm_head" in saved and "model.embed_tokens" in rows \
+            and "lm_head" not in rows:
+        saved = ["embed_tokens"]
+    if sorted(saved) != have:
+        raise CheckpointError(f"{source}: trained rows of {have or 'no module'}, but {CONFIG_NAME} names "
+                              f"{sorted(saved) or 'none'} (modules_to_save / trainable_token_indices)")
+    for p_, t in rows.items():
+        if token_ids is not None and t.shape[0] != len(token_ids):
+            raise CheckpointError(f"{source}: {t.shape[0]} trained rows of {_TOKEN_PATHS[p_]}, "
+                                  f"{CONFIG_NAME} lists {len(token_ids)} token ids")
+    try:
+        cfg = LoRAConfig(r=r, alpha=alpha, dropout=dropout, targets=tuple(targets), rslora=rslora,
+                         tokens=tuple(saved))
     except ValueError as e:
         raise CheckpointError(f"{cfg_file}: {e}") from None
-    for name, (a, b) in tensors.items():
+    for name, (a, b) in lora_layers(tensors).items():
         if a.shape[1] != cfg.r:
             raise CheckpointError(f"{source}: layer {name} has rank {a.shape[1]}, {CONFIG_NAME} says r={cfg.r}")
-    return cfg, tensors
+    return cfg, tensors, token_ids
 
 
-def load_adapter_for(path, lora_cfg: LoRAConfig) -> dict:
-    """The adapter at ``path`` as ``{name: (A, B)}`` for slots of ``lora_cfg``: the rank must match
-    (ValueError naming both); a different scaling (alpha, rsLoRA) is folded into B (in fp32), so each
-    layer's update, scaling x B A, is what the adapter was trained as."""
-    cfg, tensors = load_adapter(path)
+def _token_fields(c: dict, cfg_file) -> tuple[list, Optional[list]]:
+    """(modules with trained rows, their token ids or None) from an adapter_config.json dict."""
+    from .model import CheckpointError
+
+    mts, tti = c.get("modules_to_save"), c.get("trainable_token_indices")
+    if mts is not None and not (isinstance(mts, list) and all(isinstance(m, str) for m in mts)):
+        raise CheckpointError(f"{cfg_file}: 'modules_to_save' is {mts!r}; a list of module names is expected")
+    saved = [m.split(".")[-1] for m in (mts or [])]
+    bad = [m for m in saved if m not in TOKEN_MODULES]
+    if bad:
+        raise CheckpointError(f"{cfg_file}: modules_to_save names {bad[0]!r}; only {', '.join(TOKEN_MODULES)} "
+                              f"are read (whole modules of other kinds are not)")
+    if tti is None:
+        return saved, None
+    if isinstance(tti, list):
+        tti = {"embed_tokens": tti}
+    if not isinstance(tti, dict) or not all(isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool)
+                                                                        for i in v) for v in tti.values()):
+        raise CheckpointError(f"{cfg_file}: 'trainable_token_indices' is {tti!r}; a list of token ids or "
+                              f"{{module: [token ids]}} is expected")
+    mods = [m.split(".")[-1] for m in tti]
+    bad = [m for m in mods if m not in TOKEN_MODULES]
+    if bad or saved:
+        raise CheckpointError(f"{cfg_file}: trainable_token_indices of {bad[0] if bad else mods!r}"
+                              f"{' beside modules_to_save' if saved else ''}; only the embedding's and the "
+                              f"LM head's rows are read, listed one way")
+    ids = list(tti.values())
+    if any(v != ids[0] for v in ids):
+        raise CheckpointError(f"{cfg_file}: trainable_token_indices lists different ids per module; one set "
+                              f"of ids for the embedding and the head is read")
+    return mods, ids[0]
+
+
+def load_adapter_for(path, lora_cfg: LoRAConfig, token_ids: Optional[list] = None) -> dict:
+    """The adapter at ``path`` as ``{name: (A, B)}`` (and token rows) for slots of ``lora_cfg``: the
+    rank must match (ValueError naming both); a different scaling (alpha, rsLoRA) is folded into B (in
+    fp32), so each layer's update, scaling x B A, is what the adapter was trained as. Token rows
+    must be of modules ``lora_cfg`` trains and, as trainable tokens, of the ids ``token_ids``
+    (:meth:`arcfast.lora.MultiLoRA.peft_token_ids`, None: whole modules)."""
+    cfg, tensors, ids = _read_adapter(path)
     if cfg.r != lora_cfg.r:
         raise ValueError(f"{path}: adapter rank {cfg.r} differs from r={lora_cfg.r} of the adapters it starts")
+    rows = token_rows(tensors)
+    extra = sorted(_TOKEN_PATHS[p] for p in rows if _TOKEN_PATHS[p] not in lora_cfg.tokens)
+    if extra:
+        raise ValueError(f"{path}: the adapter has trained rows of {', '.join(extra)}, which the adapters it starts "
+                         f"do not train (their token modules: {', '.join(lora_cfg.tokens) or 'none'})")
+    if rows and (ids is None) != (token_ids is None):
+        raise ValueError(f"{path}: the adapter's token rows are " + ("whole modules (a compact vocabulary)" if ids is None
+                         else "trainable tokens (a full vocabulary)") + ", the model's are not")
+    if rows and ids is not None and list(ids) != list(token_ids):
+        raise ValueError(f"{path}: the adapter's rows are of token ids {ids[:8]}..., the model's {list(token_ids)[:8]}...")
     scale = cfg.scaling / lora_cfg.scaling
-    return tensors if scale == 1.0 else {n: (a, b.float() * scale) for n, (a, b) in tensors.items()}
+    if scale == 1.0:
+        return tensors
+    return {n: (v[0], v[1].float() * scale) if isinstance(v, tuple) else v for n, v in tensors.items()}
 
 
 def merge_adapter(model, adapter) -> list:

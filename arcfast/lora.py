@@ -19,6 +19,16 @@ every layer's A and B (one autograd node whose backward fills one [N, P] gradien
 token->adapter routing, which the model's ``Linear`` layers call into. Paths for the delta:
 ``"torch"`` (tokens grouped by adapter, one matmul pair per adapter present: the reference),
 ``"grouped"`` (``torch._grouped_mm``, CUDA bf16), ``"triton"`` (arcfast.kernels.lora).
+
+Token rows (``LoRAConfig.tokens``): an adapter may also carry its own rows of the embedding
+(``"embed_tokens"``) and of the LM head (``"lm_head"``), for the ids arcfast uses (the whole
+compact vocabulary, 16-20 rows; a full-vocabulary model's compact ids). They REPLACE the model's
+rows for that adapter's tokens (PEFT's ``modules_to_save`` and trainable tokens do the same), start
+as copies of the model's rows, and sit in the same flat row as the adapter's A and B, after them,
+so clipping, AdamW and checkpoints treat them as more of the adapter. A tied head gets rows of its
+own (PEFT's whole-module copies), except where the rows are part of a larger vocabulary (PEFT's
+trainable tokens), which follow PEFT's tying: the head reads the embedding's rows (one table).
+:class:`TokenStep` applies them in a forward.
 """
 from __future__ import annotations
 
@@ -33,6 +43,9 @@ import torch.nn.functional as F
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 PATHS = ("auto", "torch", "grouped", "triton")
+# Trainable token rows: PEFT's module name -> the module's path in arcfast.model.CausalLM (the key of
+# its rows in an adapter's tensors, as a LoRA layer's path is).
+TOKEN_MODULES = {"embed_tokens": "model.embed_tokens", "lm_head": "lm_head"}
 
 
 @dataclass
@@ -42,9 +55,16 @@ class LoRAConfig:
     dropout: float = 0.0
     targets: tuple = DEFAULT_TARGETS   # last component of the module name
     rslora: bool = False               # scaling alpha / sqrt(r) instead of alpha / r
+    tokens: tuple = ()                 # "embed_tokens" / "lm_head": their rows trained per adapter
 
     def __post_init__(self):
         self.targets = tuple(self.targets)
+        if isinstance(self.tokens, str):
+            self.tokens = (self.tokens,)
+        bad = [t for t in self.tokens if t not in TOKEN_MODULES]
+        if bad:
+            raise ValueError(f"LoRA tokens must be among {tuple(TOKEN_MODULES)}, got {bad[0]!r}")
+        self.tokens = tuple(t for t in TOKEN_MODULES if t in self.tokens)   # one order, no repeats
         if isinstance(self.r, bool) or not isinstance(self.r, (int, np.integer)) or self.r <= 0:
             raise ValueError(f"LoRA rank must be a positive integer, got {self.r!r}")
         self.r = int(self.r)
@@ -73,6 +93,18 @@ class Slot:
     dout: int
     off_a: int
     off_b: int
+
+
+@dataclass
+class TokenSlot:
+    """Where one module's trained token rows sit in a row of the flat weight: ``n_rows x dim``
+    numbers from ``off`` (row k: the module's row of model id ``MultiLoRA.token_rows[k]``)."""
+
+    module: str     # "embed_tokens" | "lm_head"
+    path: str       # its path in the model: the key of its rows in an adapter's tensors
+    off: int
+    n_rows: int
+    dim: int
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,9 +216,66 @@ class MultiLoRA(nn.Module):
                 off += r * (m.in_features + m.out_features)
         if not self.slots:
             raise ValueError(f"no layer of the model matches LoRA targets {cfg.targets}")
-        self.size = off
         device = device if device is not None else next(model.parameters()).device
+        self.tables: dict[str, TokenSlot] = {}      # module -> its rows (a shared table: one slot twice)
+        self.token_rows: Optional[np.ndarray] = None
+        self.tokens_shared = False
+        if cfg.tokens:
+            off = self._init_tokens(model, off, device)
+        self.size = off
         self.weight = nn.Parameter(torch.zeros(n_adapters, off, device=device, dtype=torch.float32))
+
+    def _init_tokens(self, model, off: int, device) -> int:
+        """Slots for the token rows of ``cfg.tokens`` after ``off``; returns the new row size."""
+        mc = model.config
+        rows = np.asarray(mc.model_ids(np.arange(mc.input_vocab)), np.int64)
+        rows = rows[rows < mc.vocab_size]          # a random full-vocabulary preset may lack some
+        self.all_rows = bool(len(rows) == mc.vocab_size and (rows == np.arange(len(rows))).all())
+        # Trainable tokens of a tied model (PEFT's format where the rows are not the whole module):
+        # the head follows the embedding. Whole modules (modules_to_save) each get their own copy.
+        self.tokens_shared = not self.all_rows and mc.tie_embeddings
+        if self.tokens_shared and "embed_tokens" not in self.cfg.tokens:
+            raise ValueError("a full-vocabulary model with a tied LM head trains its token rows as PEFT's trainable "
+                             "tokens do, one table read by the embedding and the head: train embed_tokens "
+                             f"(asked: {', '.join(self.cfg.tokens)})")
+        d = mc.hidden_size
+        for mod in self.cfg.tokens:
+            if mod == "lm_head" and self.tokens_shared:
+                continue
+            self.tables[mod] = TokenSlot(mod, TOKEN_MODULES[mod], off, len(rows), d)
+            off += len(rows) * d
+        if self.tokens_shared:
+            self.tables["lm_head"] = self.tables["embed_tokens"]   # the head follows the embedding's rows
+        self.token_rows = rows
+        # Every model id's row in the tables, -1 for one not trained (a full vocabulary's others).
+        row_of = torch.full((mc.vocab_size,), -1, dtype=torch.long)
+        row_of[torch.from_numpy(rows)] = torch.arange(len(rows))
+        self.row_of = row_of.to(device)
+        idx = torch.from_numpy(rows).to(model.device)
+        weights = {"embed_tokens": model.model.embed_tokens.weight, "lm_head": model.lm_head_weight()}
+        # The model's own rows, what a fresh adapter starts from (fp32 copies: tens of rows).
+        self.token_base = {mod: weights[mod].detach().index_select(0, idx).float().to(device)
+                           for mod in self.tables}
+        return off
+
+    def peft_token_ids(self) -> Optional[list]:
+        """The model ids of the token rows where PEFT saves them as trainable tokens (a full
+        vocabulary), None where it saves whole modules (see arcfast.adapters)."""
+        return None if not self.tables or self.all_rows else [int(i) for i in self.token_rows]
+
+    def table_slots(self) -> list:
+        """The distinct :class:`TokenSlot` s (one where the head shares the embedding's table)."""
+        out = []
+        for t in self.tables.values():
+            if all(t is not o for o in out):
+                out.append(t)
+        return out
+
+    def token_table(self, module: str, flat: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """[N, n_rows, dim] view of ``module``'s trained rows (of ``flat`` if given)."""
+        t = self.tables[module]
+        w = self.weight if flat is None else flat
+        return w[:, t.off:t.off + t.n_rows * t.dim].view(-1, t.n_rows, t.dim)
 
     # -- views ----------------------------------------------------------------------------------
     def A(self, name: str, flat: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -205,7 +294,8 @@ class MultiLoRA(nn.Module):
     @torch.no_grad()
     def reset(self, ids: Sequence[int], seeds: Optional[Sequence[int]] = None) -> None:
         """Fresh adapters in slots ``ids``: A uniform(±1/sqrt(din)) drawn from ``seeds[i]`` (default:
-        the slot id) on the CPU so any device gives the same numbers, B zero."""
+        the slot id) on the CPU so any device gives the same numbers, B zero, token rows the
+        model's own."""
         seeds = list(ids) if seeds is None else list(seeds)
         for i, seed in zip(ids, seeds):
             gen = torch.Generator().manual_seed(int(seed))
@@ -216,15 +306,33 @@ class MultiLoRA(nn.Module):
                 # Drawn as PEFT's lora_A.weight [r, din], then stored transposed.
                 a = torch.empty(r, s.din).uniform_(-bound, bound, generator=gen)
                 row[s.off_a:s.off_a + s.din * r] = a.t().reshape(-1)
+            for t in self.table_slots():
+                row[t.off:t.off + t.n_rows * t.dim] = self.token_base[t.module].reshape(-1).cpu()
             self.weight[int(i)].copy_(row.to(self.weight.device))
 
     @torch.no_grad()
     def set(self, i: int, tensors: dict) -> None:
-        """Load adapter ``i`` from ``{name: (A [din, r], B [r, dout])}``; layers not named get zeros
-        (no change to the base). An adapter of another scaling: :func:`arcfast.adapters.load_adapter_for`."""
+        """Load adapter ``i`` from ``{name: (A [din, r], B [r, dout])}`` and, where it trains token
+        rows, ``{module path: rows [n_rows, dim]}`` (``"model.embed_tokens"``, ``"lm_head"``); layers
+        not named get zeros (no change to the base), token rows not named the model's own. An adapter
+        of another scaling: :func:`arcfast.adapters.load_adapter_for`."""
         row = torch.zeros(self.size, dtype=torch.float32, device=self.weight.device)
+        by_path = {t.path: t for t in self.tables.values()}
+        for t in self.table_slots():
+            row[t.off:t.off + t.n_rows * t.dim] = self.token_base[t.module].reshape(-1)
         r = self.cfg.r
-        for name, (a, b) in tensors.items():
+        for name, value in tensors.items():
+            if not isinstance(value, tuple):
+                t = by_path.get(name)
+                if t is None:
+                    have = ", ".join(self.cfg.tokens) or "none"
+                    raise KeyError(f"the adapter has trained rows of {name!r}, which these adapters do not train "
+                                   f"(token modules: {have})")
+                if tuple(value.shape) != (t.n_rows, t.dim):
+                    raise ValueError(f"adapter rows of {name}: {tuple(value.shape)}, expected ({t.n_rows}, {t.dim})")
+                row[t.off:t.off + t.n_rows * t.dim] = value.reshape(-1).float()
+                continue
+            a, b = value
             if name not in self.slots:
                 raise KeyError(f"adapter layer {name!r} is not a LoRA target of this model")
             s = self.slots[name]
@@ -237,8 +345,12 @@ class MultiLoRA(nn.Module):
 
     @torch.no_grad()
     def get(self, i: int) -> dict:
-        """Adapter ``i`` as ``{name: (A [din, r], B [r, dout])}`` fp32 copies."""
-        return {n: (self.A(n)[i].clone(), self.B(n)[i].clone()) for n in self.slots}
+        """Adapter ``i`` as ``{name: (A [din, r], B [r, dout])}`` fp32 copies, and its token rows
+        ``{module path: [n_rows, dim]}`` (a shared table once, under the embedding's path)."""
+        out = {n: (self.A(n)[i].clone(), self.B(n)[i].clone()) for n in self.slots}
+        for t in self.table_slots():
+            out[t.path] = self.token_table(t.module)[i].clone()
+        return out
 
     # -- one forward ----------------------------------------------------------------------------
     def begin(self, adapter_ids: np.ndarray, dtype: torch.dtype, path: str = "auto",
@@ -292,8 +404,18 @@ class LoRAStep:
         for s in lora.slots.values():
             spans += [(s.off_a, s.off_a + s.din * r), (s.off_b, s.off_b + r * s.dout)]
             shapes += [(N, s.din, r), (N, r, s.dout)]
+        tables = lora.table_slots()
+        for t in tables:
+            spans.append((t.off, t.off + t.n_rows * t.dim))
+            shapes.append((N, t.n_rows, t.dim))
         views = _SlotViews.apply(lora.weight, spans, shapes, dtype)
         self.ab = {name: (views[2 * k], views[2 * k + 1]) for k, name in enumerate(lora.slots)}
+        self.tokens = None
+        if tables:
+            view = {t.module: views[2 * len(lora.slots) + k] for k, t in enumerate(tables)}
+            head = view[lora.tables["lm_head"].module] if "lm_head" in lora.tables else None
+            self.tokens = TokenStep(view.get("embed_tokens"), head, lora.row_of, lora.token_rows,
+                                    routing.adapter_ids, lora.all_rows)
         self.segments = None
         if path == "triton":
             from .kernels.lora import lora_segments
@@ -324,3 +446,50 @@ class LoRAStep:
             delta = lora_delta_torch(xin, A, B, self.routing, self.scaling)
         y = F.linear(x2, W, b) + delta
         return y.view(*lead, W.shape[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# Token rows
+
+class TokenStep:
+    """An adapter's own embedding and LM-head rows in one forward (see the module docstring).
+
+    ``embed`` / ``head``: compute-dtype tables [S, V, d] or None (row ``s``: slot s's rows of the V
+    trained ids; the same tensor for a shared table); ``row_of``: int64 [vocab], each model id's row
+    in them (-1: not trained); ``rows``: the trained model ids (numpy or int64 tensor [V]);
+    ``adapter_ids``: int [T], the slot of each token of the forward (-1: the model's own rows);
+    ``all_rows``: the trained ids are the whole vocabulary in order (a compact model).
+    The model calls :meth:`embed_rows` after its embedding and :meth:`head_logits` after its head.
+    """
+
+    def __init__(self, embed, head, row_of: torch.Tensor, rows, adapter_ids: torch.Tensor, all_rows: bool):
+        self.embed, self.head, self.row_of = embed, head, row_of
+        self.rows = torch.as_tensor(rows, dtype=torch.long, device=row_of.device)
+        self.adapter_ids = adapter_ids
+        self.all_rows = all_rows
+
+    def embed_rows(self, input_ids: torch.Tensor, x: torch.Tensor, adapters: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x [..., d], the embedding of ``input_ids`` [...], with each token of an adapter given its
+        adapter's row. ``adapters``: the tokens' slots (default: the forward's ``adapter_ids``)."""
+        if self.embed is None:
+            return x
+        S, V, d = self.embed.shape
+        a = (self.adapter_ids if adapters is None else adapters).reshape(input_ids.shape).long()
+        j = self.row_of[input_ids]
+        m = (a >= 0) & (j >= 0)
+        rows = F.embedding(torch.where(m, a * V + j, torch.zeros_like(j)), self.embed.reshape(S * V, d))
+        return torch.where(m[..., None], rows.to(x.dtype), x)
+
+    def head_logits(self, hidden: torch.Tensor, logits: torch.Tensor, adapters: torch.Tensor) -> torch.Tensor:
+        """The logits [M, vocab] of ``hidden`` [M, d] with the trained ids' columns of each row of an
+        adapter (``adapters`` [M], -1: none) taken from its adapter's head rows."""
+        if self.head is None:
+            return logits
+        S, V, d = self.head.shape
+        z = (hidden @ self.head.reshape(S * V, d).t()).view(-1, S, V)      # every slot's columns: S x V small
+        a = adapters.reshape(-1).long()
+        own = z.gather(1, a.clamp(min=0)[:, None, None].expand(-1, 1, V))[:, 0].to(logits.dtype)
+        m = (a >= 0)[:, None]
+        if self.all_rows:
+            return torch.where(m, own, logits)
+        return logits.index_copy(1, self.rows, torch.where(m, own, logits.index_select(1, self.rows)))

@@ -174,7 +174,9 @@ def objective_losses(model: CausalLM, hidden: torch.Tensor, b: DeviceBatch, n: i
     which is its plain mean (exactly so for a task with one objective), so mixing objectives in a
     batch changes nothing in training; the per-objective means only report."""
     h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, b.pred_index)
-    logits = model.logits(h)
+    tokens = b.lora.tokens if b.lora is not None else None
+    adapters = tokens.adapter_ids.index_select(0, b.pred_index) if tokens is not None else None
+    logits = model.logits(h, tokens, adapters)
     fn = _grouped_ce_triton if loss_impl == "triton" else grouped_ce_torch
     pair = fn(logits, b.targets, b.groups, n * K, b.pair_counts.reshape(-1)).view(n, K)
     share = torch.as_tensor(objective_shares(b.pair_counts), device=pair.device)

@@ -556,7 +556,7 @@ class CausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, position_ids: Optional[torch.Tensor] = None,
                 attention=None, lora=None, checkpoint: bool = False, step: Optional[LayerStep] = None,
-                compiled: bool = True) -> torch.Tensor:
+                compiled: bool = True, tokens=None) -> torch.Tensor:
         """Final hidden states: the one forward of the model, for training, scoring, prefill and
         the decode step alike.
 
@@ -568,7 +568,9 @@ class CausalLM(nn.Module):
         projections run (default ``LayerStep(lora)``; the decoder passes merged or fused ones);
         checkpoint: while gradients are on, keep only each block's input and recompute the block
         in backward (activation memory for compute; the blocks run eagerly); compiled: use the
-        blocks of :meth:`compile_blocks` when set. Returns [R, L, hidden] in the model dtype.
+        blocks of :meth:`compile_blocks` when set; tokens: adapters' own embedding rows, an
+        :class:`arcfast.lora.TokenStep` (default: the one of ``lora``, or of ``step``'s LoRA). Returns
+        [R, L, hidden] in the model dtype.
         """
         from .attention import causal_attention
 
@@ -581,6 +583,10 @@ class CausalLM(nn.Module):
             step = LayerStep(lora)
         per_layer = getattr(attention, "layer", None)
         x = self.model.embed_tokens(input_ids)
+        if tokens is None:
+            tokens = getattr(lora if lora is not None else getattr(step, "lora", None), "tokens", None)
+        if tokens is not None:
+            x = tokens.embed_rows(input_ids, x)
         cos, sin = rope_cos_sin(position_ids, self.inv_freq, x.dtype)
         layers = self.model.layers
         if checkpoint and torch.is_grad_enabled():
@@ -603,9 +609,18 @@ class CausalLM(nn.Module):
     def lm_head_weight(self) -> torch.Tensor:
         return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[..., hidden] -> [..., vocab] in the model dtype."""
-        return F.linear(hidden, self.lm_head_weight())
+    def logits(self, hidden: torch.Tensor, tokens=None, adapters: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """[..., hidden] -> [..., vocab] in the model dtype. ``tokens``: adapters' own head rows (an
+        :class:`arcfast.lora.TokenStep`), with ``adapters`` the adapter slot of each hidden row
+        ([...], -1: the model's own head)."""
+        out = F.linear(hidden, self.lm_head_weight())
+        if tokens is None or tokens.head is None:
+            return out
+        if adapters is None:
+            raise ValueError("logits with adapters' own head rows need each row's adapter")
+        lead = hidden.shape[:-1]
+        d = hidden.shape[-1]
+        return tokens.head_logits(hidden.reshape(-1, d), out.reshape(-1, out.shape[-1]), adapters).view(*lead, -1)
 
     def hf_state_dict(self) -> dict:
         """State dict under transformers' names (``lm_head.weight`` present even when tied)."""

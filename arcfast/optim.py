@@ -23,19 +23,26 @@ NEUTRAL = {"decay": 1.0, "m_blend": 0.0, "v_keep": 1.0, "v_blend": 0.0, "step_sc
 
 
 @torch.no_grad()
-def adamw_update(p: torch.Tensor, m: torch.Tensor, v: torch.Tensor, g: torch.Tensor, f: dict, eps: float) -> None:
+def adamw_update(p: torch.Tensor, m: torch.Tensor, v: torch.Tensor, g: torch.Tensor, f: dict, eps: float,
+                 lr_scale: Optional[torch.Tensor] = None) -> None:
     """One AdamW step of rows ``p`` (moments ``m``, ``v``; gradient ``g``), in place, with the per-row
     factors ``f`` of :data:`FACTORS` (tensors [rows, 1] or numbers), in torch.optim.AdamW's
     single-tensor order so results agree to rounding:
 
         p *= 1 - lr * wd;  m = lerp(m, g, 1 - b1);  v = b2 v + (1 - b2) g^2
         p += (-lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+
+    ``lr_scale``: fp32 [P], a learning-rate factor per column (the columns of a row's parts trained
+    at their own rate, as torch's parameter groups with their own lr), or None for 1 everywhere.
     """
-    p.mul_(f["decay"])
+    if lr_scale is None:
+        p.mul_(f["decay"])
+    elif not (isinstance(f["decay"], (int, float)) and f["decay"] == 1.0):
+        p.mul_(1.0 - (1.0 - f["decay"]) * lr_scale)     # 1 - (lr * scale) * wd
     m.lerp_(g, f["m_blend"])
     v.mul_(f["v_keep"]).addcmul_(g * f["v_blend"], g)
     denom = (v.sqrt() / f["bc2_sqrt"]).add_(eps)
-    p.addcdiv_(m * f["step_scale"], denom)
+    p.addcdiv_(m * (f["step_scale"] if lr_scale is None else f["step_scale"] * lr_scale), denom)
 
 
 def lr_factor(step: np.ndarray, total: np.ndarray, warmup: np.ndarray, schedule: str) -> np.ndarray:
@@ -58,10 +65,13 @@ class MultiAdamW:
     count (bias correction), learning rate and activity. Row a is updated exactly as
     ``torch.optim.AdamW`` would update adapter a's parameters alone."""
 
-    def __init__(self, param: torch.Tensor, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+    def __init__(self, param: torch.Tensor, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+                 lr_scale: Optional[torch.Tensor] = None):
         self.param = param
         self.beta1, self.beta2 = betas
         self.eps, self.weight_decay = eps, weight_decay
+        # fp32 [P] on the parameter's device: each column's factor of the row's learning rate.
+        self.lr_scale = None if lr_scale is None else lr_scale.to(param.device, torch.float32).reshape(-1)
         self.m = torch.zeros_like(param)
         self.v = torch.zeros_like(param)
         self.steps = np.zeros(param.shape[0], dtype=np.int64)   # host: no device sync to read
@@ -95,11 +105,11 @@ class MultiAdamW:
         f = {k: torch.as_tensor(a[rows], device=dev) for k, a in self.factors(lr, active).items()}
         self.steps[rows] += 1
         if rows.size == len(active):
-            adamw_update(self.param, self.m, self.v, grad, f, self.eps)
+            adamw_update(self.param, self.m, self.v, grad, f, self.eps, self.lr_scale)
             return
         idx = torch.as_tensor(rows, dtype=torch.long, device=dev)
         p, g, m, v = self.param[idx], grad[idx], self.m[idx], self.v[idx]
-        adamw_update(p, m, v, g, f, self.eps)
+        adamw_update(p, m, v, g, f, self.eps, self.lr_scale)
         self.param.index_copy_(0, idx, p)
         self.m.index_copy_(0, idx, m)
         self.v.index_copy_(0, idx, v)

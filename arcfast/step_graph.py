@@ -202,7 +202,7 @@ class StaticStep:
         model, lora, opt = tr.model, tr.lora, tr.opt
         N = tr.n_adapters
         hidden = model(buf.input_ids, buf.position_ids, attention, lora_step)
-        logits = model.logits(hidden.reshape(-1, hidden.shape[-1]))
+        logits = model.logits(hidden.reshape(-1, hidden.shape[-1]), lora_step.tokens, buf.adapter_ids)
         ce = F.cross_entropy(logits.float(), buf.targets, ignore_index=T.IGNORE_INDEX, reduction="none")
         pair = (torch.zeros(N * K, device=ce.device, dtype=torch.float32).index_add_(0, buf.groups, ce)
                 / buf.counts).view(N, K)
@@ -212,7 +212,7 @@ class StaticStep:
         lora.weight.grad = None
         norms = clip_per_adapter(grad, tr.cfg.max_grad_norm)
         # MultiAdamW.step's update, every row with its own factors (neutral where it does not step).
-        adamw_update(lora.weight, opt.m, opt.v, grad, {k: getattr(buf, k) for k in FACTORS}, opt.eps)
+        adamw_update(lora.weight, opt.m, opt.v, grad, {k: getattr(buf, k) for k in FACTORS}, opt.eps, opt.lr_scale)
         return losses.detach(), pair.detach(), norms
 
     def _eager_inputs(self, batch: PackedBatch, buf: _Buffers):

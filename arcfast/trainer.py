@@ -94,6 +94,9 @@ class TrainConfig:
     # allows (CUDA, bf16, Triton LoRA path, compact vocabulary); elsewhere the step runs eagerly.
     cuda_graphs: bool = False
     init_loss_scale: float = 2.0 ** 16  # fp16 only: dynamic loss scaling
+    # The learning rate of the adapters' own embedding / LM-head rows (LoRAConfig.tokens), on the
+    # same schedule; None: ``lr``. (The ARChitects trained embeddings at a tenth of the LoRA's.)
+    embedding_lr: Optional[float] = None
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
@@ -126,6 +129,19 @@ def _setup_model(model: CausalLM, cfg: TrainConfig) -> tuple[str, str]:
     return ops, loss
 
 
+def token_lr_scale(lora: MultiLoRA, cfg: TrainConfig) -> Optional[torch.Tensor]:
+    """fp32 [P]: the learning-rate factor of each column of an adapter's row, ``embedding_lr / lr``
+    on its token rows and 1 elsewhere; None where every column runs at ``lr``."""
+    if not lora.tables or cfg.embedding_lr is None or cfg.embedding_lr == cfg.lr:
+        return None
+    if cfg.lr <= 0:
+        raise ValueError(f"embedding_lr {cfg.embedding_lr} needs a positive lr (the schedule it follows), got {cfg.lr}")
+    scale = torch.ones(lora.size, dtype=torch.float32)
+    for t in lora.table_slots():
+        scale[t.off:t.off + t.n_rows * t.dim] = cfg.embedding_lr / cfg.lr
+    return scale
+
+
 # ----------------------------------------------------------------------------------------------
 # The trainer
 
@@ -136,7 +152,8 @@ class Trainer:
         self.model, self.lora_cfg, self.cfg, self.n_adapters = model, lora_cfg, train_cfg, n_adapters
         model.requires_grad_(False)
         self.lora = MultiLoRA(model, lora_cfg, n_adapters)
-        self.opt = MultiAdamW(self.lora.weight, train_cfg.betas, train_cfg.eps, train_cfg.weight_decay)
+        self.opt = MultiAdamW(self.lora.weight, train_cfg.betas, train_cfg.eps, train_cfg.weight_decay,
+                              lr_scale=token_lr_scale(self.lora, train_cfg))
         self.total_steps = np.full(n_adapters, train_cfg.steps, dtype=np.int64)
         self.ops, self.loss_impl = _setup_model(model, train_cfg)
         self.fp16 = model.dtype == torch.float16
@@ -173,7 +190,8 @@ class Trainer:
         with fresh optimizer state. A different alpha is folded into B; the rank must match."""
         from .adapters import load_adapter_for
 
-        tensors = load_adapter_for(adapter, self.lora_cfg) if isinstance(adapter, (str, Path)) else adapter
+        tensors = load_adapter_for(adapter, self.lora_cfg, self.lora.peft_token_ids()) \
+            if isinstance(adapter, (str, Path)) else adapter
         ids = [int(i) for i in ids]
         for i in ids:
             self.lora.set(i, tensors)
@@ -188,7 +206,7 @@ class Trainer:
         """Adapter ``i`` as a PEFT state dict (keys ``base_model.model.<layer>.lora_A.weight``...)."""
         from .adapters import to_peft
 
-        return to_peft(self.lora.get(i), dtype)
+        return to_peft(self.lora.get(i), dtype, self.lora.peft_token_ids())
 
     def save_adapter(self, i: int, path, base_model: str = "", meta: Optional[dict] = None,
                      dtype: Optional[torch.dtype] = None) -> Path:
@@ -196,8 +214,8 @@ class Trainer:
         in ``dtype`` (default fp32, the master weights)."""
         from .adapters import save_adapter
 
-        return save_adapter(path, self.lora.get(i), self.lora_cfg,
-                            base_model=base_model or self.model.config.name, dtype=dtype, meta=meta)
+        return save_adapter(path, self.lora.get(i), self.lora_cfg, base_model=base_model or self.model.config.name,
+                            dtype=dtype, meta=meta, token_ids=self.lora.peft_token_ids())
 
     # -- steps --------------------------------------------------------------------------------------
     def _forward_losses(self, b: DeviceBatch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -478,7 +478,8 @@ class TTFTRun:
         if cfg.adapter:
             from .adapters import load_adapter_for
 
-            pretrained = load_adapter_for(cfg.adapter, lora_cfg)   # read once, for every group
+            # Read once, for every group.
+            pretrained = load_adapter_for(cfg.adapter, lora_cfg, infer_lora.peft_token_ids())
 
         todo = self._resume(mine, tasks) if cfg.resume else list(mine)
         if self.tq is not None:

@@ -215,7 +215,7 @@ def test_roundtrip_overwrite_and_errors(tmp_path):
     assert sd["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"].shape == (2, 8)
     assert sd["base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"].shape == (6, 2)
     with pytest.raises(ValueError, match="not a LoRA A/B weight"):
-        from_peft({"base_model.model.lm_head.weight": torch.zeros(3, 3)})
+        from_peft({"base_model.model.model.norm.weight": torch.zeros(3)})
     with pytest.raises(ValueError, match="needs both"):
         from_peft({"x.lora_A.weight": torch.zeros(2, 3)})
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
