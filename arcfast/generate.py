@@ -320,12 +320,17 @@ class Generator:
         self._prefill_rate: Optional[float] = None
         self._step_rate: dict = {}
         self._capture_s: Optional[float] = None
+        self.tok_tables: dict = {}      # adapters' own embedding / head rows: module -> [N+1, V, d]
         if lora is not None:
             n, p = lora.weight.shape
             self.n_slots = n + 1  # slot n: the base model (all-zero adapter)
             with torch.inference_mode():
                 self.offs = torch.zeros(n + 1, device=self.device, dtype=torch.int32)
                 self.single = torch.zeros(1, p, device=self.device, dtype=self.dtype)
+                # Slot n holds the model's own rows, so every decode row reads its slot's table.
+                for t in lora.table_slots():
+                    self.tok_tables[t.module] = torch.zeros(n + 1, t.n_rows, t.dim, device=self.device,
+                                                            dtype=self.dtype)
         else:
             self.n_slots = 0
 
@@ -427,7 +432,22 @@ class Generator:
         h = m(self._model_ids(ids), attention=CachePrefill(self.kv, r0), step=FusedAddNormStep(lora),
               compiled=False)
         last = h[torch.arange(R, device=ids.device), lens - 1]
-        return m.logits(last).float()
+        tokens = getattr(lora, "tokens", None)
+        if tokens is None:
+            return m.logits(last).float()
+        return m.logits(last, tokens, tokens.adapter_ids.view(R, -1)[:, 0]).float()
+
+    def _decode_tokens(self, B: int):
+        """The adapters' own embedding / head rows of a decode step of rows 0..B-1 (static buffers:
+        captured graphs read them), or None where the adapters train none."""
+        if not self.tok_tables:
+            return None
+        from .lora import TokenStep
+
+        lora = self.lora
+        head = lora.tables["lm_head"].module if "lm_head" in lora.tables else None
+        return TokenStep(self.tok_tables.get("embed_tokens"), self.tok_tables.get(head) if head else None,
+                         lora.row_of, lora.token_rows, self.row_adapter[:B], lora.all_rows)
 
     def _step(self, B: int, S: int, step, sampling: tuple, seed: int) -> None:
         """One decode step of rows 0..B-1 attending over cache slots 0..S-1; updates the row state
@@ -437,9 +457,10 @@ class Generator:
         m = self.model
         tok, pos, ngen, done = self.tok[:B], self.pos[:B], self.ngen[:B], self.done[:B]
         rows = self.rows[:B]
+        tokens = self._decode_tokens(B)
         h = m(self._model_ids(tok)[:, None], pos[:, None], CacheDecode(self.kv, pos, S, self.rows, self.span),
-              step=step, compiled=False)                                      # [B, 1, d]
-        logits = m.logits(h[:, 0])
+              step=step, compiled=False, tokens=tokens)                       # [B, 1, d]
+        logits = m.logits(h[:, 0]) if tokens is None else m.logits(h[:, 0], tokens, self.row_adapter[:B])
         choice, lp = self._choose(logits, self.keys[:B], ngen, sampling, seed)
         active = ~done
         col = torch.where(active, ngen, self.out_tok.shape[1] - 1)
@@ -586,6 +607,14 @@ class Generator:
         else:
             self._fill_fused()
         self._fresh.add(what)
+
+    @torch.inference_mode()
+    def _fill_tokens(self) -> None:
+        """Copy the adapters' token rows into the decode tables, the model's own into the base slot."""
+        lora, n = self.lora, self.lora.weight.shape[0]
+        for module, table in self.tok_tables.items():
+            table[:n].copy_(lora.token_table(module).detach())
+            table[n].copy_(lora.token_base[module])
 
     def _fill_fused(self) -> None:
         """Fill the buffers of :class:`_FusedRowLoRA` from the model and the LoRA (allocated at the
@@ -734,6 +763,8 @@ class Generator:
         if self.lora is not None:
             self._fresh = set()        # the adapters may have changed since the last call
             self._merged_slot = None
+            if self.tok_tables:
+                self._fill_tokens()
         self.max_new_t.fill_(max_new)
         self.stop_t.fill_(bool(cfg.stop_on_eog))
         sampling, seed = cfg.sampling, cfg.seed

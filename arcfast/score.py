@@ -307,10 +307,13 @@ def _forward_batch(model, lora, prompts, targets, adapters, trees, row_len: int,
         hidden = model(t_(ids, torch.long), t_(pos, torch.long), att, step)
         h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, t_(pred_np, torch.long))
         targets_t = t_(tgt_np, torch.long)
+        tokens = getattr(step, "tokens", None)
+        ad = t_(aid.reshape(-1)[pred_np], torch.long) if tokens is not None else None
         chunk = _head_rows(model.config.vocab_size)
         parts = []
         for c in range(0, h.shape[0], chunk):
-            logp = torch.log_softmax(model.logits(h[c:c + chunk]).float(), dim=-1)
+            head = (tokens, ad[c:c + chunk]) if tokens is not None else ()
+            logp = torch.log_softmax(model.logits(h[c:c + chunk], *head).float(), dim=-1)
             parts.append(logp.gather(1, targets_t[c:c + chunk, None])[:, 0])
         return torch.cat(parts).cpu().numpy()
 

@@ -206,9 +206,12 @@ class _Search:
     def _ids(self, ids: torch.Tensor) -> torch.Tensor:
         return ids if self.vocab_map is None else self.vocab_map[ids]
 
-    def _logp(self, hidden: torch.Tensor) -> np.ndarray:
-        """float32 [n, VOCAB_SIZE]: log-probabilities of the compact ids (whole-vocabulary softmax)."""
-        logp = torch.log_softmax(self.m.logits(hidden).float(), dim=-1)
+    def _logp(self, hidden: torch.Tensor, lora, adapters: np.ndarray) -> np.ndarray:
+        """float32 [n, VOCAB_SIZE]: log-probabilities of the compact ids (whole-vocabulary softmax),
+        through the head rows of each row's adapter (``adapters`` [n], -1: none) where they train them."""
+        tokens = getattr(lora, "tokens", None)
+        ad = torch.from_numpy(np.asarray(adapters, np.int64)).to(hidden.device) if tokens is not None else None
+        logp = torch.log_softmax(self.m.logits(hidden, tokens, ad).float(), dim=-1)
         if self.vocab_map is not None:
             logp = logp[:, self.vocab_map]
         return logp.cpu().numpy()
@@ -284,9 +287,11 @@ class _Search:
         rows = torch.tensor([b * self.k for _, b in admit], device=self.device)
         ids_t = torch.from_numpy(ids).to(self.device)
         with torch.inference_mode():
-            h = self.m(self._ids(ids_t), attention=CachePrefill(self.kv, rows=rows), step=FusedAddNormStep(
-                self._lora(ad)), compiled=False)
-            lp = self._logp(h[torch.arange(R, device=self.device), torch.from_numpy(lens - 1).to(self.device)])
+            lora = self._lora(ad)
+            h = self.m(self._ids(ids_t), attention=CachePrefill(self.kv, rows=rows), step=FusedAddNormStep(lora),
+                       compiled=False)
+            lp = self._logp(h[torch.arange(R, device=self.device), torch.from_numpy(lens - 1).to(self.device)],
+                            lora, ad[:, 0])
         _sync(self.device)
         self.stats.prefill_s += time.perf_counter() - t0
         now = time.monotonic()
@@ -308,9 +313,10 @@ class _Search:
         S = _round_up(max(nd.pos for nd in live) + 1, 64)
         ad = np.array([[nd.tree.adapter] for nd in live], np.int64)
         with torch.inference_mode():
+            lora = self._lora(ad)
             h = self.m(self._ids(tok)[:, None], pos[:, None], CacheDecode(self.kv, pos, S, rows, self.span, gather=True),
-                       step=FusedAddNormStep(self._lora(ad)), compiled=False)
-            lp = self._logp(h[:, 0])
+                       step=FusedAddNormStep(lora), compiled=False)
+            lp = self._logp(h[:, 0], lora, ad[:, 0])
         _sync(dev)
         dt = time.perf_counter() - t0
         st = self.stats

@@ -30,7 +30,7 @@ def greedy_reference(model, prompt, lora=None, adapter: int = -1, max_new_tokens
         if lora is not None and adapter >= 0:
             step = lora.begin(np.full(ids.shape, adapter, dtype=np.int32), model.dtype, training=False)
         hidden = model(ids, lora=step)
-        logits = model.logits(hidden[:, -1]).float()
+        logits = model.logits(hidden[:, -1], *own_head(step, 1)).float()
         logp = torch.log_softmax(logits, dim=-1)[0]
         t = int(torch.argmax(logits[0]))
         toks.append(t)
@@ -41,6 +41,15 @@ def greedy_reference(model, prompt, lora=None, adapter: int = -1, max_new_tokens
     return np.array(toks, dtype=np.int32), np.array(lps, dtype=np.float32)
 
 
+def own_head(step, rows: int) -> tuple:
+    """The ``tokens, adapters`` arguments of ``model.logits`` for ``rows`` hidden rows of the one
+    adapter of ``step`` (a LoRAStep; nothing where it is None or trains no head rows)."""
+    tokens = getattr(step, "tokens", None)
+    if tokens is None:
+        return ()
+    return tokens, tokens.adapter_ids[:1].long().expand(rows)
+
+
 def hf_with_adapter(hf_model, lora, adapter: int):
     """``hf_model`` wrapped by PEFT with adapter ``adapter`` of MultiLoRA ``lora`` loaded from disk
     (written in PEFT's format by arcfast.adapters, read back by ``PeftModel.from_pretrained``)."""
@@ -49,7 +58,7 @@ def hf_with_adapter(hf_model, lora, adapter: int):
     from ..adapters import save_adapter
 
     with tempfile.TemporaryDirectory() as d:
-        save_adapter(f"{d}/adapter", lora.get(adapter), lora.cfg)
+        save_adapter(f"{d}/adapter", lora.get(adapter), lora.cfg, token_ids=lora.peft_token_ids())
         peft_model = PeftModel.from_pretrained(hf_model, f"{d}/adapter")
     return peft_model.eval()
 

@@ -7,6 +7,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .generate import own_head
+
 
 @torch.no_grad()
 def target_logprobs_reference(model, prompt, target, lora=None, adapter: int = -1) -> np.ndarray:
@@ -23,7 +25,7 @@ def target_logprobs_reference(model, prompt, target, lora=None, adapter: int = -
         step = lora.begin(np.full(ids.shape, adapter, dtype=np.int32), model.dtype, training=False)
     hidden = model(ids, lora=step)[0]
     P = len(prompt)
-    logp = torch.log_softmax(model.logits(hidden[P - 1:-1]).float(), dim=-1)
+    logp = torch.log_softmax(model.logits(hidden[P - 1:-1], *own_head(step, len(tgt))).float(), dim=-1)
     return logp[torch.arange(len(tgt)), torch.as_tensor(tgt, device=logp.device)].cpu().numpy()
 
 

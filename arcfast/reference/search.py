@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .. import tokens as T
+from .generate import own_head
 
 
 @torch.no_grad()
@@ -28,7 +29,7 @@ def dfs_reference(model, prompt, min_prob: float, lora=None, adapter: int = -1, 
         if lora is not None and adapter >= 0:
             step = lora.begin(np.full(x.shape, adapter, dtype=np.int32), model.dtype, training=False)
         h = model(x, lora=step)
-        return torch.log_softmax(model.logits(h[:, -1]).float(), dim=-1)[0, vocab].cpu().numpy()
+        return torch.log_softmax(model.logits(h[:, -1], *own_head(step, 1)).float(), dim=-1)[0, vocab].cpu().numpy()
 
     def visit(gen, lps, cum, greedy):
         lp = logp_next(list(prompt) + gen)
