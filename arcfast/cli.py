@@ -50,6 +50,16 @@ def _add_verbose(p) -> None:
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log more")
 
 
+def token_modules(text: str) -> tuple:
+    """argparse type of --train-tokens (:func:`arcfast.lora.parse_tokens`)."""
+    from .lora import parse_tokens
+
+    try:
+        return parse_tokens(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _add_run_flags(p, command: str) -> None:
     """The flags `arcfast ttft` and `arcfast eval` share, defined once (defaults: TTFTConfig)."""
     from .sampling import LOSS_ON
@@ -115,6 +125,12 @@ def _add_run_flags(p, command: str) -> None:
     g.add_argument("--rslora", action="store_true", default=None,
                    help="rank-stabilised LoRA: scale by alpha/sqrt(rank) instead of alpha/rank (PEFT's "
                         "use_rslora), for high ranks such as 256")
+    g.add_argument("--train-tokens", dest="tokens", type=token_modules, default=None, metavar="MODULES",
+                   help="also train each task's own rows of the embedding and/or LM head: embed_tokens, "
+                        "lm_head, both (embed_tokens,lm_head) or none (default none); saved in PEFT's format "
+                        "(modules_to_save, or trainable tokens for a full vocabulary)")
+    g.add_argument("--embedding-lr", type=float, default=None, metavar="LR",
+                   help="learning rate of those rows, on the same schedule (default: --lr)")
     g.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {d.lr:g})")
     g.add_argument("--steps", type=int, default=None, help=f"optimizer steps per task at most (default {d.steps})")
     g.add_argument("--max-task-seconds", type=float, default=None, metavar="S",
@@ -173,8 +189,8 @@ def _run_config(args, command: str):
 
     d_objectives = TTFTConfig.__dataclass_fields__["objectives"].default
     budget, margin = _budget_and_margin(args)
-    given = {k: getattr(args, k) for k in ("rank", "alpha", "rslora", "lr", "steps", "samples_per_task", "predictions",
-                                           "max_task_seconds")}
+    given = {k: getattr(args, k) for k in ("rank", "alpha", "rslora", "tokens", "embedding_lr", "lr", "steps",
+                                           "samples_per_task", "predictions", "max_task_seconds")}
     recipe, overridden = resolve(args.recipe, given)
     args.recipe_line = describe(args.recipe, overridden) if args.recipe else None
     return TTFTConfig(tasks=args.tasks, solutions=args.solutions, model=args.model, adapter=args.adapter,

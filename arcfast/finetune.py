@@ -76,9 +76,9 @@ _STATE_VERSION = 1
 # Settings that decide which batches a step sees: a checkpoint made with others cannot be resumed
 # into the same run (changing --steps, --val, --budget or --save-every is fine).
 _BATCH_KEYS = ("data", "seed", "row_len", "rows", "max_len", "loss_on", "rank", "alpha", "model", "full",
-               "objectives", "wrong_from", "rslora")
+               "objectives", "wrong_from", "rslora", "tokens")
 # What a checkpoint written before a key existed ran with.
-_BATCH_DEFAULTS = {"full": False, "objectives": "output=1", "wrong_from": [], "rslora": False}
+_BATCH_DEFAULTS = {"full": False, "objectives": "output=1", "wrong_from": [], "rslora": False, "tokens": []}
 
 
 def parse_mixture(specs: Sequence[str]) -> list[tuple[str, float]]:
@@ -225,6 +225,8 @@ class FinetuneConfig:
     rank: int = 32
     alpha: float = 64.0
     rslora: bool = False                   # LoRA scaling alpha / sqrt(rank) instead of alpha / rank
+    tokens: tuple = ()                     # "embed_tokens" / "lm_head": the adapter's own rows of them
+    embedding_lr: Optional[float] = None   # those rows' learning rate (None: lr)
     lr: float = 1e-4
     warmup_ratio: float = 0.02
     schedule: str = "cosine"
@@ -245,7 +247,8 @@ class FinetuneConfig:
         d = asdict(self)
         d["objectives"] = format_objectives(parse_objectives(dict(self.objectives)))
         d["wrong_from"] = [str(p) for p in self.wrong_from]
-        skip = ("rank", "alpha", "rslora") if self.full else ()   # no LoRA in a full run
+        d["tokens"] = list(self.tokens)
+        skip = ("rank", "alpha", "rslora", "tokens") if self.full else ()   # no LoRA in a full run
         return {k: d[k] for k in _BATCH_KEYS if k not in skip}
 
 
@@ -443,7 +446,7 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
         grow_vocab(model)   # the same rows every time: an adapter trained on them stays valid
         jlog(event="grow_vocab", vocab_size=model.config.vocab_size, objectives=format_objectives(objectives))
     train_cfg = TrainConfig(lr=cfg.lr, steps=cfg.steps, warmup_ratio=cfg.warmup_ratio, schedule=cfg.schedule,
-                            weight_decay=cfg.weight_decay, cuda_graphs=cfg.cuda_graphs)
+                            weight_decay=cfg.weight_decay, cuda_graphs=cfg.cuda_graphs, embedding_lr=cfg.embedding_lr)
     if cfg.full:
         if cfg.adapter and not state:
             from .adapters import merge_adapter
@@ -452,8 +455,8 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
             jlog(event="merge", adapter=str(cfg.adapter), layers=len(merged))
         trainer = FullTrainer(model, train_cfg)
     else:
-        trainer = Trainer(model, LoRAConfig(r=cfg.rank, alpha=cfg.alpha, rslora=cfg.rslora), train_cfg,
-                          n_adapters=1)
+        trainer = Trainer(model, LoRAConfig(r=cfg.rank, alpha=cfg.alpha, rslora=cfg.rslora, tokens=cfg.tokens),
+                          train_cfg, n_adapters=1)
     if state:
         trainer.load_state_dict(state["trainer"])
         trainer.set_total_steps([0], cfg.steps)  # a longer --steps extends the schedule
@@ -608,6 +611,7 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``train`` subcommand to an ``argparse`` subparsers object."""
+    from .cli import token_modules
     from .sampling import LOSS_ON
 
     d = FinetuneConfig()
@@ -648,6 +652,11 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--rslora", action="store_true",
                    help="rank-stabilised LoRA: scale by alpha/sqrt(rank) instead of alpha/rank (PEFT's "
                         "use_rslora), for high ranks such as 256")
+    g.add_argument("--train-tokens", dest="tokens", type=token_modules, default=(), metavar="MODULES",
+                   help="also train the adapter's own rows of the embedding and/or LM head: embed_tokens, "
+                        "lm_head, both or none (default none); saved in PEFT's format")
+    g.add_argument("--embedding-lr", type=float, default=None, metavar="LR",
+                   help="learning rate of those rows, on the same schedule (default: --lr)")
     g.add_argument("--lr", type=float, default=d.lr)
     g.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio)
     g.add_argument("--schedule", default=d.schedule, choices=("cosine", "linear", "constant"))
@@ -683,7 +692,8 @@ def config_from_args(args) -> FinetuneConfig:
         resume=args.resume,
         steps=args.steps, save_every=args.save_every, keep_snapshots=args.keep_snapshots, val_every=args.val_every, val_batches=args.val_batches,
         log_every=args.log_every, budget=parse_duration(args.budget) if args.budget else None, seed=args.seed,
-        device=args.device, dtype=args.dtype, rank=args.rank, alpha=args.alpha, rslora=args.rslora, lr=args.lr,
+        device=args.device, dtype=args.dtype, rank=args.rank, alpha=args.alpha, rslora=args.rslora,
+        tokens=args.tokens, embedding_lr=args.embedding_lr, lr=args.lr,
         warmup_ratio=args.warmup_ratio, schedule=args.schedule, weight_decay=args.weight_decay,
         row_len=args.row_len, rows=args.rows, max_len=args.max_len, loss_on=args.loss_on, threads=args.threads,
         objectives=parse_objectives(args.objective), wrong_from=tuple(args.wrong_from),

@@ -84,6 +84,22 @@ class LoRAConfig:
         return self.alpha / (math.sqrt(self.r) if self.rslora else self.r)
 
 
+def parse_tokens(text: str) -> tuple:
+    """A command line's token modules: ``"none"``, ``"both"``, or a comma list of
+    ``embed_tokens`` / ``lm_head`` (also ``embed`` / ``head``) -> :attr:`LoRAConfig.tokens`."""
+    alias = {"embed": "embed_tokens", "head": "lm_head", "embed_tokens": "embed_tokens", "lm_head": "lm_head"}
+    text = str(text).strip()
+    if text in ("", "none"):
+        return ()
+    if text == "both":
+        return tuple(TOKEN_MODULES)
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    bad = [p for p in parts if p not in alias]
+    if bad:
+        raise ValueError(f"token modules are embed_tokens, lm_head, both or none; not {bad[0]!r}")
+    return tuple(t for t in TOKEN_MODULES if t in {alias[p] for p in parts})
+
+
 @dataclass
 class Slot:
     """Where one layer's A and B sit in a row of the flat weight."""

@@ -96,6 +96,8 @@ class TTFTConfig:
     rank: int = 32
     alpha: float = 64.0
     rslora: bool = False                   # LoRA scaling alpha / sqrt(rank) instead of alpha / rank
+    tokens: tuple = ()                     # "embed_tokens" / "lm_head": their rows trained per task too
+    embedding_lr: Optional[float] = None   # those rows' learning rate (None: lr)
     lr: float = 1e-4
     steps: int = 100                       # optimizer steps per task at most
     samples_per_task: int = 1              # samples of every task in each step
@@ -420,9 +422,9 @@ class TTFTRun:
         from .trainer import TrainConfig
 
         cls, reason = select_backend(self.cfg.backend)
-        lora_cfg = LoRAConfig(r=self.cfg.rank, alpha=self.cfg.alpha, rslora=self.cfg.rslora)
+        lora_cfg = LoRAConfig(r=self.cfg.rank, alpha=self.cfg.alpha, rslora=self.cfg.rslora, tokens=self.cfg.tokens)
         train_cfg = TrainConfig(lr=self.cfg.lr, steps=self.cfg.steps, warmup_ratio=self.cfg.warmup_ratio,
-                                cuda_graphs=self.cfg.cuda_graphs)
+                                cuda_graphs=self.cfg.cuda_graphs, embedding_lr=self.cfg.embedding_lr)
         n = min(n_adapters, cls.max_adapters)
         backend = make_backend(cls.name, model, lora_cfg, train_cfg, n_adapters=n)
         return backend, lora_cfg, reason

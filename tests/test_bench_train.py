@@ -20,3 +20,21 @@ def test_train_benchmark_quick_cpu():
     assert many.bar == 0.9 and many.value > 0 and many.baseline_value > 0
     assert many.extra["single"]["tokens"] == many.extra["tokens"]   # the very same batches
     assert "GPU" in by_case["native-graphs (skipped)"].extra["reason"]
+
+
+def test_train_benchmark_recipe_cases_run_nvarcs_lora_with_embedding_and_head_rows():
+    """The -nvarc cases: r=256, rsLoRA, each task's own embedding and head rows, held against the
+    same recipe in transformers+PEFT (hf-nvarc)."""
+    rows = bench_train.run(Context(quick=True, device="cpu", threads=1,
+                                   options={"cases": "hf-nvarc,native1-nvarc,native-nvarc,native-graphs-nvarc",
+                                            "tasks": "2", "steps": "2", "hf_steps": "2", "max_len": "256"}))
+    by_case = {r.case.split(":")[0]: r for r in rows if r.unit == "tokens/s"}
+    assert set(by_case) == {"hf-nvarc", "native1-nvarc", "native-nvarc", "native-graphs-nvarc (skipped)"}
+    for name in ("hf-nvarc", "native1-nvarc", "native-nvarc"):
+        r = by_case[name]
+        assert r.value > 0 and r.extra["lora"] == {"r": 256, "alpha": 32.0, "rslora": True,
+                                                   "tokens": ["embed_tokens", "lm_head"]}
+        assert "r=256 alpha 32 rsLoRA + embedding and head rows" in r.extra["desc"]
+    assert by_case["hf-nvarc"].baseline_value is None
+    assert by_case["native-nvarc"].baseline_value == by_case["hf-nvarc"].value
+    assert ", vocab 16," in by_case["hf-nvarc"].extra["desc"] + ","

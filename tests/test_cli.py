@@ -577,6 +577,26 @@ def test_a_run_with_a_recipe_prints_and_logs_it(tmp_path, capsys):
     (adapter,) = (out / "adapters").iterdir()
     cfg = json.loads((adapter / "adapter_config.json").read_text())
     assert cfg["use_rslora"] is True and cfg["r"] == 8 and cfg["lora_alpha"] == 32
+    # NVARC trained each task's embedding and LM head: PEFT's whole modules of the compact vocabulary.
+    assert cfg["modules_to_save"] == ["embed_tokens", "lm_head"]
+    from arcfast.adapters import load_adapter
+
+    lcfg, tensors = load_adapter(adapter)
+    assert lcfg.tokens == ("embed_tokens", "lm_head") and tensors["lm_head"].shape == (16, 64)
+    assert json.loads((out / "submission.json").read_text())
+
+
+def test_train_tokens_flags(tmp_path):
+    from arcfast.cli import _run_config, build_parser
+
+    parse = lambda *a: _run_config(build_parser().parse_args(["ttft", "--out", str(tmp_path / "x"), *a]), "ttft")
+    assert parse().tokens == () and parse().embedding_lr is None
+    assert parse("--train-tokens", "both", "--embedding-lr", "1e-5").tokens == ("embed_tokens", "lm_head")
+    assert parse("--train-tokens", "head").tokens == ("lm_head",)
+    assert parse("--train-tokens", "lm_head,embed_tokens").embedding_lr is None
+    assert parse("--recipe", "nvarc", "--train-tokens", "none").tokens == ()
+    with pytest.raises(SystemExit):
+        parse("--train-tokens", "norm")
 
 
 def test_max_task_seconds_stops_a_groups_training(tmp_path):

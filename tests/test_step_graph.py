@@ -30,11 +30,11 @@ def batches(seed: int, n_adapters: int, n_steps: int, row_len: int = 96, rows: i
     return out
 
 
-def twins(n_adapters: int, cfg: TrainConfig, device="cpu", dtype=torch.float32):
+def twins(n_adapters: int, cfg: TrainConfig, device="cpu", dtype=torch.float32, tokens=()):
     made = []
     for _ in range(2):
         model = build_model(preset("tiny"), dtype=dtype, device=device, seed=3)
-        tr = Trainer(model, LoRAConfig(r=4, alpha=8), cfg, n_adapters)
+        tr = Trainer(model, LoRAConfig(r=4, alpha=8, tokens=tokens), cfg, n_adapters)
         tr.reset_adapters(range(n_adapters), seeds=[11 + a for a in range(n_adapters)], total_steps=[5, 6, 7, 8][:n_adapters])
         with torch.no_grad():  # non-zero B, so every path of the LoRA gradient is exercised
             tr.lora.weight.add_(0.01 * torch.randn(tr.lora.weight.shape, generator=torch.Generator().manual_seed(5)).to(device))
@@ -47,10 +47,14 @@ def test_segment_bucket():
     assert segment_bucket(0) == MIN_SEGMENTS
 
 
-@pytest.mark.parametrize("weight_decay,max_norm", [(0.0, 1.0), (0.05, 1e-3), (0.0, None)])
-def test_static_step_equals_trainer_step(weight_decay, max_norm):
-    cfg = TrainConfig(lr=3e-3, warmup_ratio=0.3, weight_decay=weight_decay, max_grad_norm=max_norm, attention="sdpa")
-    ref, fast = twins(4, cfg)
+@pytest.mark.parametrize("weight_decay,max_norm,tokens", [(0.0, 1.0, ()), (0.05, 1e-3, ()), (0.0, None, ()),
+                                                           (0.05, 1.0, ("embed_tokens", "lm_head"))])
+def test_static_step_equals_trainer_step(weight_decay, max_norm, tokens):
+    """The fixed-shape step against the eager one; with each task's own embedding and head rows at
+    their own learning rate too (the graphed step's head runs over every position)."""
+    cfg = TrainConfig(lr=3e-3, warmup_ratio=0.3, weight_decay=weight_decay, max_grad_norm=max_norm, attention="sdpa",
+                      embedding_lr=1e-3 if tokens else None)
+    ref, fast = twins(4, cfg, tokens=tokens)
     static = StaticStep(fast, capture=False)
     assert static.reason.startswith("eager")
     for k, batch in enumerate(batches(0, 4, 5)):
@@ -111,13 +115,14 @@ def test_graph_support_and_refusals():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-def test_cuda_graph_replay_equals_eager():
+@pytest.mark.parametrize("tokens", [(), ("embed_tokens", "lm_head")])
+def test_cuda_graph_replay_equals_eager(tokens):
     from arcfast.lora import triton_available
 
     if not triton_available():
         pytest.skip("Triton LoRA kernels unavailable")
-    cfg = TrainConfig(lr=3e-3, warmup_ratio=0.2, weight_decay=0.01)
-    eager_tr, graph_tr = twins(4, cfg, device="cuda", dtype=torch.bfloat16)
+    cfg = TrainConfig(lr=3e-3, warmup_ratio=0.2, weight_decay=0.01, embedding_lr=1e-3 if tokens else None)
+    eager_tr, graph_tr = twins(4, cfg, device="cuda", dtype=torch.bfloat16, tokens=tokens)
     if graph_support(graph_tr):
         pytest.skip(graph_support(graph_tr))
     eager, graphed = StaticStep(eager_tr, capture=False), StaticStep(graph_tr, capture=True)

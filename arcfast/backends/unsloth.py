@@ -54,7 +54,15 @@ class UnslothBackend(HFBackend):
             model_name=str(path), max_seq_length=model.config.max_position, dtype=model.dtype,
             load_in_4bit=False, local_files_only=True)
         c = self.lora_cfg
+        extra = {}
+        if c.tokens:
+            # Whole modules (PEFT's modules_to_save) for a compact vocabulary, as the native trainer
+            # saves them; a full vocabulary's trainable tokens are PEFT's alone.
+            if self._slots.peft_token_ids() is not None:
+                raise BackendUnavailable("unsloth trains the embedding / LM-head rows of a compact-vocabulary "
+                                         "model only (modules_to_save); this model keeps its full vocabulary")
+            extra["modules_to_save"] = list(c.tokens)
         return FastLanguageModel.get_peft_model(
             fm, r=c.r, lora_alpha=c.alpha, lora_dropout=c.dropout, use_rslora=c.rslora,
             target_modules=list(c.targets), bias="none",
-            use_gradient_checkpointing=("unsloth" if self._gc else False), random_state=0)
+            use_gradient_checkpointing=("unsloth" if self._gc else False), random_state=0, **extra)

@@ -14,7 +14,15 @@ Options (``--set key=value``): model, steps, warmup, tasks (tasks per native ste
 alpha/sqrt(r), e.g. with r=256 as NVARC trained), hf_steps,
 attention/lora_path/ops/loss/compile/checkpoint (native TrainConfig fields), adapters and
 adapter_max_len (the many-adapter case), cases (comma list of hf, unsloth, native1, native,
-native1-graphs, native-graphs, many, hf-batch, unsloth-batch), hf_batch (samples per step of the "-batch" cases).
+native1-graphs, native-graphs, many, hf-batch, unsloth-batch, and the recipe cases hf-nvarc,
+unsloth-nvarc, native1-nvarc, native-nvarc, native-graphs-nvarc), hf_batch (samples per step of
+the "-batch" cases).
+
+Recipe cases (``-nvarc``): NVARC's per-task LoRA (r=256, alpha 32, rsLoRA, every projection) plus
+each task's own embedding and LM-head rows, compact vocabulary; ``hf-nvarc`` runs it in
+transformers+PEFT (``modules_to_save``) at batch 1, as NVARC trained, and is the baseline of the
+other recipe cases. Their MFU leaves out the LoRA's own FLOPs, which are no longer negligible at
+r=256.
 
 Cases: ``hf-batch`` / ``unsloth-batch`` run those stacks with their own best throughput settings
 rather than the TTFT recipe: ``hf_batch`` samples per step (8 on a GPU, right-padded: Unsloth's
@@ -148,6 +156,24 @@ def _measure(device, run_step, batches, warmup: int, flops_tok: Optional[float] 
             "tokens": tokens, "step_ms": 1000 * dt / max(1, len(timed)), "last_loss": losses[-1] if losses else None}
 
 
+def _nvarc_lora():
+    from arcfast.lora import LoRAConfig
+
+    return LoRAConfig(r=256, alpha=32.0, rslora=True, tokens=("embed_tokens", "lm_head"))
+
+
+# The recipe cases ("<case>-nvarc"): NVARC's per-task LoRA, r=256, alpha 32, rsLoRA, with each
+# task's own embedding and LM-head rows (arcfast.recipes), beside the plain r=32 cases.
+RECIPE_SUFFIX = "-nvarc"
+
+
+def _lora_desc(lcfg) -> str:
+    if not lcfg.tokens and not lcfg.rslora and lcfg.r == 32:
+        return ""
+    return (f", LoRA r={lcfg.r} alpha {lcfg.alpha:g}{' rsLoRA' if lcfg.rslora else ''}"
+            f"{' + embedding and head rows' if lcfg.tokens else ''}")
+
+
 def run_case(name: str, ctx: Context, opts: dict, data, ref_cfg) -> dict:
     import torch
 
@@ -156,18 +182,21 @@ def run_case(name: str, ctx: Context, opts: dict, data, ref_cfg) -> dict:
     from arcfast.trainer import TrainConfig, pack_samples
 
     device = ctx.device
-    lcfg = LoRAConfig(r=opts["r"], alpha=2 * opts["r"], rslora=opts["rslora"])
+    recipe = name.endswith(RECIPE_SUFFIX)
+    kind = name[:-len(RECIPE_SUFFIX)] if recipe else name
+    lcfg = _nvarc_lora() if recipe else LoRAConfig(r=opts["r"], alpha=2 * opts["r"], rslora=opts["rslora"])
     base = dict(lr=1e-4, steps=1000, warmup_steps=0)
     _reset_peak(device)
     flat = [s for task in data for s in task]
-    if name in ("hf", "unsloth", "hf-batch", "unsloth-batch"):
+    if kind in ("hf", "unsloth", "hf-batch", "unsloth-batch"):
         from arcfast.backends import select_backend
 
-        cls, reason = select_backend(name.split("-")[0])
-        batched = name.endswith("-batch")
+        cls, reason = select_backend(kind.split("-")[0])
+        batched = kind.endswith("-batch")
         # batch 1 with the full vocabulary: the common recipe; "-batch": the stack's own best
         # settings for throughput: k samples per step (right-padded) and the compact vocabulary.
-        vocab = "compact" if batched else "full"
+        # NVARC's recipe cut the vocabulary to 16 tokens: compact.
+        vocab = "compact" if batched or recipe else "full"
         model = load_model(opts["model"], device=device, vocab=vocab)
         backend = cls(model, lcfg, TrainConfig(**base), 1)
         vocab_size = model.config.vocab_size
@@ -179,28 +208,28 @@ def run_case(name: str, ctx: Context, opts: dict, data, ref_cfg) -> dict:
                    for i in range(n)]
         step = lambda b: float(backend.step(b).loss[0])
         lengths = [len(x) for x, _, _ in flat]
-        desc = f"{name}: batch {k}{' (padded)' if batched else ''}, vocab {vocab_size}"
+        desc = f"{name}: batch {k}{' (padded)' if batched else ''}, vocab {vocab_size}{_lora_desc(lcfg)}"
     else:
         tc = TrainConfig(**base, **{k: opts[k] for k in ("attention", "lora_path", "ops", "loss", "compile",
                                                           "checkpoint") if k in opts})
         model = load_model(opts["model"], device=device)
         vocab_size = model.config.vocab_size
         n = opts["warmup"] + opts["steps"]
-        if name in ("native1", "native1-graphs"):   # the per-task recipe on our engine: one sample per step
+        if kind in ("native1", "native1-graphs"):   # the per-task recipe on our engine: one sample per step
             from dataclasses import replace
 
             from arcfast.backends.native import NativeBackend
 
-            backend = NativeBackend(model, lcfg, replace(tc, cuda_graphs=name.endswith("graphs")), 1)
+            backend = NativeBackend(model, lcfg, replace(tc, cuda_graphs=kind.endswith("graphs")), 1)
             batches = [pack_samples([(x, y, 0)], len(x)) for x, y, _ in (flat * (1 + n // len(flat)))[:n]]
             lengths = [len(x) for x, _, _ in flat]
-            desc = f"{name}: batch 1, vocab {vocab_size}"
-        elif name == "many":   # the same packed batches through N adapters, then through one
+            desc = f"{name}: batch 1, vocab {vocab_size}{_lora_desc(lcfg)}"
+        elif kind == "many":   # the same packed batches through N adapters, then through one
             return many_adapters(ctx, opts, tc, lcfg)
         else:
             from arcfast.backends.native import NativeBackend
 
-            if name == "native-graphs":
+            if kind == "native-graphs":
                 from dataclasses import replace
 
                 tc = replace(tc, cuda_graphs=True)
@@ -212,9 +241,9 @@ def run_case(name: str, ctx: Context, opts: dict, data, ref_cfg) -> dict:
             batches = [packed[s % k] for s in range(n)]
             lengths = [len(x) for x, _, _ in flat]
             desc = (f"{name}: {n_tasks} tasks x 1 sample per step, rows of {opts['row_len']}, vocab {vocab_size}, "
-                    f"fill {np.mean([b.fill for b in packed]):.2f}")
+                    f"fill {np.mean([b.fill for b in packed]):.2f}{_lora_desc(lcfg)}")
         step = lambda b: float(np.nanmean(backend.step(b).loss))
-    if name.endswith("-graphs"):
+    if kind.endswith("-graphs"):
         # Steady state: one untimed pass captures the graph of every shape the timed pass meets.
         res = _measure(device, step, batches + batches, len(batches))
         res["graphs_captured"] = backend._graphed.captures if backend._graphed is not None else 0
@@ -226,7 +255,8 @@ def run_case(name: str, ctx: Context, opts: dict, data, ref_cfg) -> dict:
     res["mfu"] = res["tokens_per_s"] * fl / pk if pk else None
     res["desc"] = desc
     res["gflop_per_token"] = fl / 1e9
-    if name.startswith("native"):
+    res["lora"] = {"r": lcfg.r, "alpha": lcfg.alpha, "rslora": lcfg.rslora, "tokens": list(lcfg.tokens)}
+    if kind.startswith("native"):
         res["paths"] = {"attention": tc.attention, "lora_path": tc.lora_path, "ops": backend.ops,
                         "loss": backend.loss_impl, "compile": tc.compile, "steps": backend.graph_status}
     del backend
@@ -300,7 +330,7 @@ def run(ctx: Context) -> list[Row]:
         if k in o:
             opts[k] = o[k].lower() in ("1", "true", "yes")
     cases = o.get("cases", "hf,unsloth,hf-batch,unsloth-batch,native1,native1-graphs,native,native-graphs,"
-                           "many").split(",")
+                           "many,hf-nvarc,unsloth-nvarc,native1-nvarc,native-nvarc,native-graphs-nvarc").split(",")
     if not cuda:
         torch.set_num_threads(max(1, ctx.threads or torch.get_num_threads()))
     data, how = ttft_samples(opts["tasks"], opts["per_task"], opts["max_len"])
@@ -320,7 +350,7 @@ def run(ctx: Context) -> list[Row]:
         if name.startswith("unsloth") and not status["unsloth"][0]:
             results[name] = {"skipped": status["unsloth"][1]}
             continue
-        if name.endswith("-graphs") and not cuda:
+        if (name.endswith("-graphs") or name.endswith("-graphs" + RECIPE_SUFFIX)) and not cuda:
             results[name] = {"skipped": "CUDA graphs need a GPU"}
             continue
         try:
@@ -332,7 +362,6 @@ def run(ctx: Context) -> list[Row]:
     common = {"model": opts["model"], "device": ctx.device, "lora_r": opts["r"], "rslora": opts["rslora"], "samples": how,
               "unsloth": _version("unsloth") if status["unsloth"][0] else None}
     rows: list[Row] = []
-    base = results.get("hf", {})
     for name in cases:
         r = results.get(name, {})
         if "skipped" in r:
@@ -344,12 +373,16 @@ def run(ctx: Context) -> list[Row]:
             rows.append(Row("train", r["desc"], r["tokens_per_s"], "tokens/s", baseline="same batch, 1 adapter",
                             baseline_value=r["single_tokens_per_s"], bar=0.9, extra=extra))
             continue
-        is_base = name == "hf"
+        # A recipe case is held against the same recipe in transformers+PEFT (hf-nvarc).
+        ref_name = "hf-nvarc" if name.endswith(RECIPE_SUFFIX) else "hf"
+        ref = results.get(ref_name, {})
+        is_base = name == ref_name
         rows.append(Row("train", r["desc"], r["tokens_per_s"], "tokens/s",
-                        baseline=None if is_base else "hf batch 1, full vocab",
-                        baseline_value=None if is_base else base.get("tokens_per_s"), extra=extra))
+                        baseline=None if is_base else ref.get("desc", ref_name),
+                        baseline_value=None if is_base else ref.get("tokens_per_s"), extra=extra))
         rows.append(Row("train", f"{name}: samples/s", r["samples_per_s"], "samples/s",
-                        baseline=None if is_base else "hf", baseline_value=None if is_base else base.get("samples_per_s"),
+                        baseline=None if is_base else ref_name,
+                        baseline_value=None if is_base else ref.get("samples_per_s"),
                         extra={"peak_gib": r.get("peak_gib"), "mfu": r.get("mfu")}))
     # The GPU speed bars, in samples/s: the best native case against hf's batch-1 recipe (>= 4x)
     # and against Unsloth at its own best settings (>= 2x).
