@@ -345,15 +345,20 @@ def merge_adapter(model, adapter) -> list:
     """Add the PEFT LoRA adapter directory ``adapter`` into ``model``'s weights, in place:
     ``W += scaling * B @ A`` (W [dout, din], PEFT's B [dout, r], A [r, din]; scaling ``alpha / r``,
     or ``alpha / sqrt(r)`` for rsLoRA) on every layer it targets, summed in fp32 and rounded once to
-    the model's dtype. The model then computes what it computed with the adapter attached. Returns
-    the merged layer names; raises ValueError naming the directory and the layer, before changing
-    anything, when a layer is not in the model or its shape differs."""
+    the model's dtype; its embedding / LM-head rows, where it trains them, replace the model's (a
+    tied head given rows of its own is untied). The model then computes what it computed with the
+    adapter attached. Returns the merged layer names (and module paths); raises ValueError naming
+    the directory and the layer, before changing anything, when a layer is not in the model or its
+    shape differs."""
     import torch
 
     from .model import Linear
 
-    cfg, tensors = load_adapter(adapter)
+    cfg, tensors, ids = _read_adapter(adapter)
+    rows = token_rows(tensors)
+    tensors = lora_layers(tensors)
     layers = {n: m for n, m in model.named_modules() if isinstance(m, Linear)}
+    idx = _merge_rows_check(model, adapter, rows, ids)
     for name, (a, b) in tensors.items():          # arcfast layout: a [din, r], b [r, dout]
         m = layers.get(name)
         if m is None:
@@ -367,4 +372,44 @@ def merge_adapter(model, adapter) -> list:
             w = layers[name].weight
             delta = (a.to(w.device) @ b.to(w.device)).t() * cfg.scaling
             w.copy_((w.float() + delta).to(w.dtype))
-    return sorted(tensors)
+        _merge_rows(model, rows, idx, whole=ids is None)
+    return sorted(tensors) + sorted(rows)
+
+
+def _merge_rows_check(model, adapter, rows: dict, ids: Optional[list]):
+    """The model ids (int64 tensor) the adapter's token rows replace; ValueError naming the adapter
+    where they do not fit the model."""
+    if not rows:
+        return None
+    V, d = model.config.vocab_size, model.config.hidden_size
+    idx = torch.arange(V) if ids is None else torch.as_tensor(ids, dtype=torch.long)
+    if len(idx) and (idx.max() >= V or idx.min() < 0):
+        raise ValueError(f"{adapter}: trained token id {int(idx.max())} is outside the model's {V} rows")
+    for path, t in rows.items():
+        if tuple(t.shape) != (len(idx), d):
+            raise ValueError(f"{adapter}: rows of {path} are {tuple(t.shape)}, the model's "
+                             f"{'module' if ids is None else 'listed rows'} {(len(idx), d)}")
+    return idx
+
+
+def _merge_rows(model, rows: dict, idx, whole: bool) -> None:
+    """Write the adapter's token rows into ``model``. A tied head is untied first (its own copy of
+    the embedding) where it gets rows of its own, or where the embedding's are whole modules, which
+    PEFT gives the embedding alone; trainable tokens of a tied model are the head's rows too."""
+    import torch.nn as nn
+    from dataclasses import replace
+
+    from .model import Linear
+
+    if not rows:
+        return
+    emb = model.model.embed_tokens
+    if model.lm_head is None and ("lm_head" in rows or whole):
+        head = Linear(emb.weight.shape[1], emb.weight.shape[0], False).to(emb.weight.device, emb.weight.dtype)
+        head.weight = nn.Parameter(emb.weight.detach().clone(), requires_grad=emb.weight.requires_grad)
+        head.name = "lm_head"
+        model.lm_head = head
+        model.config = replace(model.config, tie_embeddings=False)
+    for path, t in rows.items():
+        w = emb.weight if path == "model.embed_tokens" else model.lm_head.weight
+        w[idx.to(w.device)] = t.to(w.device, w.dtype)

@@ -178,3 +178,28 @@ def test_scores_with_token_rows_equal_the_reference(kind):
         np.testing.assert_allclose(got[i], ref, rtol=0, atol=LP_TOL)
     plain = target_logprobs_reference(m, prompts[0], targets[0])
     assert np.abs(got[0] - plain).max() > 1e-3        # adapter 0's rows change the scores
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("tokens", [BOTH, ("embed_tokens",), ("lm_head",)])
+def test_merged_adapter_with_token_rows_computes_what_the_adapter_did(tmp_path, kind, tokens):
+    """merge_adapter writes the rows into the model (untying a tied head given rows of its own):
+    the merged model's plain forward is the model with the adapter attached."""
+    from arcfast.adapters import merge_adapter, save_adapter
+
+    if kind.startswith("full") and "embed_tokens" not in tokens and not kind.endswith("untied"):
+        return   # refused when made (test_mixed_adapters_decode_as_each_alone)
+    m = _model(kind)
+    lora = _lora(m, tokens, n=1)
+    path = save_adapter(tmp_path / "a", lora.get(0), lora.cfg, token_ids=lora.peft_token_ids())
+    merged = copy.deepcopy(m)
+    names = merge_adapter(merged, path)
+    assert {"model.embed_tokens", "lm_head"} & set(names)
+    ids = torch.as_tensor(m.config.model_ids(np.stack(_prompts(1, seed=5) * 2)[:, :6].astype(np.int64)))
+    with torch.no_grad():
+        step = lora.begin(np.zeros(ids.shape, np.int32), m.dtype, "torch", training=False)
+        want = m.logits(m(ids, lora=step), step.tokens, step.tokens.adapter_ids.view(ids.shape))
+        got = merged.logits(merged(ids))
+        plain = m.logits(m(ids))
+    assert (want - plain).abs().max() > 1e-2
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
