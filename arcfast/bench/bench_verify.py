@@ -32,7 +32,9 @@ Options (``--set key=value``): tasks (count from the start of ``source``, defaul
 (per task; default 16, ``--quick`` 2), predictions (default 8, ``--quick`` 4), verify (K, default 8,
 ``--quick`` 2), objectives (the second run's, default ``output=1,input=0.5,verify=0.5``), max_new
 (``--quick`` 48), budget (default 24h), out (the runs' parent directory; default a temporary one,
-removed afterwards), reuse (1: a run already finished under ``out`` is read, not run again).
+removed afterwards), reuse (1: a run already finished under ``out`` is read, not run again),
+tokens (``both``, ``embed_tokens`` or ``lm_head``: each task's adapter also trains its own rows of
+those, ``--train-tokens``; the verdict ids' rows then learn per task too; default none).
 """
 from __future__ import annotations
 
@@ -53,7 +55,7 @@ def _options(ctx: Context) -> dict:
     s = dict(tasks=2 if quick else 12, source="arc1:eval", model="tiny" if quick else "starter",
              steps=2 if quick else 16, predictions=4 if quick else 8, verify=2 if quick else 8,
              objectives="output=1,input=0.5,verify=0.5", max_new=48 if quick else None, budget="24h", out=None,
-             reuse=False)
+             reuse=False, tokens=())
     o = ctx.options
     for k in ("tasks", "steps", "predictions", "verify", "max_new"):
         if k in o:
@@ -63,6 +65,10 @@ def _options(ctx: Context) -> dict:
             s[k] = o[k]
     if "reuse" in o:
         s["reuse"] = o["reuse"].lower() in ("1", "true", "yes")
+    if "tokens" in o:
+        from arcfast.lora import parse_tokens
+
+        s["tokens"] = parse_tokens(o["tokens"])
     if s["max_new"] == 0:   # --set max_new=0: the engine's own bound per task
         s["max_new"] = None
     if min(s["tasks"], s["steps"], s["verify"]) < 1 or s["predictions"] < 2:
@@ -85,7 +91,7 @@ def run_eval(s: dict, device: str, out: Path, objectives: tuple) -> dict:
     cfg = TTFTConfig(tasks=f"{s['source']}[:{s['tasks']}]", model=s["model"], budget=parse_duration(s["budget"]),
                      out=str(out), backend="native", device=device, seed=0, steps=s["steps"],
                      predictions=s["predictions"], max_new_tokens=s["max_new"], progress=False,
-                     objectives=objectives, verify=s["verify"], select="vote+verify")
+                     objectives=objectives, verify=s["verify"], select="vote+verify", tokens=s["tokens"])
     t0 = time.perf_counter()
     if s["reuse"] and (out / "run.json").is_file():   # a finished run of the same settings: read it
         summary, wall = json.loads((out / "run.json").read_text()), None
@@ -116,6 +122,13 @@ def run_eval(s: dict, device: str, out: Path, objectives: tuple) -> dict:
                 skipped.append(e["reason"])
     if not predicted:
         raise RuntimeError(f"{out}: the run logged no prediction")
+    # Each objective's loss at the end of TTFT, averaged over the tasks that trained it.
+    ends: dict = {}
+    for f in sorted((out / "tasks").glob("*.json")):
+        for name, v in (json.loads(f.read_text()).get("objective_losses") or {}).items():
+            if v is not None and v == v:
+                ends.setdefault(name, []).append(v)
+    counts["final_objective_loss"] = {k: round(sum(v) / len(v), 4) for k, v in ends.items()}
     if skipped:
         raise RuntimeError(f"{out}: verification was skipped: {skipped[0]}")
     return dict(wall_s=None if wall is None else round(wall, 2), generation_s=gen_s, verify_s=verify_s, **counts,
@@ -185,7 +198,8 @@ def _run(ctx: Context) -> list[Row]:
             run_dir = parent / name.replace("+", "-")
             r = run_eval(s, ctx.device, run_dir, objectives)
             r.update(verify_everything(s, ctx.device, run_dir))
-            where = (f"{s['model']}, {s['source']}[:{s['tasks']}], TTFT {name} x {s['steps']} steps, "
+            rows_trained = f" + {','.join(s['tokens'])} rows" if s["tokens"] else ""
+            where = (f"{s['model']}, {s['source']}[:{s['tasks']}], TTFT {name}{rows_trained} x {s['steps']} steps, "
                      f"{s['predictions']} predictions, K={s['verify']}, {ctx.device}")
             rows.append(Row(BENCH, f"verification vs generation time ({where})", r["verify_s"], "s",
                             baseline="generation", baseline_value=r["generation_s"], higher_is_better=False,
