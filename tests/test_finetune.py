@@ -386,3 +386,23 @@ def test_rslora_reaches_the_adapter_and_a_resume_keeps_it(tmp_path):
     with pytest.raises(ValueError, match="rslora: True -> False"):
         run_train(_cfg(tmp_path, "rs", steps=3, save_every=1, val=None, resume=True))
     assert "rslora" not in FinetuneConfig(full=True).batch_settings()    # no LoRA in a full run
+
+
+def test_train_tokens_reach_the_adapter_and_a_full_run_merges_them(tmp_path):
+    """`train --train-tokens both`: the adapter carries its own embedding and head rows (PEFT's
+    modules_to_save), a resume keeps the setting, and `--full --adapter` starts from them merged
+    (the tied head untied: the saved model has its own lm_head)."""
+    from arcfast.finetune import config_from_args
+
+    args = parser().parse_args(["train", "--train-tokens", "both", "--embedding-lr", "1e-3"])
+    assert config_from_args(args).tokens == ("embed_tokens", "lm_head") and config_from_args(args).embedding_lr == 1e-3
+    s = run_train(_cfg(tmp_path, "tok", steps=2, save_every=1, val=None, lr=1e-2, tokens=("embed_tokens", "lm_head")))
+    cfg = json.loads((tmp_path / "tok" / "adapter" / "adapter_config.json").read_text())
+    assert cfg["modules_to_save"] == ["embed_tokens", "lm_head"]
+    with pytest.raises(ValueError, match="tokens"):
+        run_train(_cfg(tmp_path, "tok", steps=3, save_every=1, val=None, resume=True))
+    full = run_train(_cfg(tmp_path, "full", steps=1, save_every=0, val=None, full=True, adapter=s["adapter"], lr=0.0))
+    got = model_weights(full["model"])
+    base = load_model("tiny", dtype=torch.float32, device="cpu")
+    assert "lm_head.weight" in got and not torch.equal(got["lm_head.weight"], got["model.embed_tokens.weight"])
+    assert (got["model.embed_tokens.weight"] - base.model.embed_tokens.weight).abs().max() > 1e-4
