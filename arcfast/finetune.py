@@ -652,9 +652,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--rslora", action="store_true",
                    help="rank-stabilised LoRA: scale by alpha/sqrt(rank) instead of alpha/rank (PEFT's "
                         "use_rslora), for high ranks such as 256")
-    g.add_argument("--train-tokens", dest="tokens", type=token_modules, default=(), metavar="MODULES",
+    g.add_argument("--train-tokens", dest="tokens", type=token_modules, default="none", metavar="MODULES",
                    help="also train the adapter's own rows of the embedding and/or LM head: embed_tokens, "
-                        "lm_head, both or none (default none); saved in PEFT's format")
+                        "lm_head, both or none; saved in PEFT's format (default: none)")
     g.add_argument("--embedding-lr", type=float, default=None, metavar="LR",
                    help="learning rate of those rows, on the same schedule (default: --lr)")
     g.add_argument("--lr", type=float, default=d.lr)
