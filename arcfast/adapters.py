@@ -201,18 +201,14 @@ def load_adapter(path) -> tuple[LoRAConfig, dict]:
     is not a JSON object with a positive integer ``r`` (numbers for ``lora_alpha`` and
     ``lora_dropout``, a boolean ``use_rslora``), is a DoRA adapter (``use_dora``), or the weights
     are truncated, corrupt or do not match it. ``config.tokens`` names the modules whose rows it
-    trains (``modules_to_save`` / ``trainable_token_indices``; :func:`adapter_token_ids` their ids)."""
+    trains (``modules_to_save`` / ``trainable_token_indices``)."""
     cfg, tensors, _ = _read_adapter(path)
     return cfg, tensors
 
 
-def adapter_token_ids(path) -> Optional[list]:
-    """The model ids of the adapter's trained token rows where it saved PEFT's trainable tokens
-    (``trainable_token_indices``), None where it saved whole modules or no rows."""
-    return _read_adapter(path)[2]
-
-
 def _read_adapter(path) -> tuple[LoRAConfig, dict, Optional[list]]:
+    """:func:`load_adapter`, and the model ids of the token rows where it saved PEFT's trainable
+    tokens (``trainable_token_indices``; None for whole modules or no rows)."""
     from .model import CheckpointError, json_field, read_json_object, read_safetensors
 
     path = Path(path)

@@ -442,12 +442,7 @@ class Generator:
         captured graphs read them), or None where the adapters train none."""
         if not self.tok_tables:
             return None
-        from .lora import TokenStep
-
-        lora = self.lora
-        head = lora.tables["lm_head"].module if "lm_head" in lora.tables else None
-        return TokenStep(self.tok_tables.get("embed_tokens"), self.tok_tables.get(head) if head else None,
-                         lora.row_of, lora.token_rows, self.row_adapter[:B], lora.all_rows)
+        return self.lora.token_step(self.tok_tables, self.row_adapter[:B])
 
     def _step(self, B: int, S: int, step, sampling: tuple, seed: int) -> None:
         """One decode step of rows 0..B-1 attending over cache slots 0..S-1; updates the row state

@@ -263,6 +263,7 @@ class MultiLoRA(nn.Module):
         if self.tokens_shared:
             self.tables["lm_head"] = self.tables["embed_tokens"]   # the head follows the embedding's rows
         self.token_rows = rows
+        self.token_ids_t = torch.from_numpy(rows).to(device)   # the same, on the device (TokenStep's)
         # Every model id's row in the tables, -1 for one not trained (a full vocabulary's others).
         row_of = torch.full((mc.vocab_size,), -1, dtype=torch.long)
         row_of[torch.from_numpy(rows)] = torch.arange(len(rows))
@@ -278,6 +279,18 @@ class MultiLoRA(nn.Module):
         """The model ids of the token rows where PEFT saves them as trainable tokens (a full
         vocabulary), None where it saves whole modules (see arcfast.adapters)."""
         return None if not self.tables or self.all_rows else [int(i) for i in self.token_rows]
+
+    def token_step(self, tables: dict, adapter_ids: torch.Tensor) -> "TokenStep":
+        """A :class:`TokenStep` over ``tables`` (``{module of a distinct slot: [S, V, d]}``: a
+        forward's compute-dtype views, or a decoder's buffers) for tokens of slots ``adapter_ids``;
+        the head reads the embedding's table where the two share one."""
+        head = tables[self.tables["lm_head"].module] if "lm_head" in self.tables else None
+        return TokenStep(tables.get("embed_tokens"), head, self.row_of, self.token_ids_t, adapter_ids, self.all_rows)
+
+    def _put_base_rows(self, row: torch.Tensor) -> None:
+        """Write the model's own token rows into ``row`` (one adapter's flat row, any device)."""
+        for t in self.table_slots():
+            row[t.off:t.off + t.n_rows * t.dim] = self.token_base[t.module].reshape(-1).to(row.device)
 
     def table_slots(self) -> list:
         """The distinct :class:`TokenSlot` s (one where the head shares the embedding's table)."""
@@ -322,8 +335,7 @@ class MultiLoRA(nn.Module):
                 # Drawn as PEFT's lora_A.weight [r, din], then stored transposed.
                 a = torch.empty(r, s.din).uniform_(-bound, bound, generator=gen)
                 row[s.off_a:s.off_a + s.din * r] = a.t().reshape(-1)
-            for t in self.table_slots():
-                row[t.off:t.off + t.n_rows * t.dim] = self.token_base[t.module].reshape(-1).cpu()
+            self._put_base_rows(row)
             self.weight[int(i)].copy_(row.to(self.weight.device))
 
     @torch.no_grad()
@@ -334,8 +346,7 @@ class MultiLoRA(nn.Module):
         of another scaling: :func:`arcfast.adapters.load_adapter_for`."""
         row = torch.zeros(self.size, dtype=torch.float32, device=self.weight.device)
         by_path = {t.path: t for t in self.tables.values()}
-        for t in self.table_slots():
-            row[t.off:t.off + t.n_rows * t.dim] = self.token_base[t.module].reshape(-1)
+        self._put_base_rows(row)
         r = self.cfg.r
         for name, value in tensors.items():
             if not isinstance(value, tuple):
@@ -428,10 +439,8 @@ class LoRAStep:
         self.ab = {name: (views[2 * k], views[2 * k + 1]) for k, name in enumerate(lora.slots)}
         self.tokens = None
         if tables:
-            view = {t.module: views[2 * len(lora.slots) + k] for k, t in enumerate(tables)}
-            head = view[lora.tables["lm_head"].module] if "lm_head" in lora.tables else None
-            self.tokens = TokenStep(view.get("embed_tokens"), head, lora.row_of, lora.token_rows,
-                                    routing.adapter_ids, lora.all_rows)
+            self.tokens = lora.token_step({t.module: views[2 * len(lora.slots) + k] for k, t in enumerate(tables)},
+                                          routing.adapter_ids)
         self.segments = None
         if path == "triton":
             from .kernels.lora import lora_segments
@@ -472,7 +481,7 @@ class TokenStep:
 
     ``embed`` / ``head``: compute-dtype tables [S, V, d] or None (row ``s``: slot s's rows of the V
     trained ids; the same tensor for a shared table); ``row_of``: int64 [vocab], each model id's row
-    in them (-1: not trained); ``rows``: the trained model ids (numpy or int64 tensor [V]);
+    in them (-1: not trained); ``rows``: the trained model ids (int64 [V], on ``row_of``'s device);
     ``adapter_ids``: int [T], the slot of each token of the forward (-1: the model's own rows);
     ``all_rows``: the trained ids are the whole vocabulary in order (a compact model).
     The model calls :meth:`embed_rows` after its embedding and :meth:`head_logits` after its head.
@@ -480,17 +489,17 @@ class TokenStep:
 
     def __init__(self, embed, head, row_of: torch.Tensor, rows, adapter_ids: torch.Tensor, all_rows: bool):
         self.embed, self.head, self.row_of = embed, head, row_of
-        self.rows = torch.as_tensor(rows, dtype=torch.long, device=row_of.device)
+        self.rows = rows
         self.adapter_ids = adapter_ids
         self.all_rows = all_rows
 
-    def embed_rows(self, input_ids: torch.Tensor, x: torch.Tensor, adapters: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def embed_rows(self, input_ids: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """x [..., d], the embedding of ``input_ids`` [...], with each token of an adapter given its
-        adapter's row. ``adapters``: the tokens' slots (default: the forward's ``adapter_ids``)."""
+        adapter's row."""
         if self.embed is None:
             return x
         S, V, d = self.embed.shape
-        a = (self.adapter_ids if adapters is None else adapters).reshape(input_ids.shape).long()
+        a = self.adapter_ids.reshape(input_ids.shape).long()
         j = self.row_of[input_ids]
         m = (a >= 0) & (j >= 0)
         rows = F.embedding(torch.where(m, a * V + j, torch.zeros_like(j)), self.embed.reshape(S * V, d))
