@@ -146,6 +146,19 @@ def _add_run_flags(p, command: str) -> None:
     g.add_argument("--loss-on", choices=LOSS_ON, default=d.loss_on,
                    help="the tokens that carry loss: the left-out pair's output, or every output of the "
                         "prompt but the first demonstration's")
+    g.add_argument("--no-geometric-aug", dest="geometric_aug", action="store_false",
+                   help="train on the tasks as they are oriented (default: a dihedral transform per sample)")
+    g.add_argument("--no-color-aug", dest="color_aug", action="store_false",
+                   help="train on the tasks' own colours (default: a colour permutation per sample)")
+    g.add_argument("--keep-zero", type=float, default=d.keep_zero_prob, metavar="P",
+                   help="probability that a sample's colour permutation keeps colour 0 (the usual "
+                        f"background) in place (default {d.keep_zero_prob:g}; 1: always)")
+    g.add_argument("--max-demos", type=int, default=d.max_demos, metavar="N",
+                   help="demonstrations per training sample at most (default 0: every train pair but the "
+                        "target; N-2 of N pairs is the seeds' 'n-2' recipe)")
+    g.add_argument("--swap-bug", action="store_true",
+                   help="ablation only: reproduce the always-swap bug of an earlier public implementation "
+                        "(the last train pair is never a target), to measure what leave-one-out is worth")
     g.add_argument("--tasks-per-group", type=int, default=d.tasks_per_group,
                    help="tasks trained together in one packed batch (0: 8 on CPU, 32 on GPU)")
     g.add_argument("--row-len", type=int, default=d.row_len, help="tokens per packed row")
@@ -196,7 +209,10 @@ def _run_config(args, command: str):
     return TTFTConfig(tasks=args.tasks, solutions=args.solutions, model=args.model, adapter=args.adapter,
                       budget=budget, margin=margin, out=args.out or time.strftime(f"runs/{command}-%Y%m%d-%H%M%S"),
                       backend=args.backend, device=args.device, dtype=args.dtype, seed=args.seed,
-                      recipe=args.recipe, sharding=args.sharding, lease_s=args.lease_seconds, **recipe, loss_on=args.loss_on, tasks_per_group=args.tasks_per_group,
+                      recipe=args.recipe, sharding=args.sharding, lease_s=args.lease_seconds, **recipe,
+                      loss_on=args.loss_on, geometric_aug=args.geometric_aug, color_aug=args.color_aug,
+                      keep_zero_prob=args.keep_zero, max_demos=args.max_demos, swap_bug=args.swap_bug,
+                      tasks_per_group=args.tasks_per_group,
                       row_len=args.row_len, max_len=args.max_len,
                       max_new_tokens=args.max_new_tokens, search=args.search, min_prob=args.min_prob,
                       temperature=args.temperature, select=args.select, rescore=args.rescore,

@@ -77,7 +77,11 @@ class SampleConfig:
       objective with probability weight / sum of the weights (an objective left out has weight 0).
       Stored as ``(name, float weight)`` pairs in id order, e.g. ``(("output", 1.0), ("verify",
       0.5))``; ``weights`` gives every objective's weight;
-    - ``verify_right``: probability that a verify sample's candidate is the right output.
+    - ``verify_right``: probability that a verify sample's candidate is the right output;
+    - ``swap_bug``: an ablation, never a default. It reproduces the always-swap bug of an earlier
+      public TTFT implementation (fixing it took that implementation's vote_2 from 21.9% to 32.1%):
+      the last pair of the ``output``/``verify`` pool is never the target (the first n - 1 take
+      turns) and stays a demonstration.
     """
 
     mode: str = "ttft"
@@ -88,6 +92,7 @@ class SampleConfig:
     max_attempts: int = 8
     objectives: tuple = (("output", 1.0),)
     verify_right: float = 0.5
+    swap_bug: bool = False
 
     def __post_init__(self):
         for name, allowed in (("mode", MODES), ("on_too_long", ON_TOO_LONG), ("loss_on", LOSS_ON)):
@@ -134,6 +139,7 @@ class SampleConfig:
             "max_attempts": int(self.max_attempts),
             "objectives": [float(w) for w in self.weights],
             "verify_right": float(self.verify_right),
+            "swap_bug": bool(self.swap_bug),
         }
 
 

@@ -104,6 +104,12 @@ class TTFTConfig:
     loss_on: str = "target"                # target | outputs: also every demonstration output but the first
     objectives: tuple = (("output", 1.0),)  # (name, weight): shares of the samples (arcfast.objectives)
     warmup_ratio: float = 0.1
+    # the training samples (arcfast.sampling, arcfast.augment)
+    geometric_aug: bool = True             # a dihedral transform drawn per sample (else identity only)
+    color_aug: bool = True                 # a colour permutation drawn per sample
+    keep_zero_prob: float = 0.9            # probability that such a permutation keeps colour 0
+    max_demos: int = 0                     # demonstrations per sample at most (0: every other train pair)
+    swap_bug: bool = False                 # ablation only: the last train pair is never a target
     # batching
     tasks_per_group: int = 0               # 0: 8 on the CPU, 32 on a GPU
     row_len: int = 8192
@@ -137,7 +143,8 @@ class TTFTConfig:
                     ("samples_per_task", 1, "samples of each task in every step"),
                     ("tasks_per_group", 0, "tasks per packed batch; 0: 8 on the CPU, 32 on a GPU"),
                     ("row_len", 1, "tokens per packed row"),
-                    ("max_len", 1, "tokens in the longest prompt"))
+                    ("max_len", 1, "tokens in the longest prompt"),
+                    ("max_demos", 0, "demonstrations per sample; 0: every other train pair"))
         for name, low, what in at_least:
             if getattr(self, name) < low:
                 raise ValueError(f"{name} must be >= {low} ({what}), got {getattr(self, name)}")
@@ -158,6 +165,8 @@ class TTFTConfig:
                              f"got {self.max_new_tokens}")
         if not (math.isfinite(self.budget) and self.budget > 0):
             raise ValueError(f"budget must be a positive number of seconds, got {self.budget}")
+        if not 0.0 <= self.keep_zero_prob <= 1.0:
+            raise ValueError(f"keep_zero_prob must lie in [0, 1], got {self.keep_zero_prob}")
         if not (math.isfinite(self.lr) and self.lr >= 0):
             raise ValueError(f"lr must be a finite number >= 0, got {self.lr}")
         if not math.isfinite(self.alpha):
@@ -202,6 +211,20 @@ class TTFTConfig:
     @property
     def out_dir(self) -> Path:
         return Path(self.out)
+
+    def sample_config(self):
+        """The :class:`arcfast.sampling.SampleConfig` of this recipe's training samples."""
+        from .sampling import SampleConfig
+
+        return SampleConfig(max_len=min(self.max_len, self.row_len), loss_on=self.loss_on,
+                            objectives=self.objectives, max_demos=self.max_demos, swap_bug=self.swap_bug)
+
+    def augment_config(self):
+        """The :class:`arcfast.augment.AugmentConfig` of this recipe's training samples."""
+        from .augment import N_TRANSFORMS, AugmentConfig
+
+        return AugmentConfig(transforms=tuple(range(N_TRANSFORMS)) if self.geometric_aug else (0,),
+                             permute_colors=self.color_aug, keep_zero_prob=self.keep_zero_prob)
 
     @property
     def needs_objective_ids(self) -> bool:
@@ -574,7 +597,7 @@ class TTFTRun:
     # -- training -------------------------------------------------------------------------------
     def _train_group(self, backend, group, steps, planner, pretrained, lora_cfg) -> dict:
         from .packing import PackedStream
-        from .sampling import OBJECTIVES, SampleConfig
+        from .sampling import OBJECTIVES
 
         cfg = self.cfg
         runs = {t.id: TaskRun(t.id) for t in group}
@@ -591,9 +614,8 @@ class TTFTRun:
             self.log(event="no_training", tasks=[t.id for t in group], reason=reason)
             return runs
         stream = PackedStream(group, seed=seeds[0], row_len=cfg.row_len, samples_per_task=cfg.samples_per_task,
-                              config=SampleConfig(max_len=min(cfg.max_len, cfg.row_len), loss_on=cfg.loss_on,
-                                                  objectives=cfg.objectives),
-                              threads=1, queue_size=4, batches=steps)
+                              config=cfg.sample_config(), augment=cfg.augment_config(), threads=1, queue_size=4,
+                              batches=steps)
         done, losses, t_group = 0, np.full(len(group), np.nan), time.perf_counter()
         obj_losses = np.full((len(group), len(OBJECTIVES)), np.nan)
         mixed = sum(w > 0 for _, w in cfg.objectives) > 1   # per-objective losses are worth logging

@@ -159,6 +159,7 @@ SampleCfg sample_cfg(const py::dict& d) {
         for (int j = 0; j < N_OBJECTIVES; ++j) c.objectives[j] = w[j];
     }
     if (d.contains("verify_right")) c.verify_right = d["verify_right"].cast<double>();
+    if (d.contains("swap_bug")) c.swap_bug = d["swap_bug"].cast<bool>();
     return c;
 }
 

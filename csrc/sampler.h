@@ -63,6 +63,10 @@ struct SampleCfg {
     int32_t loss_on = LOSS_TARGET;
     int32_t max_demos = 0;  // 0: every other pair of the pool
     int32_t max_attempts = 8;
+    // Ablation only, never a default: the always-swap bug of an earlier public TTFT implementation.
+    // The last pair of the output/verify pool is never a target (targets cycle over the first n - 1
+    // pairs) and is always offered as a demonstration.
+    bool swap_bug = false;
     double objectives[N_OBJECTIVES] = {1.0, 0.0, 0.0};  // weight of each objective, by id (shares of samples)
     double verify_right = 0.5;                         // probability that a verify candidate is the right output
 };
@@ -348,6 +352,8 @@ inline bool draw_plan(const TaskData& task, int32_t task_idx, int64_t index, int
     const int32_t obj = draw_objective(tk, index, sc);
     const std::vector<int32_t>& pool = objective_pool(task, sc.mode, obj);
     const int32_t n = int32_t(pool.size());
+    // Pairs that take turns as the target: all n, or the first n - 1 under the swap-bug ablation.
+    const int32_t nt = (sc.swap_bug && obj != OBJ_INPUT && n > 1) ? n - 1 : n;
     p.task = task_idx;
     p.index = index;
     p.attempt = attempt;
@@ -360,16 +366,16 @@ inline bool draw_plan(const TaskData& task, int32_t task_idx, int64_t index, int
         int32_t perm[64];
         std::vector<int32_t> big;
         int32_t* pp = perm;
-        if (n > 64) {
-            big.resize(n);
+        if (nt > 64) {
+            big.resize(nt);
             pp = big.data();
         }
-        for (int32_t i = 0; i < n; ++i) pp[i] = i;
-        Rng erng(combine64(combine64(tk, obj == OBJ_INPUT ? TAG_EPOCH_INPUT : TAG_EPOCH), uint64_t(index / n)));
-        shuffle(pp, n, erng);
-        p.target = pp[index % n];
+        for (int32_t i = 0; i < nt; ++i) pp[i] = i;
+        Rng erng(combine64(combine64(tk, obj == OBJ_INPUT ? TAG_EPOCH_INPUT : TAG_EPOCH), uint64_t(index / nt)));
+        shuffle(pp, nt, erng);
+        p.target = pp[index % nt];
     } else {
-        p.target = int32_t(rng.below(uint32_t(n)));
+        p.target = int32_t(rng.below(uint32_t(nt)));
     }
     p.pairs.clear();
     for (int32_t i = 0; i < n; ++i)

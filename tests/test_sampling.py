@@ -52,6 +52,26 @@ def test_every_pair_is_the_target_equally_often_and_never_a_demonstration(mode, 
         assert np.array_equal(s.input_ids[-len(tail):], tail)
 
 
+@pytest.mark.parametrize("mode, n_train, n_test", [("ttft", 4, 1), ("ttft", 2, 1), ("pretrain", 3, 2)])
+def test_swap_bug_ablation_never_makes_the_last_pair_a_target(mode, n_train, n_test):
+    task = _task(n_train=n_train, n_test=n_test)
+    n = n_train + (n_test if mode == "pretrain" else 0)
+    cfg = SampleConfig(mode=mode, swap_bug=True)
+    samples = make_samples([task], 3_000, seed=11, config=cfg, augment=AugmentConfig.none())
+    counts = Counter(s.target for s in samples)
+    assert sorted(counts) == list(range(n - 1))          # pair n - 1 never: the bug
+    for c in counts.values():
+        assert abs(c / 3_000 - 1 / (n - 1)) <= 0.002     # the others, equally often
+    assert all(n - 1 in s.demos for s in samples)        # it is always shown as a demonstration
+    windows = [s.target for s in samples]
+    assert all(sorted(windows[i:i + n - 1]) == list(range(n - 1)) for i in range(0, 300, n - 1))
+    # the input objective is untouched: every input is a target
+    inputs = make_samples([task], 600, seed=11, config=SampleConfig(mode=mode, swap_bug=True, objectives={"input": 1}),
+                          augment=AugmentConfig.none())
+    assert len(Counter(s.target for s in inputs)) == n_train + n_test
+    assert SampleConfig().swap_bug is False
+
+
 def test_targets_are_also_balanced_with_augmentation_and_in_every_window_of_n():
     task = _task(n_train=6, n_test=0)
     samples = make_samples([task], 600, seed=5, augment=AugmentConfig(composition_prob=0.5))
@@ -99,6 +119,9 @@ def test_same_seed_same_samples_any_thread_count_and_any_task_list():
     (SampleConfig(max_len=600, on_too_long="skip", max_attempts=3),
      AugmentConfig(permute_colors=False, shuffle_demos=False, composition_prob=0.5,
                    composition_sides=("output",))),
+    (SampleConfig(swap_bug=True, max_len=600, max_attempts=3), AugmentConfig()),
+    (SampleConfig(swap_bug=True, mode="pretrain", objectives={"output": 1, "input": 1, "verify": 1}),
+     AugmentConfig(composition_prob=0.3)),
 ])
 def test_cpp_samples_equal_the_reference(sc, ac):
     tasks = [_task(f"r{i}", n_train=2 + i % 4, n_test=1 + i % 2, seed=i, size=(2 + i % 7, 3 + i % 5))

@@ -205,8 +205,9 @@ def main(argv: Optional[list[str]] = None, prog: str = PROG) -> int:
 
     rows: list[Row] = []
     errors: dict[str, str] = {}
+    key = lambda text: text.replace("-", "_")   # -k ttft-ablations selects bench_ttft_ablations
     for name in discover():
-        if (args.only and args.only not in name) or any(x in name for x in args.exclude):
+        if (args.only and key(args.only) not in name) or any(key(x) in name for x in args.exclude):
             continue
         t0 = time.perf_counter()
         print(f"[{name}] running...", file=sys.stderr, flush=True)

@@ -26,7 +26,9 @@ Drawing one sample (``draw_plan``), in this order:
    known outputs (``pretrain``); for ``input``, every pair's input, train then test, in both modes;
 2. the target: at attempt 0, ``perm[index % n]`` where ``perm`` is ``range(n)`` shuffled by
    ``Rng(combine(combine(tk, e), index // n))``, ``e = 2`` (output, verify) or ``5`` (input): each run
-   of n slots of one pool has every pair as target once; at a later attempt, ``below(n)``;
+   of n slots of one pool has every pair as target once; at a later attempt, ``below(n)``. Under the
+   ``swap_bug`` ablation, for output and verify (n >= 2), every ``n`` here is ``n - 1``: the pool's
+   last pair is never the target;
 3. demonstrations: the other pairs in pool order, shuffled (``shuffle_demos``), cut to ``max_demos``;
 4. the dihedral transform: ``transforms[below(len(transforms))]``;
 5. colours (``permute_colors``): ``uniform() < keep_zero_prob`` keeps 0 and shuffles 1-9, else all ten are shuffled;
@@ -461,13 +463,14 @@ def draw_plan(task, task_idx: int, index: int, attempt: int, seed: int, sc, ac, 
     obj = draw_objective(tk, index, sc)
     pool = objective_pool(task, sc.mode, obj)
     n = len(pool)
+    nt = n - 1 if sc.swap_bug and obj != 1 and n > 1 else n   # pairs that can be targets
     rng = Rng(combine(combine(combine(tk, TAG_SAMPLE), index), attempt))
     if attempt == 0:
-        perm = list(range(n))
-        shuffle(perm, Rng(combine(combine(tk, TAG_EPOCH_INPUT if obj == 1 else TAG_EPOCH), index // n)))
-        target = perm[index % n]
+        perm = list(range(nt))
+        shuffle(perm, Rng(combine(combine(tk, TAG_EPOCH_INPUT if obj == 1 else TAG_EPOCH), index // nt)))
+        target = perm[index % nt]
     else:
-        target = rng.below(n)
+        target = rng.below(nt)
     demos = [i for i in range(n) if i != target]
     if ac.shuffle_demos:
         shuffle(demos, rng)
