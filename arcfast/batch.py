@@ -35,6 +35,9 @@ class PackedBatch:
     # int32 [n_samples]: the objective of each sample (arcfast.sampling.OBJECTIVES ids), indexed by
     # its sample_ids value; None where the maker did not say (every sample an ``output`` one)
     objective_ids: Optional[np.ndarray] = None
+    # int32 [n_samples]: the pool index of each sample's target pair (for ``input`` samples, of its
+    # target input), indexed as objective_ids; None where the maker did not say (packed by ``pack``)
+    target_ids: Optional[np.ndarray] = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -73,7 +76,27 @@ class PackedBatch:
 
         sample_ids = pad(self.sample_ids, -1)
         return PackedBatch(pad(self.input_ids, T.PAD), pad(self.labels, T.IGNORE_INDEX), pad(self.position_ids, 0),
-                           sample_ids, pad(self.adapter_ids, -1), cu_seqlens_of(sample_ids), self.objective_ids)
+                           sample_ids, pad(self.adapter_ids, -1), cu_seqlens_of(sample_ids), self.objective_ids,
+                           self.target_ids)
+
+    def target_counts(self, n_adapters: int, n_pairs: int, objectives=(0, 2)) -> np.ndarray:
+        """int64 [n_adapters, n_pairs]: how many samples of each adapter (task) took each pool pair
+        as their target, counting samples of ``objectives`` (default output and verify, which share
+        the train pairs' pool). Raises ValueError when the batch does not carry ``target_ids``."""
+        if self.target_ids is None:
+            raise ValueError("this batch does not say which pair each sample targets (target_ids)")
+        sid = self.sample_ids.ravel()
+        real = sid >= 0
+        samples, first = np.unique(sid[real], return_index=True)
+        adapters = self.adapter_ids.ravel()[real][first]
+        targets = np.asarray(self.target_ids)[samples]
+        keep = np.ones(len(samples), bool)
+        if self.objective_ids is not None:
+            keep = np.isin(np.asarray(self.objective_ids)[samples], objectives)
+        out = np.zeros((n_adapters, n_pairs), np.int64)
+        ok = keep & (adapters >= 0) & (adapters < n_adapters) & (targets >= 0) & (targets < n_pairs)
+        np.add.at(out, (adapters[ok], targets[ok]), 1)
+        return out
 
     def to_torch(self, device="cpu"):
         """The arrays as torch tensors on ``device`` (int64 ids/labels/positions, int32 the rest)."""

@@ -32,9 +32,10 @@ from .task import Task
 
 
 def _batch(d: dict) -> PackedBatch:
-    obj = d.get("objective_ids")
+    obj, tgt = d.get("objective_ids"), d.get("target_ids")
     return PackedBatch(d["input_ids"], d["labels"], d["position_ids"], d["sample_ids"], d["adapter_ids"],
-                       d["cu_seqlens"], None if obj is None else np.asarray(obj, np.int32))
+                       d["cu_seqlens"], None if obj is None else np.asarray(obj, np.int32),
+                       None if tgt is None else np.asarray(tgt, np.int32))
 
 
 def best_fit_decreasing(lengths: Sequence[int], row_len: int, rows: Optional[int] = None

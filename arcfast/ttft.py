@@ -247,6 +247,8 @@ class TaskRun:
     final_loss: Optional[float] = None
     # {objective: its loss at the task's last step that had its tokens}, for the objectives trained
     objective_losses: Optional[dict] = None
+    # per train pair: how many training samples took it as their target (leave-one-out: all alike)
+    targets: Optional[list] = None
     attempts: list = field(default_factory=list)   # per test input: up to 2 grids (lists)
     votes: list = field(default_factory=list)      # per test input: count of the winning grid
     predictions: list = field(default_factory=list)  # per test input: number of predictions
@@ -620,6 +622,7 @@ class TTFTRun:
         obj_losses = np.full((len(group), len(OBJECTIVES)), np.nan)
         mixed = sum(w > 0 for _, w in cfg.objectives) > 1   # per-objective losses are worth logging
         tokens = np.zeros(len(group), np.int64)
+        targets = np.zeros((len(group), max(len(t.train) for t in group)), np.int64)
         try:
             # Keep the inference time of this group and every later one free while stepping.
             for step in range(steps):
@@ -646,6 +649,8 @@ class TTFTRun:
                                 for i, o in enumerate(OBJECTIVES) if has[:, i].any() and mixed}
                 for a in range(len(group)):
                     tokens[a] += int((batch.adapter_ids == a).sum())
+                if batch.target_ids is not None:
+                    targets += batch.target_counts(*targets.shape)
                 self.log(event="step", tasks=len(group), step=step, loss=float(np.nanmean(stats.loss[:n][seen])) if seen.any() else None,
                          **({"objective_loss": step_obj} if step_obj else {}),
                          tokens=stats.tokens, label_tokens=int(np.asarray(stats.label_tokens[:n]).sum()),
@@ -658,6 +663,7 @@ class TTFTRun:
             r = runs[t.id]
             r.steps, r.train_seconds = done, seconds / len(group)
             r.train_tokens = int(tokens[i])
+            r.targets = targets[i, :len(t.train)].tolist()
             r.final_loss = None if np.isnan(losses[i]) else float(losses[i])
             if mixed:
                 r.objective_losses = {o: float(obj_losses[i, j]) for j, o in enumerate(OBJECTIVES)

@@ -356,6 +356,7 @@ struct Ready {
     int64_t samples = 0, tokens = 0;
     bool has_objectives = false;
     std::vector<int32_t> objectives;  // objective id of each sample, in the batch's sample numbering
+    std::vector<int32_t> targets;     // the pool index of each sample's target pair (streamed batches)
 };
 
 Ready write_job(const TaskStore& s, const SampleCfg& sc, int32_t row_len, Job& job,
@@ -379,6 +380,7 @@ Ready write_job(const TaskStore& s, const SampleCfg& sc, int32_t row_len, Job& j
     for (int32_t i : order) {
         out.tokens += lens[i];
         out.objectives.push_back(job.plans[i].objective);
+        out.targets.push_back(job.plans[i].target);
     }
     return out;
 }
@@ -401,6 +403,11 @@ py::dict batch_to_py(Ready&& r) {
         // per sample (index = sample_ids value): its objective id; objective_ids[sample_ids] per token
         const py::ssize_t ns = py::ssize_t(r.objectives.size());
         d["objective_ids"] = vec_to_py(std::move(r.objectives), {ns});
+    }
+    if (!r.targets.empty()) {
+        // per sample, as objective_ids: the pool index of its target (which pair it left out)
+        const py::ssize_t nt = py::ssize_t(r.targets.size());
+        d["target_ids"] = vec_to_py(std::move(r.targets), {nt});
     }
     py::dict st = counters_to_py(r.cnt);
     st["samples"] = r.samples;

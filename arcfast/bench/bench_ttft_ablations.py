@@ -1,7 +1,7 @@
 """TTFT's gain, measured: the seeds' test-time fine-tuning table re-run in miniature, through the
 real engine, on a regime where fine-tuning on a task's own demonstrations is what answers it.
 
-    arcfast bench -k ttft-ablations            # about 20 minutes on a 2-core CPU (3 seeds x 24 tasks)
+    arcfast bench -k ttft-ablations            # about 15 minutes on a 2-core CPU (5 seeds x 24 tasks)
     arcfast bench -k ttft-ablations --quick    # seconds: every row runs, the numbers mean little
     arcfast bench -k ttft-ablations --set seeds=5 --set rows=base,loo,swap-bug
 
@@ -10,7 +10,8 @@ real engine, on a regime where fine-tuning on a task's own demonstrations is wha
 
 - ``paint``: background stays 0, foreground becomes ``k`` (what the model is pretrained on);
 - ``invert``: background becomes ``k``, foreground becomes 0;
-- ``fill``: background becomes ``k``, foreground keeps its colour.
+- ``fill``: background becomes ``k``, foreground keeps its colour;
+- ``flood``: every cell becomes ``k``.
 
 A tiny model (the ``tiny`` preset's shape, 64 x 2, 0.1M parameters) is pretrained from random weights
 on ``pretrain_tasks`` generated ``paint`` tasks, as the learning benchmark does (``arcfast train
@@ -48,7 +49,9 @@ also report plain voting on the same adapters (``vote_2_vote``). The table is wr
 
 Options (``--set key=value``): seeds, rows (comma-separated), pretrain_tasks, pretrain_steps,
 held_out_tasks, rules (held-out, comma-separated), steps, lr, rank, predictions, n_train,
-tasks_per_group.
+tasks_per_group (0: all of a seed's tasks in one group), row_len (2,048: a step packs the group's
+samples, about 190 tokens each, into rows this long; rows of 8,192 holding 1,400 tokens made each
+step 10x slower on the CPU, every row being computed whole).
 """
 from __future__ import annotations
 
@@ -64,7 +67,7 @@ import numpy as np
 from .runner import Context, Row
 
 BENCH = "ttft-ablations"
-RULES = ("paint", "invert", "fill")
+RULES = ("paint", "invert", "fill", "flood")
 SIZE = (4, 4)
 # name: (TTFTConfig fields over the loo recipe, what the row is)
 ROWS = {
@@ -98,7 +101,8 @@ def rule_task(rng: np.random.Generator, task_id: str, rule: str, n_train: int = 
             if (g == 0).any() and len(np.unique(g[g > 0])) >= 2:
                 break
         fg = g > 0
-        out = {"paint": np.where(fg, k, 0), "invert": np.where(fg, 0, k), "fill": np.where(fg, g, k)}[rule]
+        out = {"paint": np.where(fg, k, 0), "invert": np.where(fg, 0, k), "fill": np.where(fg, g, k),
+               "flood": np.full_like(g, k)}[rule]
         pairs.append(Pair(g, out.astype(np.uint8)))
     return Task(id=task_id, train=pairs[:n_train], test=pairs[n_train:])
 
@@ -151,10 +155,10 @@ def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
 
 def _settings(ctx: Context) -> dict:
     q = ctx.quick
-    s = dict(seeds=1 if q else 3, rows=",".join(ROWS), pretrain_tasks=200 if q else 2000,
+    s = dict(seeds=1 if q else 5, rows=",".join(ROWS), pretrain_tasks=200 if q else 2000,
              pretrain_steps=10 if q else 1000, held_out_tasks=4 if q else 24, rules="invert,fill",
              steps=2 if q else 100, lr=3e-3, rank=16, predictions=2 if q else 8, n_train=4,
-             tasks_per_group=0)
+             tasks_per_group=0, row_len=2048)
     for key, value in ctx.options.items():
         if key not in s:
             raise ValueError(f"unknown option {key!r} of -k {BENCH}; known: {', '.join(s)}")
@@ -183,8 +187,8 @@ def run_row(name: str, model_dir: Path, tasks_dir: Path, out: Path, s: dict, see
     budget = 3600.0
     cfg = TTFTConfig(tasks=str(tasks_dir), model=str(model_dir), out=str(out), budget=budget, device="cpu",
                      dtype="float32", seed=seed, rank=s["rank"], alpha=2.0 * s["rank"], lr=s["lr"],
-                     steps=s["steps"], tasks_per_group=s["tasks_per_group"] or n_tasks, row_len=8192,
-                     max_len=8192, predictions=s["predictions"], save_adapters="none", progress=False,
+                     steps=s["steps"], tasks_per_group=s["tasks_per_group"] or n_tasks, row_len=s["row_len"],
+                     max_len=s["row_len"], predictions=s["predictions"], save_adapters="none", progress=False,
                      **fields)
     run = TTFTRun(cfg, deadline=Deadline(budget))
     summary = run.run()
