@@ -655,3 +655,44 @@ def test_a_killed_workers_tasks_are_finished_by_the_other(tmp_path):
     validate_submission(out / "submission.json", tasks)
     assert set(_results(out)) == {t.id for t in tasks}
     assert json.loads((out / "run.rank0.json").read_text())["trained"] == len(tasks)
+
+
+def test_sample_and_augmentation_flags_reach_the_recipe(tmp_path):
+    from arcfast.augment import AugmentConfig
+    from arcfast.cli import _run_config, build_parser
+
+    parse = lambda *a: _run_config(build_parser().parse_args(["ttft", "--out", str(tmp_path / "x"), *a]), "ttft")
+    d = parse()
+    assert (d.geometric_aug, d.color_aug, d.keep_zero_prob, d.max_demos, d.swap_bug) == (True, True, 0.9, 0, False)
+    assert d.augment_config() == AugmentConfig() and d.sample_config().swap_bug is False
+    cfg = parse("--no-geometric-aug", "--no-color-aug", "--keep-zero", "1", "--max-demos", "2", "--swap-bug")
+    aug, sc = cfg.augment_config(), cfg.sample_config()
+    assert aug.transforms == (0,) and not aug.permute_colors and aug.keep_zero_prob == 1.0
+    assert sc.max_demos == 2 and sc.swap_bug and sc.max_len == min(cfg.max_len, cfg.row_len)
+    assert parse("--keep-zero", "0.5").augment_config() == AugmentConfig(keep_zero_prob=0.5)
+    for bad in (("--keep-zero", "1.5"), ("--max-demos", "-1")):
+        with pytest.raises(ValueError):
+            parse(*bad)
+
+
+def test_a_run_records_the_targets_it_trained_and_the_swap_bug_drops_the_last_pair(tmp_path):
+    """tasks/<id>.json says how many training samples took each train pair as the target: equal
+    turns under leave-one-out, none for the last pair under --swap-bug."""
+    import numpy as np
+
+    from arcfast.bench.bench_ttft_ablations import held_out_tasks, write_tasks
+
+    tasks = write_tasks(held_out_tasks(np.random.default_rng(0), 2, n_train=4), tmp_path / "tasks")
+    records = {}
+    for name, extra in (("loo", []), ("bug", ["--swap-bug"])):
+        out = tmp_path / name
+        assert main(["ttft", "--tasks", str(tasks), "--model", "tiny", "--steps", "12", "--predictions", "1",
+                     "--row-len", "1024", "--max-len", "1024", "--max-new-tokens", "4", "--budget", "5m",
+                     "--out", str(out), "-q", *extra]) == 0
+        records[name] = [json.loads(p.read_text()) for p in sorted((out / "tasks").glob("*.json"))]
+    assert len(records["loo"]) == len(records["bug"]) == 2
+    for loo, bug in zip(records["loo"], records["bug"]):
+        n = len(loo["targets"])
+        assert n >= 2 and sum(loo["targets"]) == sum(bug["targets"]) == 12
+        assert max(loo["targets"]) - min(loo["targets"]) <= 1
+        assert bug["targets"][-1] == 0 and min(bug["targets"][:-1]) >= 12 // (n - 1)
