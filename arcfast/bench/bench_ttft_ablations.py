@@ -67,6 +67,7 @@ import numpy as np
 from .runner import Context, Row
 
 BENCH = "ttft-ablations"
+CONTROL = "paint (control)"
 RULES = ("paint", "invert", "fill", "flood")
 SIZE = (4, 4)
 # name: (TTFTConfig fields over the loo recipe, what the row is)
@@ -230,6 +231,8 @@ def _row(name: str, runs: list, base: list | None) -> Row:
     extra["seconds_per_seed"] = [round(r["seconds"], 1) for r in runs]
     extra["select"] = runs[0]["select"]
     extra["seeds"] = len(runs)
+    extra["vote_2_per_seed"] = [round(100 * float(np.mean([m.get("vote_2", 0.0) for m in r["tasks"].values()])), 1)
+                                for r in runs]
     extra["by_rule"] = {}
     for rule in sorted({tid.split("-")[0] for r in runs for tid in r["tasks"]}):
         vals = [m.get("vote_2", 0.0) for r in runs for tid, m in r["tasks"].items() if tid.split("-")[0] == rule]
@@ -258,26 +261,33 @@ def markdown_table(rows: list[Row]) -> str:
 
 
 def plot(rows: list[Row], path: Path, title: str) -> None:
-    """Horizontal bars of vote_2 with 95% intervals, one per row (base model in grey)."""
+    """Horizontal bars of vote_2 with 95% intervals, one per row (the base model and the control in
+    grey), each labelled with its short name and value."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     rows = [r for r in rows if "vote_2_ci95" in r.extra]
-    fig = Figure(figsize=(8, 0.45 * len(rows) + 1.4), dpi=100, layout="constrained")
+    fig = Figure(figsize=(7.5, 0.42 * len(rows) + 1.6), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     y = np.arange(len(rows))[::-1]
     vals = [r.extra["vote_2"] for r in rows]
     lo = [r.extra["vote_2"] - r.extra["vote_2_ci95"][0] for r in rows]
     hi = [r.extra["vote_2_ci95"][1] - r.extra["vote_2"] for r in rows]
-    colors = ["#999999" if r.case.startswith("base") else "#4c72b0" for r in rows]
-    ax.barh(y, vals, xerr=[lo, hi], color=colors, capsize=3)
-    ax.set_yticks(y, [r.case.split(":")[0] for r in rows])
-    for yi, v in zip(y, vals):
-        ax.text(min(v + 1, 95), yi, f"{v:.0f}", va="center", fontsize=8)
-    ax.set(xlim=(0, 100), xlabel="held-out vote_2, % of tasks (95% Wilson interval)", title=title)
+    grey = {"base", CONTROL}
+    ax.barh(y, vals, xerr=[lo, hi], capsize=3,
+            color=["#999999" if _label(r) in grey else "#4c72b0" for r in rows])
+    ax.set_yticks(y, [_label(r) for r in rows])
+    for yi, r in zip(y, rows):
+        ax.text(min(r.extra["vote_2_ci95"][1] + 1.5, 101), yi, f"{r.extra['vote_2']:.0f}", va="center", fontsize=8)
+    ax.set(xlim=(0, 110), xlabel="held-out vote_2, % of tasks (95% Wilson interval)")
+    ax.set_title(title, fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
+
+
+def _label(r: Row) -> str:
+    return CONTROL if r.case.startswith("paint held-out") else r.case.split(":")[0]
 
 
 def run(ctx: Context) -> list[Row]:
@@ -329,8 +339,8 @@ def run(ctx: Context) -> list[Row]:
     for r in rows:
         r.extra.setdefault("settings", {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.items()})
     ctx.out.mkdir(parents=True, exist_ok=True)
-    title = (f"TTFT ablations: held-out {'/'.join(s['rules'])} tasks, {s['seeds']} seed(s) x "
-             f"{s['held_out_tasks']} tasks, {s['steps']} steps")
-    (ctx.out / "ttft-ablations.md").write_text(f"{title}\n\n" + markdown_table(rows))
+    title = (f"TTFT ablations: held-out {'/'.join(s['rules'])} tasks,\n{s['seeds']} seed(s) x "
+             f"{s['held_out_tasks']} tasks, rank {s['rank']}, {s['steps']} steps at lr {s['lr']:g}")
+    (ctx.out / "ttft-ablations.md").write_text(title.replace("\n", " ") + "\n\n" + markdown_table(rows))
     plot(rows, ctx.out / "ttft-ablations.png", title)
     return rows
