@@ -72,10 +72,14 @@ def test_exclude_skips_matching_benchmarks(tmp_path, monkeypatch, capsys):
     assert ran == ["bench_zz_keep"]
     assert runner.main(["--device", "cpu", "--no-save", "-k", "zz", "-x", "keep", "-x", "nothing"]) == 0
     assert ran == ["bench_zz_keep", "bench_zz_workload"]
+    # a benchmark is named as its option reads, with hyphens: -k zz-keep is bench_zz_keep
+    assert runner.main(["--device", "cpu", "--no-save", "-k", "zz-keep"]) == 0
+    assert runner.main(["--device", "cpu", "--no-save", "-k", "zz", "-x", "zz-keep"]) == 0
+    assert ran == ["bench_zz_keep", "bench_zz_workload", "bench_zz_keep", "bench_zz_workload"]
 
 
 def test_suite_is_discovered_inside_the_package():
-    assert {"bench_encode", "bench_kernels", "bench_train", "bench_workload"} <= set(runner.discover())
+    assert {"bench_encode", "bench_kernels", "bench_train", "bench_workload", "bench_ttft_ablations"} <= set(runner.discover())
     assert Path(runner.__file__).resolve().parent == Path(arcfast.bench.__file__).resolve().parent
 
 
