@@ -1,7 +1,7 @@
 """TTFT's gain, measured: the seeds' test-time fine-tuning table re-run in miniature, through the
 real engine, on a regime where fine-tuning on a task's own demonstrations is what answers it.
 
-    arcfast bench -k ttft-ablations            # about 15 minutes on a 2-core CPU (5 seeds x 24 tasks)
+    arcfast bench -k ttft-ablations            # about 18 minutes on a 2-core CPU (5 seeds x 24 tasks)
     arcfast bench -k ttft-ablations --quick    # seconds: every row runs, the numbers mean little
     arcfast bench -k ttft-ablations --set seeds=5 --set rows=base,loo,swap-bug
 
