@@ -146,16 +146,17 @@ def _add_run_flags(p, command: str) -> None:
     g.add_argument("--loss-on", choices=LOSS_ON, default=d.loss_on,
                    help="the tokens that carry loss: the left-out pair's output, or every output of the "
                         "prompt but the first demonstration's")
-    g.add_argument("--no-geometric-aug", dest="geometric_aug", action="store_false",
-                   help="train on the tasks as they are oriented (default: a dihedral transform per sample)")
-    g.add_argument("--no-color-aug", dest="color_aug", action="store_false",
-                   help="train on the tasks' own colours (default: a colour permutation per sample)")
+    g.add_argument("--geometric-aug", action=argparse.BooleanOptionalAction, default=d.geometric_aug,
+                   help="a dihedral transform drawn per training sample (--no-geometric-aug: the tasks as "
+                        "they are oriented)")
+    g.add_argument("--color-aug", action=argparse.BooleanOptionalAction, default=d.color_aug,
+                   help="a colour permutation drawn per training sample (--no-color-aug: the tasks' own colours)")
     g.add_argument("--keep-zero", type=float, default=d.keep_zero_prob, metavar="P",
                    help="probability that a sample's colour permutation keeps colour 0 (the usual "
-                        f"background) in place (default {d.keep_zero_prob:g}; 1: always)")
+                        f"background) in place (1: always; default: {d.keep_zero_prob})")
     g.add_argument("--max-demos", type=int, default=d.max_demos, metavar="N",
-                   help="demonstrations per training sample at most (default 0: every train pair but the "
-                        "target; N-2 of N pairs is the seeds' 'n-2' recipe)")
+                   help="demonstrations per training sample at most (0: every train pair but the target; N-2 "
+                        f"of N pairs is the seeds' 'n-2' recipe; default: {d.max_demos})")
     g.add_argument("--swap-bug", action="store_true",
                    help="ablation only: reproduce the always-swap bug of an earlier public implementation "
                         "(the last train pair is never a target), to measure what leave-one-out is worth")
