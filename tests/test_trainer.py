@@ -395,3 +395,48 @@ def test_the_step_modules_form_no_cycle_and_share_one_update():
     for b, a in zip(before, (opt.param, opt.m, opt.v)):
         assert torch.equal(b[1], a[1]) and not torch.equal(b[0], a[0])
     assert opt.steps.tolist() == [0, 0, 0]   # factors read the counts, the step advances them
+
+
+def test_trimmed_batch_gives_the_padded_batchs_losses_and_gradients():
+    """Rows cut to what they hold (and rows of padding only dropped) compute the same per-task
+    losses and LoRA gradients as the stream's padded rows: the padded batch is the reference."""
+    torch.manual_seed(0)
+    model = load_model("tiny", seed=3)
+    lora = MultiLoRA(model, LoRAConfig(r=4, alpha=8), 3)
+    with torch.no_grad():
+        lora.weight.normal_(0, 0.1)
+    rng = np.random.default_rng(1)
+    samples = [make_sample(rng, a % 3, int(rng.integers(8, 40))) for a in range(9)]
+    from arcfast.batch import PackedBatch, cu_seqlens_of
+
+    wide = pack_samples(samples, 128).widen(1024)   # two more rows of padding only, below
+    arrays = [np.concatenate([a, np.full((2, 1024), v, a.dtype)]) for a, v in
+              ((wide.input_ids, T.PAD), (wide.labels, T.IGNORE_INDEX), (wide.position_ids, 0),
+               (wide.sample_ids, -1), (wide.adapter_ids, -1))]
+    padded = PackedBatch(*arrays, cu_seqlens_of(arrays[3]))
+    trimmed = padded.trimmed(multiple=64)
+    R = int((padded.sample_ids >= 0).any(1).sum())
+    assert trimmed.shape == (R, 128) and padded.shape == (R + 2, 1024)
+    assert trimmed.n_tokens == padded.n_tokens and trimmed.trimmed(multiple=64) is trimmed
+
+    def losses_and_grad(batch):
+        b = prepare_batch(batch, model, lora, 3, attention="sdpa", lora_path="torch")
+        loss = task_losses(model, model(b.input_ids, b.position_ids, b.attention, b.lora), b, 3)
+        loss.sum().backward()
+        g = lora.weight.grad.clone()
+        lora.weight.grad = None
+        return loss.detach(), g
+
+    (l1, g1), (l2, g2) = losses_and_grad(padded), losses_and_grad(trimmed)
+    torch.testing.assert_close(l1, l2, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-6)
+    assert g1.abs().sum() > 0
+
+    # The trainer trims before its step: a widened batch steps exactly as the compact one does.
+    a = Trainer(model, LCFG, train_cfg(), 3)
+    b = Trainer(model, LCFG, train_cfg(), 3)
+    for t in (a, b):
+        t.reset_adapters(range(3), seeds=[1, 2, 3], total_steps=4)
+    sa, sb = a.step(pack_samples(samples, 128)), b.step(padded)
+    np.testing.assert_allclose(sa.loss, sb.loss, rtol=1e-5)
+    torch.testing.assert_close(a.lora.weight, b.lora.weight, rtol=1e-4, atol=1e-6)

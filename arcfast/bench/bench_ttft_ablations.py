@@ -50,8 +50,7 @@ also report plain voting on the same adapters (``vote_2_vote``). The table is wr
 Options (``--set key=value``): seeds, rows (comma-separated), pretrain_tasks, pretrain_steps,
 held_out_tasks, rules (held-out, comma-separated), steps, lr, rank, predictions, n_train,
 tasks_per_group (0: all of a seed's tasks in one group), row_len (2,048: a step packs the group's
-samples, about 190 tokens each, into rows this long; rows of 8,192 holding 1,400 tokens made each
-step 10x slower on the CPU, every row being computed whole).
+samples, about 190 tokens each, into rows this long).
 """
 from __future__ import annotations
 
