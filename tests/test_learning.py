@@ -37,12 +37,10 @@ import pytest
 import torch
 
 from arcfast.augment import AugmentConfig
-from arcfast.finetune import MixtureStream
+from arcfast.bench.bench_learning import pretrain as pretrain_full
 from arcfast.predict import predict_tasks
 from arcfast.model import build_model, preset, save_model
-from arcfast.sampling import SampleConfig
 from arcfast.task import Pair, Task
-from arcfast.trainer import FullTrainer, TrainConfig
 from arcfast.ttft import TTFTConfig, TTFTRun
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
@@ -76,15 +74,12 @@ def paint_task(rng: np.random.Generator, task_id: str, shape: tuple, n_train: in
 
 def pretrain(tasks: list) -> tuple:
     """The tiny preset from random weights, every weight trained by ``arcfast train --full``'s
-    trainer on its stream: wide grids only, in the transforms that keep them wide.
-    Returns (the model, the mean loss of the last 50 steps)."""
+    trainer on its stream (as the learning benchmarks train), loss on every demonstration output
+    after the first (each one shows k again): wide grids only, in the transforms that keep them
+    wide. Returns (the model, the mean loss of the last 50 steps)."""
     model = build_model(preset("tiny"), dtype=torch.float32, device="cpu", seed=SEED)
-    trainer = FullTrainer(model, TrainConfig(lr=3e-3, steps=PRETRAIN_STEPS, warmup_ratio=0.05))
-    # Loss on every demonstration output after the first: each one shows k again.
-    config = SampleConfig(mode="pretrain", max_len=ROW_LEN, loss_on="outputs")
-    with MixtureStream([tasks], [1.0], SEED, row_len=ROW_LEN, segment_len=PRETRAIN_STEPS, config=config,
-                       augment=AugmentConfig(transforms=SHAPE_KEEPING)) as stream:
-        losses = [float(trainer.step(next(stream)[1]).loss[0]) for _ in range(PRETRAIN_STEPS)]
+    losses, _ = pretrain_full(model, tasks, PRETRAIN_STEPS, SEED, lr=3e-3, row_len=ROW_LEN,
+                              augment=AugmentConfig(transforms=SHAPE_KEEPING))
     return model.eval(), float(np.mean(losses[-50:]))
 
 

@@ -116,19 +116,23 @@ def _settings(ctx: Context) -> dict:
     return s
 
 
-def _pretrain(model, tasks: list, s: dict) -> tuple[list, float]:
+def pretrain(model, tasks: list, steps: int, seed: int, lr: float = 3e-3, row_len: int = 2048,
+             augment=None) -> tuple[list, float]:
+    """Train every weight of ``model`` on ``tasks`` with ``arcfast train --full``'s stream and trainer
+    (loss on every demonstration output after the first; ``augment``, default every augmentation):
+    ``steps`` packed rows of ``row_len`` tokens. Returns (the loss of each step, seconds)."""
     from ..augment import AugmentConfig
     from ..finetune import MixtureStream
     from ..sampling import SampleConfig
     from ..trainer import FullTrainer, TrainConfig
 
-    trainer = FullTrainer(model, TrainConfig(lr=s["lr"], steps=s["steps"], warmup_ratio=0.05))
-    config = SampleConfig(mode="pretrain", max_len=s["row_len"], loss_on="outputs")
+    trainer = FullTrainer(model, TrainConfig(lr=lr, steps=steps, warmup_ratio=0.05))
+    config = SampleConfig(mode="pretrain", max_len=row_len, loss_on="outputs")
     losses = []
     t0 = time.perf_counter()
-    with MixtureStream([tasks], [1.0], s["seed"], row_len=s["row_len"], segment_len=s["steps"], config=config,
-                       augment=AugmentConfig()) as stream:
-        for _ in range(s["steps"]):
+    with MixtureStream([tasks], [1.0], seed, row_len=row_len, segment_len=steps, config=config,
+                       augment=augment or AugmentConfig()) as stream:
+        for _ in range(steps):
             losses.append(float(trainer.step(next(stream)[1]).loss[0]))
     return losses, time.perf_counter() - t0
 
@@ -200,7 +204,7 @@ def _synthetic(s: dict, ctx: Context, work: Path) -> list:
                       intermediate_size=4 * s["hidden"], qkv_bias=True, name=f"learning-{s['hidden']}x{s['layers']}")
     torch.manual_seed(s["seed"])
     model = build_model(cfg, dtype=torch.float32, device="cpu", seed=s["seed"])
-    losses, train_s = _pretrain(model, train, s)
+    losses, train_s = pretrain(model, train, s["steps"], s["seed"], s["lr"], s["row_len"])
     save_model(model.eval(), work / "model")
     del model
     n = max(1, len(losses) // 20)

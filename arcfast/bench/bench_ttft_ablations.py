@@ -113,23 +113,16 @@ def held_out_tasks(rng: np.random.Generator, n: int, rules=("invert", "fill"), n
 
 
 def pretrain_model(tasks: list, steps: int, seed: int, lr: float = 3e-3, row_len: int = 2048):
-    """The ``tiny`` preset from random weights, every weight trained on ``tasks`` by ``arcfast train
-    --full``'s stream and trainer (loss on every demonstration output after the first, every
-    augmentation). Returns (the model in eval mode, its losses per step)."""
+    """The ``tiny`` preset from random weights, every weight trained on ``tasks`` as the learning
+    benchmark trains (:func:`arcfast.bench.bench_learning.pretrain`: ``arcfast train --full``'s
+    stream and trainer, every augmentation). Returns (the model in eval mode, its losses per step)."""
     import torch
 
-    from ..augment import AugmentConfig
-    from ..finetune import MixtureStream
     from ..model import build_model, preset
-    from ..sampling import SampleConfig
-    from ..trainer import FullTrainer, TrainConfig
+    from .bench_learning import pretrain
 
     model = build_model(preset("tiny"), dtype=torch.float32, device="cpu", seed=seed)
-    trainer = FullTrainer(model, TrainConfig(lr=lr, steps=steps, warmup_ratio=0.05))
-    config = SampleConfig(mode="pretrain", max_len=row_len, loss_on="outputs")
-    with MixtureStream([tasks], [1.0], seed, row_len=row_len, segment_len=steps, config=config,
-                       augment=AugmentConfig()) as stream:
-        losses = [float(trainer.step(next(stream)[1]).loss[0]) for _ in range(steps)]
+    losses, _ = pretrain(model, tasks, steps, seed, lr, row_len)
     return model.eval(), losses
 
 
@@ -217,15 +210,11 @@ def _pooled(runs: list, key: str) -> tuple[float, float, float, int]:
 
 def _row(name: str, runs: list, base: list | None) -> Row:
     extra: dict = {"recipe": ROWS[name][1]}
-    for key in ("vote_2", "pass_n", "accuracy"):
+    for key in ("vote_2", "pass_n", "accuracy") + (("vote_2_vote",) if name in ("poe", "verify") else ()):
         mean, lo, hi, n = _pooled(runs, key)
         extra[key] = round(100 * mean, 1)
         extra[f"{key}_ci95"] = [round(100 * lo, 1), round(100 * hi, 1)]
-        extra["tasks"] = n
-    if name in ("poe", "verify"):
-        mean, lo, hi, _ = _pooled(runs, "vote_2_vote")
-        extra["vote_2_vote"] = round(100 * mean, 1)
-        extra["vote_2_vote_ci95"] = [round(100 * lo, 1), round(100 * hi, 1)]
+    extra["tasks"] = n
     extra["seconds"] = round(float(sum(r["seconds"] for r in runs)), 1)
     extra["seconds_per_seed"] = [round(r["seconds"], 1) for r in runs]
     extra["select"] = runs[0]["select"]
@@ -237,9 +226,10 @@ def _row(name: str, runs: list, base: list | None) -> Row:
         vals = [m.get("vote_2", 0.0) for r in runs for tid, m in r["tasks"].items() if tid.split("-")[0] == rule]
         extra["by_rule"][rule] = round(100 * float(np.mean(vals)), 1)
     extra["failed"] = sorted(t for r in runs for t in r["failed"])
-    b = None if base is None else 100 * _pooled(base, "vote_2")[0]
+    b = None
     if base is not None:
-        _, _, base_hi, _ = _pooled(base, "vote_2")
+        base_mean, _, base_hi, _ = _pooled(base, "vote_2")
+        b = 100 * base_mean
         extra["separated_from_base"] = extra["vote_2_ci95"][0] > round(100 * base_hi, 1)
     return Row(BENCH, f"{name}: {ROWS[name][1]}", extra["vote_2"], "% vote_2", "no TTFT" if base else None, b,
                extra=extra)
