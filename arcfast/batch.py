@@ -101,6 +101,50 @@ class PackedBatch:
         return PackedBatch(cut(self.input_ids), cut(self.labels), cut(self.position_ids), sample_ids,
                            cut(self.adapter_ids), cu_seqlens_of(sample_ids), self.objective_ids, self.target_ids)
 
+    def sample_lengths(self) -> np.ndarray:
+        """int64 [n_samples]: the tokens of each sample, by sample id."""
+        sid = self.sample_ids[self.sample_ids >= 0]
+        return np.bincount(sid, minlength=self.n_samples).astype(np.int64)
+
+    def prefix(self, n: int) -> "PackedBatch":
+        """The first ``n`` positions of every row (a sample cut there keeps its first tokens: a
+        valid, shorter sample; a calibration probe's batch)."""
+        if n >= self.shape[1]:
+            return self
+        cut = lambda a: np.ascontiguousarray(a[:, :n])
+        sample_ids = cut(self.sample_ids)
+        return PackedBatch(cut(self.input_ids), cut(self.labels), cut(self.position_ids), sample_ids,
+                           cut(self.adapter_ids), cu_seqlens_of(sample_ids), self.objective_ids, self.target_ids)
+
+    def samples(self, first: int, last: int) -> "PackedBatch":
+        """The samples ``first .. last - 1`` (consecutive sample ids) as a batch of their own: each
+        row's run of them moved to the start of a row of the longest run's length, their ids
+        renumbered from 0 (``objective_ids`` / ``target_ids`` cut alike). A sample sees what it saw
+        in ``self``: a step over the pieces of a batch computes what the whole batch does (micro-
+        batches of one step, :meth:`arcfast.trainer.Trainer.step` with a gate)."""
+        n = self.n_samples
+        if not 0 <= first < last <= n:
+            raise ValueError(f"samples({first}, {last}): the batch holds samples 0..{n - 1}")
+        inside = (self.sample_ids >= first) & (self.sample_ids < last)
+        rows = np.flatnonzero(inside.any(axis=1))
+        starts = np.argmax(inside[rows], axis=1)
+        widths = inside[rows].sum(axis=1)
+        R, L = len(rows), int(widths.max())
+        from . import tokens as T
+
+        out = {k: np.full((R, L), v, np.int32) for k, v in
+               (("input_ids", T.PAD), ("labels", T.IGNORE_INDEX), ("position_ids", 0), ("sample_ids", -1),
+                ("adapter_ids", -1))}
+        for j, (r, s, w) in enumerate(zip(rows, starts, widths)):
+            span = slice(int(s), int(s + w))   # a row's samples lie back to back
+            for k, a in out.items():
+                a[j, :w] = getattr(self, k)[r, span]
+        out["sample_ids"][out["sample_ids"] >= 0] -= first
+        cut = lambda a: None if a is None else np.ascontiguousarray(np.asarray(a)[first:last])
+        return PackedBatch(out["input_ids"], out["labels"], out["position_ids"], out["sample_ids"],
+                           out["adapter_ids"], cu_seqlens_of(out["sample_ids"]), cut(self.objective_ids),
+                           cut(self.target_ids))
+
     def target_counts(self, n_adapters: int, n_pairs: int, objectives=(0, 2)) -> np.ndarray:
         """int64 [n_adapters, n_pairs]: how many samples of each adapter (task) took each pool pair
         as their target, counting samples of ``objectives`` (default output and verify, which share

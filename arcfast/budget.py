@@ -97,6 +97,144 @@ class Deadline:
         return f"Deadline(budget={self.budget:.0f}s, elapsed={self.elapsed():.1f}s, margin={self.margin:.0f}s)"
 
 
+class Rate:
+    """Seconds per unit of work (a training token, a step), measured, following the machine.
+
+    The estimate is the larger of the last measurement and the mean over the last ``window``
+    ones: a machine that slows down (another process starts computing) shows at the next
+    measurement, one that speeds up within ``window`` of them. A run-long mean would take the
+    whole run to notice either.
+
+    :meth:`seconds` predicts a piece of work with a safety factor that grows with how much the
+    recent measurements disagree: ``1 + 2 * (their coefficient of variation)``, between 1 and
+    ``max_safety``; ``first_safety`` while fewer than two were made.
+    """
+
+    def __init__(self, window: int = 5, first_safety: float = 1.25, max_safety: float = 2.0):
+        self.window, self.first_safety, self.max_safety = int(window), float(first_safety), float(max_safety)
+        self._seen: list = []   # (seconds, units) of the recent measurements, oldest first
+        self.measurements = 0
+
+    def record(self, seconds: float, units: float) -> None:
+        if units <= 0 or not math.isfinite(seconds) or seconds < 0:
+            return
+        self._seen = (self._seen + [(float(seconds), float(units))])[-self.window:]
+        self.measurements += 1
+
+    @property
+    def per_unit(self) -> Optional[float]:
+        """Seconds per unit (None before any measurement)."""
+        if not self._seen:
+            return None
+        last = self._seen[-1][0] / self._seen[-1][1]
+        mean = sum(s for s, _ in self._seen) / sum(u for _, u in self._seen)
+        return max(last, mean)
+
+    @property
+    def safety(self) -> float:
+        if len(self._seen) < 2:
+            return self.first_safety
+        per = [s / u for s, u in self._seen]
+        mean = sum(per) / len(per)
+        cv = math.sqrt(sum((p - mean) ** 2 for p in per) / len(per)) / mean if mean > 0 else 0.0
+        return min(self.max_safety, 1.0 + 2.0 * cv)
+
+    def seconds(self, units: float) -> Optional[float]:
+        """Predicted seconds of ``units`` units, safety included (None before any measurement)."""
+        per = self.per_unit
+        return None if per is None else per * units * self.safety
+
+    def __repr__(self) -> str:
+        per = self.per_unit
+        return f"Rate({'unmeasured' if per is None else f'{per:.3g} s/unit'}, safety {self.safety:.2f})"
+
+
+class StepAbandoned(RuntimeError):
+    """A training step stopped between its micro-batches because the rest of it would not end in
+    time: no update was applied, the adapters are those of the last whole step."""
+
+    def __init__(self, tokens_done: int, tokens: int, seconds: float, predicted: Optional[float], left: float):
+        self.tokens_done, self.tokens, self.seconds = tokens_done, tokens, seconds
+        self.predicted, self.left = predicted, left
+        pred = f"{predicted:.1f} s" if predicted is not None else "unknown"
+        super().__init__(f"step abandoned after {tokens_done} of {tokens} tokens ({seconds:.1f} s): the rest "
+                         f"would take {pred}, {max(0.0, left):.1f} s left")
+
+
+class StepGate:
+    """Lets a training step through in micro-batches while its rest still ends before ``stop_at``
+    (a ``clock`` instant) at the measured ``rate`` (seconds per token).
+
+    The step asks :meth:`piece_tokens` how big its next micro-batch may be: ``calibration_tokens``
+    while nothing was measured (the first piece of a run is small, and its rate sizes the next
+    ones), else what the rate does in ``piece_seconds``. Before each piece it asks :meth:`admit`
+    with the tokens of the whole rest of the step, and reports each finished piece to
+    :meth:`record`. A step refused part way is abandoned whole (:class:`StepAbandoned`).
+    """
+
+    def __init__(self, stop_at: float, rate: Rate, piece_seconds: float = 2.0, calibration_tokens: int = 512,
+                 clock=time.monotonic):
+        self.stop_at, self.rate, self.clock = stop_at, rate, clock
+        self.piece_seconds, self.calibration_tokens = float(piece_seconds), int(calibration_tokens)
+        self.pieces = 0          # micro-batches run through this gate
+
+    def piece_tokens(self) -> int:
+        per = self.rate.per_unit
+        if per is None:
+            return self.calibration_tokens
+        return max(1, int(self.piece_seconds / (per * self.rate.safety)))
+
+    def left(self) -> float:
+        return self.stop_at - self.clock()
+
+    def admit(self, tokens: int) -> bool:
+        """Whether ``tokens`` more tokens of the step end before ``stop_at`` (unmeasured: whether
+        ``stop_at`` has not passed; the caller makes that piece a small one)."""
+        left = self.left()
+        need = self.rate.seconds(tokens)
+        return left > 0 and (need is None or need <= left)
+
+    def record(self, seconds: float, tokens: int) -> None:
+        self.rate.record(seconds, tokens)
+        self.pieces += 1
+
+    def pieces_of(self, batch, probe=None, sync=None):
+        """The micro-batches of ``batch`` (an :class:`arcfast.batch.PackedBatch`) this gate admits,
+        as batches of consecutive whole samples (at least one sample each), for the caller to run
+        one by one: each is timed from when it is handed out until the caller asks for the next
+        (``sync()``, when given, is called first: a device's queued work belongs to the piece).
+        Raises :class:`StepAbandoned` before a piece whose rest of the step does not fit.
+
+        Calibration: while the rate is unmeasured and the first piece (one sample at least) holds
+        more than ``calibration_tokens``, ``probe(prefix)`` is first run on the first
+        ``calibration_tokens`` tokens of its first sample (a forward and backward whose gradient the
+        caller drops) and timed: a step whose first sample alone would outlast the time left is then
+        refused before it starts, not found out after."""
+        lengths = batch.sample_lengths()
+        n, total, i, done, t_step = len(lengths), int(lengths.sum()), 0, 0, time.perf_counter()
+        while i < n:
+            limit, j, size = self.piece_tokens(), i + 1, int(lengths[i])
+            while j < n and size + lengths[j] <= limit:
+                size += int(lengths[j])
+                j += 1
+            if probe is not None and self.rate.per_unit is None and size > self.calibration_tokens:
+                t = time.perf_counter()
+                probe(batch.samples(i, i + 1).prefix(self.calibration_tokens))
+                if sync is not None:
+                    sync()
+                self.rate.record(time.perf_counter() - t, self.calibration_tokens)
+            rest = int(lengths[i:].sum())
+            if not self.admit(rest):
+                raise StepAbandoned(done, total, time.perf_counter() - t_step, self.rate.seconds(rest), self.left())
+            t = time.perf_counter()
+            yield batch.samples(i, j)
+            if sync is not None:
+                sync()
+            self.record(time.perf_counter() - t, size)
+            done += size
+            i = j
+
+
 @dataclass
 class StepPlanner:
     """Plans how many optimizer steps each group of tasks gets so that the run fits its deadline.
@@ -113,12 +251,17 @@ class StepPlanner:
       measured seconds per task;
     - **overhead**: ``overhead_per_group`` seconds per group still to run (loading, saving);
     - **training**: what is left, divided evenly over the groups still to train, in steps of the
-      measured seconds per step (an exponential average of :meth:`record`;
+      measured seconds per step (a recent-window :class:`Rate` of :meth:`record`;
       ``first_step_seconds`` before any measurement), capped at the recipe's ``max_steps``. The
       group's share is also a time limit (``share_slack`` times it, from when
       :meth:`steps_for_next_group` planned the group): :meth:`may_step` refuses a step past it,
       so a group whose steps were planned blind, or that slows down, leaves the later groups
       their time.
+
+    Steps are admitted one by one: :meth:`may_step` refuses one whose predicted time (the step
+    rate, or the token rate times its tokens when given, with the rate's safety factor) does not
+    fit, and :meth:`gate` hands a step the :class:`StepGate` that cuts it into micro-batches
+    checked against the same limit (it measures seconds per token in ``tokens_rate``).
 
     ``groups`` lists the number of tasks of each group not yet finished, in run order; the first
     is the group in progress once :meth:`steps_for_next_group` has been asked for it.
@@ -133,7 +276,8 @@ class StepPlanner:
     overhead_per_group: float = 0.0
     groups_done: int = 0
     share_slack: float = 1.1
-    _step_time: Optional[float] = field(default=None, repr=False)
+    steps_rate: Rate = field(default_factory=Rate, repr=False)    # seconds per step
+    tokens_rate: Rate = field(default_factory=Rate, repr=False)   # seconds per trained token
     _infer_per_task: Optional[float] = field(default=None, repr=False)
     _share_per_task: float = field(default=0.0, repr=False)
     _train_until: Optional[float] = field(default=None, repr=False)
@@ -156,19 +300,30 @@ class StepPlanner:
 
     @property
     def step_time(self) -> Optional[float]:
-        return self._step_time if self._step_time is not None else self.first_step_seconds
+        """Measured seconds per step (``first_step_seconds`` before any measurement)."""
+        per = self.steps_rate.per_unit
+        return per if per is not None else self.first_step_seconds
+
+    def step_seconds(self, tokens: Optional[int] = None) -> Optional[float]:
+        """Predicted seconds of the next step, safety included: of ``tokens`` tokens at the
+        measured seconds per token when both are known, else at the seconds per step."""
+        if tokens is not None and self.tokens_rate.per_unit is not None:
+            return self.tokens_rate.seconds(tokens)
+        if self.steps_rate.per_unit is not None:
+            return self.steps_rate.seconds(1)
+        return self.first_step_seconds
 
     @property
     def inference_per_task(self) -> Optional[float]:
         """Measured inference seconds per task (an exponential average), None before any."""
         return self._infer_per_task
 
-    def record(self, seconds: float, steps: int = 1) -> None:
-        """Tell the planner ``steps`` steps took ``seconds`` in all."""
-        if steps <= 0:
-            return
-        per = seconds / steps
-        self._step_time = per if self._step_time is None else 0.7 * self._step_time + 0.3 * per
+    def record(self, seconds: float, steps: int = 1, tokens: Optional[int] = None) -> None:
+        """Tell the planner ``steps`` steps took ``seconds`` in all (and trained ``tokens`` tokens:
+        not when they ran through a :meth:`gate`, which measured their tokens already)."""
+        self.steps_rate.record(seconds, steps)
+        if tokens:
+            self.tokens_rate.record(seconds, tokens)
 
     def record_inference(self, seconds: float, tasks: int) -> None:
         """Tell the planner predicting ``tasks`` tasks took ``seconds``."""
@@ -211,16 +366,31 @@ class StepPlanner:
         steps = int(share / max(self.step_time, 1e-9))
         return max(0, min(self.max_steps, steps))
 
-    def may_step(self, reserve_after: float = 0.0) -> bool:
-        """Whether one more training step of the current group still fits: before the deadline,
-        with the inference of every group not yet predicted (this one included), the overhead of
-        the later groups and ``reserve_after`` seconds kept back; and inside the group's time
-        limit when :meth:`steps_for_next_group` set one."""
-        st = self.step_time or 0.0
-        if self._train_until is not None and self.deadline.clock() + st > self._train_until:
-            return False
+    def train_stop(self, reserve_after: float = 0.0) -> float:
+        """The ``deadline.clock`` instant the current group's training must end by: before the
+        deadline, with the inference of every group not yet predicted (this one included), the
+        overhead of the later groups and ``reserve_after`` seconds kept back; and inside the
+        group's time limit when :meth:`steps_for_next_group` set one."""
         keep = self.inference_reserve() + self.overhead_per_group * max(0, self.n_groups - 1) + reserve_after
-        return self.deadline.remaining() - keep - st > 0
+        stop = self.deadline.clock() + self.deadline.remaining() - keep
+        return min(stop, self._train_until) if self._train_until is not None else stop
+
+    def may_step(self, reserve_after: float = 0.0, tokens: Optional[int] = None) -> bool:
+        """Whether one more training step of the current group (of ``tokens`` tokens, when known)
+        ends by :meth:`train_stop` at its predicted time (:meth:`step_seconds`; 0 before any
+        measurement: a first step runs through a :meth:`gate`, which measures it small first)."""
+        st = self.step_seconds(tokens) or 0.0
+        return self.deadline.clock() + st <= self.train_stop(reserve_after)
+
+    def gate(self, reserve_after: float = 0.0, piece_seconds: Optional[float] = None) -> StepGate:
+        """A :class:`StepGate` for the next step: micro-batches while it still ends by
+        :meth:`train_stop`, at :attr:`tokens_rate`. A piece is planned at ``piece_seconds``
+        (default: a quarter of the deadline's margin, between 0.25 s and 30 s), so a piece that
+        runs slower than planned overruns by a fraction of the margin at most."""
+        if piece_seconds is None:
+            piece_seconds = min(30.0, max(0.25, self.deadline.margin / 4))
+        return StepGate(self.train_stop(reserve_after), self.tokens_rate, piece_seconds=piece_seconds,
+                        clock=self.deadline.clock)
 
     def inference_seconds(self) -> float:
         """Seconds the current group's inference may take: the time left less what the later

@@ -7,6 +7,9 @@
     arcfast bench [--quick] [-k NAME] [--set KEY=VALUE]      # python -m arcfast.bench
     arcfast info
 
+Exit status: 0 when a run wrote everything; 2 for a usage or input error; 3 when a run's submission
+is complete but some adapters or task results could not be written (the summary says which and why).
+
 `arcfast ttft` with no arguments runs its embedded default: a few tasks of the bundled ARC-AGI-1
 evaluation set, the starter model (trained by arcfast, shipped inside the package; the random-weight
 tiny preset where it is not installed), a short budget: a complete run in about a minute on a CPU.
@@ -23,6 +26,9 @@ from typing import Optional
 
 from .budget import process_start
 
+# Exit status of a run (ttft, eval) that finished with a complete submission but could not write
+# some of its other outputs (adapters, task results: a full disk); 0 when everything was written.
+EXIT_NOT_WRITTEN = 3
 
 
 class _Help(argparse.RawDescriptionHelpFormatter):
@@ -174,6 +180,9 @@ def _add_run_flags(p, command: str) -> None:
                         "--temperature), dfs (every output of probability >= --min-prob, found depth-first)")
     g.add_argument("--min-prob", type=float, default=d.min_prob, metavar="P",
                    help="with --search dfs: the probability an output needs to be found")
+    g.add_argument("--max-candidates", type=int, default=None, metavar="N",
+                   help="with --search dfs: outputs per augmented prompt after which its search stops "
+                        "branching (default: none, every output >= P is found: there are at most 1/P)")
     g.add_argument("--temperature", type=float, default=d.temperature,
                    help="with --search sample: the softmax temperature")
     g.add_argument("--select", choices=SELECTORS, default=None,
@@ -216,6 +225,7 @@ def _run_config(args, command: str):
                       tasks_per_group=args.tasks_per_group,
                       row_len=args.row_len, max_len=args.max_len,
                       max_new_tokens=args.max_new_tokens, search=args.search, min_prob=args.min_prob,
+                      max_candidates=args.max_candidates,
                       temperature=args.temperature, select=args.select, rescore=args.rescore,
                       rescore_top=args.rescore_top, verify=args.verify,
                       objectives=tuple(args.objective) if args.objective else d_objectives,
@@ -284,7 +294,7 @@ def _run(args, cfg) -> int:
             dist.destroy_process_group()
     if rank == 0:
         _print_summary(summary, cfg.out_dir)
-    return 0
+    return EXIT_NOT_WRITTEN if summary.get("adapters_not_saved") or summary.get("results_not_written") else 0
 
 
 def _spawn_workers(args, cfg) -> int:
@@ -358,6 +368,19 @@ def cmd_eval(args) -> int:
 def _print_summary(s: dict, out) -> None:
     print(f"\n{s['tasks']} tasks, {s['trained']} trained, {s['answered']} answered by the model, "
           f"in {s['seconds']:.1f}s (budget {s['budget']:.0f}s) with backend {s['backend']}")
+    cut = []
+    if s.get("untrained"):
+        cut.append(f"{len(s['untrained'])} tasks left untrained")
+    if s.get("steps_abandoned"):
+        cut.append(f"{s['steps_abandoned']} training steps abandoned part way (not applied)")
+    if cut:
+        print("the budget cut: " + ", ".join(cut) + " (see log.jsonl)")
+    lost = s.get("adapters_not_saved") or []
+    if lost:
+        print(f"{len(lost)} of {len(lost) + s.get('adapters_saved', 0)} adapters not saved: {s.get('write_error')}")
+    if s.get("results_not_written"):
+        print(f"{len(s['results_not_written'])} task results not written to tasks/ (their answers are in the "
+              f"submission; --resume runs them again): {s.get('write_error')}")
     if s.get("problems"):
         print(f"{len(s['problems'])} input problems (see log.jsonl); first: {s['problems'][0]}")
     if s.get("metrics"):

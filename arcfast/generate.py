@@ -144,6 +144,8 @@ class Generation:
 
 # Work is started before a deadline only when it ends by then at the measured rate times this.
 DEADLINE_SAFETY = 1.1
+# A deadline-bound call's first prefill, unmeasured, is first measured on this many tokens.
+PREFILL_PROBE_TOKENS = 256
 
 
 @dataclass
@@ -931,6 +933,8 @@ class Generator:
             L = int(lens[take[i]])
             R = max(1, min(len(take) - i, self.prefill_tokens // max(L, 1)))
             if deadline is not None:
+                if self._prefill_rate is None and L > PREFILL_PROBE_TOKENS:
+                    self._probe_prefill(prompts[take[i]], r0 + i, slots[take[i]])
                 now = time.monotonic()
                 rate = self._prefill_rate
                 if now >= deadline or (rate is not None and now + DEADLINE_SAFETY * rate * R * L > deadline):
@@ -968,6 +972,33 @@ class Generator:
             padded += R * L
             i += R
         return i, padded
+
+    def _probe_prefill(self, prompt, row: int, slot: int) -> None:
+        """Measure the prefill rate on the first ``PREFILL_PROBE_TOKENS`` tokens of ``prompt``, into
+        cache row ``row`` (free: the prompt's own prefill overwrites it), before a deadline-bound
+        call's first micro-batch, which is then planned like the others instead of run blind."""
+        t0 = time.perf_counter()
+        ids = torch.from_numpy(np.asarray(prompt[:PREFILL_PROBE_TOKENS], np.int64)[None]).to(self.device)
+        lens = torch.full((1,), ids.shape[1], dtype=torch.int64, device=self.device)
+        lora = None
+        if self.lora is not None and slot != self.n_slots - 1:
+            lora = self.lora.begin(np.full((1, ids.shape[1]), slot, np.int32), self.dtype, training=False,
+                                   base_tokens=True)
+        self._prefill_forward(ids, lens, row, lora)
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+        self._prefill_rate = (time.perf_counter() - t0) / ids.shape[1]
+
+    @property
+    def prefill_rate(self) -> Optional[float]:
+        """Seconds per prefill token this generator plans with (None: nothing measured or primed)."""
+        return self._prefill_rate
+
+    def prime_rates(self, prefill_s_per_token: Optional[float]) -> None:
+        """Plan the first prefill from ``prefill_s_per_token`` (e.g. a training step's seconds per
+        token, which a forward alone never exceeds) until this generator measures its own."""
+        if self._prefill_rate is None and prefill_s_per_token:
+            self._prefill_rate = float(prefill_s_per_token)
 
     def _harvest_and_compact(self, n, done_h, pos_h, row_req, results) -> int:
         """Copy finished rows' outputs to ``results``, move live rows to the front (``row_req`` and

@@ -126,6 +126,15 @@ def model_ids(batch: PackedBatch, cfg) -> tuple[np.ndarray, np.ndarray]:
     return ids, labels
 
 
+def pair_counts_of(batch: PackedBatch, n_adapters: int) -> np.ndarray:
+    """int64 [n_adapters, K]: the labelled tokens of each (task, objective) group of ``batch``,
+    on the host (what :func:`prepare_batch` puts in ``pair_counts``)."""
+    nxt = batch.labels[:, 1:] != T.IGNORE_INDEX
+    L = batch.shape[1]
+    r, t = np.nonzero(nxt)
+    return loss_groups(batch, r.astype(np.int64) * L + t, n_adapters)[1]
+
+
 def prepare_batch(batch: PackedBatch, model: CausalLM, lora: Optional[MultiLoRA], n_adapters: int,
                   attention: str = "auto", lora_path: str = "auto", training: bool = True) -> DeviceBatch:
     """Move a PackedBatch to the model's device and precompute the loss targets on the host."""
@@ -196,5 +205,5 @@ def objective_stats(pair: torch.Tensor, pair_counts: np.ndarray) -> np.ndarray:
 
 
 __all__ = ["K", "StepStats", "DeviceBatch", "label_objectives", "loss_groups", "objective_shares", "check_batch",
-           "model_ids", "prepare_batch",
+           "model_ids", "pair_counts_of", "prepare_batch",
            "grouped_ce_torch", "objective_losses", "task_losses", "objective_stats"]

@@ -27,9 +27,13 @@ How it runs: one search tree per prompt, all trees advanced together one token p
 - **The greedy path first.** The child of the greedy node with the highest probability is always
   kept, also below the cutoff, so the search returns the greedy completion too: ``dfs`` never
   answers less than greedy decoding does (``keep_greedy=False`` turns this off).
-- **Caps.** A tree stops branching after ``max_candidates`` completions or ``max_seconds`` from its
-  start (its greedy node still finishes); a ``deadline`` stops everything before a step that would
-  end past it at the measured rate, and each tree returns what it found.
+- **Caps.** A tree stops branching after ``max_candidates`` completions (by default never: at most
+  ``floor(1/P)`` completions reach P, plus the greedy one) or ``max_seconds`` from its start (its
+  greedy node still finishes); a ``deadline`` stops everything before a step that would end past it
+  at the measured rate, and each tree returns what it found. Prompts are prefilled in
+  micro-batches of ``prefill_tokens`` padded tokens, none started that would end past the
+  deadline at the measured prefill rate (the first one measured on a short probe when no rate
+  was given in ``stats.prefill_s_per_token``).
 
 On a full-vocabulary model the search branches over the compact ids' columns only, with their
 log-probabilities under the whole vocabulary (``ModelConfig.model_ids``), as the generator chooses.
@@ -47,7 +51,7 @@ import numpy as np
 import torch
 
 from . import tokens as T
-from .generate import DEADLINE_SAFETY, MAX_NEW_TOKENS, Generation
+from .generate import DEADLINE_SAFETY, MAX_NEW_TOKENS, PREFILL_PROBE_TOKENS, Generation
 from .kv_cache import CacheDecode, CachePrefill, copy_rows
 from .model import FusedAddNormStep
 
@@ -60,7 +64,8 @@ class SearchConfig:
 
     min_prob:       P in (0, 1]: completions of probability >= P are found.
     max_new_tokens: tokens per completion at most (EOG included); longer prefixes are dropped.
-    max_candidates: completions per prompt after which its tree stops branching.
+    max_candidates: completions per prompt after which its tree stops branching (None: the bound,
+                    ``floor(1/P) + 1`` with the greedy one, which never cuts a completion).
     max_seconds:    wall seconds per prompt (from its tree's start) after which it stops branching.
     keep_greedy:    always follow the greedy path (its completion is returned also below P).
     max_live:       live nodes per tree at most (default ``floor(1/P) + 1``: the bound, never cut);
@@ -69,7 +74,7 @@ class SearchConfig:
 
     min_prob: float = 0.1
     max_new_tokens: int = MAX_NEW_TOKENS
-    max_candidates: int = 64
+    max_candidates: Optional[int] = None
     max_seconds: Optional[float] = None
     keep_greedy: bool = True
     max_live: Optional[int] = None
@@ -79,14 +84,24 @@ class SearchConfig:
             raise ValueError(f"min_prob must be in (0, 1], got {self.min_prob}")
         if int(self.max_new_tokens) < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if int(self.max_candidates) < 1:
-            raise ValueError(f"max_candidates must be >= 1, got {self.max_candidates}")
+        if self.max_candidates is not None and int(self.max_candidates) < 1:
+            raise ValueError(f"max_candidates must be >= 1 (or None: never cap), got {self.max_candidates}")
         if self.max_seconds is not None and not self.max_seconds > 0:
             raise ValueError(f"max_seconds must be > 0 (or None), got {self.max_seconds}")
         if self.max_live is not None and int(self.max_live) < 1:
             raise ValueError(f"max_live must be >= 1 (or None), got {self.max_live}")
         self.min_prob = float(self.min_prob)
-        self.max_new_tokens, self.max_candidates = int(self.max_new_tokens), int(self.max_candidates)
+        self.max_new_tokens = int(self.max_new_tokens)
+        self.max_candidates = None if self.max_candidates is None else int(self.max_candidates)
+
+    @property
+    def candidate_cap(self) -> int:
+        """Completions per tree after which it stops branching: ``max_candidates``, or the most a
+        tree can find: distinct completions of probability >= P sum to at most 1, so there are
+        at most ``floor(1/P)`` of them, and the greedy one may lie below P."""
+        if self.max_candidates is not None:
+            return self.max_candidates
+        return int(math.floor(1.0 / self.min_prob + 1e-9)) + 1
 
     @property
     def rows_per_tree(self) -> int:
@@ -115,6 +130,8 @@ class SearchStats:
     cut_by_deadline:       trees stopped by the deadline with live nodes (what they found is kept).
     prefill_s, decode_s:   wall seconds (device synchronised); ``s_per_node_step``: decode seconds
                            per live node, what a caller can plan the next call from.
+    prefill_s_per_token:   the prefill rate: given, what the first micro-batch is planned with
+                           (e.g. a generator's); after the call, the last one measured (0: none).
     """
 
     prompts: int = 0
@@ -128,6 +145,7 @@ class SearchStats:
     cut_by_deadline: int = 0
     prefill_s: float = 0.0
     decode_s: float = 0.0
+    prefill_s_per_token: float = 0.0
     step_s: list = field(default_factory=list, repr=False)
 
     @property
@@ -201,6 +219,7 @@ class _Search:
         self.cap = max(cap, self.k)
         self.deadline = deadline
         self.log_p = math.log(cfg.min_prob)
+        self.prefill_tokens = 32768 if self.device.type == "cuda" else 4096   # padded tokens per micro-batch
 
     # -- the model -------------------------------------------------------------------------------
     def _ids(self, ids: torch.Tensor) -> torch.Tensor:
@@ -238,16 +257,26 @@ class _Search:
         queue = sorted(range(n), key=lambda i: -len(prompts[i]))   # longest first
         trees: list = []
         qi = 0
-        while qi < len(queue) or trees:
+        closed = False   # the deadline left no time to prefill another prompt
+        while (qi < len(queue) and not closed) or trees:
             if self._out_of_time():
                 break
-            # Admit prompts into free blocks, prefilled together.
-            admit = []
-            while qi < len(queue) and free_blocks:
-                admit.append((queue[qi], free_blocks.pop()))
-                qi += 1
-            if admit:
+            # Admit prompts into free blocks, prefilled in micro-batches planned against the deadline.
+            while qi < len(queue) and free_blocks and not closed:
+                L = len(prompts[queue[qi]])   # longest first: the first sets the padded length
+                R = max(1, min(len(free_blocks), len(queue) - qi, self.prefill_tokens // max(L, 1)))
+                if self.deadline is not None:
+                    if not st.prefill_s_per_token and L > PREFILL_PROBE_TOKENS:
+                        self._probe(prompts[queue[qi]], adapters[queue[qi]], free_blocks[-1])
+                    now = time.monotonic()
+                    if now >= self.deadline or now + DEADLINE_SAFETY * st.prefill_s_per_token * R * L > self.deadline:
+                        closed = True
+                        break
+                admit = [(queue[qi + j], free_blocks.pop()) for j in range(R)]
+                qi += R
+                t0 = time.perf_counter()
                 trees += self._prefill(admit, prompts, adapters)
+                st.prefill_s_per_token = (time.perf_counter() - t0) / (R * L)
             live = [nd for t in trees for nd in t.live]
             if live:
                 self._step(live)
@@ -274,6 +303,19 @@ class _Search:
         now = time.monotonic()
         est = self.stats.step_s[-1] if self.stats.step_s else 0.0
         return now + DEADLINE_SAFETY * est > self.deadline
+
+    def _probe(self, prompt, adapter: int, block: int) -> None:
+        """Measure the prefill rate on the first ``PREFILL_PROBE_TOKENS`` tokens of ``prompt``, in
+        the free block ``block`` (its prompt's own prefill overwrites it)."""
+        t0 = time.perf_counter()
+        ids = torch.from_numpy(np.asarray(prompt[:PREFILL_PROBE_TOKENS], np.int64)[None]).to(self.device)
+        ad = np.full((1, ids.shape[1]), adapter, np.int64)
+        rows = torch.tensor([block * self.k], device=self.device)
+        with torch.inference_mode():
+            self.m(self._ids(ids), attention=CachePrefill(self.kv, rows=rows), step=FusedAddNormStep(self._lora(ad)),
+                   compiled=False)
+        _sync(self.device)
+        self.stats.prefill_s_per_token = (time.perf_counter() - t0) / ids.shape[1]
 
     def _prefill(self, admit, prompts, adapters) -> list:
         t0 = time.perf_counter()
@@ -335,7 +377,7 @@ class _Search:
         """Replace ``nodes`` (all the live nodes of ``tree``, fed) by their children: completions
         are recorded, prefixes below the cutoff cut, the rest take cache rows."""
         cfg, st = self.cfg, self.stats
-        if not tree.capped and (len(tree.found) >= cfg.max_candidates or
+        if not tree.capped and (len(tree.found) >= cfg.candidate_cap or
                                 (cfg.max_seconds is not None and now - tree.t0 > cfg.max_seconds)):
             tree.capped = True
             st.capped += 1

@@ -59,9 +59,10 @@ import torch
 
 from . import tokens as T
 from .batch import PackedBatch
+from .budget import StepAbandoned, StepGate
 from .lora import LoRAConfig, MultiLoRA
 from .loss import (DeviceBatch, StepStats, check_batch, grouped_ce_torch, label_objectives, model_ids,  # noqa: F401
-                   objective_losses, objective_stats, prepare_batch, task_losses)
+                   objective_losses, objective_stats, pair_counts_of, prepare_batch, task_losses)
 from .model import CausalLM
 from .optim import MultiAdamW, clip_per_adapter, lr_factor  # noqa: F401
 from .sampling import OBJECTIVES
@@ -223,17 +224,75 @@ class Trainer:
         hidden = self.model(b.input_ids, b.position_ids, b.attention, b.lora, checkpoint=self.cfg.checkpoint)
         return objective_losses(self.model, hidden, b, self.n_adapters, self.loss_impl)
 
-    def step(self, batch: PackedBatch) -> StepStats:
-        """One training step on ``batch`` (adapter_ids = slot of each token's task)."""
-        if self._graphed is not None:
-            return self._graphed.step(batch)   # fixed shapes: the graph was captured for them
+    def step(self, batch: PackedBatch, gate: Optional[StepGate] = None) -> StepStats:
+        """One training step on ``batch`` (adapter_ids = slot of each token's task).
+
+        With a ``gate`` (:class:`arcfast.budget.StepGate`) the step runs as micro-batches of whole
+        samples (gradients accumulated, each piece's loss weighted by its share of each task's
+        labelled tokens: the update is the whole batch's) sized by ``gate.piece_tokens()``; before
+        each piece the gate is asked whether the rest of the step still fits, and when it does not
+        the step is abandoned: its gradient dropped, nothing updated, :class:`StepAbandoned` raised.
+        A graph-replayed or compiled step runs whole, once the gate admits all of it."""
+        if self._graphed is not None or (gate is not None and self.cfg.compile):
+            return self._whole_step(batch, gate)
         t0 = time.perf_counter()
+        if gate is not None:
+            losses, pair, counts, pair_counts = self._accumulate(batch.trimmed(), gate)
+            return self._update(losses, pair, counts, pair_counts, batch, batch.n_tokens, t0)
         # Rows cut to what they hold, except for a compiled model, which is specialised on shapes.
         b = prepare_batch(batch if self.cfg.compile else batch.trimmed(), self.model, self.lora, self.n_adapters,
                           self.cfg.attention, self.cfg.lora_path)
-        active = b.counts > 0
         losses, pair = self._forward_losses(b)
         (losses.sum() * self.loss_scale).backward()
+        return self._update(losses, pair, b.counts, b.pair_counts, batch, b.tokens, t0)
+
+    def _whole_step(self, batch: PackedBatch, gate: Optional[StepGate]) -> StepStats:
+        """A step that cannot be cut (replayed graph, compiled model): admitted whole or not at all."""
+        tokens = batch.n_tokens
+        if gate is not None and not gate.admit(tokens):
+            raise StepAbandoned(0, tokens, 0.0, gate.rate.seconds(tokens), gate.left())
+        stats = self._graphed.step(batch) if self._graphed is not None else self.step(batch)
+        if gate is not None:
+            gate.record(stats.time_s, tokens)
+        return stats
+
+    def _accumulate(self, batch: PackedBatch, gate: StepGate):
+        """Forward and backward of ``batch`` in micro-batches through ``gate`` (see :meth:`step`):
+        (per-task losses [N], per-pair losses [N, K], counts [N], pair counts [N, K]) of the whole
+        batch, its gradient accumulated in ``lora.weight.grad``."""
+        pair_counts = pair_counts_of(batch, self.n_adapters)
+        counts = pair_counts.sum(1)
+        dev = self.lora.weight.device
+        # A piece's per-pair means times its counts are its sums; over the whole batch's counts,
+        # they add up to the whole batch's means.
+        whole_task = torch.as_tensor(np.maximum(counts, 1), dtype=torch.float32, device=dev)
+        whole_pair = torch.as_tensor(np.maximum(pair_counts, 1), dtype=torch.float32, device=dev)
+        sums = torch.zeros(pair_counts.shape, dtype=torch.float32, device=dev)
+        sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else None
+        try:
+            for piece in gate.pieces_of(batch, probe=self._probe, sync=sync):
+                b = prepare_batch(piece, self.model, self.lora, self.n_adapters, self.cfg.attention,
+                                  self.cfg.lora_path)
+                _, pair = self._forward_losses(b)
+                part = pair * torch.as_tensor(b.pair_counts, dtype=torch.float32, device=dev)
+                ((part.sum(1) / whole_task).sum() * self.loss_scale).backward()
+                sums += part.detach()
+        except BaseException:
+            self.lora.weight.grad = None   # nothing of an abandoned (or failed) step is applied
+            raise
+        return sums.sum(1) / whole_task, sums / whole_pair, counts, pair_counts
+
+    def _probe(self, batch: PackedBatch) -> None:
+        """Forward and backward of ``batch`` for its time only: the gradient is dropped (a step
+        gate's calibration, before the step's first piece)."""
+        kept, self.lora.weight.grad = self.lora.weight.grad, None
+        b = prepare_batch(batch, self.model, self.lora, self.n_adapters, self.cfg.attention, self.cfg.lora_path)
+        self._forward_losses(b)[0].sum().backward()
+        self.lora.weight.grad = kept
+
+    def _update(self, losses, pair, counts, pair_counts, batch, tokens, t0) -> StepStats:
+        """The optimizer part of a step whose gradient is in ``lora.weight.grad``."""
+        active = counts > 0
 
         grad = self.lora.weight.grad
         self.lora.weight.grad = None
@@ -247,12 +306,12 @@ class Trainer:
 
         loss_np = losses.detach().double().cpu().numpy()   # the step's one device sync
         norms_np = norms.double().cpu().numpy()
-        loss_np[~(b.counts > 0)] = np.nan
-        return StepStats(loss=loss_np, label_tokens=b.counts, grad_norm=norms_np, lr=np.where(active, lr, 0.0),
+        loss_np[~(counts > 0)] = np.nan
+        return StepStats(loss=loss_np, label_tokens=counts, grad_norm=norms_np, lr=np.where(active, lr, 0.0),
                          # the batch's positions as given (its fill), whatever the trim computed
-                         tokens=b.tokens, positions=int(np.prod(batch.shape)), time_s=time.perf_counter() - t0,
-                         stepped=active, objective_loss=objective_stats(pair, b.pair_counts),
-                         objective_tokens=b.pair_counts)
+                         tokens=tokens, positions=int(np.prod(batch.shape)), time_s=time.perf_counter() - t0,
+                         stepped=active, objective_loss=objective_stats(pair, pair_counts),
+                         objective_tokens=pair_counts)
 
     def step_lrs(self) -> np.ndarray:
         """float64 [N]: each adapter's learning rate for its next step (its schedule position)."""

@@ -52,7 +52,7 @@ from typing import Optional
 
 import numpy as np
 
-from .budget import Deadline, StepPlanner, format_duration, parse_duration
+from .budget import Deadline, StepAbandoned, StepPlanner, format_duration, parse_duration
 from .models import shipped_model
 from .outdir import OutDir
 from .submission import atomic_write
@@ -120,6 +120,7 @@ class TTFTConfig:
     max_new_tokens: Optional[int] = None
     search: str = "greedy"                 # greedy | sample | dfs: how each augmented prompt is decoded
     min_prob: float = 0.1                  # dfs: every completion of probability >= min_prob
+    max_candidates: Optional[int] = None   # dfs: completions per prompt at most (None: never cut)
     temperature: float = 1.0               # sample: softmax temperature
     select: Optional[str] = None           # vote | poe | nvarc (default: poe with rescore > 0, else vote)
     rescore: Optional[int] = None          # M scoring augmentations (default: 8 for poe and nvarc, else 0: off)
@@ -160,6 +161,8 @@ class TTFTConfig:
             raise ValueError(f"lease_s must be > 0, got {self.lease_s}")
         if self.loss_on not in LOSS_ON:
             raise ValueError(f"loss_on must be one of {LOSS_ON}, not {self.loss_on!r}")
+        if self.max_candidates is not None and self.max_candidates < 1:
+            raise ValueError(f"max_candidates must be >= 1 (or unset: never cut), got {self.max_candidates}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1 (or unset: from the 30x30 size limit), "
                              f"got {self.max_new_tokens}")
@@ -259,6 +262,8 @@ class TaskRun:
     selection: Optional[dict] = None
     error: Optional[str] = None
     fingerprint: Optional[str] = None   # Task.fingerprint() of the task these answers are for
+    # True: its adapter is under adapters/; False: writing it failed (see error); None: not asked
+    adapter_saved: Optional[bool] = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -407,6 +412,8 @@ class TTFTRun:
         self._score_s_per_token = 0.0    # measured by the last re-scoring call (0: none yet)
         self._rescore_s_per_task = 0.0   # the most re-scoring has taken per task of a group
         self._verify_s_per_task = 0.0    # the most verification has taken per task of a group
+        self.steps_abandoned = 0         # training steps stopped part way by the deadline
+        self.not_written: dict = {}      # task id -> why its tasks/<id>.json could not be written
 
     # -- setup ----------------------------------------------------------------------------------
     def load_tasks(self):
@@ -624,19 +631,34 @@ class TTFTRun:
         tokens = np.zeros(len(group), np.int64)
         targets = np.zeros((len(group), max(len(t.train) for t in group)), np.int64)
         try:
-            # Keep the inference time of this group and every later one free while stepping.
+            # Keep the inference time of this group and every later one free while stepping: no
+            # step starts that is predicted to end past the group's stop, and a step runs through
+            # the planner's gate, in micro-batches, abandoned whole when its rest would not fit.
             for step in range(steps):
-                if step > 0 and not planner.may_step():
-                    self.log(event="stop_early", tasks=[t.id for t in group], step=step, reason="deadline")
-                    break
+                batch = next(stream)
+                n_tok = batch.n_tokens
                 if step > 0 and cfg.max_task_seconds and not self._within_cap(t_group, planner, len(group)):
                     self.log(event="stop_early", tasks=[t.id for t in group], step=step, reason="task cap",
                              max_task_seconds=cfg.max_task_seconds)
                     break
+                if not planner.may_step(tokens=n_tok):
+                    predicted = planner.step_seconds(n_tok)
+                    self.log(event="stop_early", tasks=[t.id for t in group], step=step, reason="deadline",
+                             tokens=n_tok, predicted_s=None if predicted is None else round(predicted, 2),
+                             left_s=round(planner.train_stop() - self.deadline.clock(), 2))
+                    break
                 t = time.perf_counter()
-                batch = next(stream)
-                stats = backend.step(batch)
-                planner.record(time.perf_counter() - t)
+                gate = planner.gate()
+                try:
+                    stats = backend.step(batch, gate=gate)
+                except StepAbandoned as e:
+                    self.steps_abandoned += 1
+                    self.log(event="step_abandoned", tasks=[t.id for t in group], step=step, tokens=e.tokens,
+                             tokens_done=e.tokens_done, seconds=round(e.seconds, 2),
+                             predicted_s=None if e.predicted is None else round(e.predicted, 2),
+                             left_s=round(e.left, 2), pieces=gate.pieces)
+                    break
+                planner.record(time.perf_counter() - t)   # seconds per step; the gate measured its tokens
                 done += 1
                 n = len(group)
                 seen = np.asarray(stats.label_tokens[:n]) > 0
@@ -654,7 +676,8 @@ class TTFTRun:
                 self.log(event="step", tasks=len(group), step=step, loss=float(np.nanmean(stats.loss[:n][seen])) if seen.any() else None,
                          **({"objective_loss": step_obj} if step_obj else {}),
                          tokens=stats.tokens, label_tokens=int(np.asarray(stats.label_tokens[:n]).sum()),
-                         tokens_per_s=round(stats.tokens_per_s, 1), budget_left=round(self.deadline.remaining(), 1))
+                         tokens_per_s=round(stats.tokens_per_s, 1), pieces=gate.pieces,
+                         budget_left=round(self.deadline.remaining(), 1))
                 self._status(f"train step {done}/{steps} · {stats.tokens_per_s:,.0f} tok/s", force=done == 1)
         finally:
             stream.close()
@@ -673,9 +696,12 @@ class TTFTRun:
             try:
                 backend.save_adapter(i, self.paths.adapter_dir(t.id), meta={"task": t.id, "steps": done},
                                      dtype=self.adapter_dtype)
+                r.adapter_saved = True
             except Exception as e:  # a full disk must not lose the answers
+                r.adapter_saved = False
                 r.error = f"saving adapter: {type(e).__name__}: {e}"
                 log.error("%s: %s", t.id, r.error)
+                self.log(event="adapter_not_saved", task=t.id, error=f"{type(e).__name__}: {e}")
         return runs
 
     # -- inference ------------------------------------------------------------------------------
@@ -701,8 +727,13 @@ class TTFTRun:
         max_new = cfg.max_new_tokens or max(max_output_tokens(t) for t in group)
         gen_cfg = GenerationConfig(max_new_tokens=max_new,
                                    temperature=cfg.temperature if cfg.search == "sample" else 0.0, seed=cfg.seed)
-        search = SearchConfig(min_prob=cfg.min_prob, max_new_tokens=max_new) if cfg.search == "dfs" else None
-        search_stats = SearchStats() if search is not None else None
+        search = SearchConfig(min_prob=cfg.min_prob, max_new_tokens=max_new, max_candidates=cfg.max_candidates) \
+            if cfg.search == "dfs" else None
+        # The first prefill is planned from what was measured: a training step's seconds per token
+        # (a forward alone never costs more) until the generator measures its own.
+        self.generator.prime_rates(planner.tokens_rate.per_unit)
+        search_stats = SearchStats(prefill_s_per_token=self.generator.prefill_rate or 0.0) \
+            if search is not None else None
         # Generation stops at the deadline less what the later groups are owed, and less what
         # re-scoring this group took per task before (measured; nothing before the first group).
         stop_at = self.deadline.clock() + max(0.0, planner.inference_seconds())
@@ -863,6 +894,7 @@ class TTFTRun:
                 _write_json(self.paths.task_file(task.id), asdict(r))
             except OSError as e:   # a full disk: the answers are in the submission; resume redoes it
                 log.error("%s: result not written: %s", task.id, e)
+                self.not_written[task.id] = f"{type(e).__name__}: {e}"
                 self.log(event="write_failed", task=task.id, error=str(e))
         self.report.add(_task_result(r))
 
@@ -1032,6 +1064,17 @@ class TTFTRun:
             # Answered by the model: at least one test input got a grid that parsed.
             "answered": sum(1 for r in runs.values() if any(r.attempts)),
             "failed": sorted(r.task_id for r in runs.values() if r.error and r.error.startswith("failed")),
+            # What the budget cut: training steps stopped part way (their updates not applied), and
+            # the tasks that leave-one-out could train but that got no step (or no turn at all).
+            "steps_abandoned": self.steps_abandoned,
+            "untrained": sorted(t.id for t in mine if self.cfg.train and self.cfg.steps > 0 and _trainable(t)
+                                and (t.id not in runs or runs[t.id].steps == 0)),
+            # What could not be written (a full disk): the answers are in the submission all the same.
+            "adapters_not_saved": sorted(r.task_id for r in runs.values() if r.adapter_saved is False),
+            "adapters_saved": sum(1 for r in runs.values() if r.adapter_saved),
+            "results_not_written": sorted(self.not_written),
+            "write_error": next(iter([*(r.error.split(": ", 1)[1] for r in runs.values() if r.adapter_saved is False
+                                        and r.error), *self.not_written.values()]), None),
             "problems": [str(p) for p in problems],
             "backend": backend.name,
             "backend_reason": reason,

@@ -12,7 +12,7 @@ import torch
 from arcfast import tokens as T
 from arcfast.generate import GenerationConfig, Generator
 from arcfast.lora import LoRAConfig, MultiLoRA
-from arcfast.model import ModelConfig, build_model
+from arcfast.model import ModelConfig, build_model, load_model
 from arcfast.reference.search import dfs_reference
 from arcfast.search import SearchConfig, SearchStats, dfs
 
@@ -212,3 +212,46 @@ def test_dfs_on_cuda_finds_what_the_cpu_search_finds():
     gpu_model = _model(3, device="cpu").to("cuda")   # the same weights (each device draws its own)
     gpu = dfs(gpu_model, prompts, adapters, _lora(gpu_model), cfg)
     assert sum(_compare(g, [(c.tokens, c.logprobs, c.greedy) for c in c_], 0.05) for g, c_ in zip(gpu, cpu)) >= 6
+
+
+def test_the_default_cap_never_cuts_a_completion():
+    """On a real task through the shipped starter model, a search at P = 0.001 finds more than 64
+    outputs: the default search finds every one an uncapped search finds, where the old fixed cap
+    of 64 dropped some."""
+    from arcfast.data import load_tasks
+    from arcfast.models import shipped_model
+    from arcfast.predict import max_output_tokens
+    from arcfast.prompts import build_inference_prompt
+
+    if shipped_model("starter") is None:
+        pytest.skip("the starter model is not installed")
+    m = load_model("starter").eval()
+    task = load_tasks("arc1:eval[:1]")[0]          # 00576224: small grids, many likely outputs
+    prompts = [build_inference_prompt(task, 0)]
+    cfg = SearchConfig(min_prob=0.001, max_new_tokens=max_output_tokens(task))
+    assert cfg.max_candidates is None and cfg.candidate_cap == 1001
+    run = lambda c, st=None: [tuple(x.tokens.tolist()) for x in dfs(m, prompts, config=c, stats=st)[0]]
+    default = run(cfg)
+    uncapped = run(SearchConfig(min_prob=0.001, max_new_tokens=cfg.max_new_tokens, max_candidates=10 ** 9))
+    st = SearchStats()
+    old = run(SearchConfig(min_prob=0.001, max_new_tokens=cfg.max_new_tokens, max_candidates=64), st)
+    assert len(uncapped) > 64                       # the old cap had something to cut ...
+    assert len(old) < len(uncapped) and st.capped == 1   # ... and cut it
+    assert default == uncapped
+    with pytest.raises(ValueError, match="max_candidates"):
+        SearchConfig(max_candidates=0)
+
+
+def test_prefill_is_planned_against_the_deadline():
+    """A deadline too close for the first prompt's prefill, at the rate given, starts no prefill;
+    without a rate, a short probe measures one first."""
+    m = _model(2)
+    prompts = [np.concatenate([[T.BOS], np.arange(600) % 13, [T.OUTPUT]])] * 3
+    st = SearchStats(prefill_s_per_token=1.0)                  # 600 s per prompt: nothing fits
+    out = dfs(m, prompts, config=SearchConfig(min_prob=0.1, max_new_tokens=MAX_NEW),
+              deadline=time.monotonic() + 30, stats=st)
+    assert out == [[], [], []] and st.cut_by_deadline == 3 and st.prefill_s == 0.0
+    st = SearchStats()
+    out = dfs(m, prompts, config=SearchConfig(min_prob=0.1, max_new_tokens=MAX_NEW),
+              deadline=time.monotonic() + 60, stats=st)
+    assert st.prefill_s_per_token > 0 and all(out) and st.cut_by_deadline == 0

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .. import tokens as T
+from ..budget import StepGate
 from ..lora import LoRAConfig, MultiLoRA
 from ..trainer import StepStats, TrainConfig, lr_factor, unpack_samples
 from .base import Backend
@@ -193,14 +194,22 @@ class HFBackend(Backend):
                           if isinstance(adapter, (str, Path)) else adapter)
         self._fresh_optimizer(int(self.cfg.steps if total_steps is None else np.ravel(total_steps)[0]))
 
-    def step(self, batch) -> StepStats:
+    def step(self, batch, gate: Optional[StepGate] = None) -> StepStats:
+        """One optimizer step on ``batch``; with a ``gate``, in micro-batches of whole samples that
+        it admits one by one (as :meth:`arcfast.trainer.Trainer.step`: the same update when all
+        run, :class:`StepAbandoned` and nothing applied when it refuses one)."""
         t0 = time.perf_counter()
         if (batch.adapter_ids[batch.sample_ids >= 0] != 0).any():
             raise ValueError(f"the {self.name} backend trains one task at a time: every adapter id must be 0")
-        ids, mask, labels = padded_batch(batch, self.config, self.device)
         self.peft.train()
-        out = self.peft(input_ids=ids, attention_mask=mask, labels=labels)
-        out.loss.backward()
+        if gate is None:
+            ids, mask, labels = padded_batch(batch, self.config, self.device)
+            out = self.peft(input_ids=ids, attention_mask=mask, labels=labels)
+            out.loss.backward()
+            n_lab, loss, n_tokens, n_positions = (int((labels[:, 1:] != T.IGNORE_INDEX).sum()),
+                                                  float(out.loss.detach()), int(mask.sum()), int(mask.numel()))
+        else:
+            n_lab, loss, n_tokens, n_positions = self._accumulate(batch, gate)
         if self.cfg.max_grad_norm is not None:
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
         else:
@@ -210,11 +219,40 @@ class HFBackend(Backend):
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
         self.steps += 1
-        n_lab = int((labels[:, 1:] != T.IGNORE_INDEX).sum())
-        loss = float(out.loss.detach())
         return StepStats(loss=np.array([loss]), label_tokens=np.array([n_lab]), grad_norm=np.array([float(norm)]),
-                         lr=np.array([lr]), tokens=int(mask.sum()), positions=int(mask.numel()),
+                         lr=np.array([lr]), tokens=n_tokens, positions=n_positions,
                          time_s=time.perf_counter() - t0, stepped=np.array([True]))
+
+    def _accumulate(self, batch, gate: StepGate) -> tuple:
+        """Forward and backward of ``batch`` in micro-batches through ``gate``: each piece's mean
+        loss weighted by its share of the labelled tokens, so the gradient is the whole batch's.
+        Returns (labelled tokens, mean loss, tokens, padded positions) of the whole batch."""
+        total = int((batch.labels[:, 1:] != T.IGNORE_INDEX).sum())
+        loss_sum, positions, tokens = 0.0, 0, 0
+        sync = (lambda: torch.cuda.synchronize(self.device)) if torch.device(self.device).type == "cuda" else None
+        try:
+            for piece in gate.pieces_of(batch, probe=self._probe, sync=sync):
+                ids, mask, labels = padded_batch(piece, self.config, self.device)
+                k = int((labels[:, 1:] != T.IGNORE_INDEX).sum())
+                out = self.peft(input_ids=ids, attention_mask=mask, labels=labels)
+                if k:
+                    (out.loss * (k / max(total, 1))).backward()
+                    loss_sum += float(out.loss.detach()) * k
+                positions += int(mask.numel())
+                tokens += int(mask.sum())
+        except BaseException:
+            self.opt.zero_grad(set_to_none=True)   # nothing of an abandoned (or failed) step is applied
+            raise
+        return total, loss_sum / max(total, 1), tokens, positions
+
+    def _probe(self, batch) -> None:
+        """Forward and backward of ``batch`` for its time only (a step gate's calibration, before
+        any piece of the step: there is no gradient to keep yet, and this one is dropped)."""
+        ids, mask, labels = padded_batch(batch, self.config, self.device)
+        out = self.peft(input_ids=ids, attention_mask=mask, labels=labels)
+        if torch.isfinite(out.loss):
+            out.loss.backward()
+        self.opt.zero_grad(set_to_none=True)
 
     def recover(self) -> None:
         self.opt.zero_grad(set_to_none=True)
