@@ -161,77 +161,149 @@ class StepAbandoned(RuntimeError):
                          f"would take {pred}, {max(0.0, left):.1f} s left")
 
 
-class StepGate:
-    """Lets a training step through in micro-batches while its rest still ends before ``stop_at``
-    (a ``clock`` instant) at the measured ``rate`` (seconds per token).
+class SampleRates:
+    """Seconds per trained token, by sample length: one :class:`Rate` per length class (powers of
+    two from 256 tokens), since attention makes a token of a long sample dearer than one of a short
+    sample, and not smoothly (the CPU's flash-attention backward in a 1.5M-parameter model: 0.85 s
+    for a 4,096-token sample, 3.7 s for 5,593).
 
-    The step asks :meth:`piece_tokens` how big its next micro-batch may be: ``calibration_tokens``
-    while nothing was measured (the first piece of a run is small, and its rate sizes the next
-    ones), else what the rate does in ``piece_seconds``. Before each piece it asks :meth:`admit`
-    with the tokens of the whole rest of the step, and reports each finished piece to
-    :meth:`record`. A step refused part way is abandoned whole (:class:`StepAbandoned`).
+    A piece of work (one or more whole samples) is recorded under its longest sample's class. A
+    class not yet measured is predicted from the nearest measured class below it, the per-token
+    cost growing by sqrt(2) per doubling of length (cost ~ n^1.5, between the linear layers and the
+    attention's n^2), with that class's first-measurement safety; from the nearest class above,
+    unchanged. The first piece of a long class is thus planned, and measured before a second one.
     """
 
-    def __init__(self, stop_at: float, rate: Rate, piece_seconds: float = 2.0, calibration_tokens: int = 512,
+    BASE = 256
+
+    def __init__(self, window: int = 5):
+        self.window = window
+        self.rates: dict = {}
+
+    @classmethod
+    def length_class(cls, n: int) -> int:
+        return max(0, math.ceil(math.log2(max(int(n), 1) / cls.BASE)))
+
+    @property
+    def measured(self) -> bool:
+        return any(r.per_unit is not None for r in self.rates.values())
+
+    def record(self, seconds: float, lengths) -> None:
+        lengths = [int(n) for n in lengths]
+        if not lengths:
+            return
+        c = self.length_class(max(lengths))
+        self.rates.setdefault(c, Rate(self.window)).record(seconds, sum(lengths))
+
+    def per_token(self, n: int) -> Optional[tuple]:
+        """(seconds per token, safety) for a sample of ``n`` tokens; None before any measurement."""
+        c = self.length_class(n)
+        known = {k: r for k, r in self.rates.items() if r.per_unit is not None}
+        if c in known:
+            return known[c].per_unit, known[c].safety
+        below = [k for k in known if k < c]
+        if below:
+            k = max(below)
+            return known[k].per_unit * math.sqrt(2.0) ** (c - k), Rate().first_safety * known[k].safety
+        above = [k for k in known if k > c]
+        if above:
+            k = min(above)
+            return known[k].per_unit, known[k].safety
+        return None
+
+    def seconds(self, lengths) -> Optional[float]:
+        """Predicted seconds of samples of ``lengths`` tokens, safety included (None unmeasured)."""
+        total = 0.0
+        for n in lengths:
+            got = self.per_token(n)
+            if got is None:
+                return None
+            total += got[0] * got[1] * int(n)
+        return total
+
+    @property
+    def slowest(self) -> Optional[float]:
+        """The highest measured seconds per token of any class (None before any)."""
+        per = [r.per_unit for r in self.rates.values() if r.per_unit is not None]
+        return max(per) if per else None
+
+
+class StepGate:
+    """Lets a training step through in micro-batches while its rest still ends before ``stop_at``
+    (a ``clock`` instant) at the measured ``rates`` (:class:`SampleRates`).
+
+    A micro-batch holds consecutive whole samples up to ``piece_seconds`` of predicted work (one
+    sample at least); while nothing was measured, the first sample of the step is measured first
+    on a probe of ``calibration_tokens`` of it (:meth:`pieces_of`), and its rate sizes the rest.
+    Before each piece :meth:`admit` is asked with the samples of the whole rest of the step, and
+    each finished piece is recorded. A step refused part way is abandoned whole
+    (:class:`StepAbandoned`).
+    """
+
+    def __init__(self, stop_at: float, rates: SampleRates, piece_seconds: float = 2.0, calibration_tokens: int = 512,
                  clock=time.monotonic):
-        self.stop_at, self.rate, self.clock = stop_at, rate, clock
+        self.stop_at, self.rates, self.clock = stop_at, rates, clock
         self.piece_seconds, self.calibration_tokens = float(piece_seconds), int(calibration_tokens)
         self.pieces = 0          # micro-batches run through this gate
-
-    def piece_tokens(self) -> int:
-        per = self.rate.per_unit
-        if per is None:
-            return self.calibration_tokens
-        return max(1, int(self.piece_seconds / (per * self.rate.safety)))
+        self.warmup_tokens = min(32, self.calibration_tokens)
 
     def left(self) -> float:
         return self.stop_at - self.clock()
 
-    def admit(self, tokens: int) -> bool:
-        """Whether ``tokens`` more tokens of the step end before ``stop_at`` (unmeasured: whether
-        ``stop_at`` has not passed; the caller makes that piece a small one)."""
+    def admit(self, lengths) -> bool:
+        """Whether samples of ``lengths`` tokens end before ``stop_at`` (unmeasured: whether
+        ``stop_at`` has not passed; :meth:`pieces_of` measures before it asks)."""
         left = self.left()
-        need = self.rate.seconds(tokens)
+        need = self.rates.seconds(lengths)
         return left > 0 and (need is None or need <= left)
 
-    def record(self, seconds: float, tokens: int) -> None:
-        self.rate.record(seconds, tokens)
+    def record(self, seconds: float, lengths) -> None:
+        self.rates.record(seconds, lengths)
         self.pieces += 1
 
     def pieces_of(self, batch, probe=None, sync=None):
         """The micro-batches of ``batch`` (an :class:`arcfast.batch.PackedBatch`) this gate admits,
-        as batches of consecutive whole samples (at least one sample each), for the caller to run
-        one by one: each is timed from when it is handed out until the caller asks for the next
-        (``sync()``, when given, is called first: a device's queued work belongs to the piece).
-        Raises :class:`StepAbandoned` before a piece whose rest of the step does not fit.
+        as batches of consecutive whole samples, for the caller to run one by one: each is timed
+        from when it is handed out until the caller asks for the next (``sync()``, when given, is
+        called first: a device's queued work belongs to the piece). Raises :class:`StepAbandoned`
+        before a piece when the rest of the step does not fit.
 
-        Calibration: while the rate is unmeasured and the first piece (one sample at least) holds
-        more than ``calibration_tokens``, ``probe(prefix)`` is first run on the first
-        ``calibration_tokens`` tokens of its first sample (a forward and backward whose gradient the
-        caller drops) and timed: a step whose first sample alone would outlast the time left is then
+        Calibration: while nothing is measured and the first sample is longer than
+        ``calibration_tokens``, ``probe(prefix)`` (a forward and backward whose gradient the caller
+        drops) is run on a few of its tokens (a warm-up, untimed), then timed on its first
+        ``calibration_tokens``: a step whose first sample alone would outlast the time left is then
         refused before it starts, not found out after."""
-        lengths = batch.sample_lengths()
-        n, total, i, done, t_step = len(lengths), int(lengths.sum()), 0, 0, time.perf_counter()
+        lengths = [int(n) for n in batch.sample_lengths()]
+        n, i, done, t_step = len(lengths), 0, 0, time.perf_counter()
+        if probe is not None and not self.rates.measured and n and lengths[0] > self.calibration_tokens:
+            first = batch.samples(0, 1)
+            # Untimed first: a process's first forward and backward pays one-time costs (kernel
+            # selection, allocations) that are not the rate.
+            probe(first.prefix(self.warmup_tokens))
+            if sync is not None:
+                sync()
+            t = time.perf_counter()
+            probe(first.prefix(self.calibration_tokens))
+            if sync is not None:
+                sync()
+            self.rates.record(time.perf_counter() - t, [self.calibration_tokens])
+        def fits(ls) -> bool:   # a piece of ``piece_seconds`` (unmeasured: of calibration_tokens)
+            sec = self.rates.seconds(ls)
+            return sum(ls) <= self.calibration_tokens if sec is None else sec <= self.piece_seconds
+
         while i < n:
-            limit, j, size = self.piece_tokens(), i + 1, int(lengths[i])
-            while j < n and size + lengths[j] <= limit:
-                size += int(lengths[j])
+            j = i + 1
+            while j < n and fits(lengths[i:j + 1]):
                 j += 1
-            if probe is not None and self.rate.per_unit is None and size > self.calibration_tokens:
-                t = time.perf_counter()
-                probe(batch.samples(i, i + 1).prefix(self.calibration_tokens))
-                if sync is not None:
-                    sync()
-                self.rate.record(time.perf_counter() - t, self.calibration_tokens)
-            rest = int(lengths[i:].sum())
-            if not self.admit(rest):
-                raise StepAbandoned(done, total, time.perf_counter() - t_step, self.rate.seconds(rest), self.left())
+            if not self.admit(lengths[i:]):
+                raise StepAbandoned(done, sum(lengths), time.perf_counter() - t_step,
+                                    self.rates.seconds(lengths[i:]), self.left())
             t = time.perf_counter()
             yield batch.samples(i, j)
             if sync is not None:
                 sync()
-            self.record(time.perf_counter() - t, size)
-            done += size
+            self.record(time.perf_counter() - t, lengths[i:j])
+            done += sum(lengths[i:j])
             i = j
 
 
@@ -258,10 +330,10 @@ class StepPlanner:
       so a group whose steps were planned blind, or that slows down, leaves the later groups
       their time.
 
-    Steps are admitted one by one: :meth:`may_step` refuses one whose predicted time (the step
-    rate, or the token rate times its tokens when given, with the rate's safety factor) does not
-    fit, and :meth:`gate` hands a step the :class:`StepGate` that cuts it into micro-batches
-    checked against the same limit (it measures seconds per token in ``tokens_rate``).
+    Steps are admitted one by one: :meth:`may_step` refuses one whose predicted time (from its
+    samples' lengths at the measured :attr:`sample_rates` when given, else the step rate, with the
+    rates' safety factors) does not fit, and :meth:`gate` hands a step the :class:`StepGate` that
+    cuts it into micro-batches checked against the same limit (and measures ``sample_rates``).
 
     ``groups`` lists the number of tasks of each group not yet finished, in run order; the first
     is the group in progress once :meth:`steps_for_next_group` has been asked for it.
@@ -277,7 +349,7 @@ class StepPlanner:
     groups_done: int = 0
     share_slack: float = 1.1
     steps_rate: Rate = field(default_factory=Rate, repr=False)    # seconds per step
-    tokens_rate: Rate = field(default_factory=Rate, repr=False)   # seconds per trained token
+    sample_rates: SampleRates = field(default_factory=SampleRates, repr=False)   # seconds per token, by length
     _infer_per_task: Optional[float] = field(default=None, repr=False)
     _share_per_task: float = field(default=0.0, repr=False)
     _train_until: Optional[float] = field(default=None, repr=False)
@@ -304,11 +376,11 @@ class StepPlanner:
         per = self.steps_rate.per_unit
         return per if per is not None else self.first_step_seconds
 
-    def step_seconds(self, tokens: Optional[int] = None) -> Optional[float]:
-        """Predicted seconds of the next step, safety included: of ``tokens`` tokens at the
-        measured seconds per token when both are known, else at the seconds per step."""
-        if tokens is not None and self.tokens_rate.per_unit is not None:
-            return self.tokens_rate.seconds(tokens)
+    def step_seconds(self, lengths=None) -> Optional[float]:
+        """Predicted seconds of the next step, safety included: of samples of ``lengths`` tokens
+        at the measured :attr:`sample_rates` when both are known, else at the seconds per step."""
+        if lengths is not None and self.sample_rates.measured:
+            return self.sample_rates.seconds(lengths)
         if self.steps_rate.per_unit is not None:
             return self.steps_rate.seconds(1)
         return self.first_step_seconds
@@ -318,12 +390,10 @@ class StepPlanner:
         """Measured inference seconds per task (an exponential average), None before any."""
         return self._infer_per_task
 
-    def record(self, seconds: float, steps: int = 1, tokens: Optional[int] = None) -> None:
-        """Tell the planner ``steps`` steps took ``seconds`` in all (and trained ``tokens`` tokens:
-        not when they ran through a :meth:`gate`, which measured their tokens already)."""
+    def record(self, seconds: float, steps: int = 1) -> None:
+        """Tell the planner ``steps`` steps took ``seconds`` in all (a step that ran through a
+        :meth:`gate` measured its samples there too)."""
         self.steps_rate.record(seconds, steps)
-        if tokens:
-            self.tokens_rate.record(seconds, tokens)
 
     def record_inference(self, seconds: float, tasks: int) -> None:
         """Tell the planner predicting ``tasks`` tasks took ``seconds``."""
@@ -375,21 +445,21 @@ class StepPlanner:
         stop = self.deadline.clock() + self.deadline.remaining() - keep
         return min(stop, self._train_until) if self._train_until is not None else stop
 
-    def may_step(self, reserve_after: float = 0.0, tokens: Optional[int] = None) -> bool:
-        """Whether one more training step of the current group (of ``tokens`` tokens, when known)
-        ends by :meth:`train_stop` at its predicted time (:meth:`step_seconds`; 0 before any
-        measurement: a first step runs through a :meth:`gate`, which measures it small first)."""
-        st = self.step_seconds(tokens) or 0.0
+    def may_step(self, reserve_after: float = 0.0, lengths=None) -> bool:
+        """Whether one more training step of the current group (of samples of ``lengths`` tokens,
+        when known) ends by :meth:`train_stop` at its predicted time (:meth:`step_seconds`; 0 before
+        any measurement: a first step runs through a :meth:`gate`, which measures it small first)."""
+        st = self.step_seconds(lengths) or 0.0
         return self.deadline.clock() + st <= self.train_stop(reserve_after)
 
     def gate(self, reserve_after: float = 0.0, piece_seconds: Optional[float] = None) -> StepGate:
         """A :class:`StepGate` for the next step: micro-batches while it still ends by
-        :meth:`train_stop`, at :attr:`tokens_rate`. A piece is planned at ``piece_seconds``
+        :meth:`train_stop`, at :attr:`sample_rates`. A piece is planned at ``piece_seconds``
         (default: a quarter of the deadline's margin, between 0.25 s and 30 s), so a piece that
         runs slower than planned overruns by a fraction of the margin at most."""
         if piece_seconds is None:
             piece_seconds = min(30.0, max(0.25, self.deadline.margin / 4))
-        return StepGate(self.train_stop(reserve_after), self.tokens_rate, piece_seconds=piece_seconds,
+        return StepGate(self.train_stop(reserve_after), self.sample_rates, piece_seconds=piece_seconds,
                         clock=self.deadline.clock)
 
     def inference_seconds(self) -> float:

@@ -248,12 +248,12 @@ class Trainer:
 
     def _whole_step(self, batch: PackedBatch, gate: Optional[StepGate]) -> StepStats:
         """A step that cannot be cut (replayed graph, compiled model): admitted whole or not at all."""
-        tokens = batch.n_tokens
-        if gate is not None and not gate.admit(tokens):
-            raise StepAbandoned(0, tokens, 0.0, gate.rate.seconds(tokens), gate.left())
+        lengths = batch.sample_lengths()
+        if gate is not None and not gate.admit(lengths):
+            raise StepAbandoned(0, int(lengths.sum()), 0.0, gate.rates.seconds(lengths), gate.left())
         stats = self._graphed.step(batch) if self._graphed is not None else self.step(batch)
         if gate is not None:
-            gate.record(stats.time_s, tokens)
+            gate.record(stats.time_s, lengths)
         return stats
 
     def _accumulate(self, batch: PackedBatch, gate: StepGate):

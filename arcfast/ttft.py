@@ -636,15 +636,15 @@ class TTFTRun:
             # the planner's gate, in micro-batches, abandoned whole when its rest would not fit.
             for step in range(steps):
                 batch = next(stream)
-                n_tok = batch.n_tokens
+                lengths = batch.sample_lengths()
                 if step > 0 and cfg.max_task_seconds and not self._within_cap(t_group, planner, len(group)):
                     self.log(event="stop_early", tasks=[t.id for t in group], step=step, reason="task cap",
                              max_task_seconds=cfg.max_task_seconds)
                     break
-                if not planner.may_step(tokens=n_tok):
-                    predicted = planner.step_seconds(n_tok)
+                if not planner.may_step(lengths=lengths):
+                    predicted = planner.step_seconds(lengths)
                     self.log(event="stop_early", tasks=[t.id for t in group], step=step, reason="deadline",
-                             tokens=n_tok, predicted_s=None if predicted is None else round(predicted, 2),
+                             tokens=int(lengths.sum()), predicted_s=None if predicted is None else round(predicted, 2),
                              left_s=round(planner.train_stop() - self.deadline.clock(), 2))
                     break
                 t = time.perf_counter()
@@ -731,7 +731,7 @@ class TTFTRun:
             if cfg.search == "dfs" else None
         # The first prefill is planned from what was measured: a training step's seconds per token
         # (a forward alone never costs more) until the generator measures its own.
-        self.generator.prime_rates(planner.tokens_rate.per_unit)
+        self.generator.prime_rates(planner.sample_rates.slowest)
         search_stats = SearchStats(prefill_s_per_token=self.generator.prefill_rate or 0.0) \
             if search is not None else None
         # Generation stops at the deadline less what the later groups are owed, and less what

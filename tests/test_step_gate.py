@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from arcfast import tokens as T
-from arcfast.budget import Rate, StepAbandoned, StepGate
+from arcfast.budget import Rate, SampleRates, StepAbandoned, StepGate
 from arcfast.lora import LoRAConfig
 from arcfast.model import load_model
 from arcfast.trainer import TrainConfig, Trainer, pack_samples
@@ -56,9 +56,9 @@ class FakeClock:
 def small_pieces(clock=time.monotonic, stop_at=None):
     """A gate measured at 10 ms per token that plans pieces of 0.3 s: about 24 tokens, one or two
     samples, so each step runs in several pieces."""
-    rate = Rate()
-    rate.record(1.0, 100)
-    return StepGate(clock() + 1e6 if stop_at is None else stop_at, rate, piece_seconds=0.3, clock=clock)
+    rates = SampleRates()
+    rates.record(1.0, [100])
+    return StepGate(clock() + 1e6 if stop_at is None else stop_at, rates, piece_seconds=0.3, clock=clock)
 
 
 def test_a_step_in_micro_batches_is_the_whole_step():
@@ -69,7 +69,7 @@ def test_a_step_in_micro_batches_is_the_whole_step():
     for b in batches():
         # Recorded real times would resize the pieces: a fresh gate per step keeps them small.
         gate = small_pieces()
-        gate.rate.record = lambda *a: None
+        gate.rates.record = lambda *a: None
         a, c = whole.step(b), cut.step(b, gate=gate)
         assert gate.pieces >= 4                       # it really was cut
         np.testing.assert_allclose(c.loss, a.loss, rtol=1e-5)
@@ -98,7 +98,7 @@ def test_the_accumulated_gradient_is_the_whole_batchs():
     whole.sum().backward()
     g_whole, t.lora.weight.grad = t.lora.weight.grad.clone(), None
     gate = small_pieces()
-    gate.rate.record = lambda *a: None
+    gate.rates.record = lambda *a: None
     losses = t._accumulate(b.trimmed(), gate)[0]
     assert gate.pieces >= 4
     torch.testing.assert_close(losses, whole.detach(), rtol=1e-5, atol=1e-6)
@@ -115,7 +115,7 @@ def test_an_abandoned_step_applies_nothing_and_leaves_no_gradient_behind():
     clock = FakeClock()
     # 10 ms per token measured: 0.3 s left fits one ~24-token piece but never the rest of the step.
     gate = small_pieces(clock, stop_at=0.3 + 1e-9)
-    gate.rate.record = lambda *a: None
+    gate.rates.record = lambda *a: None
     before = (t.lora.weight.detach().clone(), t.opt.m.clone(), t.opt.v.clone(), t.opt.steps.copy())
     with pytest.raises(StepAbandoned) as e:
         t.step(b0, gate=gate)
@@ -128,7 +128,7 @@ def test_an_abandoned_step_applies_nothing_and_leaves_no_gradient_behind():
     # Part way: the first pieces run (the clock moves as they do), then the rest no longer fits.
     clock.t = 0.0
     gate = small_pieces(clock, stop_at=b0.n_tokens * 0.0125)   # just enough for the whole step at 10 ms
-    gate.rate.record = lambda s, u: setattr(clock, "t", clock.t + 0.02 * u)   # it runs at 20 ms
+    gate.rates.record = lambda s, ls: setattr(clock, "t", clock.t + 0.02 * sum(ls))   # it runs at 20 ms
     with pytest.raises(StepAbandoned) as e:
         t.step(b0, gate=gate)
     assert 0 < e.value.tokens_done < e.value.tokens and t.lora.weight.grad is None
@@ -145,22 +145,22 @@ def test_the_first_piece_is_measured_small_before_a_long_sample_runs():
     rng = np.random.default_rng(0)
     b = pack_samples([make_sample(rng, 0, 600), make_sample(rng, 0, 300)], 1024)
     clock = FakeClock()
-    gate = StepGate(5.0, Rate(), piece_seconds=1.0, calibration_tokens=64, clock=clock)
+    gate = StepGate(5.0, SampleRates(), piece_seconds=1.0, calibration_tokens=64, clock=clock)
     probed = []
     real_probe = t._probe
     t._probe = lambda piece: (probed.append(piece.n_tokens), real_probe(piece))
-    # The probe's time on this clock: 0.1 s for 64 tokens, so 600 tokens would take ~1.2 s.
-    real_record = gate.rate.record
-    gate.rate.record = lambda s, u: real_record(0.1 * u / 64, u)
+    # The probe's time on this clock: 0.1 s for 64 tokens, so 600 tokens would take ~1 s or more.
+    real_record = gate.rates.record
+    gate.rates.record = lambda s, ls: real_record(0.1 * sum(ls) / 64, ls)
     clock.t = 4.5                                  # 0.5 s left: the long first sample cannot fit
     with pytest.raises(StepAbandoned) as e:
         t.step(b, gate=gate)
-    assert probed == [64] and e.value.tokens_done == 0 and t.lora.weight.grad is None
-    assert gate.rate.per_unit == pytest.approx(0.1 / 64)
+    assert probed == [32, 64] and e.value.tokens_done == 0 and t.lora.weight.grad is None
+    assert gate.rates.per_token(64)[0] == pytest.approx(0.1 / 64)
     # With time enough, the probe is not run again (measured) and the step completes.
     clock.t = 0.0
     st = t.step(b, gate=gate)
-    assert probed == [64] and st.stepped[0] and gate.pieces >= 1
+    assert probed == [32, 64] and st.stepped[0] and gate.pieces >= 1
 
 
 def test_hf_backend_steps_in_micro_batches_as_whole():
@@ -174,7 +174,7 @@ def test_hf_backend_steps_in_micro_batches_as_whole():
     for b in batches(2, n_steps=3, n_tasks=1):
         b.objective_ids = None
         gate = small_pieces()
-        gate.rate.record = lambda *a: None
+        gate.rates.record = lambda *a: None
         a, c = whole.step(b), cut.step(b, gate=gate)
         assert gate.pieces >= 3
         np.testing.assert_allclose(c.loss, a.loss, rtol=1e-5)
@@ -222,3 +222,18 @@ def test_rate_follows_a_slowdown_at_once_and_a_speedup_within_its_window():
         r.record(1.0, 100)
     assert r.per_unit == pytest.approx(0.01)           # gone from the window
     assert r.seconds(100) == pytest.approx(1.0)
+
+
+def test_sample_rates_plan_a_longer_sample_from_a_shorter_one_until_it_is_measured():
+    r = SampleRates()
+    assert r.seconds([100]) is None and not r.measured
+    r.record(1.0, [512])                                # a 512-token probe: 1/512 s per token
+    per, safety = r.per_token(512)
+    assert per == pytest.approx(1 / 512) and safety == pytest.approx(1.25)
+    # 5,593 tokens: four length classes up, the per-token cost x sqrt(2)^4, with a wider margin
+    per, safety = r.per_token(5593)
+    assert per == pytest.approx(4 / 512) and safety == pytest.approx(1.25 ** 2)
+    assert r.per_token(100)[0] == pytest.approx(1 / 512)   # a shorter sample: no dearer per token
+    r.record(50.0, [5593])                              # measured: its own rate from now on
+    assert r.per_token(5593)[0] == pytest.approx(50 / 5593) and r.slowest == pytest.approx(50 / 5593)
+    assert r.seconds([5593, 512]) == pytest.approx(50 * 1.25 + 1.25)
