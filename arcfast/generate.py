@@ -320,6 +320,7 @@ class Generator:
         # Measured rates, kept between calls (see GenerationStats): the latest seconds per padded
         # prefill token, per decode step by batch bucket, and per graph capture.
         self._prefill_rate: Optional[float] = None
+        self._prefill_rate_len: Optional[int] = None   # the padded length it was measured on
         self._step_rate: dict = {}
         self._capture_s: Optional[float] = None
         self.tok_tables: dict = {}      # adapters' own embedding / head rows: module -> [N+1, V, d]
@@ -813,12 +814,13 @@ class Generator:
                 take = []
                 while queue and n + len(take) < self.cap:
                     take.append(queue.popleft())
-                k, padded = self._prefill(n, take, prompts, lens, slots, keys, sampling, seed, deadline)
-                if k < len(take):   # the deadline refused a micro-batch: admit nothing more
-                    queue.extendleft(reversed(take[k:]))
-                    admit = False
-                row_req[n:n + k] = take[:k]
-                n += k
+                placed, skipped, padded = self._prefill(n, take, prompts, lens, slots, keys, sampling, seed,
+                                                        deadline)
+                for q in skipped:   # no time left to start them: empty outputs
+                    results[q] = Generation(np.zeros(0, np.int32), np.zeros(0, np.float32))
+                st.cut_by_deadline += len(skipped)
+                row_req[n:n + len(placed)] = placed
+                n += len(placed)
                 sync()
                 if self.cuda:
                     torch.cuda.synchronize(self.device)
@@ -827,6 +829,7 @@ class Generator:
                 st.prefill_padded_tokens += padded
                 if deadline is None and padded:
                     self._prefill_rate = dt / padded
+                    self._prefill_rate_len = int(lens[placed[0]])
                 mode = None
                 continue
             if n == 0:
@@ -921,26 +924,37 @@ class Generator:
             self.tok[n:B] = T.PAD
 
     def _prefill(self, r0, take, prompts, lens, slots, keys, sampling, seed,
-                 deadline: Optional[float] = None) -> tuple[int, int]:
-        """Prefill prompts ``take`` into rows r0.. in micro-batches; returns (prompts prefilled,
-        padded tokens run). With a ``deadline``, each micro-batch is timed (device synchronised)
-        and none is started that would end past it at the measured rate: the prompts from the
-        first one refused on are left out (the count tells the caller)."""
+                 deadline: Optional[float] = None) -> tuple[list, list, int]:
+        """Prefill prompts ``take`` (longest first) into rows r0.. in micro-batches; returns
+        (the prompts prefilled, in row order; the prompts the deadline left out; padded tokens
+        run). With a ``deadline``, each micro-batch is timed (device synchronised) and none is
+        started that would end past it at the measured rate: a micro-batch that does not fit is
+        cut to the prompts that do, and a prompt that does not fit alone is left out while the
+        shorter ones after it are still tried."""
         dev = self.device
         i = padded = 0
+        placed, skipped = [], []
         while i < len(take):
             # Longest first: the first prompt of a micro-batch sets its padded length.
             L = int(lens[take[i]])
             R = max(1, min(len(take) - i, self.prefill_tokens // max(L, 1)))
             if deadline is not None:
                 if self._prefill_rate is None and L > PREFILL_PROBE_TOKENS:
-                    self._probe_prefill(prompts[take[i]], r0 + i, slots[take[i]])
+                    self._probe_prefill(prompts[take[i]], r0 + len(placed), slots[take[i]])
                 now = time.monotonic()
-                rate = self._prefill_rate
-                if now >= deadline or (rate is not None and now + DEADLINE_SAFETY * rate * R * L > deadline):
+                if now >= deadline:
+                    skipped += take[i:]
                     break
+                per_prompt = self._prefill_seconds(L)
+                if per_prompt is not None and now + DEADLINE_SAFETY * per_prompt * R > deadline:
+                    R = int((deadline - now) / (DEADLINE_SAFETY * per_prompt))
+                    if R < 1:
+                        skipped.append(take[i])
+                        i += 1
+                        continue
                 t0 = time.perf_counter()
             group = take[i:i + R]
+            row = r0 + len(placed)
             ids = np.full((R, L), T.PAD, dtype=np.int64)
             for j, q in enumerate(group):
                 ids[j, :lens[q]] = prompts[q]
@@ -954,10 +968,10 @@ class Generator:
             ids_t = torch.from_numpy(ids).to(dev)
             lens_t = torch.from_numpy(lens[group]).to(dev)
             keys_t = torch.from_numpy(keys[group]).to(dev)
-            logits = self._prefill_forward(ids_t, lens_t, r0 + i, lora)
+            logits = self._prefill_forward(ids_t, lens_t, row, lora)
             zero = torch.zeros(R, device=dev, dtype=torch.int64)
             choice, lp = self._choose(logits, keys_t, zero, sampling, seed)
-            rows = slice(r0 + i, r0 + i + R)
+            rows = slice(row, row + R)
             self.out_tok[rows, 0] = choice.to(torch.int32)
             self.out_lp[rows, 0] = lp
             self.tok[rows] = choice
@@ -969,9 +983,20 @@ class Generator:
                 if self.cuda:
                     torch.cuda.synchronize(self.device)
                 self._prefill_rate = (time.perf_counter() - t0) / (R * L)
+                self._prefill_rate_len = L
             padded += R * L
+            placed += group
             i += R
-        return i, padded
+        return placed, skipped, padded
+
+    def _prefill_seconds(self, L: int) -> Optional[float]:
+        """Predicted seconds to prefill one prompt padded to ``L`` tokens: the measured rate, its
+        per-token cost grown by sqrt(2) per doubling of length beyond what it was measured on
+        (attention: a long prompt's token costs more than a short one's)."""
+        if self._prefill_rate is None:
+            return None
+        grow = max(1.0, math.sqrt(L / max(1, self._prefill_rate_len or L)))
+        return self._prefill_rate * grow * L
 
     def _probe_prefill(self, prompt, row: int, slot: int) -> None:
         """Measure the prefill rate on the first ``PREFILL_PROBE_TOKENS`` tokens of ``prompt``, into
@@ -989,6 +1014,7 @@ class Generator:
             if self.cuda:
                 torch.cuda.synchronize(self.device)
         self._prefill_rate = (time.perf_counter() - t0) / ids.shape[1]
+        self._prefill_rate_len = ids.shape[1]
 
     @property
     def prefill_rate(self) -> Optional[float]:

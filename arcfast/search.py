@@ -33,7 +33,8 @@ How it runs: one search tree per prompt, all trees advanced together one token p
   at the measured rate, and each tree returns what it found. Prompts are prefilled in
   micro-batches of ``prefill_tokens`` padded tokens, none started that would end past the
   deadline at the measured prefill rate (the first one measured on a short probe when no rate
-  was given in ``stats.prefill_s_per_token``).
+  was given in ``stats.prefill_s_per_token``); a prompt too long for the time left is skipped and
+  the shorter ones after it are still tried.
 
 On a full-vocabulary model the search branches over the compact ids' columns only, with their
 log-probabilities under the whole vocabulary (``ModelConfig.model_ids``), as the generator chooses.
@@ -220,6 +221,7 @@ class _Search:
         self.deadline = deadline
         self.log_p = math.log(cfg.min_prob)
         self.prefill_tokens = 32768 if self.device.type == "cuda" else 4096   # padded tokens per micro-batch
+        self._rate_len: Optional[int] = None   # the padded length stats.prefill_s_per_token was measured on
 
     # -- the model -------------------------------------------------------------------------------
     def _ids(self, ids: torch.Tensor) -> torch.Tensor:
@@ -269,14 +271,24 @@ class _Search:
                     if not st.prefill_s_per_token and L > PREFILL_PROBE_TOKENS:
                         self._probe(prompts[queue[qi]], adapters[queue[qi]], free_blocks[-1])
                     now = time.monotonic()
-                    if now >= self.deadline or now + DEADLINE_SAFETY * st.prefill_s_per_token * R * L > self.deadline:
+                    if now >= self.deadline:
                         closed = True
                         break
+                    # The measured rate, its per-token cost grown by sqrt(2) per doubling of length
+                    # beyond what it was measured on (as the generator plans its prefill).
+                    per = st.prefill_s_per_token * L * max(1.0, math.sqrt(L / (self._rate_len or L)))
+                    if now + DEADLINE_SAFETY * per * R > self.deadline:
+                        R = int((self.deadline - now) / (DEADLINE_SAFETY * per))
+                        if R < 1:   # this prompt does not fit: the shorter ones after it may
+                            st.cut_by_deadline += 1
+                            qi += 1
+                            continue
                 admit = [(queue[qi + j], free_blocks.pop()) for j in range(R)]
                 qi += R
                 t0 = time.perf_counter()
                 trees += self._prefill(admit, prompts, adapters)
                 st.prefill_s_per_token = (time.perf_counter() - t0) / (R * L)
+                self._rate_len = L
             live = [nd for t in trees for nd in t.live]
             if live:
                 self._step(live)
@@ -317,6 +329,7 @@ class _Search:
                        step=FusedAddNormStep(self._lora(ad)), compiled=False)
             _sync(self.device)
         self.stats.prefill_s_per_token = (time.perf_counter() - t0) / ids.shape[1]
+        self._rate_len = ids.shape[1]
 
     def _prefill(self, admit, prompts, adapters) -> list:
         t0 = time.perf_counter()

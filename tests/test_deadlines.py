@@ -126,9 +126,21 @@ def test_generation_planned_from_an_earlier_call_starts_nothing_that_cannot_fit(
     prompts = _prompts(4, seed=2)
     gen.generate(prompts, max_new_tokens=2)   # measures the rates
     start = time.monotonic()
-    outs = gen.generate(prompts, max_new_tokens=2, deadline=start + 0.5 * UNIT)
-    assert time.monotonic() - start < 0.5 * UNIT   # the micro-batch would not have fit: not started
+    # Measured at 0.05 s for four prompts: not even one prompt fits in 0.005 s, so none is started.
+    outs = gen.generate(prompts, max_new_tokens=2, deadline=start + 0.1 * UNIT)
+    assert time.monotonic() - start < 0.5 * UNIT
     assert all(o.n_tokens == 0 for o in outs) and gen.stats.cut_by_deadline == 4
+
+
+def test_a_prompt_too_long_for_the_time_left_is_skipped_and_shorter_ones_still_run(model):
+    """Longest first, but a long prompt that cannot fit does not close the door on the short ones:
+    at a primed 10 ms per token, 3,000 tokens (30 s) are skipped and 20 tokens (0.2 s) run."""
+    gen = Generator(model, cuda_graphs=False, max_batch=4)
+    gen.prime_rates(0.01)
+    long, short = _prompts(1, length=3000, seed=3)[0], _prompts(1, length=20, seed=4)[0]
+    outs = gen.generate([long, short], max_new_tokens=2, deadline=time.monotonic() + 5.0)
+    assert outs[0].n_tokens == 0 and outs[1].n_tokens == 2
+    assert gen.stats.cut_by_deadline == 1 and gen.stats.prefill_padded_tokens == len(short)
 
 
 def _task(tid: str, seed: int) -> Task:
