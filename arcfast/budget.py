@@ -245,6 +245,7 @@ class StepGate:
         self.stop_at, self.rates, self.clock = stop_at, rates, clock
         self.piece_seconds, self.calibration_tokens = float(piece_seconds), int(calibration_tokens)
         self.pieces = 0          # micro-batches run through this gate
+        self.seconds = 0.0       # their time, probes included
         self.warmup_tokens = min(32, self.calibration_tokens)
 
     def left(self) -> float:
@@ -260,6 +261,7 @@ class StepGate:
     def record(self, seconds: float, lengths) -> None:
         self.rates.record(seconds, lengths)
         self.pieces += 1
+        self.seconds += seconds
 
     def pieces_of(self, batch, probe=None, sync=None):
         """The micro-batches of ``batch`` (an :class:`arcfast.batch.PackedBatch`) this gate admits,
@@ -287,6 +289,7 @@ class StepGate:
             if sync is not None:
                 sync()
             self.rates.record(time.perf_counter() - t, [self.calibration_tokens])
+            self.seconds += time.perf_counter() - t
         def fits(ls) -> bool:   # a piece of ``piece_seconds`` (unmeasured: of calibration_tokens)
             sec = self.rates.seconds(ls)
             return sum(ls) <= self.calibration_tokens if sec is None else sec <= self.piece_seconds
@@ -349,6 +352,7 @@ class StepPlanner:
     groups_done: int = 0
     share_slack: float = 1.1
     steps_rate: Rate = field(default_factory=Rate, repr=False)    # seconds per step
+    overhead_rate: Rate = field(default_factory=Rate, repr=False)  # seconds per step outside its gate
     sample_rates: SampleRates = field(default_factory=SampleRates, repr=False)   # seconds per token, by length
     _infer_per_task: Optional[float] = field(default=None, repr=False)
     _share_per_task: float = field(default=0.0, repr=False)
@@ -380,7 +384,8 @@ class StepPlanner:
         """Predicted seconds of the next step, safety included: of samples of ``lengths`` tokens
         at the measured :attr:`sample_rates` when both are known, else at the seconds per step."""
         if lengths is not None and self.sample_rates.measured:
-            return self.sample_rates.seconds(lengths)
+            # The samples' work, and what a step does besides (its batch, the optimizer, the log).
+            return self.sample_rates.seconds(lengths) + (self.overhead_rate.per_unit or 0.0)
         if self.steps_rate.per_unit is not None:
             return self.steps_rate.seconds(1)
         return self.first_step_seconds
@@ -390,10 +395,12 @@ class StepPlanner:
         """Measured inference seconds per task (an exponential average), None before any."""
         return self._infer_per_task
 
-    def record(self, seconds: float, steps: int = 1) -> None:
-        """Tell the planner ``steps`` steps took ``seconds`` in all (a step that ran through a
-        :meth:`gate` measured its samples there too)."""
+    def record(self, seconds: float, steps: int = 1, gated: Optional[float] = None) -> None:
+        """Tell the planner ``steps`` steps took ``seconds`` in all, ``gated`` of them inside their
+        :meth:`gate` (which measured their samples there: the rest is the steps' overhead)."""
         self.steps_rate.record(seconds, steps)
+        if gated is not None:
+            self.overhead_rate.record(max(0.0, seconds - gated), steps)
 
     def record_inference(self, seconds: float, tasks: int) -> None:
         """Tell the planner predicting ``tasks`` tasks took ``seconds``."""

@@ -14,8 +14,12 @@ What a run does, top to bottom (:func:`run_ttft`):
    update the submission and the report;
 4. finish before the deadline: the planner (arcfast.budget.StepPlanner) keeps time for every
    remaining group's inference and a safety margin, and limits each group's training to its share
-   of the time; generation and re-scoring are planned from their measured per-step times and stop
-   inside a batch at the deadline, keeping what finished. A task with fewer than two train pairs is
+   of the time; no step starts that is predicted not to end in it, and each runs through the
+   planner's gate (arcfast.budget.StepGate) in micro-batches, abandoned whole (nothing applied,
+   ``step_abandoned`` logged) when its rest would not fit; generation and re-scoring are planned
+   from their measured per-step times and stop inside a batch at the deadline, keeping what
+   finished. The summary says what the budget cut (``untrained``, ``steps_abandoned``) and what
+   could not be written (``adapters_not_saved``, ``results_not_written``). A task with fewer than two train pairs is
    predicted untrained in a group of its own; a group that gets no steps is predicted with the base
    (or pretrained) adapter, and a group that gets no time at all keeps its fallback answers.
 
@@ -647,8 +651,8 @@ class TTFTRun:
                              tokens=int(lengths.sum()), predicted_s=None if predicted is None else round(predicted, 2),
                              left_s=round(planner.train_stop() - self.deadline.clock(), 2))
                     break
-                t = time.perf_counter()
                 gate = planner.gate()
+                t = time.perf_counter()
                 try:
                     stats = backend.step(batch, gate=gate)
                 except StepAbandoned as e:
@@ -658,7 +662,7 @@ class TTFTRun:
                              predicted_s=None if e.predicted is None else round(e.predicted, 2),
                              left_s=round(e.left, 2), pieces=gate.pieces)
                     break
-                planner.record(time.perf_counter() - t)   # seconds per step; the gate measured its tokens
+                planner.record(time.perf_counter() - t, gated=gate.seconds)   # the gate measured its samples
                 done += 1
                 n = len(group)
                 seen = np.asarray(stats.label_tokens[:n]) > 0

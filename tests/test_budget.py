@@ -145,3 +145,19 @@ def test_margin_flag_is_checked(tmp_path, capsys):
 
     assert main(["ttft", "--budget", "5s", "--margin", "10s", "--out", str(tmp_path / "a"), "-q"]) == 2
     assert "leaves nothing of --budget" in capsys.readouterr().err
+
+
+def test_the_next_groups_are_planned_at_the_machines_recent_pace():
+    """Steps of 0.5 s for a while, then the machine slows to 2 s a step (another process started):
+    the next group is planned at the slow pace at once, not at a run-long mean."""
+    clock = FakeClock()
+    d = Deadline(1000, margin=0, clock=clock)
+    p = StepPlanner(d, max_steps=10_000, groups=[4, 4, 4])
+    for _ in range(20):
+        p.record(0.5)
+    assert p.steps_for_next_group() == int(1000 / 3 / 0.5)
+    p.group_done()
+    p.record(2.0)
+    assert p.step_time == pytest.approx(2.0)
+    assert p.steps_for_next_group() == int(1000 / 2 / 2.0)
+    assert p.step_seconds() > 2.0          # and a step is admitted with a wider margin

@@ -58,14 +58,14 @@ def test_out_of_memory_splits_the_group_until_it_fits(tmp_path, monkeypatch, scr
     real = NativeBackend.step
     seen = []
 
-    def step(self, batch):
+    def step(self, batch, gate=None):
         tasks = len(set(batch.adapter_ids[batch.adapter_ids >= 0].tolist()))
         seen.append(tasks)
         if tasks > 1:
             # A backward cut short leaves a partial gradient: recover() must drop it.
             self.lora.weight.grad = torch.ones_like(self.lora.weight)
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
-        return real(self, batch)
+        return real(self, batch, gate=gate)
 
     monkeypatch.setattr(NativeBackend, "step", step)
     out, six = tmp_path / "run", "arc1:eval[:6]"
@@ -122,3 +122,33 @@ def test_a_failing_group_keeps_fallbacks_and_is_retried_on_resume(tmp_path, monk
     sub = validate_submission(out / "submission.json", tasks)
     assert sub == {t.id: _entries(t, answered=True) for t in tasks}
     assert _result_ids(out) == {t.id for t in tasks}
+
+
+def test_a_full_disk_is_said_in_the_summary_and_the_exit_status(tmp_path, monkeypatch, scripted, capsys):
+    """Adapters that cannot be written (no space left) lose no answer, but the run does not end as
+    if all went well: the summary names how many and why, and the exit status is 3."""
+    import errno
+
+    from arcfast.cli import EXIT_NOT_WRITTEN, main
+
+    real = NativeBackend.save_adapter
+
+    def save(self, i, path, **kw):
+        if i > 0:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(self, i, path, **kw)
+
+    monkeypatch.setattr(NativeBackend, "save_adapter", save)
+    out = tmp_path / "run"
+    rc = main(["ttft", "--tasks", TASKS, "--model", "tiny", "--budget", "120s", "--out", str(out), "--steps", "2",
+               "--tasks-per-group", "4", "--predictions", "1", "--row-len", "4096", "--max-len", "4096", "-q"])
+    printed = capsys.readouterr().out
+    assert rc == EXIT_NOT_WRITTEN == 3
+    assert "3 of 4 adapters not saved: " in printed and "No space left on device" in printed
+    summary = json.loads((out / "run.json").read_text())
+    tasks = load_tasks(TASKS)
+    assert summary["adapters_not_saved"] == sorted(t.id for t in tasks[1:]) and summary["adapters_saved"] == 1
+    assert "No space left on device" in summary["write_error"]
+    sub = validate_submission(out / "submission.json", tasks)
+    assert all(sub[t.id] == _entries(t, answered=True) for t in tasks)   # every answer is in it
+    assert {e["task"] for e in _events(out) if e["event"] == "adapter_not_saved"} == {t.id for t in tasks[1:]}
