@@ -10,14 +10,11 @@ planner learnt a step's cost only after paying it. Now each step runs in micro-b
 planner's gate, the first measured on a short probe, and none starts that does not fit.
 """
 import json
-import os
-import subprocess
-import sys
-import threading
-import time
 
 import pytest
 
+from arcfast.bench.bench_budget import Load, cores
+from arcfast.bench.bench_budget import run_ttft as _run_ttft
 from arcfast.data import load_tasks
 from arcfast.models import shipped_model
 from arcfast.submission import validate_submission
@@ -25,61 +22,8 @@ from arcfast.submission import validate_submission
 BUDGET = 30            # seconds: the promise under test
 TASKS = "arc1:eval[:6]"
 
-# Processes that compute: a Python loop (a core) and a loop copying 32 MB arrays (a core and the
-# memory bandwidth), in turns.
-_LOOPS = ("while True: pass",
-          "import numpy as np\na = np.ones(1 << 22); b = np.empty_like(a)\nwhile True: np.copyto(b, a); a += 1")
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-class Load:
-    """``n`` busy processes, started now or ``after`` seconds from now (a timer), all stopped on exit."""
-
-    def __init__(self, n: int, after: float = 0.0):
-        self.n, self.procs, self.lock = n, [], threading.Lock()
-        self.timer = threading.Timer(after, self._start) if after > 0 else None
-
-    def _start(self):
-        with self.lock:
-            if self.procs is None:
-                return
-            env = {**os.environ, "OMP_NUM_THREADS": "1"}
-            self.procs += [subprocess.Popen([sys.executable, "-c", _LOOPS[i % 2]], env=env,
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                           for i in range(self.n)]
-
-    def __enter__(self):
-        if self.timer is None:
-            self._start()
-            time.sleep(0.5)   # running before the run starts
-        else:
-            self.timer.start()
-        return self
-
-    def running(self) -> int:
-        return sum(p.poll() is None for p in self.procs or [])
-
-    def __exit__(self, *exc):
-        if self.timer is not None:
-            self.timer.cancel()
-        with self.lock:
-            procs, self.procs = self.procs, None
-        for p in procs:
-            p.kill()
-        for p in procs:
-            p.wait()
-
-
-def run_ttft(out, model: str, *extra, timeout: float = 4 * BUDGET):
-    """`arcfast ttft` in a process of its own; (wall seconds from spawn to exit, the process)."""
-    cmd = [sys.executable, "-m", "arcfast", "ttft", "--tasks", TASKS, "--model", model, "--budget", f"{BUDGET}s",
-           "--out", str(out), "-q", *extra]
-    t0 = time.monotonic()
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    return time.monotonic() - t0, p
+def run_ttft(out, model: str, *extra):
+    return _run_ttft(out, TASKS, model, BUDGET, *extra)
 
 
 def events(out) -> list:
@@ -103,9 +47,9 @@ MODELS = ["tiny"] + (["starter"] if shipped_model("starter") is not None else []
 @pytest.mark.parametrize("per_core", [1, 4])
 @pytest.mark.parametrize("model", MODELS)
 def test_a_budget_holds_beside_busy_processes(tmp_path, model, per_core):
-    with Load(per_core * _cores()) as load:
+    with Load(per_core * cores()) as load:
         wall, p = run_ttft(tmp_path / "run", model)
-        assert load.running() == per_core * _cores()   # they computed all along
+        assert load.running() == per_core * cores()   # they computed all along
     check_run(tmp_path / "run", wall, p)
 
 
@@ -114,9 +58,9 @@ def test_a_budget_holds_when_the_load_starts_mid_run(tmp_path):
     """Unloaded at first, so the run measures a fast machine and plans on it; then four busy
     processes per core start while it trains: the rates follow and the run still ends in time."""
     model = MODELS[-1]
-    with Load(4 * _cores(), after=12.0) as load:
+    with Load(4 * cores(), after=12.0) as load:
         wall, p = run_ttft(tmp_path / "run", model)
-        assert load.running() == 4 * _cores()
+        assert load.running() == 4 * cores()
     check_run(tmp_path / "run", wall, p)
     log = events(tmp_path / "run")
     assert any(e["event"] in ("step", "step_abandoned") for e in log)
