@@ -64,7 +64,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .budget import Deadline, StepPlanner, format_duration, parse_duration
+from .budget import Deadline, StepAbandoned, StepPlanner, format_duration, parse_duration
 from .outdir import fresh_dir
 from .submission import atomic_write
 
@@ -537,15 +537,26 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
                            wrong=wrong)
     try:
         while step < cfg.steps:
-            # Room for this step, a checkpoint and the final adapter (twice the measured save).
-            if planner and not planner.may_step(reserve_after=2.5 * save_s):
+            # Room for this step, a checkpoint and the final adapter (twice the measured save):
+            # no step starts that is predicted not to fit, and each runs in micro-batches through
+            # the planner's gate, abandoned whole (nothing applied) when its rest would not fit.
+            k, batch = next(stream)
+            lengths = batch.sample_lengths()
+            if planner and not planner.may_step(reserve_after=2.5 * save_s, lengths=lengths):
                 stop = "budget"
                 break
-            k, batch = next(stream)
-            stats = trainer.step(batch)
+            gate = planner.gate(reserve_after=2.5 * save_s) if planner else None
+            t_step = time.perf_counter()
+            try:
+                stats = trainer.step(batch, gate=gate) if gate is not None else trainer.step(batch)
+            except StepAbandoned as e:
+                stop = "budget"
+                jlog(event="step_abandoned", step=step + 1, tokens=e.tokens, tokens_done=e.tokens_done,
+                     seconds=round(e.seconds, 2), left_s=round(e.left, 2))
+                break
             step += 1
             if planner:
-                planner.record(stats.time_s)
+                planner.record(time.perf_counter() - t_step, gated=gate.seconds)
             n = float(stats.label_tokens[0])
             if n:
                 acc_loss += float(stats.loss[0]) * n

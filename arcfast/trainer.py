@@ -259,10 +259,10 @@ class Trainer:
     def _accumulate(self, batch: PackedBatch, gate: StepGate):
         """Forward and backward of ``batch`` in micro-batches through ``gate`` (see :meth:`step`):
         (per-task losses [N], per-pair losses [N, K], counts [N], pair counts [N, K]) of the whole
-        batch, its gradient accumulated in ``lora.weight.grad``."""
+        batch, its gradient accumulated where backward puts it (dropped if the step is abandoned)."""
         pair_counts = pair_counts_of(batch, self.n_adapters)
         counts = pair_counts.sum(1)
-        dev = self.lora.weight.device
+        dev = self.model.device
         # A piece's per-pair means times its counts are its sums; over the whole batch's counts,
         # they add up to the whole batch's means.
         whole_task = torch.as_tensor(np.maximum(counts, 1), dtype=torch.float32, device=dev)
@@ -271,24 +271,28 @@ class Trainer:
         sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else None
         try:
             for piece in gate.pieces_of(batch, probe=self._probe, sync=sync):
-                b = prepare_batch(piece, self.model, self.lora, self.n_adapters, self.cfg.attention,
-                                  self.cfg.lora_path)
+                b = self._prepare(piece)
                 _, pair = self._forward_losses(b)
                 part = pair * torch.as_tensor(b.pair_counts, dtype=torch.float32, device=dev)
                 ((part.sum(1) / whole_task).sum() * self.loss_scale).backward()
                 sums += part.detach()
         except BaseException:
-            self.lora.weight.grad = None   # nothing of an abandoned (or failed) step is applied
+            self._drop_gradient()   # nothing of an abandoned (or failed) step is applied
             raise
         return sums.sum(1) / whole_task, sums / whole_pair, counts, pair_counts
 
+    def _prepare(self, batch: PackedBatch, training: bool = True):
+        return prepare_batch(batch, self.model, self.lora, self.n_adapters, self.cfg.attention, self.cfg.lora_path,
+                             training=training)
+
+    def _drop_gradient(self) -> None:
+        self.lora.weight.grad = None
+
     def _probe(self, batch: PackedBatch) -> None:
-        """Forward and backward of ``batch`` for its time only: the gradient is dropped (a step
-        gate's calibration, before the step's first piece)."""
-        kept, self.lora.weight.grad = self.lora.weight.grad, None
-        b = prepare_batch(batch, self.model, self.lora, self.n_adapters, self.cfg.attention, self.cfg.lora_path)
-        self._forward_losses(b)[0].sum().backward()
-        self.lora.weight.grad = kept
+        """Forward and backward of ``batch`` for its time only (a step gate's calibration, run
+        before a step's first piece, when there is no gradient yet): the gradient is dropped."""
+        self._forward_losses(self._prepare(batch))[0].sum().backward()
+        self._drop_gradient()
 
     def _update(self, losses, pair, counts, pair_counts, batch, tokens, t0) -> StepStats:
         """The optimizer part of a step whose gradient is in ``lora.weight.grad``."""
@@ -415,9 +419,19 @@ class FullTrainer:
         self.loss_scale = train_cfg.init_loss_scale if self.fp16 else 1.0
         self._good_steps = 0
 
-    # The LoRA trainer's forward (checkpointed or not) and fp16 loss-scale policy, shared as they are.
+    # The LoRA trainer's forward (checkpointed or not), micro-batched step and fp16 loss-scale
+    # policy, shared as they are.
     _forward_losses = Trainer._forward_losses
+    _accumulate = Trainer._accumulate
+    _probe = Trainer._probe
     _update_loss_scale = Trainer._update_loss_scale
+
+    def _prepare(self, batch: PackedBatch, training: bool = True):
+        return prepare_batch(batch, self.model, None, 1, self.cfg.attention, training=training)
+
+    def _drop_gradient(self) -> None:
+        for p in self.params:
+            p.grad = None
 
     def set_total_steps(self, ids: Sequence[int], steps: Union[int, Sequence[int]]) -> None:
         """Schedule length (``ids`` must be ``[0]``, the one slot: :class:`Trainer`'s signature)."""
@@ -430,17 +444,27 @@ class FullTrainer:
         total = int(self.total_steps[0])
         return float(self.cfg.lr * lr_factor(self.steps, total, self.cfg.warmup_for(total), self.cfg.schedule))
 
-    def step(self, batch: PackedBatch) -> StepStats:
-        """One optimizer step on ``batch`` (adapter_ids 0 on every real token, -1 on padding)."""
+    def step(self, batch: PackedBatch, gate: Optional[StepGate] = None) -> StepStats:
+        """One optimizer step on ``batch`` (adapter_ids 0 on every real token, -1 on padding);
+        with a ``gate``, in micro-batches as :meth:`Trainer.step` (the same update when all run,
+        :class:`StepAbandoned` and nothing applied when the gate refuses one)."""
         t0 = time.perf_counter()
-        b = prepare_batch(batch, self.model, None, 1, self.cfg.attention)
-        if b.counts[0] == 0:
-            return StepStats(loss=np.full(1, np.nan), label_tokens=b.counts, grad_norm=np.zeros(1), lr=np.zeros(1),
-                             tokens=b.tokens, positions=b.positions, time_s=time.perf_counter() - t0,
+        if gate is None:
+            b = self._prepare(batch)
+            counts, pair_counts, tokens, positions = b.counts, b.pair_counts, b.tokens, b.positions
+        else:
+            pair_counts = pair_counts_of(batch, 1)
+            counts, tokens, positions = pair_counts.sum(1), batch.n_tokens, int(np.prod(batch.shape))
+        if counts[0] == 0:
+            return StepStats(loss=np.full(1, np.nan), label_tokens=counts, grad_norm=np.zeros(1), lr=np.zeros(1),
+                             tokens=tokens, positions=positions, time_s=time.perf_counter() - t0,
                              stepped=np.zeros(1, bool), objective_loss=np.full((1, len(OBJECTIVES)), np.nan),
-                             objective_tokens=b.pair_counts)
-        losses, pair = self._forward_losses(b)
-        (losses.sum() * self.loss_scale).backward()
+                             objective_tokens=pair_counts)
+        if gate is None:
+            losses, pair = self._forward_losses(b)
+            (losses.sum() * self.loss_scale).backward()
+        else:
+            losses, pair, _, _ = self._accumulate(batch, gate)
 
         grads = self._master_grads()
         if self.loss_scale != 1.0:
@@ -464,10 +488,10 @@ class FullTrainer:
         self.opt.zero_grad(set_to_none=True)
 
         loss_np = losses.detach().double().cpu().numpy()   # the step's one device sync
-        return StepStats(loss=loss_np, label_tokens=b.counts, grad_norm=np.array([float(norm)]),
-                         lr=np.where(active, lr, 0.0), tokens=b.tokens, positions=b.positions,
+        return StepStats(loss=loss_np, label_tokens=counts, grad_norm=np.array([float(norm)]),
+                         lr=np.where(active, lr, 0.0), tokens=tokens, positions=positions,
                          time_s=time.perf_counter() - t0, stepped=active,
-                         objective_loss=objective_stats(pair, b.pair_counts), objective_tokens=b.pair_counts)
+                         objective_loss=objective_stats(pair, pair_counts), objective_tokens=pair_counts)
 
     def _master_grads(self) -> list:
         """fp32 gradients of the master weights (moved off the model's parameters when mixed). A
