@@ -37,6 +37,8 @@ def check_run(out, wall: float, p) -> dict:
     validate_submission(out / "submission.json", load_tasks(TASKS))
     summary = json.loads((out / "run.json").read_text())
     assert summary["tasks"] == 6 and summary["seconds"] <= BUDGET
+    print(f"{wall:.1f} s wall for {BUDGET} s; trained {summary['trained']}, answered {summary['answered']}, "
+          f"steps abandoned {summary['steps_abandoned']}")
     return summary
 
 
