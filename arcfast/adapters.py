@@ -30,13 +30,13 @@ and, where it trains token rows, ``{module path: rows [n, d]}`` (``"model.embed_
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Optional
 
 import torch
 
+from .files import swap_in
 from .lora import TOKEN_MODULES, LoRAConfig
 from .outdir import fresh_dir
 
@@ -179,14 +179,7 @@ def save_adapter(path, tensors: dict, cfg: LoRAConfig, base_model: str = "",
         # Written here, not by save_file, which creates its file 0600 whatever the umask. The bytes
         # are held once in memory: tens of MB for a rank-32 adapter of a 0.5B model in fp32.
         (tmp / WEIGHTS_NAME).write_bytes(save(to_peft(tensors, dtype, token_ids), metadata=md))
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        swap_in(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

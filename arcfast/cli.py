@@ -269,7 +269,8 @@ def _run(args, cfg) -> int:
     """Run ``cfg`` as this process, as one worker of several (torchrun's environment: the
     process group joined and left), or, with ``--workers N``, as the launcher of N local workers.
     Rank 0 prints the summary."""
-    from .ttft import TTFTRun, _dist
+    from .runtime import dist as _dist
+    from .ttft import TTFTRun
 
     rank, world = _dist()
     if args.workers < 1:

@@ -96,6 +96,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
+from .files import write_json
 from .task import Pair, Task, id_bytes
 from .tokens import MAX_SIZE
 
@@ -368,12 +369,6 @@ def _first_byte(path: Path) -> bytes:
         return b""
     head = head.lstrip(b" \t\r\n\xef\xbb\xbf")
     return head[:1]
-
-
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    from .submission import atomic_write
-
-    atomic_write(path, json.dumps(obj, separators=(",", ":")))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1131,5 +1126,5 @@ def save_tasks_kaggle(tasks: Sequence[Task], challenges_path: PathLike,
                                  "write it without solutions_path")
             sols[t.id] = [p.output.tolist() for p in t.test]
     if solutions_path is not None:
-        _atomic_write_json(Path(solutions_path), sols)
-    _atomic_write_json(Path(challenges_path), challenges)
+        write_json(Path(solutions_path), sols, indent=None)
+    write_json(Path(challenges_path), challenges, indent=None)

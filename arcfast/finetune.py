@@ -55,7 +55,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -66,7 +65,7 @@ import numpy as np
 
 from .budget import Deadline, StepAbandoned, StepPlanner, format_duration, parse_duration
 from .outdir import fresh_dir
-from .submission import atomic_write
+from .files import JsonLog, atomic_write, swap_in
 
 log = logging.getLogger("arcfast.finetune")
 
@@ -272,17 +271,6 @@ def _label_count(batch) -> int:
     return int((batch.labels[:, 1:] != T.IGNORE_INDEX).sum())
 
 
-def _swap_in(tmp: Path, final: Path) -> None:
-    """Rename directory ``tmp`` to ``final``, replacing it; a crash in between leaves ``.NAME.old``,
-    which :func:`find_checkpoint` also accepts."""
-    old = final.with_name(f".{final.name}.old")
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def find_checkpoint(out) -> Optional[Path]:
     """The checkpoint directory under ``out`` (or the one a crash mid-swap left), or None."""
     out = Path(out)
@@ -321,7 +309,7 @@ def save_checkpoint(out, trainer, step: int, settings: dict, segment_len: int) -
                     "settings": settings, "trainer": trainer.state_dict()}, tmp / STATE_FILE)
         _write_weights(trainer, tmp / _weights_name(trainer), step)
         atomic_write(tmp / "meta.json", json.dumps({"step": step, "time": time.time(), **settings}, indent=1))
-        _swap_in(tmp, out / CHECKPOINT)
+        swap_in(tmp, out / CHECKPOINT)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -342,7 +330,7 @@ def save_snapshot(checkpoint: Path, trainer, step: int) -> Path:
     tmp = fresh_dir(root, f".{final.name}.")
     try:
         shutil.copytree(checkpoint / _weights_name(trainer), tmp, dirs_exist_ok=True)
-        _swap_in(tmp, final)
+        swap_in(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -356,7 +344,7 @@ def save_result(out, trainer, step: int) -> Path:
     tmp = fresh_dir(out, f".{final.name}.")
     try:
         _write_weights(trainer, tmp, step)
-        _swap_in(tmp, final)
+        swap_in(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -385,7 +373,8 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
     from .model import load_model
     from .sampling import OBJECTIVES, SampleConfig
     from .trainer import FullTrainer, TrainConfig, Trainer
-    from .ttft import JsonLog, _device, _dtype
+    from .runtime import device as _device
+    from .runtime import dtype as _dtype
 
     t_start = time.time()
     if cfg.steps < 1 or cfg.save_every < 0 or cfg.val_batches < 0 or cfg.log_every < 1 or cfg.rows < 1:

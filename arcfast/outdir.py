@@ -7,7 +7,7 @@ per-task file or directory is named by :func:`task_filename`, an encoding that i
 - **safe**: the name is one path component of ``[A-Za-z0-9._%~-]`` only, never ``.`` or ``..``,
   never starting with ``.`` (so never hidden and never one of the run's own temporary files),
   at most :data:`MAX_NAME` characters (a file system allows 255 bytes; ``.json`` and the
-  temporary-file affixes of :func:`arcfast.submission.atomic_write` must still fit);
+  temporary-file affixes of :func:`arcfast.files.atomic_write` must still fit);
 - **unique**: different ids give different names (percent-encoding is injective; an id too long
   to encode in full gets a prefix of its encoding plus ``~`` and a SHA-256 digest of the id, and
   ``~`` never appears in a fully encoded name);

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 from .metrics import METRICS, mean_metrics
-from .submission import atomic_write
+from .files import atomic_write
 from .vote import Candidate
 
 

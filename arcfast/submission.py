@@ -21,8 +21,6 @@ are the fallback.
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import threading
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -30,6 +28,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 
 
+from .files import atomic_write
 from .task import Task
 from .tokens import MAX_SIZE
 from .vote import check_grid
@@ -47,55 +46,6 @@ class SubmissionError(ValueError):
         shown = problems[:20]
         more = f"\n  ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
         super().__init__(f"{path}: invalid submission ({len(problems)} problem(s)):\n  " + "\n  ".join(shown) + more)
-
-
-def _new_temporary(path: Path) -> tuple[int, str]:
-    """A new file ``.<name>.<random>.tmp`` beside ``path``, opened for writing: (fd, its path).
-    Created with mode 0o666 less the umask, as any file a program writes (``mkstemp``'s 0600
-    would outlive the rename)."""
-    for _ in range(100):
-        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"{path.parent}: no free temporary name for {path.name}")
-
-
-def atomic_write(path: Union[str, Path], data: Union[str, bytes]) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old file or the new one, never a part.
-
-    Writes a temporary file beside ``path``, fsyncs it, ``os.replace``s it over ``path`` and
-    fsyncs the directory (where the OS allows) so the rename itself survives a power loss. On any
-    error the temporary file is removed and the old file is left as it was.
-    """
-    path = Path(path)
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _new_temporary(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:
-        dfd = os.open(path.parent, os.O_RDONLY)
-    except OSError:  # some platforms cannot open a directory; the data is already safe there
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
 
 
 def fallback_grid(task: Task, test_index: int, fallback: str = "input") -> list[list[int]]:

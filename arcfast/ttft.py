@@ -47,7 +47,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -59,7 +58,10 @@ import numpy as np
 from .budget import Deadline, StepAbandoned, StepPlanner, format_duration, parse_duration
 from .models import shipped_model
 from .outdir import OutDir
-from .submission import atomic_write
+from .files import JsonLog, write_json
+from .runtime import device as _device
+from .runtime import dist as _dist
+from .runtime import dtype as _dtype
 from .task import id_bytes
 
 # Seconds of the budget (margin included) that must be left for the report's plot to be drawn.
@@ -273,70 +275,10 @@ class TaskRun:
 # ----------------------------------------------------------------------------------------------
 # helpers
 
-def _dist() -> tuple[int, int]:
-    """(rank, world size) under torchrun, else (0, 1)."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        if torch.cuda.is_available():
-            local = int(os.environ.get("LOCAL_RANK", "0"))
-            return torch.device("cuda", local % torch.cuda.device_count())
-        return torch.device("cpu")
-    return torch.device(name)
-
-
-def _dtype(name: str, device):
-    import torch
-
-    from .model import default_dtype
-
-    if name == "auto":
-        return default_dtype(device)
-    try:
-        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-                "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[name]
-    except KeyError:
-        raise ValueError(f"unknown dtype {name!r} (float32, bfloat16, float16)") from None
-
-
 def _task_seed(seed: int, task_id: str) -> int:
     import zlib
 
     return (seed * 1_000_003 + zlib.crc32(id_bytes(task_id))) & 0x7FFFFFFF
-
-
-def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, json.dumps(obj, indent=1, default=_json_default))
-
-
-def _json_default(o):
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-class JsonLog:
-    """Appends one JSON object per line (loss, throughput, events) and flushes each line."""
-
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = open(path, "a", buffering=1)
-
-    def __call__(self, **kw) -> None:
-        kw.setdefault("time", round(time.time(), 3))
-        self.f.write(json.dumps(kw, default=_json_default) + "\n")
-
-    def close(self) -> None:
-        self.f.close()
 
 
 def _trainable(task) -> bool:
@@ -602,7 +544,7 @@ class TTFTRun:
                 log.error("report not written: %s: %s", type(e).__name__, e)
                 self.log(event="report_failed", error=f"{type(e).__name__}: {e}")
         summary = self._summary(tasks, problems, backend, reason)
-        _write_json(self.out / ("run.json" if self.world == 1 else f"run.rank{self.rank}.json"), summary)
+        write_json(self.out / ("run.json" if self.world == 1 else f"run.rank{self.rank}.json"), summary)
         self.log(event="end", **{k: v for k, v in summary.items() if k in ("seconds", "tasks", "trained")})
         self.log.close()
         return summary
@@ -895,7 +837,7 @@ class TTFTRun:
         if persist and not resumed:
             r.fingerprint = task.fingerprint()
             try:
-                _write_json(self.paths.task_file(task.id), asdict(r))
+                write_json(self.paths.task_file(task.id), asdict(r))
             except OSError as e:   # a full disk: the answers are in the submission; resume redoes it
                 log.error("%s: result not written: %s", task.id, e)
                 self.not_written[task.id] = f"{type(e).__name__}: {e}"

@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-import arcfast.submission as submission
+import arcfast.files as files
 from arcfast.metrics import METRICS, score_test
 from arcfast.report import RunReport, TaskResult
 from arcfast.vote import Prediction, vote
@@ -120,7 +120,7 @@ def test_failed_write_keeps_previous_report(tmp_path, monkeypatch):
     def crash(src, dst):
         raise OSError("no space")
 
-    monkeypatch.setattr(submission.os, "replace", crash)
+    monkeypatch.setattr(files.os, "replace", crash)
     with pytest.raises(OSError, match="no space"):
         rep.write(tmp_path)
     assert paths["json"].read_bytes() == before

@@ -5,8 +5,9 @@ import threading
 import numpy as np
 import pytest
 
-import arcfast.submission as submission
-from arcfast.submission import (SubmissionError, SubmissionWriter, atomic_write, make_attempts,
+import arcfast.files as files
+from arcfast.files import atomic_write
+from arcfast.submission import (SubmissionError, SubmissionWriter, make_attempts,
                                 validate_submission)
 from arcfast.task import Pair, Task
 from arcfast.vote import Prediction, vote
@@ -90,7 +91,7 @@ def test_failed_replace_keeps_old_file_intact(tmp_path, monkeypatch):
     def crash(src, dst):
         raise OSError("disk gone")
 
-    monkeypatch.setattr(submission.os, "replace", crash)
+    monkeypatch.setattr(files.os, "replace", crash)
     with pytest.raises(OSError, match="disk gone"):
         w.update(tasks[1].id, answers(tasks[1], 2))
     assert path.read_bytes() == before
@@ -110,7 +111,7 @@ def test_failed_write_of_data_keeps_old_file(tmp_path, monkeypatch):
     def crash(fd):
         raise OSError("fsync failed")
 
-    monkeypatch.setattr(submission.os, "fsync", crash)
+    monkeypatch.setattr(files.os, "fsync", crash)
     with pytest.raises(OSError, match="fsync failed"):
         atomic_write(path, '{"a": 2, "b": ' + "[0]" * 10)
     assert json.loads(path.read_text()) == {"a": 1}

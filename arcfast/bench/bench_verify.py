@@ -148,7 +148,8 @@ def verify_everything(s: dict, device: str, out: Path) -> dict:
     from arcfast.lora import MultiLoRA
     from arcfast.model import grow_vocab, load_model
     from arcfast.outdir import OutDir
-    from arcfast.ttft import VERIFY_SEED_OFFSET, _dtype
+    from arcfast.runtime import dtype as _dtype
+    from arcfast.ttft import VERIFY_SEED_OFFSET
     from arcfast.verify import VerifyConfig, VerifyJob, VerifyStats, verify_jobs
     from arcfast.vote import Candidate
 
