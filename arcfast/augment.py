@@ -36,6 +36,7 @@ from typing import Optional
 import numpy as np
 
 from . import _core
+from .rng import Rng, combine, fnv1a64, shuffle
 from .task import Pair, Task
 from .tokens import MAX_SIZE
 
@@ -179,7 +180,7 @@ class Augmentation:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """How training samples are augmented (each draw is seeded: see arcfast.reference.pipeline).
+    """How training samples are augmented (each draw is seeded: arcfast.rng; the draws are specified in arcfast.reference.pipeline).
 
     - ``transforms``: dihedral ids drawn uniformly (``(0,)`` turns geometry off);
     - ``permute_colors``: draw a colour permutation; with probability ``keep_zero_prob`` colour 0
@@ -234,8 +235,6 @@ def test_time_augmentations(task: Task, n: int, seed: int = 0, keep_zero_prob: f
     dihedral group is covered evenly), a colour permutation keeping 0 with probability
     ``keep_zero_prob``, and a shuffled demonstration order. Deterministic in (task id, seed, i).
     """
-    from .reference.pipeline import Rng, combine, fnv1a64, shuffle
-
     out = [Augmentation()]
     base = combine(combine(seed, fnv1a64(task.id)), 3)  # tag 3: inference, apart from training draws
     for i in range(1, n):

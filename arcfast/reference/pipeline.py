@@ -59,9 +59,8 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from .. import tokens as T
+from ..rng import Rng, combine, fnv1a64, shuffle
 
-MASK = (1 << 64) - 1
-GOLDEN = 0x9E3779B97F4A7C15
 TAG_SAMPLE, TAG_EPOCH, TAG_OBJECTIVE, TAG_EPOCH_INPUT = 1, 2, 4, 5
 
 OBJECTIVES = ("output", "input", "verify")
@@ -71,48 +70,6 @@ FIRST_CORRUPTION = 2
 
 KIND_IDS = {"geometric": 1, "pad": 2, "upscale": 3, "mirror": 4}
 SIDE_IDS = {"input": 0, "output": 1}
-
-
-# ------------------------------------------------------------------------------------------------
-# random streams
-
-def mix64(z: int) -> int:
-    z &= MASK
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK
-    return z ^ (z >> 31)
-
-
-def combine(h: int, v: int) -> int:
-    return mix64((h & MASK) ^ mix64((v + GOLDEN) & MASK))
-
-
-def fnv1a64(s: str) -> int:
-    h = 0xCBF29CE484222325
-    for b in s.encode("utf-8", "surrogatepass"):
-        h = ((h ^ b) * 0x100000001B3) & MASK
-    return h
-
-
-class Rng:
-    def __init__(self, state: int):
-        self.state = state & MASK
-
-    def next(self) -> int:
-        self.state = (self.state + GOLDEN) & MASK
-        return mix64(self.state)
-
-    def below(self, n: int) -> int:
-        return (self.next() * n) >> 64
-
-    def uniform(self) -> float:
-        return (self.next() >> 11) * (2.0 ** -53)
-
-
-def shuffle(xs: list, rng: Rng) -> None:
-    for i in range(len(xs) - 1, 0, -1):
-        j = rng.below(i + 1)
-        xs[i], xs[j] = xs[j], xs[i]
 
 
 # ------------------------------------------------------------------------------------------------
