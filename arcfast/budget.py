@@ -14,6 +14,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
+# Work is started before a deadline only when it ends by then at its measured rate times this
+# (generation's prefill and decode chunks, scoring and verification batches, the DFS's steps).
+DEADLINE_SAFETY = 1.1
+
 _UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hr": 3600.0, "d": 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)\s*(d|h|hr|min|m|sec|s)?", re.IGNORECASE)
 

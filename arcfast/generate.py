@@ -74,6 +74,7 @@ import torch
 import torch.nn.functional as F
 
 from . import tokens as T
+from .budget import DEADLINE_SAFETY
 from .decode_lora import _FusedRowLoRA, _MergedLoRA, _RowLoRA, _fused_parts, _grouped_mm_ok, _triton_lora  # noqa: F401
 from .kv_cache import CacheDecode, CachePrefill
 from .model import FusedAddNormStep
@@ -142,8 +143,6 @@ class Generation:
         return self.n_tokens > 0 and int(self.tokens[-1]) == T.EOG
 
 
-# Work is started before a deadline only when it ends by then at the measured rate times this.
-DEADLINE_SAFETY = 1.1
 # A deadline-bound call's first prefill, unmeasured, is first measured on this many tokens.
 PREFILL_PROBE_TOKENS = 256
 

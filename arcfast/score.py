@@ -46,6 +46,7 @@ import numpy as np
 
 from . import tokens as T
 from .augment import Augmentation
+from .budget import DEADLINE_SAFETY
 from .task import Task
 from .select import select
 from .vote import Candidate, check_grid
@@ -328,8 +329,6 @@ def default_batch_tokens(device) -> int:
     return 32768 if torch.device(device).type == "cuda" else 4096
 
 
-# A batch is started before a deadline only when it ends by then at the measured rate times this.
-DEADLINE_SAFETY = 1.1
 
 
 @dataclass

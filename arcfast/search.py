@@ -52,7 +52,8 @@ import numpy as np
 import torch
 
 from . import tokens as T
-from .generate import DEADLINE_SAFETY, MAX_NEW_TOKENS, PREFILL_PROBE_TOKENS, Generation
+from .budget import DEADLINE_SAFETY
+from .generate import MAX_NEW_TOKENS, PREFILL_PROBE_TOKENS, Generation
 from .kv_cache import CacheDecode, CachePrefill, copy_rows
 from .model import FusedAddNormStep
 
