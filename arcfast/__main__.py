@@ -1,4 +1,4 @@
-"""``python -m arcfast ARGS`` is the ``arcfast ARGS`` command (see arcfast/cli.py)."""
+"""``python -m arcfast ARGS`` is the ``arcfast ARGS`` command (see arcfast/cli/)."""
 import sys
 
 from .cli import main

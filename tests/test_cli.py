@@ -524,7 +524,8 @@ def test_loss_on_outputs_trains_on_every_demonstration_output(tmp_path):
 
 def test_rslora_flag_reaches_the_lora_config(tmp_path):
     """--rslora (parsed only, nothing trained) gives ttft and eval a LoRAConfig scaled by alpha/sqrt(r)."""
-    from arcfast.cli import _run_config, build_parser
+    from arcfast.cli.main import build_parser
+    from arcfast.cli.run import _run_config
     from arcfast.model import load_model
     from arcfast.ttft import TTFTRun
 
@@ -539,7 +540,8 @@ def test_rslora_flag_reaches_the_lora_config(tmp_path):
 
 
 def test_a_recipe_sets_its_fields_and_flags_beside_it_win(capsys):
-    from arcfast.cli import _run_config, build_parser
+    from arcfast.cli.main import build_parser
+    from arcfast.cli.run import _run_config
     from arcfast.recipes import RECIPES
     from arcfast.ttft import TTFTConfig
 
@@ -587,7 +589,8 @@ def test_a_run_with_a_recipe_prints_and_logs_it(tmp_path, capsys):
 
 
 def test_train_tokens_flags(tmp_path):
-    from arcfast.cli import _run_config, build_parser
+    from arcfast.cli.main import build_parser
+    from arcfast.cli.run import _run_config
 
     parse = lambda *a: _run_config(build_parser().parse_args(["ttft", "--out", str(tmp_path / "x"), *a]), "ttft")
     assert parse().tokens == () and parse().embedding_lr is None
@@ -602,7 +605,8 @@ def test_train_tokens_flags(tmp_path):
 def test_max_task_seconds_stops_a_groups_training(tmp_path):
     """A cap far below what the steps take: every group trains one step (at least one), then stops
     with the reason "task cap"; the flag reaches the config, and nvarc's recipe sets 1200 s."""
-    from arcfast.cli import _run_config, build_parser
+    from arcfast.cli.main import build_parser
+    from arcfast.cli.run import _run_config
 
     out = tmp_path / "cap"
     assert main(["ttft", "--tasks", "arc1:eval[:2]", "--model", "tiny", "--steps", "40", "--predictions", "2",
@@ -659,7 +663,8 @@ def test_a_killed_workers_tasks_are_finished_by_the_other(tmp_path):
 
 def test_sample_and_augmentation_flags_reach_the_recipe(tmp_path):
     from arcfast.augment import AugmentConfig
-    from arcfast.cli import _run_config, build_parser
+    from arcfast.cli.main import build_parser
+    from arcfast.cli.run import _run_config
 
     parse = lambda *a: _run_config(build_parser().parse_args(["ttft", "--out", str(tmp_path / "x"), *a]), "ttft")
     d = parse()

@@ -13,8 +13,9 @@ import torch
 from arcfast.budget import Deadline
 from arcfast.data import load_tasks
 from arcfast.finetune import CHECKPOINT as CHECKPOINT_DIR
-from arcfast.finetune import (FinetuneConfig, MixtureStream, add_train_parser, cmd_train, find_checkpoint,
-                              load_checkpoint, parse_mixture, run_train, source_schedule)
+from arcfast.cli.train import add_train_parser, cmd_train
+from arcfast.finetune import (FinetuneConfig, MixtureStream, find_checkpoint, load_checkpoint, parse_mixture, run_train,
+                              source_schedule)
 from arcfast.lora import LoRAConfig
 from arcfast.model import load_model
 from arcfast.sampling import SampleConfig
@@ -373,7 +374,7 @@ def test_train_with_the_verify_objective_and_wrong_predictions(tmp_path):
 
 
 def test_rslora_flag_reaches_the_config():
-    from arcfast.finetune import config_from_args
+    from arcfast.cli.train import config_from_args
 
     assert config_from_args(parser().parse_args(["train", "--rank", "256", "--rslora"])).rslora is True
     assert config_from_args(parser().parse_args(["train", "--rank", "256"])).rslora is False
@@ -392,7 +393,7 @@ def test_train_tokens_reach_the_adapter_and_a_full_run_merges_them(tmp_path):
     """`train --train-tokens both`: the adapter carries its own embedding and head rows (PEFT's
     modules_to_save), a resume keeps the setting, and `--full --adapter` starts from them merged
     (the tied head untied: the saved model has its own lm_head)."""
-    from arcfast.finetune import config_from_args
+    from arcfast.cli.train import config_from_args
 
     args = parser().parse_args(["train", "--train-tokens", "both", "--embedding-lr", "1e-3"])
     assert config_from_args(args).tokens == ("embed_tokens", "lm_head") and config_from_args(args).embedding_lr == 1e-3

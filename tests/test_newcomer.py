@@ -7,7 +7,8 @@ import stat
 
 import pytest
 
-from arcfast.cli import build_parser, main
+from arcfast.cli import main
+from arcfast.cli.main import build_parser
 from arcfast.progress import Progress
 from arcfast.submission import validate_submission
 
@@ -150,7 +151,7 @@ def test_ttft_and_eval_share_their_flags():
     assert evl - ttft == {"--ttft"} and ttft <= evl
     args = build_parser().parse_args(["eval", "--tasks", "arc1:eval[:1]", "--ttft", "--backend", "native", "--lr",
                                       "3e-4", "--alpha", "16", "--samples-per-task", "2", "--row-len", "2048"])
-    from arcfast.cli import _run_config
+    from arcfast.cli.run import _run_config
 
     cfg = _run_config(args, "eval")
     assert (cfg.train, cfg.backend, cfg.lr, cfg.alpha, cfg.samples_per_task, cfg.row_len) == \
