@@ -127,10 +127,6 @@ class Augmentation:
         return cls()
 
     @property
-    def inverse_transform(self) -> int:
-        return INVERSE_TRANSFORM[self.transform]
-
-    @property
     def inverse_colors(self) -> tuple:
         inv = [0] * 10
         for c, d in enumerate(self.colors):

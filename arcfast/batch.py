@@ -164,22 +164,6 @@ class PackedBatch:
         np.add.at(out, (adapters[ok], targets[ok]), 1)
         return out
 
-    def to_torch(self, device="cpu"):
-        """The arrays as torch tensors on ``device`` (int64 ids/labels/positions, int32 the rest)."""
-        import torch
-
-        def t(a, dtype):
-            return torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dtype, non_blocking=True)
-
-        return {
-            "input_ids": t(self.input_ids, torch.long),
-            "labels": t(self.labels, torch.long),
-            "position_ids": t(self.position_ids, torch.long),
-            "sample_ids": t(self.sample_ids, torch.int32),
-            "adapter_ids": t(self.adapter_ids, torch.int32),
-            "cu_seqlens": t(self.cu_seqlens, torch.int32),
-        }
-
 
 def cu_seqlens_of(sample_ids: np.ndarray) -> np.ndarray:
     """int32 cu_seqlens of a batch from its ``sample_ids`` [rows, row_len]: a boundary wherever the

@@ -493,12 +493,14 @@ class TTFTRun:
                 self.log(event="out_of_time", tasks_left=len(group) + sum(len(g) for g in queue))
                 break
             steps = planner.steps_for_next_group() if cfg.train and _trainable(group[0]) else 0
+            t_group = time.perf_counter()
             try:
                 with self.tq.heartbeat() if self.tq is not None else contextlib.nullcontext():
                     runs = self._train_group(backend, group, steps, planner, pretrained, lora_cfg)
                     t_inf = time.perf_counter()
                     self._predict_group(model, backend, infer_lora, group, runs, planner)
-                planner.record_inference(time.perf_counter() - t_inf, len(group))
+                inference_s = time.perf_counter() - t_inf
+                planner.record_inference(inference_s, len(group))
                 failed = False
             except Exception as e:   # one group's failure must not end the run
                 backend.recover()
@@ -523,6 +525,11 @@ class TTFTRun:
                 self._finish_task(t, runs[t.id], persist=not failed)
                 if self.tq is not None:
                     self.tq.done(t.id)
+            if not failed:
+                # What a group costs besides its steps and its inference (fresh adapters, the sample
+                # stream, saving adapters, writing results): kept for every group still to run.
+                steps_s = sum(r.train_seconds for r in runs.values())
+                planner.record_group_overhead(max(0.0, time.perf_counter() - t_group - steps_s - inference_s))
             if self.progress is not None:
                 self.progress.update(len(group), text=self._postfix(runs), force=True)
         if self.progress is not None:

@@ -161,3 +161,16 @@ def test_the_next_groups_are_planned_at_the_machines_recent_pace():
     assert p.step_time == pytest.approx(2.0)
     assert p.steps_for_next_group() == int(1000 / 2 / 2.0)
     assert p.step_seconds() > 2.0          # and a step is admitted with a wider margin
+
+
+def test_each_later_group_is_owed_its_measured_overhead():
+    """Saving adapters and writing results take time per group: once measured, each group still
+    to run is owed it, and the current group's training share shrinks by as much."""
+    clock = FakeClock()
+    d = Deadline(100, margin=0, clock=clock)
+    p = StepPlanner(d, max_steps=10_000, groups=[2, 2, 2])
+    p.record(1.0)
+    assert p.steps_for_next_group() == 33               # 100 s / 3 groups / 1 s
+    p.record_group_overhead(6.0)
+    assert p.reserve_after_current() == pytest.approx(12.0)
+    assert p.steps_for_next_group() == 27               # (100 - 3 x 6 s) / 3 / 1 s
