@@ -16,7 +16,6 @@ A mixture is a weight per objective, the share of the samples drawn for it:
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -86,6 +85,7 @@ def read_wrong_predictions(runs: Sequence[Union[str, Path]], tasks: Sequence, mo
     ``skipped_unknown_task``, ``skipped_changed``, ``skipped_unreadable``.
     """
     from .outdir import task_id_from_filename
+    from .records import read_task_records
     from .vote import check_grid, grid_key
 
     if mode not in ("pretrain", "ttft"):
@@ -99,25 +99,22 @@ def read_wrong_predictions(runs: Sequence[Union[str, Path]], tasks: Sequence, mo
         folder = root / "tasks" if (root / "tasks").is_dir() else root
         if not folder.is_dir():
             raise FileNotFoundError(f"{run}: neither a run directory with tasks/ nor a tasks directory")
-        for path in sorted(folder.glob("*.json")):
-            try:
-                rec = json.loads(path.read_text())
-                task_id = rec["task_id"]
-            except Exception as e:
-                log.warning("%s: unreadable (%s); skipped", path, e)
+        for path, rec in read_task_records(folder):
+            if isinstance(rec, Exception):
                 counts["skipped_unreadable"] += 1
                 continue
+            task_id = rec.task_id
             task = by_id.get(task_id)
             if task is None or task_id_from_filename(path.stem) not in (None, task_id):
                 counts["skipped_unknown_task"] += 1
                 continue
-            if rec.get("fingerprint") != task.fingerprint():
+            if rec.fingerprint != task.fingerprint():
                 counts["skipped_changed"] += 1
                 continue
             counts["records"] += 1
             if mode != "pretrain":
                 continue
-            per_test = rec.get("candidates") or [[{"grid": g} for g in a] for a in rec.get("attempts") or []]
+            per_test = rec.candidates or [[{"grid": g} for g in a] for a in rec.attempts or []]
             for ti, cands in enumerate(per_test[:len(task.test)]):
                 right = task.test[ti].output
                 if right is None:

@@ -21,7 +21,7 @@ The layout under ``--out``::
 
     submission.json      the Kaggle submission (complete from the first second of the run)
     run.json             the run summary; report.json, report.md, report.png; log.jsonl
-    tasks/<name>.json    one task's result (TaskRun), written when the task is finished
+    tasks/<name>.json    one task's result (arcfast.records.TaskRun), written when the task is finished
     adapters/<name>/     one task's adapter, PEFT format
     parts/rank<k>.json   under torchrun: rank k's answers
 """

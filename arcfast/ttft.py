@@ -44,12 +44,11 @@ and its summary speaks for the whole run. ``sharding="static"`` gives rank r eve
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -58,6 +57,7 @@ import numpy as np
 from .budget import Deadline, StepAbandoned, StepPlanner, format_duration, parse_duration
 from .models import shipped_model
 from .outdir import OutDir
+from .records import TaskRun, read_task_record, read_task_records, write_task_record
 from .files import JsonLog, write_json
 from .runtime import device as _device
 from .runtime import dist as _dist
@@ -243,35 +243,6 @@ class TTFTConfig:
         return self.verify > 0 or any(w > 0 and n in NEEDS_OBJECTIVE_IDS for n, w in self.objectives)
 
 
-@dataclass
-class TaskRun:
-    """What happened to one task (written to ``tasks/<id>.json`` as soon as it is known)."""
-
-    task_id: str
-    steps: int = 0
-    train_seconds: float = 0.0
-    inference_seconds: float = 0.0
-    train_tokens: int = 0
-    generated_tokens: int = 0
-    final_loss: Optional[float] = None
-    # {objective: its loss at the task's last step that had its tokens}, for the objectives trained
-    objective_losses: Optional[dict] = None
-    # per train pair: how many training samples took it as their target (leave-one-out: all alike)
-    targets: Optional[list] = None
-    attempts: list = field(default_factory=list)   # per test input: up to 2 grids (lists)
-    votes: list = field(default_factory=list)      # per test input: count of the winning grid
-    predictions: list = field(default_factory=list)  # per test input: number of predictions
-    # per test input: every distinct grid in voting order (see _candidate_record)
-    candidates: list = field(default_factory=list)
-    metrics: Optional[dict] = None
-    # with known outputs: {selector: {"vote_1": x, "vote_2": y}} of every selector on the same candidates
-    selection: Optional[dict] = None
-    error: Optional[str] = None
-    fingerprint: Optional[str] = None   # Task.fingerprint() of the task these answers are for
-    # True: its adapter is under adapters/; False: writing it failed (see error); None: not asked
-    adapter_saved: Optional[bool] = None
-
-
 # ----------------------------------------------------------------------------------------------
 # helpers
 
@@ -308,14 +279,6 @@ def _task_result(r: TaskRun):
                       inference_seconds=r.inference_seconds, steps=r.steps, train_tokens=r.train_tokens,
                       generated_tokens=r.generated_tokens, predictions=r.predictions, votes=r.votes,
                       error=r.error, selection=r.selection)
-
-
-def _task_run(record: dict) -> TaskRun:
-    """A ``tasks/<id>.json`` record as a TaskRun; records of earlier versions load too (their
-    ``rescore`` entries, the re-scored candidates' order, have no place now and are dropped)."""
-    record = dict(record)
-    record.pop("rescore", None)
-    return TaskRun(**record)
 
 
 def _candidate_record(c, predictions, ranks: dict) -> dict:
@@ -844,7 +807,7 @@ class TTFTRun:
         if persist and not resumed:
             r.fingerprint = task.fingerprint()
             try:
-                write_json(self.paths.task_file(task.id), asdict(r))
+                write_task_record(self.paths.task_file(task.id), r)
             except OSError as e:   # a full disk: the answers are in the submission; resume redoes it
                 log.error("%s: result not written: %s", task.id, e)
                 self.not_written[task.id] = f"{type(e).__name__}: {e}"
@@ -924,7 +887,7 @@ class TTFTRun:
         if not path.exists():
             return None, None
         try:
-            r = _task_run(json.loads(path.read_text()))
+            r = read_task_record(path)
         except Exception as e:
             log.warning("%s: unreadable (%s); the task runs again", path, e)
             return None, "unreadable result"
@@ -937,14 +900,8 @@ class TTFTRun:
         return r, None
 
     def _read_results(self) -> list:
-        """Every readable ``tasks/*.json`` result (unreadable ones are skipped)."""
-        out = []
-        for path in sorted(self.paths.tasks_dir.glob("*.json")):
-            try:
-                out.append(_task_run(json.loads(path.read_text())))
-            except Exception as e:
-                log.warning("%s: unreadable (%s); skipped", path, e)
-        return out
+        """Every readable ``tasks/*.json`` result (unreadable ones are skipped, with a warning)."""
+        return [r for _, r in read_task_records(self.paths.tasks_dir) if not isinstance(r, Exception)]
 
     def _merge_parts(self, tasks) -> None:
         """Rank 0 merges every rank's answers into submission.json (missing ranks keep fallbacks)."""

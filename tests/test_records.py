@@ -1,0 +1,28 @@
+"""The task record, tasks/<name>.json: what one version writes, every version reads."""
+import json
+
+import pytest
+
+from arcfast.records import TaskRun, read_task_record, read_task_records, write_task_record
+
+
+def test_a_record_round_trips_and_other_versions_records_load(tmp_path):
+    r = TaskRun("t1", steps=3, attempts=[[[[1, 2]], [[3]]]], votes=[2], fingerprint="abc", adapter_saved=True)
+    write_task_record(tmp_path / "t1.json", r)
+    assert read_task_record(tmp_path / "t1.json") == r
+    # An earlier version's record: fields since added take their defaults, dropped ones are ignored.
+    old = {"task_id": "t2", "steps": 1, "attempts": [], "rescore": [[0, 1]], "fingerprint": "f"}
+    (tmp_path / "t2.json").write_text(json.dumps(old))
+    got = read_task_record(tmp_path / "t2.json")
+    assert got.task_id == "t2" and got.steps == 1 and got.adapter_saved is None and got.targets is None
+
+
+def test_unreadable_records_are_named_and_skipped(tmp_path):
+    (tmp_path / "a.json").write_text("{not json")
+    (tmp_path / "b.json").write_text(json.dumps({"steps": 1}))
+    write_task_record(tmp_path / "c.json", TaskRun("c"))
+    with pytest.raises(ValueError, match="b.json: not a task record"):
+        read_task_record(tmp_path / "b.json")
+    got = read_task_records(tmp_path)
+    assert [p.name for p, _ in got] == ["a.json", "b.json", "c.json"]
+    assert isinstance(got[0][1], ValueError) and isinstance(got[1][1], ValueError) and got[2][1] == TaskRun("c")
