@@ -26,3 +26,32 @@ def test_unreadable_records_are_named_and_skipped(tmp_path):
     got = read_task_records(tmp_path)
     assert [p.name for p, _ in got] == ["a.json", "b.json", "c.json"]
     assert isinstance(got[0][1], ValueError) and isinstance(got[1][1], ValueError) and got[2][1] == TaskRun("c")
+
+
+def test_a_run_an_earlier_version_wrote_resumes_with_nothing_run_again(tmp_path, monkeypatch):
+    """tests/fixtures/run-210d515 was written by the version of 2026-12-05 (see its README): its
+    three finished tasks are kept as they are, and the submission is theirs."""
+    import shutil
+    from pathlib import Path
+
+    import arcfast.generate
+    from arcfast.cli import main
+    from scripted import ScriptedGenerator
+
+    monkeypatch.setattr(arcfast.generate, "Generator", ScriptedGenerator)
+    fixture = Path(__file__).parent / "fixtures" / "run-210d515"
+    out = tmp_path / "run"
+    shutil.copytree(fixture, out)
+    rc = main(["ttft", "--tasks", "arc1:eval[:3]", "--model", "tiny", "--budget", "60s", "--steps", "2",
+               "--predictions", "2", "--save-adapters", "none", "--out", str(out), "--resume", "-q"])
+    assert rc == 0
+    events = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    starts = [i for i, e in enumerate(events) if e["event"] == "start"]
+    new = events[starts[-1]:]                                                 # this run's lines
+    (resume,) = [e for e in new if e["event"] == "resume"]
+    assert sorted(resume["kept"]) == ["00576224", "009d5c81", "00dbd492"] and not resume["changed"]
+    assert "3 finished tasks kept, 0 to run" in resume["message"]
+    assert not any(e["event"] in ("step", "predict") for e in new)
+    assert json.loads((out / "submission.json").read_text()) == json.loads((fixture / "submission.json").read_text())
+    for path in (fixture / "tasks").glob("*.json"):
+        assert read_task_record(out / "tasks" / path.name) == read_task_record(path)
