@@ -117,13 +117,11 @@ class Rate:
     def __init__(self, window: int = 5, first_safety: float = 1.25, max_safety: float = 2.0):
         self.window, self.first_safety, self.max_safety = int(window), float(first_safety), float(max_safety)
         self._seen: list = []   # (seconds, units) of the recent measurements, oldest first
-        self.measurements = 0
 
     def record(self, seconds: float, units: float) -> None:
         if units <= 0 or not math.isfinite(seconds) or seconds < 0:
             return
         self._seen = (self._seen + [(float(seconds), float(units))])[-self.window:]
-        self.measurements += 1
 
     @property
     def per_unit(self) -> Optional[float]:
@@ -151,6 +149,14 @@ class Rate:
     def __repr__(self) -> str:
         per = self.per_unit
         return f"Rate({'unmeasured' if per is None else f'{per:.3g} s/unit'}, safety {self.safety:.2f})"
+
+
+def forward_seconds(s_per_token: float, measured_len: Optional[int], n: int) -> float:
+    """Predicted seconds of a forward over a sequence of ``n`` tokens (a prefill) at
+    ``s_per_token``, measured on sequences of ``measured_len`` tokens (None: on ``n``): its
+    per-token cost grown by sqrt(2) per doubling of length beyond the measured one (attention: a
+    long sequence's token costs more than a short one's), never shrunk below it."""
+    return s_per_token * max(1.0, math.sqrt(n / max(1, measured_len or n))) * n
 
 
 class StepAbandoned(RuntimeError):
@@ -208,7 +214,7 @@ class SampleRates:
         below = [k for k in known if k < c]
         if below:
             k = max(below)
-            return known[k].per_unit * math.sqrt(2.0) ** (c - k), Rate().first_safety * known[k].safety
+            return known[k].per_unit * math.sqrt(2.0) ** (c - k), known[k].first_safety * known[k].safety
         above = [k for k in known if k > c]
         if above:
             k = min(above)
@@ -292,8 +298,10 @@ class StepGate:
             probe(first.prefix(self.calibration_tokens))
             if sync is not None:
                 sync()
-            self.rates.record(time.perf_counter() - t, [self.calibration_tokens])
-            self.seconds += time.perf_counter() - t
+            dt = time.perf_counter() - t
+            self.rates.record(dt, [self.calibration_tokens])
+            self.seconds += dt
+
         def fits(ls) -> bool:   # a piece of ``piece_seconds`` (unmeasured: of calibration_tokens)
             sec = self.rates.seconds(ls)
             return sum(ls) <= self.calibration_tokens if sec is None else sec <= self.piece_seconds

@@ -74,7 +74,7 @@ import torch
 import torch.nn.functional as F
 
 from . import tokens as T
-from .budget import DEADLINE_SAFETY
+from .budget import DEADLINE_SAFETY, forward_seconds
 from .decode_lora import _FusedRowLoRA, _MergedLoRA, _RowLoRA, _fused_parts, _grouped_mm_ok, _triton_lora  # noqa: F401
 from .kv_cache import CacheDecode, CachePrefill
 from .model import FusedAddNormStep
@@ -989,13 +989,11 @@ class Generator:
         return placed, skipped, padded
 
     def _prefill_seconds(self, L: int) -> Optional[float]:
-        """Predicted seconds to prefill one prompt padded to ``L`` tokens: the measured rate, its
-        per-token cost grown by sqrt(2) per doubling of length beyond what it was measured on
-        (attention: a long prompt's token costs more than a short one's)."""
+        """Predicted seconds to prefill one prompt padded to ``L`` tokens at the measured rate
+        (:func:`arcfast.budget.forward_seconds`); None before any measurement."""
         if self._prefill_rate is None:
             return None
-        grow = max(1.0, math.sqrt(L / max(1, self._prefill_rate_len or L)))
-        return self._prefill_rate * grow * L
+        return forward_seconds(self._prefill_rate, self._prefill_rate_len, L)
 
     def _probe_prefill(self, prompt, row: int, slot: int) -> None:
         """Measure the prefill rate on the first ``PREFILL_PROBE_TOKENS`` tokens of ``prompt``, into

@@ -75,8 +75,7 @@ def read_task_records(folder: Union[str, Path]) -> list:
 
 
 def write_task_record(path: Union[str, Path], run: TaskRun) -> None:
-    """Write ``run`` at ``path`` atomically."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    """Write ``run`` at ``path`` atomically (its directory made when missing)."""
     write_json(path, asdict(run))
 
 

@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 from . import tokens as T
-from .budget import DEADLINE_SAFETY
+from .budget import DEADLINE_SAFETY, forward_seconds
 from .generate import MAX_NEW_TOKENS, PREFILL_PROBE_TOKENS, Generation
 from .kv_cache import CacheDecode, CachePrefill, copy_rows
 from .model import FusedAddNormStep
@@ -97,17 +97,22 @@ class SearchConfig:
         self.max_candidates = None if self.max_candidates is None else int(self.max_candidates)
 
     @property
+    def above_cutoff(self) -> int:
+        """The most completions of probability >= P one prompt has: distinct completions' probabilities
+        sum to at most 1, so ``floor(1/P)``."""
+        return int(math.floor(1.0 / self.min_prob + 1e-9))
+
+    @property
     def candidate_cap(self) -> int:
         """Completions per tree after which it stops branching: ``max_candidates``, or the most a
-        tree can find: distinct completions of probability >= P sum to at most 1, so there are
-        at most ``floor(1/P)`` of them, and the greedy one may lie below P."""
+        tree can find: :attr:`above_cutoff`, and the greedy one, which may lie below P."""
         if self.max_candidates is not None:
             return self.max_candidates
-        return int(math.floor(1.0 / self.min_prob + 1e-9)) + 1
+        return self.above_cutoff + 1
 
     @property
     def rows_per_tree(self) -> int:
-        bound = int(math.floor(1.0 / self.min_prob + 1e-9)) + int(self.keep_greedy)
+        bound = self.above_cutoff + int(self.keep_greedy)
         return bound if self.max_live is None else min(bound, int(self.max_live))
 
 
@@ -275,9 +280,7 @@ class _Search:
                     if now >= self.deadline:
                         closed = True
                         break
-                    # The measured rate, its per-token cost grown by sqrt(2) per doubling of length
-                    # beyond what it was measured on (as the generator plans its prefill).
-                    per = st.prefill_s_per_token * L * max(1.0, math.sqrt(L / (self._rate_len or L)))
+                    per = forward_seconds(st.prefill_s_per_token, self._rate_len, L)
                     if now + DEADLINE_SAFETY * per * R > self.deadline:
                         R = int((self.deadline - now) / (DEADLINE_SAFETY * per))
                         if R < 1:   # this prompt does not fit: the shorter ones after it may

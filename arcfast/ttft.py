@@ -75,6 +75,8 @@ DEFAULT_TASKS = "arc1:eval[:6]"
 # otherwise.
 DEFAULT_MODEL = "starter" if shipped_model("starter") is not None else "tiny"
 DEFAULT_BUDGET = "90s"
+# How a task's error begins when its adapter could not be written (its answers stand).
+ADAPTER_NOT_SAVED = "saving adapter: "
 # The verification augmentations' seed, apart from the prediction's (seed) and re-scoring's (seed + 1).
 VERIFY_SEED_OFFSET = 2
 
@@ -615,7 +617,7 @@ class TTFTRun:
                 r.adapter_saved = True
             except Exception as e:  # a full disk must not lose the answers
                 r.adapter_saved = False
-                r.error = f"saving adapter: {type(e).__name__}: {e}"
+                r.error = f"{ADAPTER_NOT_SAVED}{type(e).__name__}: {e}"
                 log.error("%s: %s", t.id, r.error)
                 self.log(event="adapter_not_saved", task=t.id, error=f"{type(e).__name__}: {e}")
         return runs
@@ -967,6 +969,9 @@ class TTFTRun:
         # A task with known outputs that got no answer (out of time, failed) scores as unanswered.
         scored = [(runs[t.id].metrics if t.id in runs and runs[t.id].metrics else score_task(t, None))
                   for t in mine if t.has_solutions]
+        # Why something could not be written (the first reason met), for the summary line.
+        why = [r.error.removeprefix(ADAPTER_NOT_SAVED) for r in runs.values() if r.adapter_saved is False and r.error]
+        why += list(self.not_written.values())
         return {
             "tasks": len(tasks) + len(self.unloadable),
             "tasks_this_rank": len(self.results),
@@ -983,8 +988,7 @@ class TTFTRun:
             "adapters_not_saved": sorted(r.task_id for r in runs.values() if r.adapter_saved is False),
             "adapters_saved": sum(1 for r in runs.values() if r.adapter_saved),
             "results_not_written": sorted(self.not_written),
-            "write_error": next(iter([*(r.error.split(": ", 1)[1] for r in runs.values() if r.adapter_saved is False
-                                        and r.error), *self.not_written.values()]), None),
+            "write_error": why[0] if why else None,
             "problems": [str(p) for p in problems],
             "backend": backend.name,
             "backend_reason": reason,
