@@ -38,9 +38,10 @@ import torch
 
 from arcfast.augment import AugmentConfig
 from arcfast.bench.bench_learning import pretrain as pretrain_full
+from arcfast.bench.bench_ttft_ablations import rule_task
 from arcfast.predict import predict_tasks
 from arcfast.model import build_model, preset, save_model
-from arcfast.task import Pair, Task
+from arcfast.task import Task
 from arcfast.ttft import TTFTConfig, TTFTRun
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
@@ -57,19 +58,10 @@ MIN_SOLVED = 20                  # of HELD_OUT, by the first attempt
 
 
 def paint_task(rng: np.random.Generator, task_id: str, shape: tuple, n_train: int = 4) -> Task:
-    """A task whose outputs paint every non-zero cell of the input with one colour, ``k``.
-
-    Every input holds zeros and at least two other colours, so no output equals its input (the
-    submission's fallback answer, the test input, is never right by chance)."""
-    k = int(rng.integers(1, 10))
-    pairs = []
-    for _ in range(n_train + 1):
-        while True:
-            g = np.where(rng.random(shape) < 0.4, 0, rng.integers(1, 10, shape)).astype(np.uint8)
-            if (g == 0).any() and len(np.unique(g[g > 0])) >= 2:
-                break
-        pairs.append(Pair(g, np.where(g > 0, k, 0).astype(np.uint8)))
-    return Task(id=task_id, train=pairs[:n_train], test=pairs[n_train:])
+    """A task whose outputs paint every non-zero cell of the input with one colour, ``k``: the
+    ablation benchmark's ``paint`` rule (every input holds zeros and at least two other colours, so
+    no output equals its input, the submission's fallback answer)."""
+    return rule_task(rng, task_id, "paint", n_train, shape)
 
 
 def pretrain(tasks: list) -> tuple:

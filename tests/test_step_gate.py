@@ -8,29 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from arcfast import tokens as T
 from arcfast.budget import Rate, SampleRates, StepAbandoned, StepGate
-from arcfast.lora import LoRAConfig
 from arcfast.model import load_model
-from arcfast.trainer import TrainConfig, Trainer, pack_samples
+from arcfast.trainer import Trainer, pack_samples
+from test_trainer import LCFG, make_sample, train_cfg
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-LCFG = LoRAConfig(r=4, alpha=8)
-
-
-def make_sample(rng, adapter, n):
-    ids = rng.integers(0, 14, n).astype(np.int32)
-    ids[0] = T.BOS
-    lab = ids.copy()
-    lab[: max(1, n // 2)] = T.IGNORE_INDEX
-    return ids, lab, adapter
-
-
-def train_cfg(**kw):
-    base = dict(lr=2e-2, steps=6, warmup_steps=1, weight_decay=0.05, max_grad_norm=0.3, attention="sdpa",
-                lora_path="torch", ops="torch", loss="torch")
-    return TrainConfig(**{**base, **kw})
 
 
 def batches(seed=0, n_steps=3, n_tasks=3):
@@ -53,12 +36,26 @@ class FakeClock:
         return self.t
 
 
-def small_pieces(clock=time.monotonic, stop_at=None):
+def small_pieces(clock=time.monotonic, stop_at=None, frozen=False):
     """A gate measured at 10 ms per token that plans pieces of 0.3 s: about 24 tokens, one or two
-    samples, so each step runs in several pieces."""
+    samples, so each step runs in several pieces. ``frozen``: it records nothing more (real times
+    would resize the pieces), so every step through it is cut alike."""
     rates = SampleRates()
     rates.record(1.0, [100])
+    if frozen:
+        rates.record = lambda *a: None
     return StepGate(clock() + 1e6 if stop_at is None else stop_at, rates, piece_seconds=0.3, clock=clock)
+
+
+def step_both(whole, cut, batch, min_pieces: int):
+    """One step of ``batch`` by ``whole`` and, cut in pieces by a frozen gate, by ``cut``: their
+    losses and gradient norms agree; both StepStats."""
+    gate = small_pieces(frozen=True)
+    a, c = whole.step(batch), cut.step(batch, gate=gate)
+    assert gate.pieces >= min_pieces                  # it really was cut
+    np.testing.assert_allclose(c.loss, a.loss, rtol=1e-5)
+    np.testing.assert_allclose(c.grad_norm, a.grad_norm, rtol=1e-4)
+    return a, c
 
 
 def test_a_step_in_micro_batches_is_the_whole_step():
@@ -67,16 +64,10 @@ def test_a_step_in_micro_batches_is_the_whole_step():
     for t in (whole, cut):
         t.reset_adapters(range(3), seeds=[4, 5, 6], total_steps=6)
     for b in batches():
-        # Recorded real times would resize the pieces: a fresh gate per step keeps them small.
-        gate = small_pieces()
-        gate.rates.record = lambda *a: None
-        a, c = whole.step(b), cut.step(b, gate=gate)
-        assert gate.pieces >= 4                       # it really was cut
-        np.testing.assert_allclose(c.loss, a.loss, rtol=1e-5)
+        a, c = step_both(whole, cut, b, min_pieces=4)
         np.testing.assert_allclose(c.objective_loss, a.objective_loss, rtol=1e-5)
         np.testing.assert_array_equal(c.label_tokens, a.label_tokens)
         np.testing.assert_array_equal(c.objective_tokens, a.objective_tokens)
-        np.testing.assert_allclose(c.grad_norm, a.grad_norm, rtol=1e-4)
         assert c.tokens == a.tokens and c.stepped.tolist() == a.stepped.tolist()
     # Adam divides by sqrt(v): a summation-order difference in a near-zero gradient shows at ~1e-5
     # in a weight (lr is 2e-2); the gradients themselves are compared below
@@ -97,8 +88,7 @@ def test_the_accumulated_gradient_is_the_whole_batchs():
     whole = t._forward_losses(d)[0]
     whole.sum().backward()
     g_whole, t.lora.weight.grad = t.lora.weight.grad.clone(), None
-    gate = small_pieces()
-    gate.rates.record = lambda *a: None
+    gate = small_pieces(frozen=True)
     losses = t._accumulate(b.trimmed(), gate)[0]
     assert gate.pieces >= 4
     torch.testing.assert_close(losses, whole.detach(), rtol=1e-5, atol=1e-6)
@@ -114,8 +104,7 @@ def test_an_abandoned_step_applies_nothing_and_leaves_no_gradient_behind():
     b0, b1 = batches(1, n_steps=2)
     clock = FakeClock()
     # 10 ms per token measured: 0.3 s left fits one ~24-token piece but never the rest of the step.
-    gate = small_pieces(clock, stop_at=0.3 + 1e-9)
-    gate.rates.record = lambda *a: None
+    gate = small_pieces(clock, stop_at=0.3 + 1e-9, frozen=True)
     before = (t.lora.weight.detach().clone(), t.opt.m.clone(), t.opt.v.clone(), t.opt.steps.copy())
     with pytest.raises(StepAbandoned) as e:
         t.step(b0, gate=gate)
@@ -173,12 +162,7 @@ def test_hf_backend_steps_in_micro_batches_as_whole():
         bk.reset_adapters([0], seeds=[5], total_steps=5)
     for b in batches(2, n_steps=3, n_tasks=1):
         b.objective_ids = None
-        gate = small_pieces()
-        gate.rates.record = lambda *a: None
-        a, c = whole.step(b), cut.step(b, gate=gate)
-        assert gate.pieces >= 3
-        np.testing.assert_allclose(c.loss, a.loss, rtol=1e-5)
-        np.testing.assert_allclose(c.grad_norm, a.grad_norm, rtol=1e-4)
+        step_both(whole, cut, b, min_pieces=3)
     x, y = whole.export_adapter(0), cut.export_adapter(0)
     for k in x:
         torch.testing.assert_close(y[k], x[k], rtol=1e-4, atol=1e-6)
@@ -246,19 +230,13 @@ def test_full_fine_tuning_steps_in_micro_batches_as_whole_and_abandons_cleanly()
     whole, cut = FullTrainer(load_model("tiny", seed=0), cfg), FullTrainer(load_model("tiny", seed=0), cfg)
     for b in batches(5, n_steps=2, n_tasks=1):
         b.adapter_ids[b.adapter_ids >= 0] = 0
-        gate = small_pieces()
-        gate.rates.record = lambda *a: None
-        a, c = whole.step(b), cut.step(b, gate=gate)
-        assert gate.pieces >= 3
-        np.testing.assert_allclose(c.loss, a.loss, rtol=1e-5)
-        np.testing.assert_allclose(c.grad_norm, a.grad_norm, rtol=1e-4)
+        step_both(whole, cut, b, min_pieces=3)
     for (n, p), q in zip(whole.model.named_parameters(), cut.model.parameters()):
         # Adam's 1/sqrt(v) shows rounding in near-zero gradients at ~3e-6 (lr 1e-3)
         torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=n)
     before = [p.detach().clone() for p in cut.model.parameters()]
     clock = FakeClock()
-    gate = small_pieces(clock, stop_at=0.3 + 1e-9)
-    gate.rates.record = lambda *a: None
+    gate = small_pieces(clock, stop_at=0.3 + 1e-9, frozen=True)
     with pytest.raises(StepAbandoned):
         cut.step(b, gate=gate)
     assert cut.steps == 2 and all(p.grad is None for p in cut.model.parameters())
