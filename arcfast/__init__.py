@@ -12,35 +12,35 @@ from __future__ import annotations
 
 import importlib
 
-from .task import Pair, Task
+from .arc.task import Pair, Task
 
 __version__ = "0.1.0"
 
 # name -> module that defines it; resolved on first access so `import arcfast` stays light.
 _LAZY = {
-    "load_tasks": "data",
-    "TaskLoadError": "data",
-    "save_tasks_kaggle": "data",
-    "list_bundled": "data",
-    "encode": "formats",
-    "decode": "formats",
-    "encode_batch": "formats",
-    "decode_batch": "formats",
-    "FORMATS": "formats",
-    "DecodeStatus": "formats",
-    "Augmentation": "augment",
-    "AugmentConfig": "augment",
-    "SampleConfig": "sampling",
-    "make_samples": "sampling",
-    "build_inference_prompt": "prompts",
-    "pack": "packing",
-    "PackedStream": "packing",
-    "PackedBatch": "batch",
-    "Prediction": "vote",
-    "Candidate": "vote",
-    "score_tasks": "metrics",
-    "SubmissionWriter": "submission",
-    "validate_submission": "submission",
+    "load_tasks": "arc.loading",
+    "TaskLoadError": "arc.loading",
+    "save_tasks_kaggle": "arc.loading",
+    "list_bundled": "arc.loading",
+    "encode": "arc.formats",
+    "decode": "arc.formats",
+    "encode_batch": "arc.formats",
+    "decode_batch": "arc.formats",
+    "FORMATS": "arc.formats",
+    "DecodeStatus": "arc.formats",
+    "Augmentation": "arc.augment",
+    "AugmentConfig": "arc.augment",
+    "SampleConfig": "samples.sampling",
+    "make_samples": "samples.sampling",
+    "build_inference_prompt": "samples.prompts",
+    "pack": "samples.packing",
+    "PackedStream": "samples.packing",
+    "PackedBatch": "samples.batch",
+    "Prediction": "answers.vote",
+    "Candidate": "answers.vote",
+    "score_tasks": "answers.metrics",
+    "SubmissionWriter": "answers.submission",
+    "validate_submission": "answers.submission",
 }
 
 __all__ = ["Pair", "Task", "__version__", *_LAZY]

@@ -274,7 +274,7 @@ class StepGate:
         self.seconds += seconds
 
     def pieces_of(self, batch, probe=None, sync=None):
-        """The micro-batches of ``batch`` (an :class:`arcfast.batch.PackedBatch`) this gate admits,
+        """The micro-batches of ``batch`` (an :class:`arcfast.samples.batch.PackedBatch`) this gate admits,
         as batches of consecutive whole samples, for the caller to run one by one: each is timed
         from when it is handed out until the caller asks for the next (``sync()``, when given, is
         called first: a device's queued work belongs to the piece). Raises :class:`StepAbandoned`

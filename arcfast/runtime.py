@@ -26,7 +26,7 @@ def dtype(name: str, device):
     """The torch dtype of ``--dtype NAME`` on ``device`` (``auto``: the model's default there)."""
     import torch
 
-    from .model import default_dtype
+    from .model.decoder import default_dtype
 
     if name == "auto":
         return default_dtype(device)

@@ -1,4 +1,4 @@
-// arcfast._core bindings for the grid formats (arcfast/formats.py is the documented surface).
+// arcfast._core bindings for the grid formats (arcfast/arc/formats.py is the documented surface).
 //
 // Batch calls work in three steps: take every input out of its Python object (GIL held: validate,
 // and copy into one flat buffer unless it is an immutable str/bytes or a contiguous numpy array
@@ -467,12 +467,12 @@ int resolve_threads(int threads) {
     return threads == 0 ? available_cores() : std::min(threads, MAX_THREADS);
 }
 
-// Python status objects (members of arcfast.formats.DecodeStatus), fetched once and kept.
+// Python status objects (members of arcfast.arc.formats.DecodeStatus), fetched once and kept.
 PyObject* g_status[NUM_STATUSES] = {};
 
 void load_statuses() {
     if (g_status[0]) return;
-    py::object cls = py::module_::import("arcfast.formats").attr("DecodeStatus");
+    py::object cls = py::module_::import("arcfast.arc.formats").attr("DecodeStatus");
     for (int i = 0; i < NUM_STATUSES; ++i) g_status[i] = cls(py::str(status_name(Status(i)))).release().ptr();
 }
 
@@ -861,16 +861,16 @@ py::list decode_batch(py::handle items, py::handle fmt, int threads, int max_siz
 void init_formats(py::module_& m) {
     using namespace arcfast;
     m.def("encode", &encode, py::arg("grid"), py::arg("fmt") = "compact", py::arg("max_size") = DEFAULT_MAX_SIZE,
-          "Encodes one grid: int32 [h*(w+1)+1] array (compact) or str (text formats). See arcfast.formats.");
+          "Encodes one grid: int32 [h*(w+1)+1] array (compact) or str (text formats). See arcfast.arc.formats.");
     m.def("decode", &decode, py::arg("data"), py::arg("fmt") = "compact", py::arg("max_size") = DEFAULT_MAX_SIZE,
-          "Decodes one model output: (uint8 [h, w] array or None, DecodeStatus). See arcfast.formats.");
+          "Decodes one model output: (uint8 [h, w] array or None, DecodeStatus). See arcfast.arc.formats.");
     m.def("encode_batch", &encode_batch, py::arg("grids"), py::arg("fmt") = "compact", py::arg("threads") = 0,
-          py::arg("max_size") = DEFAULT_MAX_SIZE, "Encodes many grids on threads. See arcfast.formats.");
+          py::arg("max_size") = DEFAULT_MAX_SIZE, "Encodes many grids on threads. See arcfast.arc.formats.");
     m.def("decode_batch", &decode_batch, py::arg("items"), py::arg("fmt") = "compact", py::arg("threads") = 0,
-          py::arg("max_size") = DEFAULT_MAX_SIZE, "Decodes many model outputs on threads. See arcfast.formats.");
+          py::arg("max_size") = DEFAULT_MAX_SIZE, "Decodes many model outputs on threads. See arcfast.arc.formats.");
     m.def("encode_compact_flat", &encode_compact_flat, py::arg("grids"), py::arg("threads") = 0,
           py::arg("max_size") = DEFAULT_MAX_SIZE,
-          "Encodes many grids into one int32 array plus int64 offsets [n+1]. See arcfast.formats.");
+          "Encodes many grids into one int32 array plus int64 offsets [n+1]. See arcfast.arc.formats.");
     m.attr("FORMAT_NAMES") = py::make_tuple("compact", "minimal", "row-number", "code-block", "shape-row-number");
     m.attr("STATUS_NAMES") = py::make_tuple("ok", "bad_symbol", "ragged", "empty", "too_big", "shape_mismatch",
                                             "unterminated");

@@ -42,7 +42,7 @@ inline bool format_from_name(const char* s, size_t n, Format* out) {
 inline bool format_numbered(Format f) { return f == Format::RowNumber || f == Format::ShapeRowNumber; }
 inline bool format_fenced(Format f) { return f == Format::CodeBlock || f == Format::ShapeRowNumber; }
 
-// The order is the code order shared with arcfast.formats.DecodeStatus.
+// The order is the code order shared with arcfast.arc.formats.DecodeStatus.
 enum class Status : uint8_t { Ok = 0, BadSymbol, Ragged, Empty, TooBig, ShapeMismatch, Unterminated };
 constexpr int NUM_STATUSES = 7;
 

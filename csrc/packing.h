@@ -1,5 +1,5 @@
 // Sequence packing: best-fit-decreasing placement of samples into fixed-length rows, and the
-// writer that lays placed samples out as a PackedBatch (conventions: arcfast/batch.py).
+// writer that lays placed samples out as a PackedBatch (conventions: arcfast/samples/batch.py).
 #pragma once
 #include <algorithm>
 #include <cstdint>

@@ -34,7 +34,7 @@ enum Objective : int32_t { OBJ_OUTPUT = 0, OBJ_INPUT = 1, OBJ_VERIFY = 2 };
 constexpr int N_OBJECTIVES = 3;
 
 // What a verify sample's candidate is: the right output, a listed wrong prediction, or one of the
-// synthetic corruptions (ids 2-9, drawn as 2 + below(8)). Names: arcfast.sampling.CANDIDATE_KINDS.
+// synthetic corruptions (ids 2-9, drawn as 2 + below(8)). Names: arcfast.samples.sampling.CANDIDATE_KINDS.
 enum CandidateKind : int32_t {
     CAND_NONE = -1,
     CAND_RIGHT = 0,
@@ -109,7 +109,7 @@ struct Counters {
 };
 
 // Stream tags: 1 a draw of a slot, 2 the target epochs of the `output`/`verify` pool, 3 test-time
-// augmentations (arcfast.augment), 4 the objective of a slot, 5 the target epochs of the `input` pool.
+// augmentations (arcfast.arc.augment), 4 the objective of a slot, 5 the target epochs of the `input` pool.
 constexpr uint64_t TAG_SAMPLE = 1, TAG_EPOCH = 2, TAG_OBJECTIVE = 4, TAG_EPOCH_INPUT = 5;
 
 // One drawn sample, before its tokens are written.

@@ -1,10 +1,10 @@
 """A generator whose every output is known in advance, for the tests of what comes after the logits.
 
-:class:`ScriptedGenerator` is an :class:`arcfast.generate.Generator` whose ``generate`` does not
+:class:`ScriptedGenerator` is an :class:`arcfast.infer.generate.Generator` whose ``generate`` does not
 run the model: it reads each prompt the way docs/FORMAT.md lays it out, takes the prompt's target
 input (in the prompt's augmented frame) and answers ``rule(target input)`` in the compact format,
 ``-0.05`` of log-probability per token. Everything downstream is the real code: strict decoding,
-the augmentation undone (:meth:`arcfast.augment.Augmentation.invert_grid`), voting and the
+the augmentation undone (:meth:`arcfast.arc.augment.Augmentation.invert_grid`), voting and the
 submission. (The generator's own decoding is held to the model's full forward elsewhere.)
 
 The default rule is :func:`turn`, a half turn (``np.rot90(x, 2)``). It commutes with every
@@ -20,7 +20,7 @@ the answers: the compact encoding of a grid (:func:`encode`), a prompt read back
 (:func:`read_prompt`) and an augmentation applied to a grid (:func:`augment`).
 
 In-process, a test puts the scripted generator in place of the real one with
-``monkeypatch.setattr(arcfast.generate, "Generator", ScriptedGenerator)`` (``predict_tasks`` and
+``monkeypatch.setattr(arcfast.infer.generate, "Generator", ScriptedGenerator)`` (``predict_tasks`` and
 ``arcfast ttft`` look the class up there when they build one), or passes one as ``generator=``.
 For a subprocess (torchrun) this file is also a script: ``python tests/scripted.py ttft ...``
 runs the ``arcfast`` command line with the scripted generator in place.
@@ -33,12 +33,12 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from arcfast import tokens as T
-from arcfast.generate import Generation, GenerationConfig, GenerationStats, Generator
+from arcfast.arc import tokens as T
+from arcfast.infer.generate import Generation, GenerationConfig, GenerationStats, Generator
 
 TOKEN_LOGPROB = -0.05
 
-# The dihedral transforms by id, as the table in arcfast/augment.py numbers them.
+# The dihedral transforms by id, as the table in arcfast/arc/augment.py numbers them.
 DIHEDRAL = (
     lambda g: g,
     lambda g: np.rot90(g, 1),
@@ -64,7 +64,7 @@ def augment(grid, transform: int = 0, colors: Sequence[int] = tuple(range(10))) 
 
 
 def augment_like(grid, aug) -> np.ndarray:
-    """:func:`augment` with the dihedral transform and colours of an ``arcfast.augment.Augmentation``."""
+    """:func:`augment` with the dihedral transform and colours of an ``arcfast.arc.augment.Augmentation``."""
     return augment(grid, aug.transform, aug.colors)
 
 
@@ -117,7 +117,7 @@ def read_prompt(tokens) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray
 
 
 class ScriptedGenerator(Generator):
-    """A :class:`arcfast.generate.Generator` that answers every prompt with ``rule(target input)``.
+    """A :class:`arcfast.infer.generate.Generator` that answers every prompt with ``rule(target input)``.
 
     rule:     target input (uint8 [h, w], the prompt's frame) -> a grid (2-D, encoded with EOG) or
               the raw tokens to emit (1-D: e.g. a grid cut short, to emit an output that does not
@@ -172,10 +172,10 @@ class ScriptedGenerator(Generator):
 def main(argv: Optional[list] = None) -> int:
     """The ``arcfast`` command line with :class:`ScriptedGenerator` (rule :func:`turn`) in place of
     the generator."""
-    import arcfast.generate
+    import arcfast.infer.generate
     from arcfast.cli import main as cli_main
 
-    arcfast.generate.Generator = ScriptedGenerator
+    arcfast.infer.generate.Generator = ScriptedGenerator
     return cli_main(sys.argv[1:] if argv is None else argv)
 
 

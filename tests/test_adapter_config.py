@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from arcfast import tokens as T
-from arcfast.adapters import load_adapter, save_adapter
-from arcfast.lora import LoRAConfig
-from arcfast.model import load_model, save_model
+from arcfast.arc import tokens as T
+from arcfast.lora.adapters import load_adapter, save_adapter
+from arcfast.lora.multi import LoRAConfig
+from arcfast.model.decoder import load_model, save_model
 
 from test_adapters import our_logits, trained
 

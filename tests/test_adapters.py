@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from arcfast import tokens as T
-from arcfast.adapters import from_peft, load_adapter, save_adapter, to_peft
-from arcfast.lora import LoRAConfig
-from arcfast.model import load_model, to_hf
-from arcfast.trainer import TrainConfig, Trainer, pack_samples
+from arcfast.arc import tokens as T
+from arcfast.lora.adapters import from_peft, load_adapter, save_adapter, to_peft
+from arcfast.lora.multi import LoRAConfig
+from arcfast.model.decoder import load_model, to_hf
+from arcfast.train.trainer import TrainConfig, Trainer, pack_samples
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -47,7 +47,7 @@ def trained(model, lcfg=LCFG, steps=3, seed=0):
 def test_ttft_starts_from_an_adapter_of_another_scaling_with_its_update(tmp_path, rslora):
     """--adapter with another alpha or rsLoRA setting than the run's: B is rescaled so each layer's
     update, scaling x B A, is the saved adapter's."""
-    from arcfast.adapters import load_adapter_for
+    from arcfast.lora.adapters import load_adapter_for
 
     saved = LoRAConfig(r=16, alpha=8, rslora=rslora)
     t = trained(load_model("tiny", seed=0), saved)
@@ -123,7 +123,7 @@ def test_rslora_adapter_round_trips(tmp_path, r):
 def test_merge_of_an_rslora_adapter_gives_peft_logits(tmp_path):
     from peft import PeftModel
 
-    from arcfast.adapters import merge_adapter
+    from arcfast.lora.adapters import merge_adapter
 
     model = load_model("tiny", seed=7)
     t = trained(model, replace(LCFG, alpha=6.0, rslora=True), seed=2)   # scaling 3, not 1.5
@@ -138,7 +138,7 @@ def test_merge_of_an_rslora_adapter_gives_peft_logits(tmp_path):
 
 
 def test_dora_adapters_are_refused_and_bad_flags_named(tmp_path):
-    from arcfast.model import CheckpointError
+    from arcfast.model.decoder import CheckpointError
 
     name = "model.layers.0.self_attn.q_proj"
     tensors = {name: (torch.zeros(8, 2), torch.zeros(2, 6))}

@@ -1,11 +1,11 @@
-"""arcfast.attention.TreeAttention against a plain masked softmax written from its rule."""
+"""arcfast.model.attention.TreeAttention against a plain masked softmax written from its rule."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from arcfast.attention import PackedAttention, TreeAttention, tree_mask
+from arcfast.model.attention import PackedAttention, TreeAttention, tree_mask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

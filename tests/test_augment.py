@@ -4,10 +4,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arcfast import augment
-from arcfast.augment import COMPOSITION_KINDS, INVERSE_TRANSFORM, AugmentConfig, Augmentation, Composition
+from arcfast.arc import augment
+from arcfast.arc.augment import COMPOSITION_KINDS, INVERSE_TRANSFORM, AugmentConfig, Augmentation, Composition
 from arcfast.reference import pipeline as R
-from arcfast.task import Pair, Task
+from arcfast.arc.task import Pair, Task
 
 NUMPY_DIHEDRAL = (
     lambda g: g,

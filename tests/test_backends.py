@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from arcfast import tokens as T
-from arcfast.backends import BackendUnavailable, backend_status, select_backend
-from arcfast.backends.unsloth import checkpoint_for_unsloth
-from arcfast.model import build_model, load_model, preset
+from arcfast.arc import tokens as T
+from arcfast.train.backends import BackendUnavailable, backend_status, select_backend
+from arcfast.train.backends.unsloth import checkpoint_for_unsloth
+from arcfast.model.decoder import build_model, load_model, preset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -48,9 +48,9 @@ def test_hf_backend_scales_as_native(rslora):
     the native trainer's, and PEFT's layers carry alpha/sqrt(r) (or alpha/r)."""
     import numpy as np
 
-    from arcfast.backends import make_backend
-    from arcfast.lora import LoRAConfig
-    from arcfast.trainer import TrainConfig
+    from arcfast.train.backends import make_backend
+    from arcfast.lora.multi import LoRAConfig
+    from arcfast.train.trainer import TrainConfig
     from test_adapters import random_batch
 
     model = load_model("tiny", seed=0)

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from arcfast.augment import Augmentation
+from arcfast.arc.augment import Augmentation
 from arcfast.bench import bench_learning as L
 from arcfast.bench.runner import Context
 
@@ -23,7 +23,7 @@ def _recolours(t) -> bool:
 
 
 def _dihedral_of(t) -> set:
-    """The dihedral transforms (numbered as arcfast.augment does) that map every input to its output."""
+    """The dihedral transforms (numbered as arcfast.arc.augment does) that map every input to its output."""
     return {k for k in range(1, 8)
             if all(np.array_equal(Augmentation(transform=k).apply_grid(p.input), p.output) for p in (*t.train, *t.test))}
 
@@ -88,7 +88,7 @@ def test_log_linear_fit_finds_where_a_rising_trend_meets_the_bar():
 
 @pytest.mark.slow
 def test_curve_scores_the_snapshots_of_a_training_run(tmp_path):
-    from arcfast.finetune import FinetuneConfig, run_train
+    from arcfast.run.train import FinetuneConfig, run_train
 
     run = tmp_path / "run"
     run_train(FinetuneConfig(data=["arc1:train[:4]"], model="tiny", out=str(run), full=True, steps=4,

@@ -13,8 +13,8 @@ SMALL = ["--set", "tasks=2", "--set", "samples=2", "--set", "predictions=3", "--
 
 
 def test_quick_workload_through_the_runner(tmp_path):
-    from arcfast.data import load_tasks
-    from arcfast.submission import validate_submission
+    from arcfast.arc.loading import load_tasks
+    from arcfast.answers.submission import validate_submission
 
     run_dir = tmp_path / "run"
     rc = runner.main(["--quick", "-k", "workload", "--device", "cpu", "--out", str(tmp_path / "res"),
@@ -76,8 +76,8 @@ def test_a_run_cut_by_its_budget_is_reported_incomplete(tmp_path):
     # 5 s is inside the 10 s safety margin: no task trains, every task keeps its fallback answer.
     assert not a["complete"] and a["cut_events"].get("out_of_time") == 1
     assert len(a["short_steps"]) == 2 and a["samples"] == 0
-    from arcfast.data import load_tasks
-    from arcfast.submission import validate_submission
+    from arcfast.arc.loading import load_tasks
+    from arcfast.answers.submission import validate_submission
 
     tasks = load_tasks("arc1:eval[:2]")
     sub = validate_submission(tmp_path / "run" / "submission.json", tasks)
@@ -98,7 +98,7 @@ def test_options_and_the_bar():
     assert bench_workload.task_spec(part) == "arc1:eval[:100]"
     spread = bench_workload._options(Context(device="cuda", options={"tasks": "50", "spread": "1"}))
     assert bench_workload.task_spec(spread) == "arc1:eval[::8]" and not bench_workload._is_full(spread, "cuda")
-    from arcfast.data import load_tasks
+    from arcfast.arc.loading import load_tasks
 
     assert len(load_tasks(bench_workload.task_spec(spread))) == 50
     assert bench_workload._spread(400, 4) == [0, 100, 200, 300]
@@ -195,8 +195,8 @@ def test_plot_collects_baselines_once_and_skips_other_units(tmp_path):
 def test_one_demonstration_bound_is_the_longest_prompt_the_sampler_can_need():
     import numpy as np
 
-    from arcfast.sampling import SampleConfig, make_samples
-    from arcfast.task import Pair, Task
+    from arcfast.samples.sampling import SampleConfig, make_samples
+    from arcfast.arc.task import Pair, Task
 
     big = np.zeros((30, 30), np.uint8)
     task = Task("big", [Pair(big, big) for _ in range(3)], [Pair(big, None)])
@@ -207,7 +207,7 @@ def test_one_demonstration_bound_is_the_longest_prompt_the_sampler_can_need():
 
 def test_the_unbalanced_order_puts_the_large_half_on_static_worker_zero(tmp_path):
     from arcfast.bench.bench_workload import unbalanced_tasks
-    from arcfast.data import load_tasks
+    from arcfast.arc.loading import load_tasks
 
     root, order = unbalanced_tasks({"source": "arc1:eval[:20]", "queue_tasks": 7, "slow_tests": 3}, tmp_path / "t")
     cells = lambda t: sum(p.input.size + (p.output.size if p.output is not None else 0) for p in [*t.train, *t.test])

@@ -7,7 +7,7 @@ import pytest
 
 from arcfast import load_tasks
 from arcfast.cli import main
-from arcfast.submission import validate_submission
+from arcfast.answers.submission import validate_submission
 from scripted import ScriptedGenerator, turn
 
 
@@ -77,9 +77,9 @@ def test_ttft_cut_short_still_leaves_a_valid_submission(tmp_path, monkeypatch):
     """A budget too small to train everything: every task and test input is still answered, with
     the model's answer where the run got to predict it and the fallback elsewhere. The scripted
     generator's answers are known, so the submission is checked grid by grid."""
-    import arcfast.generate
+    import arcfast.infer.generate
 
-    monkeypatch.setattr(arcfast.generate, "Generator", ScriptedGenerator)
+    monkeypatch.setattr(arcfast.infer.generate, "Generator", ScriptedGenerator)
     out = tmp_path / "run"
     t0 = time.monotonic()
     rc = main(["ttft", "--tasks", "arc1:eval[:10]", "--model", "tiny", "--budget", "15s", "--out", str(out), "--steps", "50",
@@ -109,9 +109,9 @@ def test_ttft_resume_keeps_finished_tasks(tmp_path, monkeypatch):
     generator's; the resumed run's generator would answer otherwise)."""
     from functools import partial
 
-    import arcfast.generate
+    import arcfast.infer.generate
 
-    monkeypatch.setattr(arcfast.generate, "Generator", ScriptedGenerator)
+    monkeypatch.setattr(arcfast.infer.generate, "Generator", ScriptedGenerator)
     out = tmp_path / "run"
     args = ["ttft", "--tasks", "arc1:eval[:2]", "--model", "tiny", "--budget", "40s", "--out", str(out), "--steps", "1",
             "--predictions", "1", "--row-len", "4096", "--max-len", "4096", "-q"]
@@ -121,7 +121,7 @@ def test_ttft_resume_keeps_finished_tasks(tmp_path, monkeypatch):
     assert json.loads((out / "submission.json").read_text()) == want
     first = {p.name: p.stat().st_mtime_ns for p in (out / "tasks").glob("*.json")}
     assert len(first) == 2
-    monkeypatch.setattr(arcfast.generate, "Generator", partial(ScriptedGenerator, rule=lambda x: x))
+    monkeypatch.setattr(arcfast.infer.generate, "Generator", partial(ScriptedGenerator, rule=lambda x: x))
     assert main(args + ["--resume"]) == 0
     again = {p.name: p.stat().st_mtime_ns for p in (out / "tasks").glob("*.json")}
     assert again == first   # nothing re-run, nothing rewritten
@@ -134,9 +134,9 @@ def test_eval_scores_and_refuses_tasks_without_solutions(tmp_path, capsys, monke
     """Scored against known answers: the scripted generator answers the half turn of every test
     input, right for one task and wrong (another shape) for the other, so each metric is 1/2 (0
     unanswered)."""
-    import arcfast.generate
+    import arcfast.infer.generate
 
-    monkeypatch.setattr(arcfast.generate, "Generator", ScriptedGenerator)
+    monkeypatch.setattr(arcfast.infer.generate, "Generator", ScriptedGenerator)
     solved = tmp_path / "solved"
     solved.mkdir()
     x = np.array([[1, 2, 3], [4, 5, 0]])
@@ -215,7 +215,7 @@ def test_ttft_workers_pull_tasks_from_one_queue(tmp_path):
     import subprocess
     import sys
 
-    from arcfast.taskqueue import longest_first
+    from arcfast.run.queue import longest_first
 
     out = tmp_path / "q"
     cmd = [sys.executable, "-m", "arcfast", "ttft", "--workers", "2", "--tasks", "arc1:eval[:6]", "--model", "tiny",
@@ -252,8 +252,8 @@ def _bigram_checkpoint(path):
 
     import torch
 
-    from arcfast import tokens as T
-    from arcfast.model import build_model, preset, save_model
+    from arcfast.arc import tokens as T
+    from arcfast.model.decoder import build_model, preset, save_model
 
     m = build_model(dataclasses.replace(preset("tiny"), tie_embeddings=False), dtype=torch.float32, device="cpu")
     nxt = {T.OUTPUT: 3, 3: T.ROW, T.ROW: T.EOG}
@@ -327,8 +327,8 @@ def test_ttft_rescore_writes_scores_to_the_task_results_and_report(tmp_path, big
 
 
 def test_eval_rescore_ranks_by_the_summed_teacher_forced_score(tmp_path, bigram):
-    from arcfast.augment import test_time_augmentations
-    from arcfast.model import load_model
+    from arcfast.arc.augment import test_time_augmentations
+    from arcfast.model.decoder import load_model
     from arcfast.reference.score import score_item_reference
 
     out = tmp_path / "eval"
@@ -347,7 +347,7 @@ def test_eval_rescore_ranks_by_the_summed_teacher_forced_score(tmp_path, bigram)
 
 
 def test_ttft_rescore_with_nothing_parsed_keeps_the_fallbacks(tmp_path, bigram):
-    from arcfast.submission import fallback_grid
+    from arcfast.answers.submission import fallback_grid
 
     out = tmp_path / "run"
     # Two tokens ("3", ROW) hold no grid: every prediction of every test input fails to parse.
@@ -423,7 +423,7 @@ def test_search_and_select_flags_are_checked(tmp_path, capsys):
     assert "temperature must be" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["ttft", "--search", "beam", "--out", str(tmp_path / "d"), "-q"])
-    from arcfast.ttft import TTFTConfig
+    from arcfast.run.ttft import TTFTConfig
 
     assert (TTFTConfig().select, TTFTConfig().rescore) == ("vote", 0)
     assert (TTFTConfig(rescore=4).select, TTFTConfig(select="nvarc").rescore) == ("poe", 8)
@@ -526,8 +526,8 @@ def test_rslora_flag_reaches_the_lora_config(tmp_path):
     """--rslora (parsed only, nothing trained) gives ttft and eval a LoRAConfig scaled by alpha/sqrt(r)."""
     from arcfast.cli.main import build_parser
     from arcfast.cli.run import _run_config
-    from arcfast.model import load_model
-    from arcfast.ttft import TTFTRun
+    from arcfast.model.decoder import load_model
+    from arcfast.run.ttft import TTFTRun
 
     for argv in (["ttft"], ["eval", "--tasks", "arc1:eval[:1]", "--ttft"]):
         args = build_parser().parse_args(argv + ["--rank", "64", "--alpha", "16", "--rslora", "--backend", "native",
@@ -542,8 +542,8 @@ def test_rslora_flag_reaches_the_lora_config(tmp_path):
 def test_a_recipe_sets_its_fields_and_flags_beside_it_win(capsys):
     from arcfast.cli.main import build_parser
     from arcfast.cli.run import _run_config
-    from arcfast.recipes import RECIPES
-    from arcfast.ttft import TTFTConfig
+    from arcfast.run.recipes import RECIPES
+    from arcfast.run.ttft import TTFTConfig
 
     def cfg(*argv):
         args = build_parser().parse_args(["ttft", "--out", "/tmp/unused", *argv])
@@ -581,7 +581,7 @@ def test_a_run_with_a_recipe_prints_and_logs_it(tmp_path, capsys):
     assert cfg["use_rslora"] is True and cfg["r"] == 8 and cfg["lora_alpha"] == 32
     # NVARC trained each task's embedding and LM head: PEFT's whole modules of the compact vocabulary.
     assert cfg["modules_to_save"] == ["embed_tokens", "lm_head"]
-    from arcfast.adapters import load_adapter
+    from arcfast.lora.adapters import load_adapter
 
     lcfg, tensors = load_adapter(adapter)
     assert lcfg.tokens == ("embed_tokens", "lm_head") and tensors["lm_head"].shape == (16, 64)
@@ -662,7 +662,7 @@ def test_a_killed_workers_tasks_are_finished_by_the_other(tmp_path):
 
 
 def test_sample_and_augmentation_flags_reach_the_recipe(tmp_path):
-    from arcfast.augment import AugmentConfig
+    from arcfast.arc.augment import AugmentConfig
     from arcfast.cli.main import build_parser
     from arcfast.cli.run import _run_config
 

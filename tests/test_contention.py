@@ -15,9 +15,9 @@ import pytest
 
 from arcfast.bench.bench_budget import Load, cores
 from arcfast.bench.bench_budget import run_ttft as _run_ttft
-from arcfast.data import load_tasks
+from arcfast.arc.loading import load_tasks
 from arcfast.models import shipped_model
-from arcfast.submission import validate_submission
+from arcfast.answers.submission import validate_submission
 
 BUDGET = 30            # seconds: the promise under test
 TASKS = "arc1:eval[:6]"

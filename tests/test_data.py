@@ -1,4 +1,4 @@
-"""arcfast.data: every loader on real data, every kind of bad input under both policies."""
+"""arcfast.arc.loading: every loader on real data, every kind of bad input under both policies."""
 import json
 import logging
 import pickle
@@ -9,8 +9,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arcfast.data import (BUNDLED, TaskLoadError, _check_grid_plain, _GridError, _to_grid, bundled_path,
-                          list_bundled, load_tasks, save_tasks_kaggle)
+from arcfast.arc.loading import (
+    BUNDLED,
+    TaskLoadError,
+    _check_grid_plain,
+    _GridError,
+    _to_grid,
+    bundled_path,
+    list_bundled,
+    load_tasks,
+    save_tasks_kaggle,
+)
 
 
 def raw_split(name, split):
@@ -298,14 +307,14 @@ def test_bad_task_in_kaggle_file(tmp_path, caplog, name, mutate, where, detail):
     assert (e.file, e.task_id, e.where, e.detail, e.action) == (str(ch), "bbbb0002", where, detail, None)
     # skip: the other two load, with their solutions; the problem is reported and logged
     problems = []
-    with caplog.at_level(logging.WARNING, logger="arcfast.data"):
+    with caplog.at_level(logging.WARNING, logger="arcfast.arc.loading"):
         got = load_tasks(str(ch), on_error="skip", problems=problems)
     assert [t.id for t in got] == ["aaaa0001", "cccc0003"]
     assert all(t.has_solutions for t in got)
     assert got[1].test[0].output.tolist() == grid(base=9)
     assert [str(p) for p in problems] == [expected]
     assert problems[0].action == "skipped task"
-    assert [r.getMessage() for r in caplog.records if r.name == "arcfast.data" and r.levelno == logging.WARNING] \
+    assert [r.getMessage() for r in caplog.records if r.name == "arcfast.arc.loading" and r.levelno == logging.WARNING] \
         == [expected + " [skipped task]"]
 
 

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-import arcfast.score as score_mod
-from arcfast import tokens as T
-from arcfast.generate import Generator
-from arcfast.predict import predict_tasks
-from arcfast.model import build_model, init_weights, preset
-from arcfast.score import ScoreStats, Sequences, score_sequences, target_logprobs
-from arcfast.task import Pair, Task
+import arcfast.infer.rescore as score_mod
+from arcfast.arc import tokens as T
+from arcfast.infer.generate import Generator
+from arcfast.infer.predict import predict_tasks
+from arcfast.model.decoder import build_model, init_weights, preset
+from arcfast.infer.rescore import ScoreStats, Sequences, score_sequences, target_logprobs
+from arcfast.arc.task import Pair, Task
 from slowed import slow_down
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -154,7 +154,7 @@ def _task(tid: str, seed: int) -> Task:
 
 def test_predictions_under_a_deadline_are_complete(model, monkeypatch):
     """Cut or not, every test input gets one prediction per augmentation, by the deadline."""
-    from arcfast.generate import GenerationConfig
+    from arcfast.infer.generate import GenerationConfig
 
     slow_down(monkeypatch, Generator, "_step", UNIT)
     gen = Generator(model, cuda_graphs=False, max_batch=8, sync_every=8)

@@ -11,15 +11,22 @@ import pytest
 import torch
 
 from arcfast.budget import Deadline
-from arcfast.data import load_tasks
-from arcfast.finetune import CHECKPOINT as CHECKPOINT_DIR
+from arcfast.arc.loading import load_tasks
+from arcfast.run.train import CHECKPOINT as CHECKPOINT_DIR
 from arcfast.cli.train import add_train_parser, cmd_train
-from arcfast.finetune import (FinetuneConfig, MixtureStream, find_checkpoint, load_checkpoint, parse_mixture, run_train,
-                              source_schedule)
-from arcfast.lora import LoRAConfig
-from arcfast.model import load_model
-from arcfast.sampling import SampleConfig
-from arcfast.trainer import TrainConfig, Trainer
+from arcfast.run.train import (
+    FinetuneConfig,
+    MixtureStream,
+    find_checkpoint,
+    load_checkpoint,
+    parse_mixture,
+    run_train,
+    source_schedule,
+)
+from arcfast.lora.multi import LoRAConfig
+from arcfast.model.decoder import load_model
+from arcfast.samples.sampling import SampleConfig
+from arcfast.train.trainer import TrainConfig, Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -35,7 +42,7 @@ def parser():
 
 
 def adapter_tensors(path):
-    from arcfast.adapters import load_adapter
+    from arcfast.lora.adapters import load_adapter
 
     return load_adapter(path)[1]
 
@@ -94,7 +101,7 @@ def test_mixture_stream_shares_determinism_and_skip_ahead():
 def synthetic_source(name, side, n):
     """n tasks of 3 train + 1 test pairs whose grids are all side x side: every sample of the
     source has the same length, which tells the source apart from one of another side."""
-    from arcfast.task import Pair, Task
+    from arcfast.arc.task import Pair, Task
 
     rng = np.random.default_rng(side)
     def pair():
@@ -296,7 +303,7 @@ def test_resume_refuses_a_lora_checkpoint_with_full(tmp_path):
 
 
 def test_full_from_a_lora_adapter_starts_from_the_merged_weights(tmp_path):
-    from arcfast.adapters import merge_adapter
+    from arcfast.lora.adapters import merge_adapter
 
     lora = run_train(_cfg(tmp_path, "lora", steps=3, save_every=0, val=None, lr=1e-2))
     s = run_train(_cfg(tmp_path, "full", steps=1, save_every=0, val=None, full=True, adapter=lora["adapter"],
@@ -311,7 +318,7 @@ def test_full_from_a_lora_adapter_starts_from_the_merged_weights(tmp_path):
 
 def test_cli_full_train_then_ttft_on_its_model(tmp_path, capsys):
     from arcfast.cli import main
-    from arcfast.submission import validate_submission
+    from arcfast.answers.submission import validate_submission
 
     out = tmp_path / "pre"
     assert main(["train", "--full", "--data", "arc1:train[:4]", "--out", str(out), "--steps", "2",
@@ -344,7 +351,7 @@ def test_keep_snapshots_keeps_the_weights_of_every_checkpoint(tmp_path):
 def test_train_with_the_verify_objective_and_wrong_predictions(tmp_path):
     """--objective verify on a 16-id model grows it; --wrong-from feeds an eval run's wrong
     predictions to the sampler (counted in the log); a resume needs the same objectives."""
-    from arcfast.outdir import OutDir
+    from arcfast.run.outdir import OutDir
 
     tasks = load_tasks("arc1:train[:3]")
     run = OutDir(tmp_path / "eval")

@@ -1,4 +1,4 @@
-"""The grid formats: C++ (arcfast.formats) against the plain reference (arcfast.reference.formats).
+"""The grid formats: C++ (arcfast.arc.formats) against the plain reference (arcfast.reference.formats).
 
 Encoders are held equal on every grid of ARC-AGI-1 and ARC-AGI-2 and on random grids; decoders on
 round trips, on each kind of bad input, and on fuzzed model outputs.
@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import arcfast
-from arcfast import formats as F
-from arcfast.formats import FORMATS, TEXT_FORMATS, DecodeStatus as S
+from arcfast.arc import formats as F
+from arcfast.arc.formats import FORMATS, TEXT_FORMATS, DecodeStatus as S
 from arcfast.reference import formats as R
-from arcfast.tokens import EOG, INPUT, PAD, ROW
+from arcfast.arc.tokens import EOG, INPUT, PAD, ROW
 
 EXAMPLE = [[1, 2], [3, 0]]
 EXAMPLE_3X4 = [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 0, 1]]

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from arcfast import tokens as T
-from arcfast.lora import LoRAConfig, MultiLoRA
-from arcfast.model import load_model, to_hf
-from arcfast.trainer import FullTrainer, TrainConfig, pack_samples
+from arcfast.arc import tokens as T
+from arcfast.lora.multi import LoRAConfig, MultiLoRA
+from arcfast.model.decoder import load_model, to_hf
+from arcfast.train.trainer import FullTrainer, TrainConfig, pack_samples
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -191,8 +191,8 @@ def test_state_dict_round_trip_equals_uninterrupted():
 
 
 def test_merged_adapter_gives_the_logits_of_the_model_with_the_adapter(tmp_path):
-    from arcfast.adapters import save_adapter
-    from arcfast.adapters import merge_adapter
+    from arcfast.lora.adapters import save_adapter
+    from arcfast.lora.adapters import merge_adapter
 
     lcfg = LoRAConfig(r=4, alpha=12.0)            # scaling 3: a forgotten scaling shows
     model = load_model("tiny", seed=0)

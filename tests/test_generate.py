@@ -1,19 +1,26 @@
-"""arcfast.generate against its references: the model's own full forward (no cache), transformers
+"""arcfast.infer.generate against its references: the model's own full forward (no cache), transformers
 ``generate`` with the adapter loaded through PEFT, and itself run one prompt at a time."""
 import numpy as np
 import pytest
 import torch
 
-from arcfast import tokens as T
-from arcfast.formats import DecodeStatus
-from arcfast.decode_lora import _RowLoRA
-from arcfast.generate import MAX_NEW_TOKENS, Generation, GenerationConfig, Generator, choose_tokens, generate
-from arcfast.predict import predict_task, predict_tasks
-from arcfast.lora import LoRAConfig, MultiLoRA
-from arcfast.model import build_model, init_weights, preset
+from arcfast.arc import tokens as T
+from arcfast.arc.formats import DecodeStatus
+from arcfast.lora.decode import _RowLoRA
+from arcfast.infer.generate import (
+    MAX_NEW_TOKENS,
+    Generation,
+    GenerationConfig,
+    Generator,
+    choose_tokens,
+    generate,
+)
+from arcfast.infer.predict import predict_task, predict_tasks
+from arcfast.lora.multi import LoRAConfig, MultiLoRA
+from arcfast.model.decoder import build_model, init_weights, preset
 from arcfast.reference.generate import greedy_reference, hf_generate, hf_with_adapter
-from arcfast.task import Pair, Task
-from arcfast.vote import vote
+from arcfast.arc.task import Pair, Task
+from arcfast.answers.vote import vote
 from scripted import TOKEN_LOGPROB, ScriptedGenerator, augment_like, encode, turn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -142,7 +149,7 @@ def test_max_new_tokens_respected(eog_model, max_new):
 
 
 def test_agrees_with_transformers_generate_with_peft_adapter(model):
-    from arcfast.model import to_hf
+    from arcfast.model.decoder import to_hf
 
     lora = _lora(model, n=2, seed=5)
     prompts = _prompts(4, seed=5)
@@ -246,7 +253,7 @@ def _checked_augmentations(task, n=N_TTA):
     """predict_task's augmentations, checked to exercise every inverse: all 8 dihedral transforms,
     and, after the first (the identity), each one moving every test output (so an inverse left
     out or taken the wrong way leaves another grid)."""
-    from arcfast.augment import test_time_augmentations
+    from arcfast.arc.augment import test_time_augmentations
 
     augs = test_time_augmentations(task, n)
     assert {a.transform for a in augs} == set(range(8))
@@ -260,7 +267,7 @@ def _checked_augmentations(task, n=N_TTA):
 def test_predict_task_decodes_and_inverts(eog_model):
     """Every prediction, under every augmentation, parses and is un-augmented to the known solution:
     the scripted generator answers each prompt with the solution in that prompt's frame."""
-    from arcfast.predict import augmentation_name
+    from arcfast.infer.predict import augmentation_name
 
     task = _turn_task("t0", 0)
     augs = _checked_augmentations(task)
@@ -334,7 +341,7 @@ def test_predict_tasks_batches_tasks_with_their_adapters(eog_model):
 
 
 def test_predictions_say_how_they_were_found(eog_model):
-    from arcfast.search import SearchConfig
+    from arcfast.infer.search import SearchConfig
 
     task = _task("s", 4)
     sampled = predict_task(eog_model, task, n_predictions=3,
@@ -365,7 +372,7 @@ def test_predict_tasks_bad_task_skipped_or_named(model):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("lora_mode", ["gather", "grouped"])
 def test_cuda_graphs_equal_eager(lora_mode):
-    from arcfast.decode_lora import _grouped_mm_ok
+    from arcfast.lora.decode import _grouped_mm_ok
 
     torch.manual_seed(0)
     m = build_model(preset("tiny"), device="cuda", dtype=torch.bfloat16)
@@ -424,8 +431,8 @@ def test_deadline_stops_generation_and_keeps_every_output():
     """A passed deadline ends the call at once: rows stop where they are, unstarted prompts are empty."""
     import time as _time
 
-    from arcfast.generate import Generator
-    from arcfast.model import build_model, preset
+    from arcfast.infer.generate import Generator
+    from arcfast.model.decoder import build_model, preset
 
     torch.manual_seed(0)
     model = build_model(preset("tiny"), dtype=torch.float32, device="cpu")
@@ -441,9 +448,9 @@ def test_deadline_stops_generation_and_keeps_every_output():
 
 
 def test_max_output_tokens_covers_fixed_and_scaled_outputs():
-    from arcfast.predict import max_output_tokens
-    from arcfast.task import Pair, Task
-    from arcfast.tokens import grid_len
+    from arcfast.infer.predict import max_output_tokens
+    from arcfast.arc.task import Pair, Task
+    from arcfast.arc.tokens import grid_len
 
     z = lambda h, w: np.zeros((h, w), np.uint8)
     scaled = Task("up", [Pair(z(2, 3), z(6, 9))], [Pair(z(4, 2))])          # x3: test gives 12 x 6
@@ -640,7 +647,7 @@ def test_cuda_fused_grouped_equals_gather_and_unfused(monkeypatch):
     """bf16 on CUDA: the logits of one decode step (all rows, adapters and base rows mixed) of the
     fused steps (grouped where sm90+, Triton segments, gather) against the per-projection gather
     step. The prefill is the same code for all, so the step's inputs are too."""
-    import arcfast.generate as G
+    import arcfast.infer.generate as G
 
     m = build_model(preset("tiny"), device="cuda", dtype=torch.bfloat16)
     init_weights(m, seed=1, std=0.3)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from arcfast.kv_cache import CacheDecode, CachePrefill, copy_rows
-from arcfast.model import FusedAddNormStep, LayerStep, ModelConfig, build_model
+from arcfast.model.kv_cache import CacheDecode, CachePrefill, copy_rows
+from arcfast.model.decoder import FusedAddNormStep, LayerStep, ModelConfig, build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

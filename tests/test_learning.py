@@ -36,13 +36,13 @@ import numpy as np
 import pytest
 import torch
 
-from arcfast.augment import AugmentConfig
+from arcfast.arc.augment import AugmentConfig
 from arcfast.bench.bench_learning import pretrain as pretrain_full
 from arcfast.bench.bench_ttft_ablations import rule_task
-from arcfast.predict import predict_tasks
-from arcfast.model import build_model, preset, save_model
-from arcfast.task import Task
-from arcfast.ttft import TTFTConfig, TTFTRun
+from arcfast.infer.predict import predict_tasks
+from arcfast.model.decoder import build_model, preset, save_model
+from arcfast.arc.task import Task
+from arcfast.run.ttft import TTFTConfig, TTFTRun
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
@@ -118,8 +118,8 @@ def test_trained_model_answers_unseen_tasks_through_augment_invert_vote(tmp_path
     # every completion above the cutoff is a prediction, un-augmented and voted as the decoded ones.
     # It answers the tasks greedy decoding answers through the transposing frames, and finds more
     # than one completion for some prompts (greedy finds one).
-    from arcfast.search import SearchConfig, SearchStats
-    from arcfast.vote import vote
+    from arcfast.infer.search import SearchConfig, SearchStats
+    from arcfast.answers.vote import vote
 
     st = SearchStats()
     with torch.no_grad():

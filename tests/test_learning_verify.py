@@ -5,7 +5,7 @@ The tasks paint every non-zero cell of the input with the task's colour ``k``; a
 all 2x3 or all 3x2. The training samples come from the sampler (``make_samples``): demonstrations,
 an input, a candidate (the right output half of the time, else a seeded corruption of it, of any
 kind) and the verdict, every sample augmented (dihedral transforms, colours, order), the candidate
-as the outputs. Held-out tasks are judged by :func:`arcfast.verify.verify_jobs` under two test-time
+as the outputs. Held-out tasks are judged by :func:`arcfast.infer.verify.verify_jobs` under two test-time
 augmentations (the identity, then a quarter turn with permuted colours): each test input's right
 output against the output turned a quarter (its shape transposed) and against the output with a
 row added. Both are shape kinds, the easy ones at this scale: a right candidate has the test
@@ -36,17 +36,17 @@ import numpy as np
 import pytest
 import torch
 
-from arcfast import tokens as T
-from arcfast import augment
-from arcfast.finetune import shared_adapter
-from arcfast.formats import encode
-from arcfast.model import build_model, grow_vocab, preset
-from arcfast.packing import pack
-from arcfast.sampling import SampleConfig, make_samples
-from arcfast.task import Pair, Task
-from arcfast.trainer import FullTrainer, TrainConfig
-from arcfast.verify import VerifyConfig, VerifyJob, verify_jobs
-from arcfast.vote import Candidate
+from arcfast.arc import tokens as T
+from arcfast.arc import augment
+from arcfast.run.train import shared_adapter
+from arcfast.arc.formats import encode
+from arcfast.model.decoder import build_model, grow_vocab, preset
+from arcfast.samples.packing import pack
+from arcfast.samples.sampling import SampleConfig, make_samples
+from arcfast.arc.task import Pair, Task
+from arcfast.train.trainer import FullTrainer, TrainConfig
+from arcfast.infer.verify import VerifyConfig, VerifyJob, verify_jobs
+from arcfast.answers.vote import Candidate
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from arcfast.metrics import METRICS, mean_metrics, score_task, score_tasks, score_test
-from arcfast.task import Pair, Task
-from arcfast.vote import Candidate, Prediction
+from arcfast.answers.metrics import METRICS, mean_metrics, score_task, score_tasks, score_test
+from arcfast.arc.task import Pair, Task
+from arcfast.answers.vote import Candidate, Prediction
 
 S = np.array([[1, 2], [3, 4]], dtype=np.uint8)
 NEAR = np.array([[1, 2], [3, 0]], dtype=np.uint8)  # 3 of 4 cells right

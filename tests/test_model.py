@@ -8,10 +8,20 @@ import numpy as np
 import pytest
 import torch
 
-from arcfast import tokens as T
-from arcfast.attention import PackedAttention, causal_attention, packed_mask
-from arcfast.model import (PRESETS, ModelConfig, build_model, compact_token_ids, from_hf, hf_config, load_model,
-                           preset, save_model, to_hf)
+from arcfast.arc import tokens as T
+from arcfast.model.attention import PackedAttention, causal_attention, packed_mask
+from arcfast.model.decoder import (
+    PRESETS,
+    ModelConfig,
+    build_model,
+    compact_token_ids,
+    from_hf,
+    hf_config,
+    load_model,
+    preset,
+    save_model,
+    to_hf,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -71,7 +81,7 @@ def test_presets_match_transformers_architecture(name):
     """Every preset has the parameter names and shapes of the transformers model of its family."""
     cfg = preset(name, vocab="full")
     with torch.device("meta"):
-        from arcfast.model import CausalLM
+        from arcfast.model.decoder import CausalLM
         import transformers
 
         ours = CausalLM(cfg)
@@ -256,7 +266,7 @@ def test_loop_attention_refuses_a_segment_across_rows():
 
 def test_sdpa_grouped_kv_heads_without_enable_gqa(monkeypatch):
     """torch < 2.5 has no enable_gqa: the kv heads are repeated instead, with the same result."""
-    import arcfast.attention as A
+    import arcfast.model.attention as A
 
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, h, 7, 8, generator=g) for h in (6, 2, 2))

@@ -9,8 +9,8 @@ import pytest
 
 from arcfast.cli import main
 from arcfast.cli.main import build_parser
-from arcfast.progress import Progress
-from arcfast.submission import validate_submission
+from arcfast.run.progress import Progress
+from arcfast.answers.submission import validate_submission
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

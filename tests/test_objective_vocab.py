@@ -6,9 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from arcfast import tokens as T
-from arcfast.model import (ModelConfig, build_model, compact_token_ids, compact_tokenizer, grow_vocab, load_model,
-                           preset, save_model)
+from arcfast.arc import tokens as T
+from arcfast.model.decoder import (
+    ModelConfig,
+    build_model,
+    compact_token_ids,
+    compact_tokenizer,
+    grow_vocab,
+    load_model,
+    preset,
+    save_model,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -95,9 +103,9 @@ def test_a_grown_model_never_generates_the_objective_ids(tmp_path, search):
     """Generation and depth-first search choose among the grid ids only: a model grown for verify
     whose YES row would win every step still answers grids (the bigram model of test_cli: [[3]] in
     the prompt's frame), with log-probabilities under its whole vocabulary, as the scorer's."""
-    from arcfast.data import load_tasks
-    from arcfast.predict import predict_tasks
-    from arcfast.search import SearchConfig
+    from arcfast.arc.loading import load_tasks
+    from arcfast.infer.predict import predict_tasks
+    from arcfast.infer.search import SearchConfig
     from test_cli import _bigram_checkpoint
 
     model = grow_vocab(load_model(str(_bigram_checkpoint(tmp_path / "bigram")), dtype=torch.float32, device="cpu"))

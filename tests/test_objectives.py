@@ -8,14 +8,22 @@ import numpy as np
 import pytest
 
 from arcfast import _core
-from arcfast import tokens as T
-from arcfast.augment import AugmentConfig, Augmentation, Composition
-from arcfast.packing import PackedStream
-from arcfast.prompts import build_inference_prompts, build_verify_prompts
+from arcfast.arc import tokens as T
+from arcfast.arc.augment import AugmentConfig, Augmentation, Composition
+from arcfast.samples.packing import PackedStream
+from arcfast.samples.prompts import build_inference_prompts, build_verify_prompts
 from arcfast.reference import pipeline as R
-from arcfast.sampling import (CANDIDATE_KINDS, CORRUPTIONS, OBJECTIVES, SampleConfig, make_samples, pool_inputs,
-                              pool_pairs, task_store)
-from arcfast.task import Pair, Task
+from arcfast.samples.sampling import (
+    CANDIDATE_KINDS,
+    CORRUPTIONS,
+    OBJECTIVES,
+    SampleConfig,
+    make_samples,
+    pool_inputs,
+    pool_pairs,
+    task_store,
+)
+from arcfast.arc.task import Pair, Task
 from test_prompts import _read_grid
 
 MIX = (("output", 1.0), ("input", 0.5), ("verify", 0.5))
@@ -23,7 +31,7 @@ MIX = (("output", 1.0), ("input", 0.5), ("verify", 0.5))
 
 @pytest.fixture(scope="module")
 def arc_tasks():
-    from arcfast.data import load_tasks
+    from arcfast.arc.loading import load_tasks
 
     return load_tasks("arc1:train[:40]")
 
@@ -490,7 +498,7 @@ def test_config_and_pool_errors():
 # verification prompts at inference
 
 def test_verify_prompts_are_the_inference_prompts_with_the_candidate(arc_tasks):
-    from arcfast.augment import test_time_augmentations
+    from arcfast.arc.augment import test_time_augmentations
 
     task = arc_tasks[3]
     augs = test_time_augmentations(task, 5, seed=2) + [

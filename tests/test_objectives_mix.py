@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pytest
 
-from arcfast.objectives import format_objectives, parse_objectives, read_wrong_predictions
-from arcfast.outdir import OutDir
-from arcfast.task import Pair, Task
+from arcfast.samples.objectives import format_objectives, parse_objectives, read_wrong_predictions
+from arcfast.run.outdir import OutDir
+from arcfast.arc.task import Pair, Task
 
 
 def test_parse_objectives():
@@ -60,10 +60,10 @@ def test_wrong_predictions_are_the_candidates_that_differ_from_the_solution(tmp_
 
 
 def test_packed_batches_say_each_samples_objective():
-    from arcfast import tokens as T
-    from arcfast.data import load_tasks
-    from arcfast.packing import PackedStream, pack
-    from arcfast.sampling import SampleConfig, make_samples
+    from arcfast.arc import tokens as T
+    from arcfast.arc.loading import load_tasks
+    from arcfast.samples.packing import PackedStream, pack
+    from arcfast.samples.sampling import SampleConfig, make_samples
 
     tasks = load_tasks("arc1:train[:4]")
     cfg = SampleConfig(mode="pretrain", max_len=4096, objectives=(("output", 1.0), ("input", 1.0), ("verify", 1.0)))

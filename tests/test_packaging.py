@@ -133,7 +133,7 @@ def test_without_triton_every_module_imports_and_a_cpu_run_trains_and_predicts(t
         assert not HAS_TRITON
 
         import torch
-        from arcfast.model import build_model, preset
+        from arcfast.model.decoder import build_model, preset
 
         model = build_model(preset("tiny"), device="cpu").eval()
         ids = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
@@ -154,7 +154,7 @@ def test_without_triton_every_module_imports_and_a_cpu_run_trains_and_predicts(t
     ''')
     got = _run([sys.executable, "-c", code], tmp_path, _env(Path(arcfast.__file__).parent.parent))
     names = json.loads(_ok(got, "arcfast without triton").strip().splitlines()[-1])["modules"]
-    assert {"arcfast.kernels.lora", "arcfast.kernels.rmsnorm", "arcfast.trainer", "arcfast.generate",
+    assert {"arcfast.kernels.lora", "arcfast.kernels.rmsnorm", "arcfast.train.trainer", "arcfast.infer.generate",
             "arcfast.cli"} <= set(names)
     submission = json.loads((out / "submission.json").read_text())
     assert len(submission) == 1 and all(submission.values())

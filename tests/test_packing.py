@@ -2,20 +2,20 @@
 import numpy as np
 import pytest
 
-from arcfast import tokens as T
-from arcfast.augment import AugmentConfig
-from arcfast.batch import PackedBatch
-from arcfast.packing import PackedStream, best_fit_decreasing, pack, padded_fill
+from arcfast.arc import tokens as T
+from arcfast.arc.augment import AugmentConfig
+from arcfast.samples.batch import PackedBatch
+from arcfast.samples.packing import PackedStream, best_fit_decreasing, pack, padded_fill
 from arcfast.reference import pipeline as R
-from arcfast.sampling import SampleConfig, make_samples
-from arcfast.task import Pair, Task
+from arcfast.samples.sampling import SampleConfig, make_samples
+from arcfast.arc.task import Pair, Task
 
 FIELDS = ("input_ids", "labels", "position_ids", "sample_ids", "adapter_ids", "cu_seqlens")
 
 
 @pytest.fixture(scope="module")
 def eval_tasks():
-    from arcfast.data import load_tasks
+    from arcfast.arc.loading import load_tasks
 
     return load_tasks("arc1:eval")
 
@@ -32,7 +32,7 @@ def _tasks(n=8, seed=0):
 
 
 def check_batch(b: PackedBatch, lengths_by_sample=None):
-    """Every PackedBatch convention (arcfast/batch.py), checked position by position."""
+    """Every PackedBatch convention (arcfast/samples/batch.py), checked position by position."""
     R_, L = b.shape
     for f in FIELDS[:-1]:
         assert getattr(b, f).dtype == np.int32 and getattr(b, f).shape == (R_, L), f

@@ -2,12 +2,12 @@
 import numpy as np
 import pytest
 
-from arcfast import tokens as T
-from arcfast.augment import AugmentConfig, Augmentation, Composition
-from arcfast.prompts import build_inference_prompt, build_inference_prompts, build_training_prompt
+from arcfast.arc import tokens as T
+from arcfast.arc.augment import AugmentConfig, Augmentation, Composition
+from arcfast.samples.prompts import build_inference_prompt, build_inference_prompts, build_training_prompt
 from arcfast.reference import pipeline as R
-from arcfast.sampling import SampleConfig, make_samples, pool_pairs
-from arcfast.task import Pair, Task
+from arcfast.samples.sampling import SampleConfig, make_samples, pool_pairs
+from arcfast.arc.task import Pair, Task
 
 
 def _task(task_id="p", n_train=4, n_test=2, seed=0):
@@ -148,7 +148,7 @@ def test_the_documented_example():
 
 
 def test_prompt_grids_are_the_compact_encoder_s_and_decode_back():
-    from arcfast.formats import decode, encode
+    from arcfast.arc.formats import decode, encode
 
     task = _task(seed=9)
     aug = Augmentation(transform=1, colors=(0, 3, 2, 1, 4, 5, 6, 7, 8, 9))

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from arcfast.records import TaskRun, read_task_record, read_task_records, write_task_record
+from arcfast.run.records import TaskRun, read_task_record, read_task_records, write_task_record
 
 
 def test_a_record_round_trips_and_other_versions_records_load(tmp_path):
@@ -34,11 +34,11 @@ def test_a_run_an_earlier_version_wrote_resumes_with_nothing_run_again(tmp_path,
     import shutil
     from pathlib import Path
 
-    import arcfast.generate
+    import arcfast.infer.generate
     from arcfast.cli import main
     from scripted import ScriptedGenerator
 
-    monkeypatch.setattr(arcfast.generate, "Generator", ScriptedGenerator)
+    monkeypatch.setattr(arcfast.infer.generate, "Generator", ScriptedGenerator)
     fixture = Path(__file__).parent / "fixtures" / "run-210d515"
     out = tmp_path / "run"
     shutil.copytree(fixture, out)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import arcfast.files as files
-from arcfast.metrics import METRICS, score_test
-from arcfast.report import RunReport, TaskResult
-from arcfast.vote import Prediction, vote
+from arcfast.answers.metrics import METRICS, score_test
+from arcfast.run.report import RunReport, TaskResult
+from arcfast.answers.vote import Prediction, vote
 
 S = np.array([[1, 2], [3, 4]], np.uint8)
 W = np.array([[0]], np.uint8)

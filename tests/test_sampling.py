@@ -4,10 +4,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from arcfast.augment import AugmentConfig
+from arcfast.arc.augment import AugmentConfig
 from arcfast.reference import pipeline as R
-from arcfast.sampling import SampleConfig, make_samples, pool_pairs
-from arcfast.task import Pair, Task
+from arcfast.samples.sampling import SampleConfig, make_samples, pool_pairs
+from arcfast.arc.task import Pair, Task
 
 
 def _grid(rng, h, w):

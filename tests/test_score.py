@@ -1,20 +1,32 @@
-"""arcfast.score against its references: each sequence alone through the model's own forward, and
+"""arcfast.infer.rescore against its references: each sequence alone through the model's own forward, and
 the log-probabilities generation records for its own outputs."""
 import numpy as np
 import pytest
 import torch
 
-from arcfast import tokens as T
-from arcfast.augment import Augmentation
-from arcfast.augment import test_time_augmentations as tta
-from arcfast.generate import GenerationConfig, generate
-from arcfast.predict import predict_tasks
-from arcfast.prompts import build_inference_prompts
+from arcfast.arc import tokens as T
+from arcfast.arc.augment import Augmentation
+from arcfast.arc.augment import test_time_augmentations as tta
+from arcfast.infer.generate import GenerationConfig, generate
+from arcfast.infer.predict import predict_tasks
+from arcfast.samples.prompts import build_inference_prompts
 from arcfast.reference.score import score_item_reference, target_logprobs_reference
-from arcfast.score import (RescoreJob, ScoreItem, ScoreStats, Sequences, build_sequences, plan_tokens, rank_jobs,
-                           rescore_items, rescore_predictions, score_candidates, score_sequences, target_logprobs)
-from arcfast.task import Task
-from arcfast.vote import Prediction, vote
+from arcfast.infer.rescore import (
+    RescoreJob,
+    ScoreItem,
+    ScoreStats,
+    Sequences,
+    build_sequences,
+    plan_tokens,
+    rank_jobs,
+    rescore_items,
+    rescore_predictions,
+    score_candidates,
+    score_sequences,
+    target_logprobs,
+)
+from arcfast.arc.task import Task
+from arcfast.answers.vote import Prediction, vote
 from test_generate import _lora, _model, _task
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -186,7 +198,7 @@ def _full_vocab_model(seed: int = 2):
 
     import torch
 
-    from arcfast.model import build_model, init_weights, preset
+    from arcfast.model.decoder import build_model, init_weights, preset
 
     ids = tuple(int(i) for i in np.random.default_rng(3).permutation(40)[:T.VOCAB_SIZE])
     cfg = dataclasses.replace(preset("tiny"), vocab_size=40, token_ids=ids)
@@ -262,7 +274,7 @@ def _shared_items(tasks, n_cands: int, n_augs: int, adapters):
 def _layout_counter(monkeypatch):
     """Forward positions (non-padding segment positions) of every attention built, and whether
     it was a tree."""
-    import arcfast.attention as A
+    import arcfast.model.attention as A
 
     seen = []
 
@@ -353,7 +365,7 @@ def test_prefix_shared_tokens_are_what_the_layout_says(model, monkeypatch):
 
 def test_a_deadline_cuts_whole_groups_from_the_end(model, lora, monkeypatch):
     """Groups are scored in the order of their first item: a cut leaves the last jobs unscored."""
-    import arcfast.score as S
+    import arcfast.infer.rescore as S
 
     task = _task("dl", 51)
     augs = tta(task, 3)

@@ -1,4 +1,4 @@
-"""Depth-first search (arcfast.search.dfs) against the recursive full-forward reference, on random
+"""Depth-first search (arcfast.infer.search.dfs) against the recursive full-forward reference, on random
 tiny models made peaked enough that trees branch, get cut and finish."""
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from arcfast import tokens as T
-from arcfast.generate import GenerationConfig, Generator
-from arcfast.lora import LoRAConfig, MultiLoRA
-from arcfast.model import ModelConfig, build_model, load_model
+from arcfast.arc import tokens as T
+from arcfast.infer.generate import GenerationConfig, Generator
+from arcfast.lora.multi import LoRAConfig, MultiLoRA
+from arcfast.model.decoder import ModelConfig, build_model, load_model
 from arcfast.reference.search import dfs_reference
-from arcfast.search import SearchConfig, SearchStats, dfs
+from arcfast.infer.search import SearchConfig, SearchStats, dfs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -218,10 +218,10 @@ def test_the_default_cap_never_cuts_a_completion():
     """On a real task through the shipped starter model, a search at P = 0.001 finds more than 64
     outputs: the default search finds every one an uncapped search finds, where the old fixed cap
     of 64 dropped some."""
-    from arcfast.data import load_tasks
+    from arcfast.arc.loading import load_tasks
     from arcfast.models import shipped_model
-    from arcfast.predict import max_output_tokens
-    from arcfast.prompts import build_inference_prompt
+    from arcfast.infer.predict import max_output_tokens
+    from arcfast.samples.prompts import build_inference_prompt
 
     if shipped_model("starter") is None:
         pytest.skip("the starter model is not installed")

@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from arcfast.select import SELECTORS, ranks, select, selection_score
-from arcfast.vote import Prediction, vote
+from arcfast.answers.select import SELECTORS, ranks, select, selection_score
+from arcfast.answers.vote import Prediction, vote
 
 
 def _grid(k: int) -> np.ndarray:
@@ -80,8 +80,8 @@ def test_candidates_must_be_scored_alike():
 
 
 def test_score_jobs_give_every_candidate_its_scores_in_order():
-    from arcfast.score import RescoreJob, rank_jobs, score_jobs
-    from arcfast.task import Pair, Task
+    from arcfast.infer.rescore import RescoreJob, rank_jobs, score_jobs
+    from arcfast.arc.task import Pair, Task
 
     task = Task("t", [Pair(_grid(1), _grid(2))], [Pair(_grid(1))])
     cands = _candidates([3, 2, 1], [None, None, None])
@@ -96,7 +96,7 @@ def test_score_jobs_give_every_candidate_its_scores_in_order():
 
 
 def test_judge_scores_each_selector_on_the_same_candidates():
-    from arcfast.select import judge
+    from arcfast.answers.select import judge
 
     # Test input 0: voting puts grid 0 first, poe grid 1, nvarc grid 2; the solution is grid 1.
     # Test input 1: one candidate, unscored, right under every selector.

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from arcfast import model as M
+from arcfast.model import decoder as M
 from arcfast import models
 
 

@@ -12,12 +12,12 @@ import time
 
 import pytest
 
-import arcfast.score as score_mod
+import arcfast.infer.rescore as score_mod
 from arcfast.cli import main
-from arcfast.data import load_tasks
-from arcfast.generate import Generator
-from arcfast.submission import validate_submission
-from arcfast.trainer import Trainer
+from arcfast.arc.loading import load_tasks
+from arcfast.infer.generate import Generator
+from arcfast.answers.submission import validate_submission
+from arcfast.train.trainer import Trainer
 from slowed import slow_down
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -65,7 +65,7 @@ def test_a_budgeted_run_on_a_slowed_machine_ends_inside_its_budget(tmp_path, mon
 
 def test_the_report_plot_is_skipped_when_the_budget_has_no_room_for_it(tmp_path):
     from arcfast.budget import Deadline
-    from arcfast.ttft import PLOT_SECONDS, TTFTConfig, TTFTRun
+    from arcfast.run.ttft import PLOT_SECONDS, TTFTConfig, TTFTRun
 
     cfg = TTFTConfig(tasks="arc1:eval[:2]", model="tiny", budget=30.0, out=str(tmp_path / "late"), steps=1,
                      predictions=1, max_new_tokens=4, progress=False)

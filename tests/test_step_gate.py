@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from arcfast.budget import Rate, SampleRates, StepAbandoned, StepGate
-from arcfast.model import load_model
-from arcfast.trainer import Trainer, pack_samples
+from arcfast.model.decoder import load_model
+from arcfast.train.trainer import Trainer, pack_samples
 from test_trainer import LCFG, make_sample, train_cfg
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -82,7 +82,7 @@ def test_the_accumulated_gradient_is_the_whole_batchs():
     with torch.no_grad():
         t.lora.weight.normal_(0, 0.1)
     b = batches(4, n_steps=1)[0]
-    from arcfast.trainer import prepare_batch
+    from arcfast.train.trainer import prepare_batch
 
     d = prepare_batch(b, model, t.lora, 3, "sdpa", "torch")
     whole = t._forward_losses(d)[0]
@@ -153,7 +153,7 @@ def test_the_first_piece_is_measured_small_before_a_long_sample_runs():
 
 
 def test_hf_backend_steps_in_micro_batches_as_whole():
-    from arcfast.backends import make_backend
+    from arcfast.train.backends import make_backend
 
     model = load_model("tiny", seed=0)
     cfg = train_cfg(lr=1e-2, steps=5, warmup_steps=2, weight_decay=0.01, max_grad_norm=0.5)
@@ -224,7 +224,7 @@ def test_sample_rates_plan_a_longer_sample_from_a_shorter_one_until_it_is_measur
 
 
 def test_full_fine_tuning_steps_in_micro_batches_as_whole_and_abandons_cleanly():
-    from arcfast.trainer import FullTrainer
+    from arcfast.train.trainer import FullTrainer
 
     cfg = train_cfg(lr=1e-3, warmup_steps=0)
     whole, cut = FullTrainer(load_model("tiny", seed=0), cfg), FullTrainer(load_model("tiny", seed=0), cfg)

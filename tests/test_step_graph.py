@@ -1,4 +1,4 @@
-"""The fixed-shape training step (arcfast.step_graph) against Trainer.step.
+"""The fixed-shape training step (arcfast.train.graph) against Trainer.step.
 
 On the CPU the static step runs eagerly: the same loss over all positions, the same padded segment
 buckets and the same per-row AdamW factors that a CUDA graph replays. The capture itself is checked
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from arcfast.lora import LoRAConfig
-from arcfast.model import build_model, preset
-from arcfast.step_graph import MIN_SEGMENTS, StaticStep, graph_support, segment_bucket
-from arcfast.trainer import TrainConfig, Trainer, pack_samples
+from arcfast.lora.multi import LoRAConfig
+from arcfast.model.decoder import build_model, preset
+from arcfast.train.graph import MIN_SEGMENTS, StaticStep, graph_support, segment_bucket
+from arcfast.train.trainer import TrainConfig, Trainer, pack_samples
 from test_trainer import make_sample
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -117,7 +117,7 @@ def test_graph_support_and_refusals():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("tokens", [(), ("embed_tokens", "lm_head")])
 def test_cuda_graph_replay_equals_eager(tokens):
-    from arcfast.lora import triton_available
+    from arcfast.lora.multi import triton_available
 
     if not triton_available():
         pytest.skip("Triton LoRA kernels unavailable")
@@ -138,8 +138,8 @@ def test_device_routing_feeds_the_triton_lora_path(monkeypatch):
     """The graph builds its LoRA step from adapter ids already on the device (no host routing);
     under the Triton interpreter that path gives the loss and gradients of the host-routed one."""
     from arcfast.kernels._testing import enable_kernels
-    from arcfast.lora import LoRAStep
-    from arcfast.step_graph import _DeviceRouting
+    from arcfast.lora.multi import LoRAStep
+    from arcfast.train.graph import _DeviceRouting
 
     enable_kernels(monkeypatch)
     # Two targets (an attention and an MLP projection) keep the interpreter to seconds.
@@ -151,7 +151,7 @@ def test_device_routing_feeds_the_triton_lora_path(monkeypatch):
     batch = pack_samples([make_sample(rng, a, 9) for a in (2, 0, 1)] + [make_sample(rng, 0, 4)], 32, rows=1)
     ids = torch.from_numpy(batch.input_ids.astype(np.int64))
     pos = torch.from_numpy(batch.position_ids.astype(np.int64))
-    from arcfast.attention import PackedAttention
+    from arcfast.model.attention import PackedAttention
 
     att = PackedAttention(torch.from_numpy(batch.sample_ids), "sdpa")
     results = []
@@ -199,7 +199,7 @@ def test_a_failed_first_capture_falls_back_to_eager_steps(monkeypatch):
 
 
 def test_row_buckets_and_widened_batches_train_alike():
-    from arcfast.step_graph import row_bucket
+    from arcfast.train.graph import row_bucket
 
     assert [row_bucket(n) for n in (1, 256, 257, 700, 8192, 8193, 10000)] == [256, 256, 320, 768, 8192, 10240, 10240]
     cfg = TrainConfig(lr=3e-3, warmup_ratio=0.2, attention="loop")
@@ -218,8 +218,8 @@ def test_row_buckets_and_widened_batches_train_alike():
 
 
 def test_cu_seqlens_of_agrees_with_the_packer_and_widen_keeps_every_sample():
-    from arcfast.batch import cu_seqlens_of
-    from arcfast.trainer import unpack_samples
+    from arcfast.samples.batch import cu_seqlens_of
+    from arcfast.train.trainer import unpack_samples
 
     rng = np.random.default_rng(12)
     for rows, L in ((1, 40), (3, 30), (2, 64)):

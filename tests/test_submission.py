@@ -7,10 +7,9 @@ import pytest
 
 import arcfast.files as files
 from arcfast.files import atomic_write
-from arcfast.submission import (SubmissionError, SubmissionWriter, make_attempts,
-                                validate_submission)
-from arcfast.task import Pair, Task
-from arcfast.vote import Prediction, vote
+from arcfast.answers.submission import SubmissionError, SubmissionWriter, make_attempts, validate_submission
+from arcfast.arc.task import Pair, Task
+from arcfast.answers.vote import Prediction, vote
 
 
 def make_tasks(n, tests=(1, 2)):

@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from arcfast.task import Pair, Task
+from arcfast.arc.task import Pair, Task
 
 
 def grid(rows) -> np.ndarray:

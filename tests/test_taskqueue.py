@@ -1,4 +1,4 @@
-"""The shared task queue (arcfast.taskqueue) with real processes on the CPU: two gloo ranks where
+"""The shared task queue (arcfast.run.queue) with real processes on the CPU: two gloo ranks where
 one is slow (the fast one takes more, nothing is done twice or lost), and a worker killed while it
 holds a task (another takes it over once its lease stops being renewed)."""
 from __future__ import annotations
@@ -13,8 +13,8 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-from arcfast.task import Pair, Task
-from arcfast.taskqueue import TaskQueue, longest_first
+from arcfast.arc.task import Pair, Task
+from arcfast.run.queue import TaskQueue, longest_first
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def _port() -> int:
 def _gloo_worker(rank: int, port: int, out: str, delays: dict) -> None:
     import torch.distributed as dist
 
-    from arcfast.taskqueue import default_store
+    from arcfast.run.queue import default_store
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
                             timeout=timedelta(seconds=60))

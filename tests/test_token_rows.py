@@ -13,11 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from arcfast import tokens as T
-from arcfast.adapters import load_adapter, lora_layers, token_rows
-from arcfast.lora import LoRAConfig
-from arcfast.model import build_model, preset, to_hf
-from arcfast.trainer import TrainConfig, Trainer, pack_samples
+from arcfast.arc import tokens as T
+from arcfast.lora.adapters import load_adapter, lora_layers, token_rows
+from arcfast.lora.multi import LoRAConfig
+from arcfast.model.decoder import build_model, preset, to_hf
+from arcfast.train.trainer import TrainConfig, Trainer, pack_samples
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -239,7 +239,7 @@ def test_we_load_peft_saved_token_rows(tmp_path, kind):
                                               (True, False, BOTH), (True, True, ("embed_tokens",))],
                          ids=["compact-tied", "compact-tied-head", "full-untied", "full-tied"])
 def test_hf_backend_trains_token_rows_as_native(tmp_path, full, tied, tokens):
-    from arcfast.backends import make_backend
+    from arcfast.train.backends import make_backend
 
     model = tiny(full=full, tied=tied, seed=8)
     lcfg = LoRAConfig(r=4, alpha=8, targets=TARGETS, tokens=tokens)
@@ -298,7 +298,7 @@ def test_hf_backend_trains_token_rows_as_native(tmp_path, full, tied, tokens):
 
 
 def test_hf_backend_refuses_rows_it_does_not_train():
-    from arcfast.backends import make_backend
+    from arcfast.train.backends import make_backend
 
     model = tiny(seed=11)
     hf = make_backend("hf", model, LoRAConfig(r=4, alpha=8, targets=TARGETS, tokens=("lm_head",)),
@@ -317,7 +317,7 @@ def test_hf_backend_refuses_rows_it_does_not_train():
 # The per-column learning rate
 
 def test_per_column_lr_is_torch_adamw_with_two_parameter_groups():
-    from arcfast.optim import MultiAdamW
+    from arcfast.train.optim import MultiAdamW
 
     N, P, k = 2, 40, 25           # columns k.. run at a third of the row's rate
     g = torch.Generator().manual_seed(12)

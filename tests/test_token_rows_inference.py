@@ -9,15 +9,15 @@ import pytest
 import torch
 import torch.nn as nn
 
-from arcfast import tokens as T
-from arcfast.generate import GenerationConfig, Generator
-from arcfast.lora import LoRAConfig, MultiLoRA
-from arcfast.model import Linear, build_model, init_weights, preset
+from arcfast.arc import tokens as T
+from arcfast.infer.generate import GenerationConfig, Generator
+from arcfast.lora.multi import LoRAConfig, MultiLoRA
+from arcfast.model.decoder import Linear, build_model, init_weights, preset
 from arcfast.reference.generate import greedy_reference
 from arcfast.reference.score import target_logprobs_reference
 from arcfast.reference.search import dfs_reference
-from arcfast.score import Sequences, target_logprobs
-from arcfast.search import SearchConfig, dfs
+from arcfast.infer.rescore import Sequences, target_logprobs
+from arcfast.infer.search import SearchConfig, dfs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -185,7 +185,7 @@ def test_scores_with_token_rows_equal_the_reference(kind):
 def test_merged_adapter_with_token_rows_computes_what_the_adapter_did(tmp_path, kind, tokens):
     """merge_adapter writes the rows into the model (untying a tied head given rows of its own):
     the merged model's plain forward is the model with the adapter attached."""
-    from arcfast.adapters import merge_adapter, save_adapter
+    from arcfast.lora.adapters import merge_adapter, save_adapter
 
     if kind.startswith("full") and "embed_tokens" not in tokens and not kind.endswith("untied"):
         return   # refused when made (test_mixed_adapters_decode_as_each_alone)

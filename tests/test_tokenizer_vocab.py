@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from arcfast import tokens as T
-from arcfast.model import build_model, compact_token_ids, compact_tokenizer, load_model, to_hf
+from arcfast.arc import tokens as T
+from arcfast.model.decoder import build_model, compact_token_ids, compact_tokenizer, load_model, to_hf
 
 from test_model import randomize_norms, small_cfg
 

@@ -7,11 +7,20 @@ import numpy as np
 import pytest
 import torch
 
-from arcfast import tokens as T
-from arcfast.lora import LoRAConfig, MultiLoRA
-from arcfast.model import build_model, load_model
-from arcfast.trainer import (MultiAdamW, TrainConfig, Trainer, clip_per_adapter, lr_factor, pack_samples,
-                             prepare_batch, task_losses, unpack_samples)
+from arcfast.arc import tokens as T
+from arcfast.lora.multi import LoRAConfig, MultiLoRA
+from arcfast.model.decoder import build_model, load_model
+from arcfast.train.trainer import (
+    MultiAdamW,
+    TrainConfig,
+    Trainer,
+    clip_per_adapter,
+    lr_factor,
+    pack_samples,
+    prepare_batch,
+    task_losses,
+    unpack_samples,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -213,7 +222,7 @@ def test_clipping_and_decay_were_active_in_that_test():
 def test_native_equals_transformers_peft():
     """The native trainer on one task equals transformers + PEFT + torch AdamW + LambdaLR +
     clip_grad_norm_ (the hf backend) after several steps: loss, gradient norm, lr and adapter."""
-    from arcfast.backends import make_backend
+    from arcfast.train.backends import make_backend
 
     data = task_data(2, n_tasks=1, n_steps=4)[0]
     model = load_model("tiny", seed=0)
@@ -324,9 +333,9 @@ def test_objective_losses_are_each_objectives_own_mean():
     the same batch with only that objective's labels kept, and the task's loss, which trains, is
     what it is without objective ids (the plain mean over its tokens) -- for the LoRA trainer, its
     fixed-shape step and the full trainer."""
-    from arcfast.sampling import OBJECTIVES
-    from arcfast.step_graph import StaticStep
-    from arcfast.trainer import FullTrainer
+    from arcfast.samples.sampling import OBJECTIVES
+    from arcfast.train.graph import StaticStep
+    from arcfast.train.trainer import FullTrainer
 
     data = task_data(7, n_tasks=2, n_steps=2)
     samples = [x for a in range(2) for step in data[a] for x in step]
@@ -375,14 +384,14 @@ def test_objective_losses_are_each_objectives_own_mean():
 
 
 def test_the_step_modules_form_no_cycle_and_share_one_update():
-    """arcfast.step_graph builds on arcfast.optim and arcfast.loss, never on arcfast.trainer; the
+    """arcfast.train.graph builds on arcfast.train.optim and arcfast.train.loss, never on arcfast.train.trainer; the
     optimizer's neutral factors change nothing, bit for bit."""
     import subprocess
     import sys
 
-    code = "import sys, arcfast.step_graph; assert 'arcfast.trainer' not in sys.modules, 'step_graph imports trainer'"
+    code = "import sys, arcfast.train.graph; assert 'arcfast.train.trainer' not in sys.modules, 'step_graph imports trainer'"
     subprocess.run([sys.executable, "-c", code], check=True)
-    from arcfast.optim import FACTORS, NEUTRAL, adamw_update
+    from arcfast.train.optim import FACTORS, NEUTRAL, adamw_update
 
     opt = MultiAdamW(torch.randn(3, 7), betas=(0.9, 0.95), eps=1e-6, weight_decay=0.1)
     opt.m.normal_()
@@ -407,7 +416,7 @@ def test_trimmed_batch_gives_the_padded_batchs_losses_and_gradients():
         lora.weight.normal_(0, 0.1)
     rng = np.random.default_rng(1)
     samples = [make_sample(rng, a % 3, int(rng.integers(8, 40))) for a in range(9)]
-    from arcfast.batch import PackedBatch, cu_seqlens_of
+    from arcfast.samples.batch import PackedBatch, cu_seqlens_of
 
     wide = pack_samples(samples, 128).widen(1024)   # two more rows of padding only, below
     arrays = [np.concatenate([a, np.full((2, 1024), v, a.dtype)]) for a, v in

@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from arcfast.backends.native import NativeBackend
-from arcfast.data import load_tasks
-from arcfast.submission import validate_submission
-from arcfast.ttft import TTFTConfig, TTFTRun
+from arcfast.train.backends.native import NativeBackend
+from arcfast.arc.loading import load_tasks
+from arcfast.answers.submission import validate_submission
+from arcfast.run.ttft import TTFTConfig, TTFTRun
 from scripted import ScriptedGenerator, turn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -49,9 +49,9 @@ def _entries(task, answered: bool) -> list:
 def scripted(monkeypatch):
     """Every generator the run builds answers with the scripted rule (tests/scripted.py), so the
     answers in the submission are known."""
-    import arcfast.generate
+    import arcfast.infer.generate
 
-    monkeypatch.setattr(arcfast.generate, "Generator", ScriptedGenerator)
+    monkeypatch.setattr(arcfast.infer.generate, "Generator", ScriptedGenerator)
 
 
 def test_out_of_memory_splits_the_group_until_it_fits(tmp_path, monkeypatch, scripted):
@@ -92,7 +92,7 @@ def test_out_of_memory_splits_the_group_until_it_fits(tmp_path, monkeypatch, scr
 
 
 def test_a_failing_group_keeps_fallbacks_and_is_retried_on_resume(tmp_path, monkeypatch, scripted):
-    import arcfast.ttft as ttft
+    import arcfast.run.ttft as ttft
 
     real = ttft.TTFTRun._predict_group
     bad = load_tasks(TASKS)[1].id

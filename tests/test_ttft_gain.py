@@ -7,7 +7,7 @@ stays 0), read k from the demonstrations in context, and answers new paint tasks
 tasks follow ``invert`` (background becomes k, foreground 0) and ``fill`` (background becomes k,
 foreground keeps its colour),
 in turn: as given, the model paints them, and no answer is right (asserted). After TTFT, through
-:class:`arcfast.ttft.TTFTRun` (every held-out task in one packed batch, a rank-16 LoRA each, 100
+:class:`arcfast.run.ttft.TTFTRun` (every held-out task in one packed batch, a rank-16 LoRA each, 100
 steps, 8 test-time augmentations, voting), almost all are.
 
 The test fails, each checked by a deliberate break in a throwaway copy of the engine:
@@ -30,8 +30,8 @@ import numpy as np
 import pytest
 
 from arcfast.bench import bench_ttft_ablations as A
-from arcfast.model import save_model
-from arcfast.ttft import TTFTConfig, TTFTRun
+from arcfast.model.decoder import save_model
+from arcfast.run.ttft import TTFTConfig, TTFTRun
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 

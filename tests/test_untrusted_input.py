@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from arcfast.budget import Deadline
-from arcfast.data import TaskLoadError, load_tasks, skipped_tasks
-from arcfast.outdir import MAX_NAME, OutDir, task_filename, task_id_from_filename
-from arcfast.ttft import TTFTConfig, TTFTRun
+from arcfast.arc.loading import TaskLoadError, load_tasks, skipped_tasks
+from arcfast.run.outdir import MAX_NAME, OutDir, task_filename, task_id_from_filename
+from arcfast.run.ttft import TTFTConfig, TTFTRun
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,6 +1,6 @@
 """Bad input gets one clear line, never a traceback: ``arcfast <cmd>: error: ...`` on stderr naming
 the file (and what is wrong), exit code 2. The load functions raise the same message as a
-ValueError (:class:`arcfast.model.CheckpointError`) for Python callers."""
+ValueError (:class:`arcfast.model.decoder.CheckpointError`) for Python callers."""
 import errno
 import json
 import os
@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from arcfast.adapters import load_adapter, save_adapter
+from arcfast.lora.adapters import load_adapter, save_adapter
 from arcfast.cli import main
-from arcfast.lora import LoRAConfig
-from arcfast.model import CheckpointError, load_model, save_model
-from arcfast.ttft import TTFTConfig
+from arcfast.lora.multi import LoRAConfig
+from arcfast.model.decoder import CheckpointError, load_model, save_model
+from arcfast.run.ttft import TTFTConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

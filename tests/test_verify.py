@@ -1,14 +1,14 @@
-"""arcfast.verify against its reference (each prompt alone through the model's own forward), and
+"""arcfast.infer.verify against its reference (each prompt alone through the model's own forward), and
 the rounds that stop candidates out of reach of the top two."""
 import numpy as np
 import pytest
 import torch
 
-from arcfast.augment import test_time_augmentations as tta
-from arcfast.model import build_model, grow_vocab, preset
+from arcfast.arc.augment import test_time_augmentations as tta
+from arcfast.model.decoder import build_model, grow_vocab, preset
 from arcfast.reference.verify import verdict_reference
-from arcfast.verify import VerifyConfig, VerifyJob, VerifyStats, still_running, verify_jobs, wilson
-from arcfast.vote import Prediction, vote
+from arcfast.infer.verify import VerifyConfig, VerifyJob, VerifyStats, still_running, verify_jobs, wilson
+from arcfast.answers.vote import Prediction, vote
 from test_generate import _lora, _task
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arcfast.vote import Candidate, Prediction, check_grid, grid_key, rescore, vote
+from arcfast.answers.vote import Candidate, Prediction, check_grid, grid_key, rescore, vote
 
 A = np.array([[1, 2], [3, 4]], dtype=np.uint8)
 B = np.array([[5, 5], [5, 5]], dtype=np.uint8)

@@ -1,7 +1,7 @@
 """Grid formats: the C++ encoder and decoder against the plain-Python reference.
 
 Every grid of ARC-AGI-1 (training + evaluation sets, train and test pairs, inputs and outputs;
-7,000 grids, 1.19M cells) as uint8 arrays, through the public API of ``arcfast.formats``:
+7,000 grids, 1.19M cells) as uint8 arrays, through the public API of ``arcfast.arc.formats``:
 batch calls on one thread and on all threads, the flat compact encoder, and single calls in a
 Python loop; the baseline is ``arcfast.reference.formats`` on the same grids in the same process.
 Throughput in grids/s and in tokens/s (compact ids; characters for text formats). Decoding reads
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from arcfast import formats as F
-from arcfast.reference import formats as R
+from ..arc import formats as F
+from ..reference import formats as R
 
 from .runner import Context, Row
 

@@ -59,7 +59,7 @@ def _sizes(ctx: Context) -> dict:
 def _prompts(n: int, length: int, seed: int = 0):
     import numpy as np
 
-    from arcfast import tokens as T
+    from ..arc import tokens as T
 
     rng = np.random.default_rng(seed)
     out = []
@@ -74,7 +74,7 @@ def _hf_peft(hf, lora, adapters):
     """``hf`` with adapters ``adapters`` of ``lora`` loaded through PEFT, named by their index."""
     from peft import PeftModel
 
-    from arcfast.adapters import save_adapter
+    from ..lora.adapters import save_adapter
 
     with tempfile.TemporaryDirectory() as d:
         for a in adapters:
@@ -88,8 +88,8 @@ def _hf_peft(hf, lora, adapters):
 def _hf_generate(model, prompts, new, device, adapter_names=None):
     import torch
 
-    from arcfast import tokens as T
-    from arcfast.reference.generate import left_padded
+    from ..arc import tokens as T
+    from ..reference.generate import left_padded
 
     ids, mask = left_padded(prompts)
     L = ids.shape[1]
@@ -117,9 +117,9 @@ def run(ctx: Context) -> list[Row]:
 def _run(ctx: Context) -> list[Row]:
     import torch
 
-    from arcfast.generate import GenerationConfig, Generator
-    from arcfast.lora import LoRAConfig, MultiLoRA
-    from arcfast.model import build_model, preset, to_hf
+    from ..infer.generate import GenerationConfig, Generator
+    from ..lora.multi import LoRAConfig, MultiLoRA
+    from ..model.decoder import build_model, preset, to_hf
 
     s = _sizes(ctx)
     dev = ctx.device

@@ -86,11 +86,11 @@ def _gpu_cases(T: int):
     """(case, kernel fn, baseline fn, baseline name, extra) on the GPU, bf16, DESIGN.md shapes."""
     import torch
 
-    from arcfast.kernels import lora as L
-    from arcfast.kernels.cross_entropy import grouped_cross_entropy, grouped_cross_entropy_reference
-    from arcfast.kernels.rmsnorm import rms_norm, rms_norm_reference
-    from arcfast.kernels.rope import rope_, rope_reference, rope_tables
-    from arcfast.kernels.swiglu import swiglu, swiglu_reference
+    from ..kernels import lora as L
+    from ..kernels.cross_entropy import grouped_cross_entropy, grouped_cross_entropy_reference
+    from ..kernels.rmsnorm import rms_norm, rms_norm_reference
+    from ..kernels.rope import rope_, rope_reference, rope_tables
+    from ..kernels.swiglu import swiglu, swiglu_reference
 
     dev, dt = "cuda", torch.bfloat16
     d, dff, r = 896, 4864, 32
@@ -155,7 +155,7 @@ def _gpu_cases(T: int):
     yield ("rms_norm fwd+bwd", _fwd_bwd(lambda: rms_norm(h, w), [h, w], uph),
            _fwd_bwd(lambda: rms_norm_reference(h, w), [h, w], uph), ref, {})
     # The decode step's residual add + norm: 96 rows (one token each), fused vs add then fused norm.
-    from arcfast.kernels.add_rmsnorm import add_rms_norm
+    from ..kernels.add_rmsnorm import add_rms_norm
 
     xs, ds = (torch.randn(96, d, generator=gen).to(dev, dt) for _ in range(2))
     wd = w.detach()
@@ -230,7 +230,7 @@ def profile(T: int = 16384, only: str = "", iters: int = 5) -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    from arcfast.kernels import lora as L
+    from ..kernels import lora as L
 
     seen = []
     for case, fast, _, _, _ in _gpu_cases(T):
@@ -267,9 +267,9 @@ def profile(T: int = 16384, only: str = "", iters: int = 5) -> None:
 def _rows_cpu(ctx: Context) -> list[Row]:
     import torch
 
-    from arcfast.kernels.lora import lora_delta_reference, lora_segments
-    from arcfast.kernels.rmsnorm import rms_norm_reference
-    from arcfast.kernels.swiglu import swiglu_reference
+    from ..kernels.lora import lora_delta_reference, lora_segments
+    from ..kernels.rmsnorm import rms_norm_reference
+    from ..kernels.swiglu import swiglu_reference
 
     T = 256 if ctx.quick else 2048
     d, dff, r = 64, 256, 8

@@ -14,7 +14,7 @@ recolours a 3-colour input by a permutation drawn per task. A small model (``hid
 default 64 x 2, 0.1M parameters) is trained from random weights on ``tasks`` such tasks with
 ``arcfast train --full``'s stream and trainer (every weight, loss on every demonstration output,
 the sampler's augmentations), ``steps`` packed rows of ``row_len`` tokens. Then, each through the
-real ``arcfast ttft`` engine (:class:`arcfast.ttft.TTFTRun`, ``predictions`` per test input under
+real ``arcfast ttft`` engine (:class:`arcfast.run.ttft.TTFTRun`, ``predictions`` per test input under
 test-time augmentations, voting):
 
 - ``seen``: tasks it was trained on, predicted as they are (can it fit what it saw?);
@@ -38,7 +38,7 @@ says how many tokens would reach it, and at the run's median tokens/s how many h
 extrapolation of the measured trend, not a measurement (none when the metric does not rise).
 
 Rows: ``vote_2`` (a test input counts when one of the two submitted attempts is right) in percent
-of test inputs, with every metric of :mod:`arcfast.metrics` in the row's extra (parse rate is
+of test inputs, with every metric of :mod:`arcfast.answers.metrics` in the row's extra (parse rate is
 1 - unanswered); the pretraining loss (last 5% of steps against the first 5%). The loss curve is
 drawn to ``<out>/learning-loss.png``.
 
@@ -73,8 +73,8 @@ def _grid(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 def family_task(rng: np.random.Generator, task_id: str, family: str, sizes=(3, 5), n_train: int = 4):
     """One generated task of ``family`` (see the module docstring) with uint8 grids of
     ``sizes[0]..sizes[1]`` rows and columns; no test output equals its input."""
-    from ..augment import Augmentation
-    from ..task import Pair, Task
+    from ..arc.augment import Augmentation
+    from ..arc.task import Pair, Task
 
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {', '.join(FAMILIES)}, not {family!r}")
@@ -121,10 +121,10 @@ def pretrain(model, tasks: list, steps: int, seed: int, lr: float = 3e-3, row_le
     """Train every weight of ``model`` on ``tasks`` with ``arcfast train --full``'s stream and trainer
     (loss on every demonstration output after the first; ``augment``, default every augmentation):
     ``steps`` packed rows of ``row_len`` tokens. Returns (the loss of each step, seconds)."""
-    from ..augment import AugmentConfig
-    from ..finetune import MixtureStream
-    from ..sampling import SampleConfig
-    from ..trainer import FullTrainer, TrainConfig
+    from ..arc.augment import AugmentConfig
+    from ..run.train import MixtureStream
+    from ..samples.sampling import SampleConfig
+    from ..train.trainer import FullTrainer, TrainConfig
 
     trainer = FullTrainer(model, TrainConfig(lr=lr, steps=steps, warmup_ratio=0.05))
     config = SampleConfig(mode="pretrain", max_len=row_len, loss_on="outputs")
@@ -139,9 +139,9 @@ def pretrain(model, tasks: list, steps: int, seed: int, lr: float = 3e-3, row_le
 
 def _score(model: str, tasks, s: dict, out: Path, ttft: bool, budget: float, steps: int) -> dict:
     """Predict (and with ``ttft`` first fine-tune) ``tasks`` (a source string or a list of tasks)
-    through :class:`arcfast.ttft.TTFTRun`; its summary with the run's seconds."""
+    through :class:`arcfast.run.ttft.TTFTRun`; its summary with the run's seconds."""
     from ..budget import Deadline
-    from ..ttft import TTFTConfig, TTFTRun
+    from ..run.ttft import TTFTConfig, TTFTRun
 
     if not isinstance(tasks, str):
         d = out.parent / f"{out.name}-tasks"
@@ -193,7 +193,7 @@ def _synthetic(s: dict, ctx: Context, work: Path) -> list:
     """Part 1 (see the module docstring): its rows."""
     import torch
 
-    from ..model import ModelConfig, build_model, save_model
+    from ..model.decoder import ModelConfig, build_model, save_model
 
     rows: list = []
     rng = np.random.default_rng(s["seed"])

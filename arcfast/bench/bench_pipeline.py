@@ -44,7 +44,7 @@ def _timed(fn):
 
 def _cpp_run(tasks, n_batches, threads, **kw):
     """(StreamStats, cpu s, wall s) of n_batches taken from a fresh stream."""
-    from arcfast.packing import PackedStream
+    from ..samples.packing import PackedStream
 
     def go():
         with PackedStream(tasks, seed=0, threads=threads, queue_size=4, **kw) as st:
@@ -63,9 +63,9 @@ def _padded_positions(batch: dict) -> int:
 
 
 def _ref_run(tasks, n_batches, **kw):
-    from arcfast.augment import AugmentConfig
-    from arcfast.reference import pipeline as R
-    from arcfast.sampling import SampleConfig
+    from ..arc.augment import AugmentConfig
+    from ..reference import pipeline as R
+    from ..samples.sampling import SampleConfig
 
     def go():
         g = R.stream(tasks, 0, SampleConfig(), AugmentConfig(), 8192, kw.get("rows") or 0,
@@ -78,7 +78,7 @@ def _ref_run(tasks, n_batches, **kw):
 
 
 def _check_same(tasks, kw, ref_batch):
-    from arcfast.packing import PackedStream
+    from ..samples.packing import PackedStream
 
     with PackedStream(tasks, seed=0, threads=1, **kw) as st:
         b = next(st)
@@ -88,7 +88,7 @@ def _check_same(tasks, kw, ref_batch):
 
 
 def run(ctx: Context) -> list[Row]:
-    from arcfast.data import load_tasks
+    from ..arc.loading import load_tasks
 
     tasks = load_tasks("arc1:eval")
     n_cpp = 30 if ctx.quick else 300

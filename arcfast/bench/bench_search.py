@@ -7,20 +7,20 @@
 Cases (``CASES``, one function each, below):
 
 ``prefix-shared vs whole-sequence scoring``: K candidate grids of one test input, each scored under
-the same M augmentations (re-scoring's shape, :func:`arcfast.score.rescore_items`), through one
-adapter: :func:`arcfast.score.score_sequences` with ``prefix_share=True`` (each augmentation's prompt
+the same M augmentations (re-scoring's shape, :func:`arcfast.infer.rescore.rescore_items`), through one
+adapter: :func:`arcfast.infer.rescore.score_sequences` with ``prefix_share=True`` (each augmentation's prompt
 computed once, the K candidates after it as a tree) against ``prefix_share=False`` (all K x M
 sequences packed whole). A synthetic task of 4 demonstrations of 10x11 -> 9x10 grids and a 10x11
 test input gives prompts of ~1,020 compact tokens; candidates are 9-10 x 9-10 grids (~90-110
 tokens). Defaults K = 8, M = 8 (``--quick``: K = 4, M = 2); ``--set K=N --set M=N --set pairs=N``
 change them. Model: the tiny config on the CPU (fp32, one thread), the Qwen2.5-0.5B architecture
 with random weights in bf16 on a GPU; a random rank-8 LoRA adapter on every linear layer; batches of
-:func:`arcfast.score.default_batch_tokens`. Rows: tokens computed (forward positions, no padding)
+:func:`arcfast.infer.rescore.default_batch_tokens`. Rows: tokens computed (forward positions, no padding)
 and wall seconds, best of ``repeats`` (default 3, ``--quick`` 1) alternating the two paths after
 one warm-up each; ``extra.max_abs_diff`` is the largest difference between the two paths' scores.
 The issue's bar at K = 8, M = 8: >= 4x fewer tokens and >= 3x faster.
 
-``dfs vs greedy and sampling``: depth-first search (:func:`arcfast.search.dfs`, cutoff ``min_prob``,
+``dfs vs greedy and sampling``: depth-first search (:func:`arcfast.infer.search.dfs`, cutoff ``min_prob``,
 default 0.1) under N augmentations (``dfs_predictions``, default 8; ``--quick`` 2) of every test input
 of ``dfs_tasks`` (default ``arc1:train[:12]``; ``--quick`` ``arc1:train[:2]``), against greedy
 decoding of the same prompts, and against sampling at temperature 1 with as many augmented samples
@@ -56,8 +56,8 @@ def _model(ctx: Context, r: int = 8):
     weights, ``--set model=NAME`` for another preset), one random rank-``r`` adapter."""
     import torch
 
-    from arcfast.lora import LoRAConfig, MultiLoRA
-    from arcfast.model import build_model, preset
+    from ..lora.multi import LoRAConfig, MultiLoRA
+    from ..model.decoder import build_model, preset
 
     name = ctx.options.get("model", "qwen2.5-0.5b" if ctx.device == "cuda" else "tiny")
     model = build_model(preset(name), device=ctx.device, seed=0).eval()
@@ -72,7 +72,7 @@ def _model(ctx: Context, r: int = 8):
 
 def _search_task(pairs: int, seed: int = 0):
     """A synthetic task: ``pairs`` demonstrations of 10x11 -> 9x10 random grids, one 10x11 test input."""
-    from arcfast.task import Pair, Task
+    from ..arc.task import Pair, Task
 
     rng = np.random.default_rng(seed)
     g = lambda h, w: rng.integers(0, 10, size=(h, w)).astype(np.uint8)
@@ -86,8 +86,8 @@ def _candidates(k: int, seed: int = 1) -> list:
 
 
 def case_prefix_scoring(ctx: Context) -> list[Row]:
-    from arcfast.augment import test_time_augmentations
-    from arcfast.score import ScoreItem, ScoreStats, build_sequences, score_sequences
+    from ..arc.augment import test_time_augmentations
+    from ..infer.rescore import ScoreItem, ScoreStats, build_sequences, score_sequences
 
     K = _opt(ctx, "K", 4 if ctx.quick else 8)
     M = _opt(ctx, "M", 2 if ctx.quick else 8)
@@ -138,8 +138,8 @@ def case_prefix_scoring(ctx: Context) -> list[Row]:
 
 def _candidate_metrics(tasks, preds) -> dict:
     """Distinct parsed candidates per test input, pass_n and vote_2 (score_task) over ``tasks``."""
-    from ..metrics import mean_metrics, score_task
-    from ..vote import vote
+    from ..answers.metrics import mean_metrics, score_task
+    from ..answers.vote import vote
 
     rows, distinct = [], 0
     for t, per_task in zip(tasks, preds):
@@ -160,11 +160,11 @@ def case_dfs(ctx: Context) -> list[Row]:
     --set min_prob=P``)."""
     import torch
 
-    from ..data import load_tasks
-    from ..generate import GenerationConfig, Generator
-    from ..model import load_model
-    from ..predict import max_output_tokens, predict_tasks
-    from ..search import SearchConfig, SearchStats
+    from ..arc.loading import load_tasks
+    from ..infer.generate import GenerationConfig, Generator
+    from ..model.decoder import load_model
+    from ..infer.predict import max_output_tokens, predict_tasks
+    from ..infer.search import SearchConfig, SearchStats
 
     o = ctx.options
     source = str(o.get("dfs_tasks", "arc1:train[:2]" if ctx.quick else "arc1:train[:12]"))

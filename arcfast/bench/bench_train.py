@@ -2,7 +2,7 @@
 recipe), unsloth (when importable) and native (packed rows, many tasks' adapters per step), in one run.
 
 Workload: TTFT samples (leave-one-out prompts, augmented) of ARC-AGI-1 evaluation tasks, drawn by
-arcfast.sampling; LoRA r=32 (alpha 64) on every attention and MLP projection; AdamW. The model is a
+arcfast.samples.sampling; LoRA r=32 (alpha 64) on every attention and MLP projection; AdamW. The model is a
 built-in architecture with random weights (nothing downloaded): Qwen2.5-0.5B on CUDA, the tiny
 config on the CPU.
 
@@ -28,7 +28,7 @@ Cases: ``hf-batch`` / ``unsloth-batch`` run those stacks with their own best thr
 rather than the TTFT recipe: ``hf_batch`` samples per step (8 on a GPU, right-padded: Unsloth's
 padding-free mode lives in its trainer, which this per-step interface does not use) and the compact
 vocabulary. ``native1-graphs`` and ``native-graphs`` are ``native1`` and ``native`` with the step
-replayed as a CUDA graph (arcfast.step_graph; GPU only; batch-1 rows padded to bucketed lengths). ``many`` packs one sample of each of ``adapters`` tasks (64 on a
+replayed as a CUDA graph (arcfast.train.graph; GPU only; batch-1 rows padded to bucketed lengths). ``many`` packs one sample of each of ``adapters`` tasks (64 on a
 GPU) into one batch and times it with one adapter per task, then the very same batch with every
 token through a single adapter: the ratio is the cost of many adapters (bar: >= 0.9).
 
@@ -96,8 +96,8 @@ def mean_context(lengths) -> float:
 def ttft_samples(n_tasks: int, per_task: int, max_len: int, seed: int = 0):
     """(tokens, labels, task index) of ``per_task`` samples of each of the first ``n_tasks``
     ARC-AGI-1 evaluation tasks that yield samples within ``max_len``; and how they were made."""
-    from arcfast.data import load_tasks
-    from arcfast.sampling import SampleConfig, make_samples
+    from ..arc.loading import load_tasks
+    from ..samples.sampling import SampleConfig, make_samples
 
     tasks = load_tasks("arc1:eval")
     ss = make_samples(tasks, per_task, seed=seed, config=SampleConfig(max_len=max_len))
@@ -108,7 +108,7 @@ def ttft_samples(n_tasks: int, per_task: int, max_len: int, seed: int = 0):
     if len(chosen) < n_tasks:
         raise RuntimeError(f"only {len(chosen)} tasks give {per_task} samples within {max_len} tokens")
     out = [[(s.input_ids.astype(np.int32), s.labels.astype(np.int32), a) for s in v] for a, v in enumerate(chosen)]
-    return out, "arcfast.sampling.make_samples (arc1:eval, leave-one-out, augmented)"
+    return out, "arcfast.samples.sampling.make_samples (arc1:eval, leave-one-out, augmented)"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -157,13 +157,13 @@ def _measure(device, run_step, batches, warmup: int, flops_tok: Optional[float] 
 
 
 def _nvarc_lora():
-    from arcfast.lora import LoRAConfig
+    from ..lora.multi import LoRAConfig
 
     return LoRAConfig(r=256, alpha=32.0, rslora=True, tokens=("embed_tokens", "lm_head"))
 
 
 # The recipe cases ("<case>-nvarc"): NVARC's per-task LoRA, r=256, alpha 32, rsLoRA, with each
-# task's own embedding and LM-head rows (arcfast.recipes), beside the plain r=32 cases.
+# task's own embedding and LM-head rows (arcfast.run.recipes), beside the plain r=32 cases.
 RECIPE_SUFFIX = "-nvarc"
 
 
@@ -177,9 +177,9 @@ def _lora_desc(lcfg) -> str:
 def run_case(name: str, ctx: Context, opts: dict, data, ref_cfg) -> dict:
     import torch
 
-    from arcfast.lora import LoRAConfig
-    from arcfast.model import load_model
-    from arcfast.trainer import TrainConfig, pack_samples
+    from ..lora.multi import LoRAConfig
+    from ..model.decoder import load_model
+    from ..train.trainer import TrainConfig, pack_samples
 
     device = ctx.device
     recipe = name.endswith(RECIPE_SUFFIX)
@@ -189,7 +189,7 @@ def run_case(name: str, ctx: Context, opts: dict, data, ref_cfg) -> dict:
     _reset_peak(device)
     flat = [s for task in data for s in task]
     if kind in ("hf", "unsloth", "hf-batch", "unsloth-batch"):
-        from arcfast.backends import select_backend
+        from ..train.backends import select_backend
 
         cls, reason = select_backend(kind.split("-")[0])
         batched = kind.endswith("-batch")
@@ -218,7 +218,7 @@ def run_case(name: str, ctx: Context, opts: dict, data, ref_cfg) -> dict:
         if kind in ("native1", "native1-graphs"):   # the per-task recipe on our engine: one sample per step
             from dataclasses import replace
 
-            from arcfast.backends.native import NativeBackend
+            from ..train.backends.native import NativeBackend
 
             backend = NativeBackend(model, lcfg, replace(tc, cuda_graphs=kind.endswith("graphs")), 1)
             batches = [pack_samples([(x, y, 0)], len(x)) for x, y, _ in (flat * (1 + n // len(flat)))[:n]]
@@ -227,7 +227,7 @@ def run_case(name: str, ctx: Context, opts: dict, data, ref_cfg) -> dict:
         elif kind == "many":   # the same packed batches through N adapters, then through one
             return many_adapters(ctx, opts, tc, lcfg)
         else:
-            from arcfast.backends.native import NativeBackend
+            from ..train.backends.native import NativeBackend
 
             if kind == "native-graphs":
                 from dataclasses import replace
@@ -267,10 +267,10 @@ def run_case(name: str, ctx: Context, opts: dict, data, ref_cfg) -> dict:
 def many_adapters(ctx: Context, opts: dict, tc, lcfg) -> dict:
     """Tokens/s of packed steps whose samples belong to ``opts["adapters"]`` tasks (one adapter
     each), and of the very same batches with every token routed to one adapter."""
-    from arcfast.backends.native import NativeBackend
-    from arcfast.batch import PackedBatch
-    from arcfast.model import load_model
-    from arcfast.trainer import pack_samples
+    from ..train.backends.native import NativeBackend
+    from ..samples.batch import PackedBatch
+    from ..model.decoder import load_model
+    from ..train.trainer import pack_samples
 
     n = opts["adapters"]
     data, _ = ttft_samples(n, 1, opts["adapter_max_len"], seed=1)
@@ -301,8 +301,8 @@ def many_adapters(ctx: Context, opts: dict, tc, lcfg) -> dict:
 def run(ctx: Context) -> list[Row]:
     import torch
 
-    from arcfast.backends import backend_status
-    from arcfast.model import PRESETS
+    from ..train.backends import backend_status
+    from ..model.decoder import PRESETS
 
     cuda = ctx.device == "cuda"
     o = ctx.options
@@ -340,7 +340,7 @@ def run(ctx: Context) -> list[Row]:
         import json
         from pathlib import Path
 
-        from arcfast.model import config_from_hf
+        from ..model.decoder import config_from_hf
 
         ref_cfg = config_from_hf(json.loads((Path(opts["model"]) / "config.json").read_text()))
     status = backend_status()

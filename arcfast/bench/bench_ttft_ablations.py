@@ -24,7 +24,7 @@ task's demonstrations can teach the rule, and half of the tasks follow each rule
 only answers its own task's rule.
 
 **The rows**, each the same held-out tasks and the same pretrained model, through
-:class:`arcfast.ttft.TTFTRun` (a rank-16 LoRA per task, ``steps`` at ``lr``, ``predictions``
+:class:`arcfast.run.ttft.TTFTRun` (a rank-16 LoRA per task, ``steps`` at ``lr``, ``predictions``
 test-time augmentations, voting; ``tasks_per_group`` tasks share each packed batch):
 
 ============== ===================================================================================
@@ -89,7 +89,7 @@ def rule_task(rng: np.random.Generator, task_id: str, rule: str, n_train: int = 
     """A task of ``rule`` (see the module docstring) with ``n_train`` demonstrations and one test
     pair of ``shape``. Every input holds background and at least two foreground colours, so no
     output equals its input and the fallback answer (the test input) is never right."""
-    from ..task import Pair, Task
+    from ..arc.task import Pair, Task
 
     if rule not in RULES:
         raise ValueError(f"rule must be one of {', '.join(RULES)}, not {rule!r}")
@@ -118,7 +118,7 @@ def pretrain_model(tasks: list, steps: int, seed: int, lr: float = 3e-3, row_len
     stream and trainer, every augmentation). Returns (the model in eval mode, its losses per step)."""
     import torch
 
-    from ..model import build_model, preset
+    from ..model.decoder import build_model, preset
     from .bench_learning import pretrain
 
     model = build_model(preset("tiny"), dtype=torch.float32, device="cpu", seed=seed)
@@ -171,7 +171,7 @@ def _settings(ctx: Context) -> dict:
 def run_row(name: str, model_dir: Path, tasks_dir: Path, out: Path, s: dict, seed: int) -> dict:
     """One row's TTFT run on one seed's tasks: {task id: {metric: value}} with the run's seconds."""
     from ..budget import Deadline
-    from ..ttft import TTFTConfig, TTFTRun
+    from ..run.ttft import TTFTConfig, TTFTRun
 
     fields = dict(ROWS[name][0])
     if fields.get("max_demos", 0) < 0:
@@ -282,7 +282,7 @@ def _label(r: Row) -> str:
 def run(ctx: Context) -> list[Row]:
     import torch
 
-    from ..model import save_model
+    from ..model.decoder import save_model
 
     s = _settings(ctx)
     threads = torch.get_num_threads()

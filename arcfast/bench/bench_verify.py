@@ -4,10 +4,10 @@
     arcfast bench -k verify --quick                  # the tiny model, 2 tasks: seconds on a CPU
     arcfast bench -k verify --set tasks=40 --set verify=8
 
-Each run is the real engine (:class:`arcfast.ttft.TTFTRun`, as ``arcfast eval --ttft``) on the same
+Each run is the real engine (:class:`arcfast.run.ttft.TTFTRun`, as ``arcfast eval --ttft``) on the same
 tasks with the same seed: per-task adapters trained for ``steps`` steps, ``predictions`` greedy
 predictions per test input under test-time augmentations, every test input's distinct candidates
-verified under up to ``verify`` augmentations (:func:`arcfast.verify.verify_jobs`, in rounds: a
+verified under up to ``verify`` augmentations (:func:`arcfast.infer.verify.verify_jobs`, in rounds: a
 candidate stops once it cannot reach the top two), and every selector judged on the same
 candidates (``vote``, ``verify``, ``vote+verify``). Two runs, apart only in what TTFT trains:
 
@@ -66,7 +66,7 @@ def _options(ctx: Context) -> dict:
     if "reuse" in o:
         s["reuse"] = o["reuse"].lower() in ("1", "true", "yes")
     if "tokens" in o:
-        from arcfast.lora import parse_tokens
+        from ..lora.multi import parse_tokens
 
         s["tokens"] = parse_tokens(o["tokens"])
     if s["max_new"] == 0:   # --set max_new=0: the engine's own bound per task
@@ -77,7 +77,7 @@ def _options(ctx: Context) -> dict:
 
 
 def _objectives(text: str) -> tuple:
-    from arcfast.objectives import parse_objectives
+    from ..samples.objectives import parse_objectives
 
     return parse_objectives(text)
 
@@ -85,8 +85,8 @@ def _objectives(text: str) -> tuple:
 def run_eval(s: dict, device: str, out: Path, objectives: tuple) -> dict:
     """One ``arcfast eval --ttft --verify K --select vote+verify`` run into ``out``: its generation
     and verification seconds (from its log), its verification counts and its selection results."""
-    from arcfast.budget import parse_duration
-    from arcfast.ttft import TTFTConfig, TTFTRun
+    from ..budget import parse_duration
+    from ..run.ttft import TTFTConfig, TTFTRun
 
     cfg = TTFTConfig(tasks=f"{s['source']}[:{s['tasks']}]", model=s["model"], budget=parse_duration(s["budget"]),
                      out=str(out), backend="native", device=device, seed=0, steps=s["steps"],
@@ -142,16 +142,16 @@ def verify_everything(s: dict, device: str, out: Path) -> dict:
     import numpy as np
     import torch
 
-    from arcfast.adapters import load_adapter
-    from arcfast.augment import test_time_augmentations
-    from arcfast.data import load_tasks
-    from arcfast.lora import MultiLoRA
-    from arcfast.model import grow_vocab, load_model
-    from arcfast.outdir import OutDir
-    from arcfast.runtime import dtype as _dtype
-    from arcfast.ttft import VERIFY_SEED_OFFSET
-    from arcfast.verify import VerifyConfig, VerifyJob, VerifyStats, verify_jobs
-    from arcfast.vote import Candidate
+    from ..lora.adapters import load_adapter
+    from ..arc.augment import test_time_augmentations
+    from ..arc.loading import load_tasks
+    from ..lora.multi import MultiLoRA
+    from ..model.decoder import grow_vocab, load_model
+    from ..run.outdir import OutDir
+    from ..runtime import dtype as _dtype
+    from ..run.ttft import VERIFY_SEED_OFFSET
+    from ..infer.verify import VerifyConfig, VerifyJob, VerifyStats, verify_jobs
+    from ..answers.vote import Candidate
 
     paths = OutDir(out)
     tasks = load_tasks(f"{s['source']}[:{s['tasks']}]")

@@ -8,19 +8,19 @@ the same work estimated from step times measured in the same run.
 Workload (CUDA default): the ARC-AGI-1 evaluation set (400 tasks), a fresh LoRA adapter per task
 (r = 32, alpha 64, every projection), 300 training samples per task (300 optimizer steps of one
 sample each, so every task gets the batch-1 recipe's steps), 96 predictions per test input (the
-augmentations of ``arcfast.augment.test_time_augmentations``), voting, adapters, submission and
+augmentations of ``arcfast.arc.augment.test_time_augmentations``), voting, adapters, submission and
 report written; the Qwen2.5-0.5B architecture with random weights (nothing is downloaded). On the CPU
 and with ``--quick``: the tiny model, 3 tasks, 4 samples, 4 predictions, at most 48 new tokens.
 
-The engine runs in-process as :class:`arcfast.ttft.TTFTRun` with a budget far beyond the work (24 h
+The engine runs in-process as :class:`arcfast.run.ttft.TTFTRun` with a budget far beyond the work (24 h
 by default), so the step planner never cuts a task short; the benchmark then checks from the run's
 own results that every task took exactly its steps and every test input got every prediction, that
 no step or generation was stopped by the deadline, that ``submission.json`` answers every test input
-of every task (:func:`arcfast.submission.validate_submission`) and that the report files exist.
+of every task (:func:`arcfast.answers.submission.validate_submission`) and that the report files exist.
 
 The hf estimate, measured in the same process after the run (the arcfast model freed first):
 
-- training: :class:`arcfast.backends.hf.HFBackend` (transformers + PEFT, batch 1, the full
+- training: :class:`arcfast.train.backends.hf.HFBackend` (transformers + PEFT, batch 1, the full
   vocabulary: the common recipe, as in ``bench_train``) steps over samples of the workload's own
   tasks (one each, tasks evenly spaced through the set), ``hf_warmup`` untimed then ``hf_steps``
   timed; mean seconds per sample x the run's samples;
@@ -157,10 +157,10 @@ def run_arcfast(s: dict, device: str, out: Path, search: str = "greedy", select:
     not the workload's output); a run that did less than the workload (a task short of its steps or
     predictions, a deadline cut) is returned with ``complete=False`` and the shortfall listed.
     """
-    from arcfast.budget import parse_duration
-    from arcfast.data import load_tasks
-    from arcfast.submission import SubmissionError, validate_submission
-    from arcfast.ttft import TTFTConfig, TTFTRun
+    from ..budget import parse_duration
+    from ..arc.loading import load_tasks
+    from ..answers.submission import SubmissionError, validate_submission
+    from ..run.ttft import TTFTConfig, TTFTRun
 
     spec = task_spec(s)
     steps = s["samples"] // s["per_step"]
@@ -258,11 +258,11 @@ def _spread(n: int, k: int) -> list[int]:
 def hf_train(s: dict, device: str, tasks) -> dict:
     """Time the hf backend (batch 1, full vocabulary) on one sample each of tasks spread through
     ``tasks``: ``hf_warmup`` untimed steps, then ``hf_steps`` timed."""
-    from arcfast.backends import select_backend
-    from arcfast.lora import LoRAConfig
-    from arcfast.model import load_model
-    from arcfast.sampling import SampleConfig, make_samples
-    from arcfast.trainer import TrainConfig, pack_samples
+    from ..train.backends import select_backend
+    from ..lora.multi import LoRAConfig
+    from ..model.decoder import load_model
+    from ..samples.sampling import SampleConfig, make_samples
+    from ..train.trainer import TrainConfig, pack_samples
 
     n = s["hf_warmup"] + s["hf_steps"]
     chosen = [tasks[i] for i in _spread(len(tasks), n)]
@@ -312,8 +312,8 @@ def hf_generate(s: dict, device: str, peft, tasks, new_tokens: int, token_ids=No
     of ``hf_gen_tasks`` tasks at even quantiles of prompt length, ``new_tokens`` forced per prompt."""
     import torch
 
-    from arcfast.augment import test_time_augmentations
-    from arcfast.prompts import build_inference_prompt, build_inference_prompts
+    from ..arc.augment import test_time_augmentations
+    from ..samples.prompts import build_inference_prompt, build_inference_prompts
 
     from .bench_generate import _hf_generate
 
@@ -403,8 +403,8 @@ def unbalanced_tasks(s: dict, root: Path) -> tuple[Path, list]:
     that order, the slow ones with their repeated test inputs)."""
     from dataclasses import replace
 
-    from arcfast.data import load_tasks
-    from arcfast.taskqueue import longest_first
+    from ..arc.loading import load_tasks
+    from ..run.queue import longest_first
 
     pool = longest_first(load_tasks(s["source"]))
     n = s["queue_tasks"]
@@ -480,7 +480,7 @@ def _run(ctx: Context) -> list[Row]:
 
     h: dict = {}
     if "hf" in cases:
-        from arcfast.data import load_tasks
+        from ..arc.loading import load_tasks
 
         tasks = load_tasks(a["tasks_spec"])
         tr = hf_train(s, dev, tasks)

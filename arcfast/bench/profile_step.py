@@ -4,10 +4,10 @@
     python -m arcfast.bench.profile_step --device cpu --model tiny --what train --out runs/prof
     python -m arcfast.bench.profile_step --what decode --prompts 96 --new 64
 
-- ``train``: :class:`arcfast.trainer.Trainer` steps on packed TTFT batches (``--tasks-per-step``
+- ``train``: :class:`arcfast.train.trainer.Trainer` steps on packed TTFT batches (``--tasks-per-step``
   tasks of the ARC-AGI-1 evaluation set, one sample of each per step, through
-  :class:`arcfast.packing.PackedStream`), ``--warmup`` steps untimed, then ``--steps`` profiled;
-- ``decode``: :class:`arcfast.generate.Generator` on real inference prompts of the same tasks (each
+  :class:`arcfast.samples.packing.PackedStream`), ``--warmup`` steps untimed, then ``--steps`` profiled;
+- ``decode``: :class:`arcfast.infer.generate.Generator` on real inference prompts of the same tasks (each
   task's adapter), ``--new`` forced new tokens, after a warm-up call (which captures the CUDA
   graphs). A call is prefill + decode: the Generator's decode-step calls (``_run_steps``, the steps
   between two reads of the done flags) are marked as profiler ranges for the call, and the per-step
@@ -108,7 +108,7 @@ def _profiler(cuda: bool):
 
 def _tasks(n: Optional[int] = None):
     """The first ``n`` (default: all) ARC-AGI-1 evaluation tasks with a leave-one-out pool."""
-    from arcfast.data import load_tasks
+    from ..arc.loading import load_tasks
 
     tasks = [t for t in load_tasks("arc1:eval") if len(t.train) >= 2]
     if n is not None and len(tasks) < n:
@@ -120,10 +120,10 @@ def profile_train(model, args, out: Path) -> tuple[dict, str]:
     """Profile ``args.steps`` Trainer steps on packed batches of ``args.tasks_per_step`` tasks."""
     import torch
 
-    from arcfast.lora import LoRAConfig
-    from arcfast.packing import PackedStream
-    from arcfast.sampling import SampleConfig
-    from arcfast.trainer import TrainConfig, Trainer
+    from ..lora.multi import LoRAConfig
+    from ..samples.packing import PackedStream
+    from ..samples.sampling import SampleConfig
+    from ..train.trainer import TrainConfig, Trainer
 
     cuda = model.device.type == "cuda"
     n = args.tasks_per_step
@@ -161,10 +161,10 @@ def profile_decode(model, args, out: Path) -> tuple[dict, str]:
     import numpy as np
     import torch
 
-    from arcfast.augment import test_time_augmentations
-    from arcfast.generate import GenerationConfig, Generator
-    from arcfast.lora import LoRAConfig, MultiLoRA
-    from arcfast.prompts import build_inference_prompts
+    from ..arc.augment import test_time_augmentations
+    from ..infer.generate import GenerationConfig, Generator
+    from ..lora.multi import LoRAConfig, MultiLoRA
+    from ..samples.prompts import build_inference_prompts
 
     cuda = model.device.type == "cuda"
     n = args.tasks_per_step
@@ -274,7 +274,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 def _profile(args) -> int:
     import torch
 
-    from arcfast.model import load_model
+    from ..model.decoder import load_model
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     cuda = torch.device(device).type == "cuda"

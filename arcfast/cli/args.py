@@ -31,8 +31,8 @@ def _add_verbose(p) -> None:
 
 
 def token_modules(text: str) -> tuple:
-    """argparse type of --train-tokens (:func:`arcfast.lora.parse_tokens`)."""
-    from ..lora import parse_tokens
+    """argparse type of --train-tokens (:func:`arcfast.lora.multi.parse_tokens`)."""
+    from ..lora.multi import parse_tokens
 
     try:
         return parse_tokens(text)

@@ -44,8 +44,8 @@ def _add_validate(sub) -> None:
 def cmd_validate(args) -> int:
     import numpy as np
 
-    from ..data import load_tasks
-    from ..formats import decode_batch, encode_batch
+    from ..arc.loading import load_tasks
+    from ..arc.formats import decode_batch, encode_batch
 
     t0 = time.perf_counter()
     problems: list = []
@@ -142,7 +142,7 @@ def cmd_info(args) -> int:
     else:
         print("  no CUDA device: the CPU runs the plain PyTorch paths")
     try:
-        from ..attention import choose_impl
+        from ..model.attention import choose_impl
         from ..kernels._common import HAS_TRITON
 
         if torch.cuda.is_available():
@@ -152,7 +152,7 @@ def cmd_info(args) -> int:
         else:
             kernels, att = "plain PyTorch references (Triton kernels run on a GPU only)", choose_impl("cpu", None)
         print(f"  kernels: {kernels}; packed attention: {att}")
-        from ..backends import backend_status
+        from ..train.backends import backend_status
 
         for name, (ok, why) in backend_status().items():
             print(f"  backend {name:8s} {'yes' if ok else 'no '}  {why}")

@@ -1,5 +1,5 @@
 """`arcfast ttft` and `arcfast eval`: their flags (defined once, defaults from
-:class:`arcfast.ttft.TTFTConfig`), the run (this process, one torchrun worker, or the launcher of
+:class:`arcfast.run.ttft.TTFTConfig`), the run (this process, one torchrun worker, or the launcher of
 ``--workers N``), and the summary printed at the end, with the exit status."""
 from __future__ import annotations
 
@@ -18,11 +18,11 @@ EXIT_NOT_WRITTEN = 3
 
 def _add_run_flags(p, command: str) -> None:
     """The flags `arcfast ttft` and `arcfast eval` share, defined once (defaults: TTFTConfig)."""
-    from ..sampling import LOSS_ON
-    from ..search import SEARCHES
-    from ..select import SELECTORS
-    from ..recipes import RECIPES
-    from ..ttft import DEFAULT_BUDGET, DEFAULT_MODEL, DEFAULT_TASKS, TTFTConfig
+    from ..samples.sampling import LOSS_ON
+    from ..infer.search import SEARCHES
+    from ..answers.select import SELECTORS
+    from ..run.recipes import RECIPES
+    from ..run.ttft import DEFAULT_BUDGET, DEFAULT_MODEL, DEFAULT_TASKS, TTFTConfig
 
     d = TTFTConfig()
     ttft = command == "ttft"
@@ -75,7 +75,7 @@ def _add_run_flags(p, command: str) -> None:
     g.add_argument("--recipe", choices=sorted(RECIPES), default=None,
                    help="a named recipe that sets the fields below (printed at the start; a flag given "
                         "beside it wins): nvarc (r=256, alpha 32, rsLoRA, lr 5e-5, batch 1), arc24 (r=128, "
-                        "lr 8e-5, 300 steps, 96 predictions); see arcfast/recipes.py")
+                        "lr 8e-5, 300 steps, 96 predictions); see arcfast/run/recipes.py")
     g.add_argument("--rank", type=int, default=None, help=f"LoRA rank (default {d.rank})")
     g.add_argument("--alpha", type=float, default=None, help=f"LoRA alpha (default {d.alpha:g})")
     g.add_argument("--rslora", action="store_true", default=None,
@@ -157,8 +157,8 @@ def _add_run_flags(p, command: str) -> None:
 def _run_config(args, command: str):
     """The TTFTConfig of `arcfast ttft`/`arcfast eval` from their shared flags: the engine's
     defaults, then the --recipe's fields, then the flags given (``args.recipe_line`` says which)."""
-    from ..recipes import describe, resolve
-    from ..ttft import TTFTConfig
+    from ..run.recipes import describe, resolve
+    from ..run.ttft import TTFTConfig
 
     d_objectives = TTFTConfig.__dataclass_fields__["objectives"].default
     budget, margin = _budget_and_margin(args)
@@ -220,7 +220,7 @@ def _run(args, cfg) -> int:
     process group joined and left), or, with ``--workers N``, as the launcher of N local workers.
     Rank 0 prints the summary."""
     from ..runtime import dist as _dist
-    from ..ttft import TTFTRun
+    from ..run.ttft import TTFTRun
 
     rank, world = _dist()
     if args.workers < 1:
@@ -286,7 +286,7 @@ def _note_recipe(args) -> None:
 
 
 def _note_random_weights(model: str) -> None:
-    from ..model import PRESETS
+    from ..model.decoder import PRESETS
 
     if model in PRESETS:
         print(f"note: --model {model} is a built-in architecture with random weights: it times the engine "
@@ -303,7 +303,7 @@ def _add_eval(sub) -> None:
 
 
 def cmd_eval(args) -> int:
-    from ..data import load_tasks
+    from ..arc.loading import load_tasks
 
     cfg = _run_config(args, "eval")
     problems: list = []

@@ -1,18 +1,18 @@
-"""`arcfast train`: its flags (defaults from :class:`arcfast.finetune.FinetuneConfig`) and its run."""
+"""`arcfast train`: its flags (defaults from :class:`arcfast.run.train.FinetuneConfig`) and its run."""
 from __future__ import annotations
 
 import argparse
 import time
 
 from ..budget import Deadline, parse_duration
-from ..finetune import FinetuneConfig, run_train
+from ..run.train import FinetuneConfig, run_train
 from .args import token_modules
 
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``train`` subcommand to an ``argparse`` subparsers object."""
-    from ..sampling import LOSS_ON
+    from ..samples.sampling import LOSS_ON
 
     d = FinetuneConfig()
     p = subparsers.add_parser(
@@ -67,7 +67,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--loss-on", default=d.loss_on, choices=LOSS_ON)
     g.add_argument("--objective", action="append", default=None, metavar="NAME=W",
                    help="a training objective and its share of the samples, repeatable: output, input, verify "
-                        "(default: output only; see arcfast.objectives)")
+                        "(default: output only; see arcfast.samples.objectives)")
     g.add_argument("--wrong-from", action="append", default=[], metavar="RUN",
                    help="an `arcfast eval` run directory whose wrong predictions of these tasks the verify "
                         "objective learns from (beside synthetic corruptions), repeatable")
@@ -84,7 +84,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def config_from_args(args) -> FinetuneConfig:
-    from ..objectives import parse_objectives
+    from ..samples.objectives import parse_objectives
 
     return FinetuneConfig(
         data=args.data or ["arc1:train=1.0"], val=args.val, model=args.model,

@@ -1,7 +1,7 @@
-"""Plain-Python grid formats: the semantics ``arcfast.formats`` (C++) must match, byte for byte.
+"""Plain-Python grid formats: the semantics ``arcfast.arc.formats`` (C++) must match, byte for byte.
 
 Loops and string joins only; numpy is used just to turn inputs into lists and results into
-arrays. Same signatures, results, statuses and error messages as ``arcfast.formats``.
+arrays. Same signatures, results, statuses and error messages as ``arcfast.arc.formats``.
 """
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import operator
 
 import numpy as np
 
-from ..formats import FORMATS, DecodeStatus
-from ..tokens import EOG, MAX_SIZE, ROW
+from ..arc.formats import FORMATS, DecodeStatus
+from ..arc.tokens import EOG, MAX_SIZE, ROW
 
 S = DecodeStatus
 _WS = " \t\n\r\x0b\x0c"  # ASCII whitespace only: str.strip() would take Unicode spaces too
@@ -126,7 +126,7 @@ def _encode_rows(rows: list[list[int]], fmt: str):
 
 
 def encode(grid, fmt: str = "compact", max_size: int = MAX_SIZE):
-    """Same as ``arcfast.formats.encode``."""
+    """Same as ``arcfast.arc.formats.encode``."""
     fmt = _check_format(fmt)
     _check_max_size(max_size)
     try:
@@ -137,7 +137,7 @@ def encode(grid, fmt: str = "compact", max_size: int = MAX_SIZE):
 
 
 def encode_batch(grids, fmt: str = "compact", threads: int = 0, max_size: int = MAX_SIZE) -> list:
-    """Same as ``arcfast.formats.encode_batch`` (``threads`` is accepted and ignored)."""
+    """Same as ``arcfast.arc.formats.encode_batch`` (``threads`` is accepted and ignored)."""
     fmt = _check_format(fmt)
     _check_max_size(max_size)
     rows = []
@@ -338,14 +338,14 @@ def _decode(data, fmt: str, max_size: int, what: str):
 
 
 def decode(data, fmt: str = "compact", max_size: int = MAX_SIZE):
-    """Same as ``arcfast.formats.decode``."""
+    """Same as ``arcfast.arc.formats.decode``."""
     fmt = _check_format(fmt)
     _check_max_size(max_size)
     return _decode(data, fmt, max_size, "data")
 
 
 def decode_batch(items, fmt: str = "compact", threads: int = 0, max_size: int = MAX_SIZE) -> list:
-    """Same as ``arcfast.formats.decode_batch`` (``threads`` is accepted and ignored)."""
+    """Same as ``arcfast.arc.formats.decode_batch`` (``threads`` is accepted and ignored)."""
     fmt = _check_format(fmt)
     _check_max_size(max_size)
     return [_decode(item, fmt, max_size, f"items[{i}]") for i, item in enumerate(items)]

@@ -1,11 +1,11 @@
-"""Plain references for arcfast.generate.
+"""Plain references for arcfast.infer.generate.
 
 - :func:`greedy_reference`: one prompt, no cache: every step reruns the model's own full forward
   over the prompt and everything generated so far. Slow and obviously right.
 - :func:`hf_generate`: transformers ``generate`` (greedy) on the equivalent transformers model
-  (:func:`arcfast.model.to_hf`), batched with left padding.
+  (:func:`arcfast.model.decoder.to_hf`), batched with left padding.
 - :func:`hf_with_adapter`: that model with one adapter of a MultiLoRA loaded through PEFT from the
-  PEFT-format directory :func:`arcfast.adapters.save_adapter` writes.
+  PEFT-format directory :func:`arcfast.lora.adapters.save_adapter` writes.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .. import tokens as T
+from ..arc import tokens as T
 
 
 @torch.no_grad()
@@ -52,10 +52,10 @@ def own_head(step, rows: int) -> tuple:
 
 def hf_with_adapter(hf_model, lora, adapter: int):
     """``hf_model`` wrapped by PEFT with adapter ``adapter`` of MultiLoRA ``lora`` loaded from disk
-    (written in PEFT's format by arcfast.adapters, read back by ``PeftModel.from_pretrained``)."""
+    (written in PEFT's format by arcfast.lora.adapters, read back by ``PeftModel.from_pretrained``)."""
     from peft import PeftModel
 
-    from ..adapters import save_adapter
+    from ..lora.adapters import save_adapter
 
     with tempfile.TemporaryDirectory() as d:
         save_adapter(f"{d}/adapter", lora.get(adapter), lora.cfg, token_ids=lora.peft_token_ids())

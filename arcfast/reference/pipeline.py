@@ -13,7 +13,7 @@ Random streams (splitmix64, all arithmetic mod 2**64)::
 
 A task is keyed by ``fnv1a64(task.id)``; with ``tk = combine(seed, key)``, slot ``index`` of a task,
 draw ``attempt``, uses ``Rng(combine(combine(combine(tk, 1), index), attempt))``. Stream tags: 1 a
-draw, 2 the target epochs of the output/verify pool, 3 test-time augmentations (arcfast.augment),
+draw, 2 the target epochs of the output/verify pool, 3 test-time augmentations (arcfast.arc.augment),
 4 the objective of a slot, 5 the target epochs of the input pool.
 
 Drawing one sample (``draw_plan``), in this order:
@@ -58,8 +58,8 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from .. import tokens as T
-from ..rng import Rng, combine, fnv1a64, shuffle
+from ..arc import tokens as T
+from ..arc.rng import Rng, combine, fnv1a64, shuffle
 
 TAG_SAMPLE, TAG_EPOCH, TAG_OBJECTIVE, TAG_EPOCH_INPUT = 1, 2, 4, 5
 
@@ -625,7 +625,7 @@ def best_fit_decreasing(lens: Sequence[int], keys: Sequence[int], row_len: int, 
 
 
 def lay_out(items: Sequence[tuple], row_of, off_of, rows: int, row_len: int) -> dict:
-    """Arrays of a PackedBatch from placed (ids, labels, adapter) items (conventions: arcfast/batch.py).
+    """Arrays of a PackedBatch from placed (ids, labels, adapter) items (conventions: arcfast/samples/batch.py).
 
     Items of four, (ids, labels, adapter, objective id), also give ``objective_ids``: int32
     [n_samples], the objective of each sample in the batch's numbering (``sample_ids``)."""
@@ -675,7 +675,7 @@ def pack(items: Sequence[tuple], row_len: int, rows: int = 0) -> dict:
 
 def stream(tasks, seed: int, sc, ac, row_len: int, rows: int, samples_per_task: int, window: int,
            max_wait: int, wrong=None) -> Iterator[dict]:
-    """The batches of arcfast.packing.PackedStream, one after another (arrays, "objective_ids" and "stats")."""
+    """The batches of arcfast.samples.packing.PackedStream, one after another (arrays, "objective_ids" and "stats")."""
     T_ = len(tasks)
     b = 0
     q = 0

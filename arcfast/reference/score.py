@@ -1,4 +1,4 @@
-"""Plain references for arcfast.score: one sequence at a time through the model's own unpacked
+"""Plain references for arcfast.infer.rescore: one sequence at a time through the model's own unpacked
 forward, the prompt built by the single-prompt builder and the grid encoded by itself."""
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ def score_item_reference(model, task, test_index: int, grid, augmentation, adapt
                          max_prompt_len: Optional[int] = None) -> float:
     """The summed log-probability of ``grid`` (original frame), end-of-grid included, as the answer
     to ``task.test[test_index]`` prompted under ``augmentation``."""
-    from ..formats import encode
-    from ..prompts import build_inference_prompt
+    from ..arc.formats import encode
+    from ..samples.prompts import build_inference_prompt
 
     prompt = build_inference_prompt(task, test_index, augmentation, max_len=max_prompt_len)
     target = encode(augmentation.apply_grid(np.asarray(grid, np.uint8), "output"), "compact")

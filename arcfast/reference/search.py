@@ -1,4 +1,4 @@
-"""Plain reference for :func:`arcfast.search.dfs`: a recursive depth-first search of one prompt where
+"""Plain reference for :func:`arcfast.infer.search.dfs`: a recursive depth-first search of one prompt where
 every node reruns the model's own full forward over the prompt and its prefix (no cache, no
 batching). Slow and obviously right."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import torch
 
-from .. import tokens as T
+from ..arc import tokens as T
 from .generate import own_head
 
 

@@ -1,10 +1,10 @@
-"""Plain reference for arcfast.verify: one verification prompt at a time through the model's own
+"""Plain reference for arcfast.infer.verify: one verification prompt at a time through the model's own
 unpacked forward."""
 from __future__ import annotations
 
 import numpy as np
 
-from .. import tokens as T
+from ..arc import tokens as T
 from .score import target_logprobs_reference
 
 
@@ -12,7 +12,7 @@ def verdict_reference(model, task, test_index: int, grid, augmentation, lora=Non
     """The verifier's P(right) of ``grid`` (original frame) as the answer to
     ``task.test[test_index]`` under ``augmentation``: P(YES) / (P(YES) + P(NO)) at the prompt's
     final VERDICT."""
-    from ..prompts import build_verify_prompts
+    from ..samples.prompts import build_verify_prompts
 
     prompt = build_verify_prompts(task, test_index, [np.asarray(grid, np.uint8)], [augmentation])[0]
     yes = float(target_logprobs_reference(model, prompt, [T.YES], lora, adapter)[0])

@@ -1,0 +1,1065 @@
+"""Batched generation over many prompts and many LoRA adapters at once, with a static KV cache.
+
+    gen = Generator(model, lora=multi_lora)                       # one per model; reuse it
+    outs = gen.generate(prompts, adapter_ids)                     # list[Generation], input order
+    outs[i].tokens, outs[i].logprobs                              # int32 [n], float32 [n]
+
+Every prompt has its own adapter (``adapter_ids[i]``: a row of the :class:`arcfast.lora.multi.MultiLoRA`,
+or -1 for the base model), and all of them decode in one batch.
+
+How a call runs:
+
+1. **Queue.** Prompts are sorted by length (longest first) and admitted into the cache's rows.
+2. **Prefill.** Admitted prompts are run in micro-batches of at most ``prefill_tokens`` tokens,
+   right-padded to the longest prompt of the micro-batch (similar lengths sit together after the
+   sort, so little is padding). Padding sits after the real tokens, so causal attention never lets
+   a real token see it; its keys and values land in cache slots that decoding overwrites before
+   any query may read them. The prefill's LoRA is the trainer's :meth:`MultiLoRA.begin` step.
+3. **Decode.** One token per row per step. Row ``b`` holds its token at position ``pos[b]`` (the
+   cache slot equals the position), attends to slots ``<= pos[b]`` of its own row and writes its
+   key and value at ``pos[b]``. Token choice, log-probability, the stop test and the bookkeeping
+   all stay on the device, so the host only launches steps and reads the ``done`` flags every
+   ``sync_every`` steps.
+4. **Stop and compact.** A row is done after ``EOG`` (when ``stop_on_eog``) or ``max_new_tokens``.
+   Done rows idle (masked) until the live rows drop into a smaller batch bucket; then finished
+   outputs are copied out and the live rows are moved to the front of the cache (one gather), and
+   the next steps run at the smaller size. Freed rows are refilled from the queue.
+5. **Deadline.** Prefill micro-batches and decode chunks are timed as the call goes; with a
+   ``deadline`` none is started that would end past it at the measured rate (a decode chunk runs
+   fewer steps when only those fit), so the call returns by it also on a loaded machine. The rates
+   are kept in :class:`GenerationStats` (and between calls) for a caller to plan with
+   (:meth:`Generator.estimate_seconds`).
+
+On CUDA each decode step is a CUDA graph, captured once per (batch bucket, attention span bucket,
+LoRA mode, sampling settings) and replayed: the step is 800 to 2,000 small kernels for a 24-layer
+model, by LoRA mode (counts below), which is where the 30-90 ms per step of the common stacks goes.
+Graphs share one memory pool and read only static buffers (the cache, the row state,
+compute-dtype copies of the adapters). ``cuda_graphs=False`` runs the very same step function
+eagerly: that is the plain path the tests hold the graphs equal to, and the only path on the CPU.
+Measured on one H100 (Qwen2.5-0.5B architecture, bf16, LoRA r=32, 96 prompts of ~1,500 tokens,
+200 forced new tokens; python -m benchmarks -k generate), before the fused multi-adapter step
+below: 6.5 ms per decode step and 10.2k generated tokens/s with one adapter, 10.9 ms and 7.2k with
+16 adapters mixed, against 706 and 114 tokens/s for transformers ``generate`` + PEFT in the same
+run. The weights and cache of such a step are read in ~1 ms, so the step is launch-bound.
+
+Decode-time LoRA runs in one of several graph-safe modes chosen per step (merged, single,
+grouped, segments, gather), fused across projections where several adapters share a batch: see
+:mod:`arcfast.lora.decode`.
+
+Log-probabilities are the log-softmax of the model's fp32 logits at temperature 1, also when
+sampling. Sampling (``temperature > 0``, optional ``top_k``) uses Gumbel noise drawn from a hash of
+(seed, the prompt's key, the token index, the vocabulary id), so a prompt's sample does not depend
+on what else shares its batch, and graphs and eager agree.
+
+Token ids in and out are the compact ones (prompts, generated tokens, ``EOG``), also on a
+full-vocabulary model (``ModelConfig.token_ids``): its prompts and fed-back tokens are mapped to
+its own ids by ``ModelConfig.model_ids`` (the mapping training and scoring use), each token is
+chosen among the compact ids' columns of its logits, and its log-probability is the log-softmax
+over the whole vocabulary, as :mod:`arcfast.infer.rescore` computes it.
+
+:mod:`arcfast.infer.predict` wraps this for ARC: prompts under augmentations, strict decoding, the
+augmentation undone, one :class:`arcfast.answers.vote.Prediction` per output.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..arc import tokens as T
+from ..budget import DEADLINE_SAFETY, forward_seconds
+from ..lora.decode import _FusedRowLoRA, _MergedLoRA, _RowLoRA, _fused_parts, _grouped_mm_ok, _triton_lora  # noqa: F401
+from ..model.kv_cache import CacheDecode, CachePrefill
+from ..model.decoder import FusedAddNormStep
+
+log = logging.getLogger("arcfast.infer.generate")
+
+MAX_NEW_TOKENS = T.grid_len(T.MAX_SIZE, T.MAX_SIZE)  # 931: a 30x30 grid with its EOG
+LORA_MODES = ("auto", "single", "grouped", "segments", "gather")
+
+
+@dataclass
+class GenerationConfig:
+    """Settings of one generation call.
+
+    max_new_tokens: tokens generated at most per prompt (EOG included); default: the largest grid.
+    stop_on_eog:    stop a row at its first EOG (False forces ``max_new_tokens`` tokens: benchmarks).
+    temperature:    0 = greedy; > 0 samples from softmax(logits / temperature).
+    top_k:          when sampling, keep only the ``top_k`` most likely tokens (0 = all).
+    seed:           sampling seed (with each prompt's key; see module docstring).
+    """
+
+    max_new_tokens: int = MAX_NEW_TOKENS
+    stop_on_eog: bool = True
+    temperature: float = 0.0
+    top_k: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        if int(self.max_new_tokens) < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not (self.temperature >= 0.0 and math.isfinite(self.temperature)):
+            raise ValueError(f"temperature must be finite and >= 0, got {self.temperature}")
+        if int(self.top_k) < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        self.max_new_tokens, self.top_k, self.seed = int(self.max_new_tokens), int(self.top_k), int(self.seed)
+
+    @property
+    def sampling(self) -> tuple:
+        """What a captured step bakes in: (temperature, top_k), (0.0, 0) for greedy."""
+        return (0.0, 0) if self.temperature == 0.0 else (float(self.temperature), self.top_k)
+
+
+@dataclass
+class Generation:
+    """One prompt's output.
+
+    tokens:   int32 [n] generated ids (the EOG included when the row stopped on it).
+    logprobs: float32 [n] log-probability of each generated token (fp32 log-softmax, temperature 1).
+    """
+
+    tokens: np.ndarray
+    logprobs: np.ndarray
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def logprob(self) -> float:
+        """Total log-probability of the generated tokens (float64 sum)."""
+        return float(np.sum(self.logprobs, dtype=np.float64))
+
+    @property
+    def finished(self) -> bool:
+        """Whether the output ended with EOG (False: cut at ``max_new_tokens``)."""
+        return self.n_tokens > 0 and int(self.tokens[-1]) == T.EOG
+
+
+# A deadline-bound call's first prefill, unmeasured, is first measured on this many tokens.
+PREFILL_PROBE_TOKENS = 256
+
+
+@dataclass
+class GenerationStats:
+    """What the last call did: counts and seconds (wall clock, device synchronised at the end),
+    and the measured rates a caller plans its next call from.
+
+    Rates (the :class:`Generator` keeps them between calls, and a deadline is kept with them: no
+    prefill micro-batch and no decode chunk is started that would end past it at these rates):
+
+    prefill_s_per_token: seconds per prefill token, padding included (``prefill_s`` over
+                         ``prefill_padded_tokens`` of this call; the generator's last estimate when
+                         this call ran no prefill; 0.0 when nothing was ever measured).
+    decode_s_per_step:   seconds per decode step of this call, over the steps whose chunk captured
+                         no CUDA graph (0.0 when none was measured); a step costs about this at the
+                         batch sizes this call ran.
+    step_s_by_batch:     batch bucket -> seconds per decode step, the latest measurement at that
+                         size (also from earlier calls): what the next call starts planning from.
+    capture_s:           seconds of the latest CUDA graph capture (0.0: none yet); a decode chunk
+                         that needs a new graph is planned to cost this much more.
+    """
+
+    prompts: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    decode_steps: int = 0
+    row_steps: int = 0          # sum over decode steps of the batch size run (padding included)
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    graphs_captured: int = 0
+    compactions: int = 0
+    lora_modes: dict = field(default_factory=dict)
+    cut_by_deadline: int = 0    # prompts stopped in flight or never started because of the deadline
+    prefill_padded_tokens: int = 0   # tokens the prefill forwards ran over, padding included
+    prefill_s_per_token: float = 0.0
+    decode_s_per_step: float = 0.0
+    step_s_by_batch: dict = field(default_factory=dict)
+    capture_s: float = 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Token choice (shared by prefill, the eager step and the captured step)
+
+_M32 = 0xFFFFFFFF
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (lowbias32) on int64 tensors holding values in [0, 2^32)."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _M32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _M32
+    return x ^ (x >> 16)
+
+
+def gumbel_noise(seed: int, keys: torch.Tensor, index: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Standard Gumbel noise float32 [B, vocab], a pure function of (seed, keys[b], index[b], v).
+    keys, index: int64 [B]."""
+    h = _mix32(torch.full_like(keys, (seed * 0x9E3779B1 + 0x632BE5AB) & _M32))
+    h = _mix32(h ^ (keys & _M32))
+    h = _mix32(h ^ (index & _M32))
+    v = torch.arange(vocab, device=keys.device, dtype=torch.int64)
+    h = _mix32(h[:, None] ^ _mix32(v + 0x165667B1)[None, :])
+    u = ((h >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))  # in (0, 1), never 0 or 1
+    return -torch.log(-torch.log(u))
+
+
+def choose_tokens(logits: torch.Tensor, keys: torch.Tensor, index: torch.Tensor, sampling: tuple,
+                  seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick the next token of each row. logits [B, V] (any float dtype); keys, index int64 [B].
+    Returns (token int64 [B], its log-probability float32 [B] at temperature 1)."""
+    logits = logits.float()
+    logp = torch.log_softmax(logits, dim=-1)
+    temperature, top_k = sampling
+    if temperature == 0.0:
+        choice = logits.argmax(dim=-1)
+    else:
+        z = logits / temperature
+        if top_k and top_k < z.shape[-1]:
+            kth = torch.topk(z, top_k, dim=-1).values[:, -1:]
+            z = z.masked_fill(z < kth, float("-inf"))
+        choice = (z + gumbel_noise(seed, keys, index, z.shape[-1])).argmax(dim=-1)
+    return choice, logp.gather(1, choice[:, None])[:, 0]
+
+
+# ----------------------------------------------------------------------------------------------
+# The engine
+
+def _round_up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+class Generator:
+    """Batched multi-adapter generation for one model (and optionally one MultiLoRA).
+
+    model:          an :class:`arcfast.model.decoder.CausalLM` (any dtype/device; not modified).
+    lora:           an :class:`arcfast.lora.multi.MultiLoRA` of that model, or None (base model only).
+                    Its current weights are read at every :meth:`generate` call.
+    max_batch:      rows decoded at once (default: 256 on CUDA within ``kv_fraction`` of free
+                    memory, 64 on the CPU).
+    cuda_graphs:    capture decode steps as CUDA graphs (default: on CUDA).
+    prefill_tokens: padded tokens per prefill micro-batch (default 32768 on CUDA, 4096 on the CPU).
+    sync_every:     decode steps between two reads of the ``done`` flags (default 8 on CUDA, 1 on
+                    the CPU, where a read costs nothing).
+    lora_mode:      decode LoRA with several adapters: "auto" (grouped where available, else
+                    gather), "grouped", "gather"; or "single" to refuse mixing.
+    merge_single:   when every row of a decode batch uses the same adapter (or none), decode with it
+                    merged into a copy of the projections, q/k/v and gate/up fused (mode "merged": no
+                    LoRA kernels and fewer launches; costs one copy of the projection weights);
+                    False keeps the model's own layers (modes "single" and "none").
+    fuse_lora:      decode mixed adapters (modes "grouped" and "gather") with q/k/v and gate/up
+                    fused and one LoRA delta per fused projection (:class:`_FusedRowLoRA`); False
+                    runs the model's seven projections, each with its own delta (:class:`_RowLoRA`).
+    kv_fraction:    at most this fraction of free CUDA memory goes to the KV cache.
+
+    Buffers are allocated at the first call and grown when a later call needs longer rows; the
+    captured graphs are kept between calls with the same sizes.
+    """
+
+    def __init__(self, model, lora=None, max_batch: Optional[int] = None, cuda_graphs: Optional[bool] = None,
+                 prefill_tokens: Optional[int] = None, sync_every: Optional[int] = None,
+                 lora_mode: str = "auto", kv_fraction: float = 0.5, merge_single: bool = True,
+                 fuse_lora: bool = True):
+        if lora_mode not in LORA_MODES:
+            raise ValueError(f"lora_mode must be one of {LORA_MODES}, not {lora_mode!r}")
+        if lora_mode == "segments" and not fuse_lora:
+            raise ValueError("lora_mode='segments' runs on the fused adapter buffers: it needs fuse_lora=True")
+        self.model = model
+        self.lora = lora
+        cfg = model.config
+        self.cfg = cfg
+        self.device = model.device
+        # A full-vocabulary model reads and writes compact ids here as everywhere else: prompts
+        # and the fed-back token are mapped to its own ids (ModelConfig.model_ids), tokens are
+        # chosen among the grid ids' columns (ModelConfig.grid_columns; so also on a compact model
+        # grown for the verify objective), log-probabilities are over its whole vocabulary (as the
+        # scorer computes them).
+        cols = cfg.grid_columns()   # a grown compact model too: its ids 16-19 are never chosen
+        self.vocab_map = None if cols is None else torch.as_tensor(cols, dtype=torch.int64, device=self.device)
+        self.dtype = model.dtype
+        cuda = self.device.type == "cuda"
+        self.cuda = cuda
+        self.cuda_graphs = cuda if cuda_graphs is None else bool(cuda_graphs)
+        if self.cuda_graphs and not cuda:
+            raise ValueError("cuda_graphs=True needs a model on a CUDA device")
+        self.max_batch_req = max_batch
+        if max_batch is not None and max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.prefill_tokens = int(prefill_tokens or (32768 if cuda else 4096))
+        self.sync_every = int(sync_every or (8 if cuda else 1))
+        self.lora_mode = lora_mode
+        self.kv_fraction = kv_fraction
+        self.merge_single = bool(merge_single)
+        self.merged: list = []          # per layer: fused merged weights (allocated on first use)
+        self._merged_slot = None        # the adapter slot the merged weights hold now
+        self.fuse_lora = bool(fuse_lora)
+        self.fused_w: list = []         # per layer: base qkv/gate_up fused (see _FusedRowLoRA)
+        self.fused_a: dict = {}         # kind -> [layers, N+1, din, k*r]
+        self.fused_b: dict = {}         # kind -> [layers, N+1, k*r, dout], scaled, block-diagonal
+        self._fresh: set = set()        # adapter buffers already filled in this call
+        self._flat = None
+        self.s_block = 512 if cuda else 64  # attention-span bucket (graphs are keyed by it)
+        self.n_layers, self.n_heads = cfg.n_layers, cfg.n_heads
+        self.n_kv, self.head_dim = cfg.n_kv_heads, cfg.head_dim
+        self.group = cfg.n_heads // cfg.n_kv_heads
+        self.cap = 0
+        self.s_alloc = 0
+        self.max_new_alloc = 0
+        self._graphs: dict = {}
+        self._pool = None
+        self.stats = GenerationStats()
+        # Measured rates, kept between calls (see GenerationStats): the latest seconds per padded
+        # prefill token, per decode step by batch bucket, and per graph capture.
+        self._prefill_rate: Optional[float] = None
+        self._prefill_rate_len: Optional[int] = None   # the padded length it was measured on
+        self._step_rate: dict = {}
+        self._capture_s: Optional[float] = None
+        self.tok_tables: dict = {}      # adapters' own embedding / head rows: module -> [N+1, V, d]
+        if lora is not None:
+            n, p = lora.weight.shape
+            self.n_slots = n + 1  # slot n: the base model (all-zero adapter)
+            with torch.inference_mode():
+                self.offs = torch.zeros(n + 1, device=self.device, dtype=torch.int32)
+                self.single = torch.zeros(1, p, device=self.device, dtype=self.dtype)
+                # Slot n holds the model's own rows, so every decode row reads its slot's table.
+                for t in lora.table_slots():
+                    self.tok_tables[t.module] = torch.zeros(n + 1, t.n_rows, t.dim, device=self.device,
+                                                            dtype=self.dtype)
+        else:
+            self.n_slots = 0
+
+    # -- buffers -----------------------------------------------------------------------------
+    @property
+    def flat(self) -> torch.Tensor:
+        """[N+1, P] the adapters in the compute dtype (row N all zero: the base model), read by the
+        unfused low-rank steps; allocated on first use (the fused step reads its own buffers)."""
+        if self._flat is None:
+            with torch.inference_mode():
+                self._flat = torch.zeros(self.n_slots, self.lora.weight.shape[1], device=self.device,
+                                         dtype=self.dtype)
+        return self._flat
+
+    def _kv_row_bytes(self, s: int) -> int:
+        return self.n_layers * 2 * self.n_kv * s * self.head_dim * torch.finfo(self.dtype).bits // 8
+
+    def _ensure(self, s_need: int, max_new: int) -> None:
+        s = _round_up(s_need, self.s_block)
+        if s <= self.s_alloc and max_new <= self.max_new_alloc:
+            return
+        s = max(s, self.s_alloc)
+        max_new = max(max_new, self.max_new_alloc)
+        self._free()
+        if self.max_batch_req is not None:
+            cap = self.max_batch_req
+        elif self.cuda:
+            free, _ = torch.cuda.mem_get_info(self.device)
+            cap = max(8, min(256, int(free * self.kv_fraction) // self._kv_row_bytes(s)))
+        else:
+            cap = 64
+        dev = self.device
+        self.cap, self.s_alloc, self.max_new_alloc = cap, s, max_new
+        # Zeros, not empty: a masked slot gets weight 0, and 0 * NaN from stale memory is NaN.
+        self.kv = torch.zeros(self.n_layers, 2, cap, self.n_kv, s, self.head_dim, device=dev, dtype=self.dtype)
+        i64 = dict(device=dev, dtype=torch.int64)
+        self.tok = torch.full((cap,), T.PAD, **i64)
+        self.pos = torch.zeros(cap, **i64)
+        self.ngen = torch.zeros(cap, **i64)
+        self.keys = torch.zeros(cap, **i64)
+        self.done = torch.ones(cap, device=dev, dtype=torch.bool)
+        self.row_adapter = torch.full((cap,), max(self.n_slots - 1, 0), **i64)
+        self.perm = torch.arange(cap, **i64)
+        i32 = dict(device=dev, dtype=torch.int32)
+        self.seg_ids = torch.zeros(cap, **i32)        # mode "segments": arcfast.kernels.lora's
+        self.seg_order = torch.arange(cap, **i32)     # LoraSegments of the rows, in static buffers
+        self.seg_offsets = torch.zeros(max(self.n_slots, 1) + 2, **i32)
+        self.rows = torch.arange(cap, **i64)
+        self.span = torch.arange(s, **i64)
+        # Column max_new is a sink for rows that are done (a write there is never read).
+        self.out_tok = torch.zeros(cap, max_new + 1, device=dev, dtype=torch.int32)
+        self.out_lp = torch.zeros(cap, max_new + 1, device=dev, dtype=torch.float32)
+        self.max_new_t = torch.zeros((), **i64)
+        self.stop_t = torch.zeros((), device=dev, dtype=torch.bool)
+
+    def _free(self) -> None:
+        self._graphs.clear()
+        self._pool = None
+        for name in ("kv", "out_tok", "out_lp"):
+            if hasattr(self, name):
+                delattr(self, name)
+        if self.cuda:
+            torch.cuda.empty_cache()
+
+    def buckets(self) -> list[int]:
+        """Batch sizes decode steps run at: 8, 12, 16, 24, 32, 48, ... (powers of two and 1.5x
+        them, so at most a third of a step is padding) below the capacity, and the capacity."""
+        out, b = [], 8
+        while b < self.cap:
+            out += [b] + ([b * 3 // 2] if b * 3 // 2 < self.cap else [])
+            b *= 2
+        return out + [self.cap]
+
+    def _bucket(self, n: int) -> int:
+        for b in self.buckets():
+            if b >= n:
+                return b
+        return self.cap
+
+    # -- the model, piece by piece -------------------------------------------------------------
+    def _model_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """Compact ids -> the model's own ids (the same tensor for a compact-vocabulary model)."""
+        return ids if self.vocab_map is None else self.vocab_map[ids]
+
+    def _choose(self, logits: torch.Tensor, keys, index, sampling: tuple, seed: int):
+        """:func:`choose_tokens` in compact ids: on a full-vocabulary model the choice is among the
+        compact ids' columns and its log-probability is under the whole vocabulary."""
+        if self.vocab_map is None:
+            return choose_tokens(logits, keys, index, sampling, seed)
+        choice, _ = choose_tokens(logits[:, self.vocab_map], keys, index, sampling, seed)
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        return choice, logp.gather(1, self.vocab_map[choice][:, None])[:, 0]
+
+    def _prefill_forward(self, ids: torch.Tensor, lens: torch.Tensor, r0: int, lora) -> torch.Tensor:
+        """Run right-padded prompts ids int64 [R, L] (lengths ``lens`` int64 [R]) into cache rows
+        r0..r0+R-1; returns the fp32 logits [R, V] at each prompt's last token."""
+        m = self.model
+        R = ids.shape[0]
+        h = m(self._model_ids(ids), attention=CachePrefill(self.kv, r0), step=FusedAddNormStep(lora),
+              compiled=False)
+        last = h[torch.arange(R, device=ids.device), lens - 1]
+        tokens = getattr(lora, "tokens", None)
+        if tokens is None:
+            return m.logits(last).float()
+        return m.logits(last, tokens, tokens.adapter_ids.view(R, -1)[:, 0]).float()
+
+    def _decode_tokens(self, B: int):
+        """The adapters' own embedding / head rows of a decode step of rows 0..B-1 (static buffers:
+        captured graphs read them), or None where the adapters train none."""
+        if not self.tok_tables:
+            return None
+        return self.lora.token_step(self.tok_tables, self.row_adapter[:B])
+
+    def _step(self, B: int, S: int, step, sampling: tuple, seed: int) -> None:
+        """One decode step of rows 0..B-1 attending over cache slots 0..S-1; updates the row state
+        and the output buffers in place (the body of a captured graph). ``step``: how the model's
+        forward runs its projections (a :class:`_MergedLoRA`, a :class:`_FusedRowLoRA` or a
+        :class:`arcfast.model.decoder.FusedAddNormStep` over a :class:`_RowLoRA`)."""
+        m = self.model
+        tok, pos, ngen, done = self.tok[:B], self.pos[:B], self.ngen[:B], self.done[:B]
+        rows = self.rows[:B]
+        tokens = self._decode_tokens(B)
+        h = m(self._model_ids(tok)[:, None], pos[:, None], CacheDecode(self.kv, pos, S, self.rows, self.span),
+              step=step, compiled=False, tokens=tokens)                       # [B, 1, d]
+        logits = m.logits(h[:, 0]) if tokens is None else m.logits(h[:, 0], tokens, self.row_adapter[:B])
+        choice, lp = self._choose(logits, self.keys[:B], ngen, sampling, seed)
+        active = ~done
+        col = torch.where(active, ngen, self.out_tok.shape[1] - 1)
+        self.out_tok[rows, col] = choice.to(torch.int32)
+        self.out_lp[rows, col] = lp
+        ngen_next = ngen + active.long()
+        finished = active & (((choice == T.EOG) & self.stop_t) | (ngen_next >= self.max_new_t))
+        self.ngen[:B] = ngen_next
+        self.pos[:B] = pos + active.long()
+        self.tok[:B] = torch.where(active, choice, tok)
+        self.done[:B] = done | finished
+
+    # -- graphs --------------------------------------------------------------------------------
+    def _run_steps(self, n_steps: int, B: int, S: int, mode: str, sampling: tuple, seed: int) -> None:
+        if mode == "merged":
+            lora = _MergedLoRA(self)
+        elif mode in ("grouped", "gather", "segments") and self.fuse_lora:
+            lora = _FusedRowLoRA(self, B, mode)
+        else:
+            lora = FusedAddNormStep(None if mode == "none" else _RowLoRA(self, B, mode))
+        if not self.cuda_graphs:
+            for _ in range(n_steps):
+                self._step(B, S, lora, sampling, seed)
+            return
+        key = (B, S, mode, sampling, seed)
+        g = self._graphs.get(key)
+        if g is None:
+            g = self._capture(B, S, lora, sampling, seed)
+            self._graphs[key] = g
+        for _ in range(n_steps):
+            g.replay()
+
+    def _capture(self, B, S, lora, sampling, seed):
+        # Warm-up runs really step the rows: snapshot the row state and put it back afterwards.
+        # (The cache slots and output columns they wrote are rewritten by the real steps.)
+        # Timed, device synchronised, so a deadline can plan the next capture.
+        torch.cuda.synchronize(self.device)
+        t0 = time.perf_counter()
+        state = [t.clone() for t in (self.tok, self.pos, self.ngen, self.done)]
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._step(B, S, lora, sampling, seed)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g, pool=self._pool):
+            self._step(B, S, lora, sampling, seed)
+        for t, saved in zip((self.tok, self.pos, self.ngen, self.done), state):
+            t.copy_(saved)
+        torch.cuda.synchronize(self.device)
+        self._capture_s = time.perf_counter() - t0
+        self.stats.graphs_captured += 1
+        return g
+
+    # -- measured rates ------------------------------------------------------------------------
+    def step_seconds(self, B: int) -> Optional[float]:
+        """Estimated seconds of one decode step at batch bucket ``B``: the latest measurement at
+        that size, else at the next larger measured size (a larger batch is not faster), else the
+        largest measured size scaled by ``B`` over it; None before any measurement."""
+        r = self._step_rate
+        if B in r:
+            return r[B]
+        larger = [b for b in r if b > B]
+        if larger:
+            return r[min(larger)]
+        if r:
+            b = max(r)
+            return r[b] * B / b
+        return None
+
+    def estimate_seconds(self, n_prompts: int, prompt_tokens: int, new_tokens: int) -> Optional[float]:
+        """Seconds a call would take at the measured rates: ``prompt_tokens`` of prefill and, per
+        wave of at most the cache's rows, ``new_tokens`` decode steps at that wave's batch size
+        (an upper bound when rows stop early on EOG; graph captures not included). None until
+        both a prefill and a decode step have been measured."""
+        if n_prompts <= 0:
+            return 0.0
+        if not self.cap:   # no call yet: nothing measured
+            return None
+        per_step = self.step_seconds(self._bucket(min(n_prompts, self.cap)))
+        if self._prefill_rate is None or per_step is None:
+            return None
+        waves = -(-n_prompts // self.cap)
+        return prompt_tokens * self._prefill_rate + waves * new_tokens * per_step
+
+    # -- row bookkeeping -----------------------------------------------------------------------
+    def _route(self, n: int, B: int, slots: np.ndarray) -> str:
+        """Set the decode LoRA routing for rows 0..B-1 (``slots`` int64 [n] of the live rows;
+        padding rows get the base slot) and return the mode to run."""
+        if self.lora is None:
+            return "none"
+        base = self.n_slots - 1
+        ids = np.full(B, base, dtype=np.int64)
+        ids[:n] = slots
+        present = np.unique(ids[:n]) if n else np.array([base])
+        self._check_room(mixed=len(present) > 1)
+        if len(present) == 1 and present[0] == base and not self.merge_single:
+            mode = "none"  # base model only: no LoRA at all
+        elif len(present) == 1 and self.lora_mode in ("auto", "single"):
+            ids[n:] = present[0]  # padding rows follow the live adapter: no second group
+            if self.merge_single:
+                mode = "merged"
+                self._merge(int(present[0]))   # the base slot merges nothing
+            else:
+                mode = "single"
+                self._refresh("flat")
+                self.single.copy_(self.flat[int(present[0])][None])
+        elif self.lora_mode == "single":
+            raise ValueError("lora_mode='single' but the batch mixes adapters "
+                             f"{sorted(int(a) for a in present)}")
+        elif self.lora_mode == "segments" or (self.lora_mode == "auto" and self.fuse_lora and self.cuda
+                                              and not _grouped_mm_ok(self.device, self.dtype) and _triton_lora()):
+            mode = "segments"
+            order = np.argsort(ids, kind="stable")
+            counts = np.bincount(ids, minlength=self.n_slots)
+            self.seg_ids[:B].copy_(torch.from_numpy(ids.astype(np.int32)))
+            self.seg_order[:B].copy_(torch.from_numpy(order.astype(np.int32)))
+            self.seg_offsets.copy_(torch.from_numpy(np.concatenate([[0], np.cumsum(counts), [B]]).astype(np.int32)))
+        elif self.lora_mode == "grouped" or (self.lora_mode == "auto" and _grouped_mm_ok(self.device, self.dtype)):
+            mode = "grouped"
+            order = np.argsort(ids, kind="stable")
+            counts = np.bincount(ids, minlength=self.n_slots)
+            self.perm[:B].copy_(torch.from_numpy(order))
+            self.offs.copy_(torch.from_numpy(np.cumsum(counts).astype(np.int32)))
+        else:
+            mode = "gather"
+        if mode in ("grouped", "gather", "segments"):
+            self._refresh("fused" if self.fuse_lora else "flat")
+        self.row_adapter[:B].copy_(torch.from_numpy(ids))
+        self.stats.lora_modes[mode] = self.stats.lora_modes.get(mode, 0) + 1
+        return mode
+
+    @torch.inference_mode()
+    def _refresh(self, what: str) -> None:
+        """Copy the LoRA's current weights into the ``"flat"`` or ``"fused"`` buffers, once per call
+        (only the buffers the call's modes read), in place: captured graphs read them."""
+        if what in self._fresh:
+            return
+        if what == "flat":
+            self.flat[:self.lora.weight.shape[0]].copy_(self.lora.weight.detach())
+        else:
+            self._fill_fused()
+        self._fresh.add(what)
+
+    @torch.inference_mode()
+    def _fill_tokens(self) -> None:
+        """Copy the adapters' token rows into the decode tables, the model's own into the base slot."""
+        lora, n = self.lora, self.lora.weight.shape[0]
+        for module, table in self.tok_tables.items():
+            table[:n].copy_(lora.token_table(module).detach())
+            table[n].copy_(lora.token_base[module])
+
+    def _fill_fused(self) -> None:
+        """Fill the buffers of :class:`_FusedRowLoRA` from the model and the LoRA (allocated at the
+        first call). Also the base weights are copied at every call, as the merged ones are, so a
+        model changed between two calls is decoded as it is now."""
+        lora, layers = self.lora, self.model.model.layers
+        n, r, scaling = lora.weight.shape[0], lora.cfg.r, lora.cfg.scaling
+        kw = dict(device=self.device, dtype=self.dtype)
+        if not self.fused_a:
+            for kind, mods in _fused_parts(layers[0]).items():
+                din, dout = mods[0].in_features, sum(m.out_features for m in mods)
+                # Zeros: the off-diagonal blocks, the base slot and untargeted layers stay zero.
+                self.fused_a[kind] = torch.zeros(self.n_layers, self.n_slots, din, len(mods) * r, **kw)
+                self.fused_b[kind] = torch.zeros(self.n_layers, self.n_slots, len(mods) * r, dout, **kw)
+            for blk in layers:
+                a, m = blk.self_attn, blk.mlp
+                qkv = (a.q_proj, a.k_proj, a.v_proj)
+                self.fused_w.append({
+                    "qkv": torch.empty(sum(p.out_features for p in qkv), a.q_proj.in_features, **kw),
+                    "qkv_bias": None if a.q_proj.bias is None else torch.empty(sum(p.out_features for p in qkv), **kw),
+                    "gate_up": torch.empty(2 * m.gate_proj.out_features, m.gate_proj.in_features, **kw)})
+        for li, blk in enumerate(layers):
+            parts, w = _fused_parts(blk), self.fused_w[li]
+            torch.cat([p.weight for p in parts["qkv"]], out=w["qkv"])
+            if w["qkv_bias"] is not None:
+                torch.cat([p.bias for p in parts["qkv"]], out=w["qkv_bias"])
+            torch.cat([p.weight for p in parts["gate_up"]], out=w["gate_up"])
+            for kind, mods in parts.items():
+                A, Bm = self.fused_a[kind][li], self.fused_b[kind][li]
+                col = 0
+                for j, mod in enumerate(mods):
+                    if mod.name in lora.slots:
+                        A[:n, :, j * r:(j + 1) * r].copy_(lora.A(mod.name).detach())
+                        # Scaled in fp32, rounded to the compute dtype once.
+                        Bm[:n, j * r:(j + 1) * r, col:col + mod.out_features].copy_(
+                            lora.B(mod.name).detach() * scaling)
+                    col += mod.out_features
+
+    def _check_room(self, mixed: bool) -> None:
+        """Before the first merged (one adapter) or fused (mixed adapters) step allocates its weight
+        copies, make sure they fit: on CUDA in half the memory left after the KV cache. Where they
+        do not (a large model on a small GPU), that path is switched off for good, with a warning,
+        and the model's own layers run instead."""
+        if not self.cuda:
+            return
+        itemsize = torch.finfo(self.dtype).bits // 8
+        layers = self.model.model.layers
+        if not mixed and self.merge_single and not self.merged:
+            need = sum(m.weight.numel() for blk in layers for mods in _fused_parts(blk).values() for m in mods)
+            self.merge_single = self._room_for(need * itemsize, "merged one-adapter decoding (merge_single)")
+        if mixed and self.fuse_lora and not self.fused_a:
+            r, n = self.lora.cfg.r, self.n_slots
+            need = 0
+            for kind, mods in _fused_parts(layers[0]).items():
+                din, dout = mods[0].in_features, sum(m.out_features for m in mods)
+                need += n * len(mods) * r * (din + dout) * len(layers)
+                if len(mods) > 1:
+                    need += din * dout * len(layers)   # the concatenated base weights
+            self.fuse_lora = self._room_for(need * itemsize, "fused mixed-adapter decoding (fuse_lora)")
+            if not self.fuse_lora and self.lora_mode == "segments":
+                self.lora_mode = "auto"
+
+    def _room_for(self, nbytes: int, what: str) -> bool:
+        free, _ = torch.cuda.mem_get_info(self.device)
+        if nbytes <= 0.5 * free:
+            return True
+        log.warning("%s needs %.1f GiB of weight copies, more than half the %.1f GiB free: off",
+                    what, nbytes / 2 ** 30, free / 2 ** 30)
+        return False
+
+    def _merge(self, slot: int) -> None:
+        """Fill the fused merged weights with adapter ``slot`` (the base slot: no adapter), in
+        place: captured graphs read them."""
+        if self._merged_slot == slot:
+            return
+        lora = self.lora
+        s = lora.cfg.scaling
+        adapter = slot < lora.weight.shape[0]
+
+        def merged(mod) -> torch.Tensor:
+            W = mod.weight
+            if not adapter or mod.name not in lora.slots:
+                return W
+            delta = (lora.A(mod.name)[slot] @ lora.B(mod.name)[slot]).t().to(W.device)   # fp32 [dout, din]
+            return torch.add(W.float(), delta, alpha=s).to(W.dtype)   # out of place: W.float() may be W
+
+        for li, blk in enumerate(self.model.model.layers):
+            a, mlp = blk.self_attn, blk.mlp
+            parts = {"qkv": torch.cat([merged(a.q_proj), merged(a.k_proj), merged(a.v_proj)]),
+                     "qkv_bias": None if a.q_proj.bias is None else torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]),
+                     "o": merged(a.o_proj), "gate_up": torch.cat([merged(mlp.gate_proj), merged(mlp.up_proj)]),
+                     "down": merged(mlp.down_proj)}
+            if li >= len(self.merged):
+                self.merged.append({k: None if v is None else v.clone() for k, v in parts.items()})
+            else:
+                for k, v in parts.items():
+                    if v is not None:
+                        self.merged[li][k].copy_(v)
+        self._merged_slot = slot
+
+    # -- the call ------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, prompts: Sequence, adapter_ids: Optional[Sequence[int]] = None,
+                 config: Optional[GenerationConfig] = None, keys: Optional[Sequence[int]] = None,
+                 deadline: Optional[float] = None, **overrides) -> list[Generation]:
+        """Generate for every prompt; results in input order.
+
+        prompts:     sequence of 1-D int token-id arrays (compact ids; e.g. int32 from
+                     ``arcfast.samples.prompts``), each non-empty.
+        adapter_ids: int per prompt: a MultiLoRA row, or -1 for the base model (default all -1).
+        config:      a :class:`GenerationConfig` (``overrides`` replace its fields).
+        keys:        int per prompt naming its sampling noise (default: its index).
+        deadline:    a ``time.monotonic()`` instant the call returns by, whatever the model does
+                     or the machine's load. Each prefill micro-batch and each chunk of decode steps
+                     is timed (:class:`GenerationStats` keeps the rates), and none is started that
+                     would end past the deadline at the measured rate (times
+                     ``DEADLINE_SAFETY``): a decode chunk that would cross it runs the steps that
+                     fit, and when none fits, or a prefill micro-batch does not, the call ends.
+                     Outputs finished by then are kept as they are; rows still in flight keep
+                     the tokens they have, prompts not started get empty outputs (the decoder
+                     reports both unterminated), and ``stats.cut_by_deadline`` counts them. The
+                     first piece of work of a kind is unplanned until one is measured (rates are
+                     kept between calls of one Generator); with a deadline each prefill
+                     micro-batch synchronises the device to be timed. ``None`` (or a deadline
+                     never reached) runs exactly the same steps as without one.
+        """
+        cfg = config or GenerationConfig()
+        if overrides:
+            cfg = GenerationConfig(**{**cfg.__dict__, **overrides})
+        prompts, adapters, keys = self._check(prompts, adapter_ids, keys)
+        n_req = len(prompts)
+        self.stats = st = GenerationStats(prompts=n_req)
+        if n_req == 0:
+            return []
+        lens = np.array([p.shape[0] for p in prompts], dtype=np.int64)
+        st.prompt_tokens = int(lens.sum())
+        max_new = cfg.max_new_tokens
+        s_need = int(lens.max()) + max_new
+        window = self.cfg.sliding_window
+        if window is not None and s_need > window:
+            raise ValueError(f"prompt of {int(lens.max())} tokens + {max_new} new exceeds the model's "
+                             f"sliding window {window}, which this generator does not implement")
+        self._ensure(s_need, max_new)
+        base = self.n_slots - 1
+        slots = np.where(adapters >= 0, adapters, base) if self.lora is not None else adapters
+        if self.lora is not None:
+            self._fresh = set()        # the adapters may have changed since the last call
+            self._merged_slot = None
+            if self.tok_tables:
+                self._fill_tokens()
+        self.max_new_t.fill_(max_new)
+        self.stop_t.fill_(bool(cfg.stop_on_eog))
+        sampling, seed = cfg.sampling, cfg.seed
+
+        queue = deque(sorted(range(n_req), key=lambda i: -int(lens[i])))
+        results: list[Optional[Generation]] = [None] * n_req
+        row_req = np.full(self.cap, -1, dtype=np.int64)   # request held by each row
+        done_h = np.ones(self.cap, dtype=bool)            # host view, refreshed at each sync
+        pos_h = np.zeros(self.cap, dtype=np.int64)
+        n = 0                                              # rows 0..n-1 in use
+        refill_min = max(1, self.cap // 4)
+        mode = None
+
+        def sync():
+            nonlocal done_h, pos_h
+            both = torch.stack((self.done[:n].long(), self.pos[:n])).cpu().numpy()
+            done_h = np.ones(self.cap, dtype=bool)
+            done_h[:n] = both[0].astype(bool)
+            pos_h = np.zeros(self.cap, dtype=np.int64)
+            pos_h[:n] = both[1]
+
+        admit = True          # False once the deadline leaves no time to start another prompt
+        steady_s, steady_steps = 0.0, 0   # decode chunks that captured no graph (the rate's basis)
+
+        def cut():
+            # Stop every live row where it is; harvested below with the tokens it has.
+            nonlocal admit
+            admit = False
+            st.cut_by_deadline += int((~done_h[:n]).sum())
+            self.done[:n] = True
+            sync()
+
+        while (queue and admit) or n:
+            if deadline is not None and time.monotonic() > deadline and (
+                    (queue and admit) or not done_h[:n].all()):
+                cut()
+            n_alive = int((~done_h[:n]).sum())
+            refill = bool(queue) and admit and (n_alive == 0 or self.cap - n_alive >= refill_min)
+            shrink = n_alive < n and (n_alive == 0 or self._bucket(n_alive) < self._bucket(n))
+            if refill or shrink:
+                n = self._harvest_and_compact(n, done_h, pos_h, row_req, results)
+                st.compactions += 1
+                done_h[:] = True
+                done_h[:n] = False
+                pos_h[n:] = 0
+                mode = None
+            if refill:
+                t0 = time.perf_counter()
+                take = []
+                while queue and n + len(take) < self.cap:
+                    take.append(queue.popleft())
+                placed, skipped, padded = self._prefill(n, take, prompts, lens, slots, keys, sampling, seed,
+                                                        deadline)
+                for q in skipped:   # no time left to start them: empty outputs
+                    results[q] = Generation(np.zeros(0, np.int32), np.zeros(0, np.float32))
+                st.cut_by_deadline += len(skipped)
+                row_req[n:n + len(placed)] = placed
+                n += len(placed)
+                sync()
+                if self.cuda:
+                    torch.cuda.synchronize(self.device)
+                dt = time.perf_counter() - t0
+                st.prefill_s += dt
+                st.prefill_padded_tokens += padded
+                if deadline is None and padded:
+                    self._prefill_rate = dt / padded
+                    self._prefill_rate_len = int(lens[placed[0]])
+                mode = None
+                continue
+            if n == 0:
+                continue
+            t0 = time.perf_counter()
+            B = self._bucket(n)
+            if mode is None:
+                self._pad_rows(n, B)
+                mode = self._route(n, B, slots[row_req[:n]])
+                if deadline is not None and self.cuda:
+                    torch.cuda.synchronize(self.device)   # the routing's copies stay out of the step rate
+            steps = self.sync_every
+            live_pos = pos_h[:n][~done_h[:n]]
+            # The span is sized for a full chunk also when fewer steps run: same graph key.
+            S = min(self.s_alloc, _round_up(int(live_pos.max()) + steps + 1, self.s_block))
+            if deadline is not None:
+                per_step = self.step_seconds(B)
+                if per_step is not None:
+                    capture = 0.0
+                    if self.cuda_graphs and (B, S, mode, sampling, seed) not in self._graphs:
+                        capture = self._capture_s or 0.0
+                    left = deadline - time.monotonic() - DEADLINE_SAFETY * capture
+                    fit = int(left // (DEADLINE_SAFETY * per_step)) if left > 0 else 0
+                    if fit < 1:
+                        cut()
+                        st.decode_s += time.perf_counter() - t0
+                        continue
+                    steps = min(steps, fit)
+            captured = st.graphs_captured
+            t1 = time.perf_counter()
+            self._run_steps(steps, B, S, mode, sampling, seed)
+            st.decode_steps += steps
+            st.row_steps += steps * B
+            sync()
+            t2 = time.perf_counter()
+            st.decode_s += t2 - t0
+            if st.graphs_captured == captured:
+                self._step_rate[B] = (t2 - t1) / steps
+                steady_s += t2 - t1
+                steady_steps += steps
+        if queue:   # never started: the deadline closed admission
+            st.cut_by_deadline += len(queue)
+            empty = Generation(np.zeros(0, np.int32), np.zeros(0, np.float32))
+            while queue:
+                results[queue.popleft()] = empty
+        st.prefill_s_per_token = (st.prefill_s / st.prefill_padded_tokens if st.prefill_padded_tokens
+                                  else self._prefill_rate or 0.0)
+        st.decode_s_per_step = steady_s / steady_steps if steady_steps else 0.0
+        st.step_s_by_batch = dict(self._step_rate)
+        st.capture_s = self._capture_s or 0.0
+        st.generated_tokens = int(sum(r.n_tokens for r in results))
+        return results
+
+    def _check(self, prompts, adapter_ids, keys):
+        V = self.cfg.input_vocab
+        out = []
+        for i, p in enumerate(prompts):
+            a = np.asarray(p)
+            if a.ndim != 1 or a.shape[0] == 0:
+                raise ValueError(f"prompt {i}: must be a non-empty 1-D array of token ids, got shape {a.shape}")
+            if a.dtype.kind not in "iu":
+                raise ValueError(f"prompt {i}: token ids must be integers, got dtype {a.dtype}")
+            bad = np.flatnonzero((a < 0) | (a >= V))
+            if bad.size:
+                raise ValueError(f"prompt {i}: token id {int(a[bad[0]])} at position {int(bad[0])} is outside "
+                                 f"the model's vocabulary 0..{V - 1}")
+            out.append(a.astype(np.int64))
+        n = len(out)
+        if adapter_ids is None:
+            adapters = np.full(n, -1, dtype=np.int64)
+        else:
+            adapters = np.asarray(adapter_ids, dtype=np.int64).reshape(-1)
+            if adapters.shape[0] != n:
+                raise ValueError(f"{adapters.shape[0]} adapter ids for {n} prompts")
+            n_ad = 0 if self.lora is None else self.lora.weight.shape[0]
+            bad = np.flatnonzero((adapters < -1) | (adapters >= n_ad))
+            if bad.size:
+                i = int(bad[0])
+                have = "no LoRA was given" if self.lora is None else f"the LoRA holds adapters 0..{n_ad - 1}"
+                raise ValueError(f"prompt {i}: adapter id {int(adapters[i])} is invalid ({have}; -1 = base model)")
+        k = np.arange(n, dtype=np.int64) if keys is None else np.asarray(keys, dtype=np.int64).reshape(-1)
+        if k.shape[0] != n:
+            raise ValueError(f"{k.shape[0]} keys for {n} prompts")
+        return out, adapters, k
+
+    def _pad_rows(self, n: int, B: int) -> None:
+        # Rows n..B-1 run with the batch but hold nothing: done from the start, so they never
+        # record a token; at position 0 they read and write slot 0 of a free row only.
+        if B > n:
+            self.done[n:B] = True
+            self.pos[n:B] = 0
+            self.tok[n:B] = T.PAD
+
+    def _prefill(self, r0, take, prompts, lens, slots, keys, sampling, seed,
+                 deadline: Optional[float] = None) -> tuple[list, list, int]:
+        """Prefill prompts ``take`` (longest first) into rows r0.. in micro-batches; returns
+        (the prompts prefilled, in row order; the prompts the deadline left out; padded tokens
+        run). With a ``deadline``, each micro-batch is timed (device synchronised) and none is
+        started that would end past it at the measured rate: a micro-batch that does not fit is
+        cut to the prompts that do, and a prompt that does not fit alone is left out while the
+        shorter ones after it are still tried."""
+        dev = self.device
+        i = padded = 0
+        placed, skipped = [], []
+        while i < len(take):
+            # Longest first: the first prompt of a micro-batch sets its padded length.
+            L = int(lens[take[i]])
+            R = max(1, min(len(take) - i, self.prefill_tokens // max(L, 1)))
+            if deadline is not None:
+                if self._prefill_rate is None and L > PREFILL_PROBE_TOKENS:
+                    self._probe_prefill(prompts[take[i]], r0 + len(placed), slots[take[i]])
+                now = time.monotonic()
+                if now >= deadline:
+                    skipped += take[i:]
+                    break
+                per_prompt = self._prefill_seconds(L)
+                if per_prompt is not None and now + DEADLINE_SAFETY * per_prompt * R > deadline:
+                    R = int((deadline - now) / (DEADLINE_SAFETY * per_prompt))
+                    if R < 1:
+                        skipped.append(take[i])
+                        i += 1
+                        continue
+                t0 = time.perf_counter()
+            group = take[i:i + R]
+            row = r0 + len(placed)
+            ids = np.full((R, L), T.PAD, dtype=np.int64)
+            for j, q in enumerate(group):
+                ids[j, :lens[q]] = prompts[q]
+            lora = None
+            if self.lora is not None:
+                ad = np.array([slots[q] for q in group], dtype=np.int64)
+                ad = np.where(ad == self.n_slots - 1, -1, ad)
+                if (ad >= 0).any():
+                    lora = self.lora.begin(np.repeat(ad[:, None], L, axis=1).astype(np.int32), self.dtype,
+                                           training=False, base_tokens=True)
+            ids_t = torch.from_numpy(ids).to(dev)
+            lens_t = torch.from_numpy(lens[group]).to(dev)
+            keys_t = torch.from_numpy(keys[group]).to(dev)
+            logits = self._prefill_forward(ids_t, lens_t, row, lora)
+            zero = torch.zeros(R, device=dev, dtype=torch.int64)
+            choice, lp = self._choose(logits, keys_t, zero, sampling, seed)
+            rows = slice(row, row + R)
+            self.out_tok[rows, 0] = choice.to(torch.int32)
+            self.out_lp[rows, 0] = lp
+            self.tok[rows] = choice
+            self.pos[rows] = lens_t
+            self.ngen[rows] = 1
+            self.keys[rows] = keys_t
+            self.done[rows] = ((choice == T.EOG) & self.stop_t) | (self.max_new_t <= 1)
+            if deadline is not None:
+                if self.cuda:
+                    torch.cuda.synchronize(self.device)
+                self._prefill_rate = (time.perf_counter() - t0) / (R * L)
+                self._prefill_rate_len = L
+            padded += R * L
+            placed += group
+            i += R
+        return placed, skipped, padded
+
+    def _prefill_seconds(self, L: int) -> Optional[float]:
+        """Predicted seconds to prefill one prompt padded to ``L`` tokens at the measured rate
+        (:func:`arcfast.budget.forward_seconds`); None before any measurement."""
+        if self._prefill_rate is None:
+            return None
+        return forward_seconds(self._prefill_rate, self._prefill_rate_len, L)
+
+    def _probe_prefill(self, prompt, row: int, slot: int) -> None:
+        """Measure the prefill rate on the first ``PREFILL_PROBE_TOKENS`` tokens of ``prompt``, into
+        cache row ``row`` (free: the prompt's own prefill overwrites it), before a deadline-bound
+        call's first micro-batch, which is then planned like the others instead of run blind."""
+        for n in (16, PREFILL_PROBE_TOKENS):   # the first untimed: one-time costs are not the rate
+            t0 = time.perf_counter()
+            ids = torch.from_numpy(np.asarray(prompt[:n], np.int64)[None]).to(self.device)
+            lens = torch.full((1,), ids.shape[1], dtype=torch.int64, device=self.device)
+            lora = None
+            if self.lora is not None and slot != self.n_slots - 1:
+                lora = self.lora.begin(np.full((1, ids.shape[1]), slot, np.int32), self.dtype, training=False,
+                                       base_tokens=True)
+            self._prefill_forward(ids, lens, row, lora)
+            if self.cuda:
+                torch.cuda.synchronize(self.device)
+        self._prefill_rate = (time.perf_counter() - t0) / ids.shape[1]
+        self._prefill_rate_len = ids.shape[1]
+
+    @property
+    def prefill_rate(self) -> Optional[float]:
+        """Seconds per prefill token this generator plans with (None: nothing measured or primed)."""
+        return self._prefill_rate
+
+    def prime_rates(self, prefill_s_per_token: Optional[float]) -> None:
+        """Plan the first prefill from ``prefill_s_per_token`` (e.g. a training step's seconds per
+        token, which a forward alone never exceeds) until this generator measures its own."""
+        if self._prefill_rate is None and prefill_s_per_token:
+            self._prefill_rate = float(prefill_s_per_token)
+
+    def _harvest_and_compact(self, n, done_h, pos_h, row_req, results) -> int:
+        """Copy finished rows' outputs to ``results``, move live rows to the front (``row_req`` and
+        ``pos_h`` follow them); returns their count."""
+        fin = np.flatnonzero(done_h[:n])
+        live = np.flatnonzero(~done_h[:n])
+        if fin.size:
+            idx = torch.from_numpy(fin).to(self.device)
+            counts = self.ngen.index_select(0, idx).cpu().numpy()
+            width = int(counts.max())
+            toks = self.out_tok.index_select(0, idx)[:, :width].cpu().numpy()
+            lps = self.out_lp.index_select(0, idx)[:, :width].cpu().numpy()
+            for j, r in enumerate(fin):
+                c = int(counts[j])
+                results[int(row_req[r])] = Generation(tokens=toks[j, :c].copy(), logprobs=lps[j, :c].copy())
+            row_req[fin] = -1
+        if live.size and not np.array_equal(live, np.arange(live.size)):
+            idx = torch.from_numpy(live).to(self.device)
+            m = live.size
+            # Slots below a row's position hold its context; the rest is written before it is read.
+            span = int(pos_h[live].max())
+            self.kv[:, :, :m, :, :span] = self.kv[:, :, :, :, :span].index_select(2, idx)
+            for t in (self.tok, self.pos, self.ngen, self.done, self.keys, self.out_tok, self.out_lp):
+                t[:m] = t.index_select(0, idx)
+            row_req[:m] = row_req[live]
+            row_req[m:n] = -1
+            pos_h[:m] = pos_h[live]
+        return int(live.size)
+
+
+def generate(model, prompts: Sequence, adapter_ids: Optional[Sequence[int]] = None, lora=None,
+             config: Optional[GenerationConfig] = None, keys: Optional[Sequence[int]] = None,
+             **kwargs) -> list[Generation]:
+    """One-shot :meth:`Generator.generate` (builds a Generator; reuse one to keep its CUDA graphs).
+    ``kwargs`` go to :class:`GenerationConfig` when they name one of its fields, else to
+    :class:`Generator`."""
+    gen_fields = set(GenerationConfig.__dataclass_fields__)
+    over = {k: v for k, v in kwargs.items() if k in gen_fields}
+    eng = {k: v for k, v in kwargs.items() if k not in gen_fields}
+    return Generator(model, lora=lora, **eng).generate(prompts, adapter_ids, config, keys=keys, **over)

@@ -1,0 +1,1034 @@
+"""`arcfast ttft`: test-time fine-tuning of a whole task set inside a time budget.
+
+What a run does, top to bottom (:func:`run_ttft`):
+
+1. load the tasks (bad ones are reported and skipped; they still get a fallback answer), start
+   ``submission.json`` with a fallback for every test input, and load the model;
+2. split the tasks into groups (one packed multi-adapter batch per step trains every task of a
+   group; the one-task-at-a-time backends use groups of one);
+3. for each group: ask the planner how many steps fit, train fresh adapters (or continue from
+   ``--adapter``), save each task's adapter in PEFT format, predict its test outputs under test-time
+   augmentations with its adapter (greedy, sampled or depth-first search: ``--search``,
+   arcfast.infer.search), vote, optionally score the top candidates under other augmentations
+   (``--rescore``, arcfast.infer.rescore), select the two submitted (``--select``, arcfast.answers.select), and
+   update the submission and the report;
+4. finish before the deadline: the planner (arcfast.budget.StepPlanner) keeps time for every
+   remaining group's inference and a safety margin, and limits each group's training to its share
+   of the time; no step starts that is predicted not to end in it, and each runs through the
+   planner's gate (arcfast.budget.StepGate) in micro-batches, abandoned whole (nothing applied,
+   ``step_abandoned`` logged) when its rest would not fit; generation and re-scoring are planned
+   from their measured per-step times and stop inside a batch at the deadline, keeping what
+   finished. The summary says what the budget cut (``untrained``, ``steps_abandoned``) and what
+   could not be written (``adapters_not_saved``, ``results_not_written``). A task with fewer than two train pairs is
+   predicted untrained in a group of its own; a group that gets no steps is predicted with the base
+   (or pretrained) adapter, and a group that gets no time at all keeps its fallback answers.
+
+A group that fails does not end the run. Out of memory (a GPU smaller than the group needs) halves
+the group and every group after it, down to one task, and logs ``oom_split``; any other error leaves the group's
+tasks with their fallback answers, logs ``group_failed`` and lists them under ``failed`` in
+``run.json``; their results are not written, so ``--resume`` tries them again.
+
+Everything finished is on disk as soon as it is finished: adapters (``adapters/<name>/``),
+per-task results (``tasks/<name>.json``), ``submission.json``, the report and a JSON-lines log.
+``<name>`` is a safe, reversible encoding of the task id (arcfast.run.outdir): no id can reach outside
+``--out``. A run started again with ``--resume`` keeps every task whose result is already written
+for the same task (its fingerprint: id, train pairs, test inputs) and runs the rest.
+
+Multi-GPU: under ``torchrun --nproc_per_node N`` (or ``arcfast ttft --workers N``, which starts the
+same N workers on one machine) the ranks pull groups of tasks from one queue in the rendezvous
+store (:mod:`arcfast.run.queue`; each claim at most an even share of the tasks not yet handed out,
+longest first, the leases renewed while a group trains and predicts) and write their answers under
+``parts/`` and ``tasks/``; rank 0, once every task is done, merges them into ``submission.json``
+and its summary speaks for the whole run. ``sharding="static"`` gives rank r every N-th task.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..budget import Deadline, StepAbandoned, StepPlanner, format_duration, parse_duration
+from ..models import shipped_model
+from .outdir import OutDir
+from .records import TaskRun, read_task_record, read_task_records, write_task_record
+from ..files import JsonLog, write_json
+from ..runtime import device as _device
+from ..runtime import dist as _dist
+from ..runtime import dtype as _dtype
+from ..arc.task import id_bytes
+
+# Seconds of the budget (margin included) that must be left for the report's plot to be drawn.
+PLOT_SECONDS = 3.0
+
+log = logging.getLogger("arcfast.run.ttft")
+
+# The embedded default: what `arcfast ttft` with no arguments runs (CPU, tiny model, seconds).
+DEFAULT_TASKS = "arc1:eval[:6]"
+# The starter model where it is installed (arcfast/models/starter/); the random-weight tiny preset
+# otherwise.
+DEFAULT_MODEL = "starter" if shipped_model("starter") is not None else "tiny"
+DEFAULT_BUDGET = "90s"
+# How a task's error begins when its adapter could not be written (its answers stand).
+ADAPTER_NOT_SAVED = "saving adapter: "
+# The verification augmentations' seed, apart from the prediction's (seed) and re-scoring's (seed + 1).
+VERIFY_SEED_OFFSET = 2
+
+
+@dataclass
+class TTFTConfig:
+    tasks: str = DEFAULT_TASKS
+    solutions: Optional[str] = None
+    model: str = DEFAULT_MODEL
+    adapter: Optional[str] = None          # pretrained adapter every task starts from
+    budget: float = 90.0                   # seconds, the whole run
+    out: str = "runs/ttft"
+    backend: str = "auto"                  # auto | native | hf | unsloth
+    device: str = "auto"                   # auto | cpu | cuda
+    dtype: str = "auto"                    # auto | float32 | bfloat16 | float16
+    seed: int = 0
+    recipe: Optional[str] = None           # the named recipe the fields below came from (arcfast.run.recipes)
+    # with several workers (torchrun, --workers): "queue" (tasks pulled from a shared queue, longest
+    # first; arcfast.run.queue) or "static" (worker r takes every world-th task)
+    sharding: str = "queue"
+    lease_s: float = 120.0                 # queue: a worker silent this long has its task handed out again
+    max_task_seconds: Optional[float] = None  # a group's training stops so that training and its
+                                           # inference fit this many seconds (NVARC: 1,200 per task)
+    # LoRA and optimisation (the recipe per task)
+    rank: int = 32
+    alpha: float = 64.0
+    rslora: bool = False                   # LoRA scaling alpha / sqrt(rank) instead of alpha / rank
+    tokens: tuple = ()                     # "embed_tokens" / "lm_head": their rows trained per task too
+    embedding_lr: Optional[float] = None   # those rows' learning rate (None: lr)
+    lr: float = 1e-4
+    steps: int = 100                       # optimizer steps per task at most
+    samples_per_task: int = 1              # samples of every task in each step
+    loss_on: str = "target"                # target | outputs: also every demonstration output but the first
+    objectives: tuple = (("output", 1.0),)  # (name, weight): shares of the samples (arcfast.samples.objectives)
+    warmup_ratio: float = 0.1
+    # the training samples (arcfast.samples.sampling, arcfast.arc.augment)
+    geometric_aug: bool = True             # a dihedral transform drawn per sample (else identity only)
+    color_aug: bool = True                 # a colour permutation drawn per sample
+    keep_zero_prob: float = 0.9            # probability that such a permutation keeps colour 0
+    max_demos: int = 0                     # demonstrations per sample at most (0: every other train pair)
+    swap_bug: bool = False                 # ablation only: the last train pair is never a target
+    # batching
+    tasks_per_group: int = 0               # 0: 8 on the CPU, 32 on a GPU
+    row_len: int = 8192
+    max_len: int = 8192                    # longest training prompt
+    cuda_graphs: bool = False              # replay training steps as CUDA graphs (native backend, GPU)
+    # inference
+    predictions: int = 8                   # per test input
+    max_new_tokens: Optional[int] = None
+    search: str = "greedy"                 # greedy | sample | dfs: how each augmented prompt is decoded
+    min_prob: float = 0.1                  # dfs: every completion of probability >= min_prob
+    max_candidates: Optional[int] = None   # dfs: completions per prompt at most (None: never cut)
+    temperature: float = 1.0               # sample: softmax temperature
+    select: Optional[str] = None           # vote | poe | nvarc (default: poe with rescore > 0, else vote)
+    rescore: Optional[int] = None          # M scoring augmentations (default: 8 for poe and nvarc, else 0: off)
+    rescore_top: int = 8                   # how many voted candidates per test input are scored
+    verify: Optional[int] = None           # K verifications per candidate (default: 8 with a verify selector
+                                           # or the verify objective, else 0: off)
+    train: bool = True                     # False: predict with the base model / --adapter only
+    # bookkeeping
+    resume: bool = False
+    save_adapters: str = "all"             # all | none: write each task's adapter under adapters/
+    progress: bool = True
+    margin: Optional[float] = None         # safety margin in seconds (default: Deadline's)
+
+    def __post_init__(self):
+        import math
+
+        # Each refused value would otherwise run: all-fallback answers, silent defaults or a crash mid-run.
+        at_least = (("predictions", 1, "predictions per test input"),
+                    ("steps", 0, "optimizer steps per task; 0: predict without training"),
+                    ("rank", 1, "LoRA rank"),
+                    ("samples_per_task", 1, "samples of each task in every step"),
+                    ("tasks_per_group", 0, "tasks per packed batch; 0: 8 on the CPU, 32 on a GPU"),
+                    ("row_len", 1, "tokens per packed row"),
+                    ("max_len", 1, "tokens in the longest prompt"),
+                    ("max_demos", 0, "demonstrations per sample; 0: every other train pair"))
+        for name, low, what in at_least:
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low} ({what}), got {getattr(self, name)}")
+        from .recipes import recipe_fields
+        from ..samples.sampling import LOSS_ON
+
+        recipe_fields(self.recipe)   # an unknown name is refused, naming the recipes
+        if self.sharding not in ("queue", "static"):
+            raise ValueError(f"sharding must be queue or static, not {self.sharding!r}")
+        if self.max_task_seconds is not None and not self.max_task_seconds > 0:
+            raise ValueError(f"max_task_seconds must be > 0, got {self.max_task_seconds}")
+        if not self.lease_s > 0:
+            raise ValueError(f"lease_s must be > 0, got {self.lease_s}")
+        if self.loss_on not in LOSS_ON:
+            raise ValueError(f"loss_on must be one of {LOSS_ON}, not {self.loss_on!r}")
+        if self.max_candidates is not None and self.max_candidates < 1:
+            raise ValueError(f"max_candidates must be >= 1 (or unset: never cut), got {self.max_candidates}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1 (or unset: from the 30x30 size limit), "
+                             f"got {self.max_new_tokens}")
+        if not (math.isfinite(self.budget) and self.budget > 0):
+            raise ValueError(f"budget must be a positive number of seconds, got {self.budget}")
+        if not 0.0 <= self.keep_zero_prob <= 1.0:
+            raise ValueError(f"keep_zero_prob must lie in [0, 1], got {self.keep_zero_prob}")
+        if not (math.isfinite(self.lr) and self.lr >= 0):
+            raise ValueError(f"lr must be a finite number >= 0, got {self.lr}")
+        if not math.isfinite(self.alpha):
+            raise ValueError(f"alpha must be a finite number, got {self.alpha}")
+        if self.save_adapters not in ("all", "none"):
+            raise ValueError(f"save_adapters must be 'all' or 'none', not {self.save_adapters!r}")
+        from ..infer.search import SEARCHES
+        from ..answers.select import SCORED, VERIFIED, check_selector
+
+        if self.search not in SEARCHES:
+            raise ValueError(f"search must be one of {', '.join(SEARCHES)}, not {self.search!r}")
+        if not 0.0 < self.min_prob <= 1.0:
+            raise ValueError(f"min_prob must be in (0, 1] (a completion's probability), got {self.min_prob}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature}")
+        if self.rescore is not None and self.rescore < 0:
+            raise ValueError(f"rescore must be >= 0 augmentations (0: off), got {self.rescore}")
+        if self.select is None:
+            self.select = "poe" if self.rescore else "vote"
+        check_selector(self.select)
+        from ..samples.objectives import parse_objectives
+
+        obj = self.objectives
+        strings = isinstance(obj, str) or all(isinstance(x, str) for x in obj)
+        self.objectives = parse_objectives(obj if strings else dict(obj))
+        trains_verify = dict(self.objectives).get("verify", 0.0) > 0
+        if self.verify is None:
+            self.verify = 8 if self.select in VERIFIED or trains_verify else 0
+        if self.verify < 0:
+            raise ValueError(f"verify must be >= 0 verifications per candidate (0: off), got {self.verify}")
+        if self.select in VERIFIED and self.verify == 0:
+            raise ValueError(f"select {self.select!r} ranks by verdicts: verify must be >= 1 (default 8), got 0")
+        if self.rescore is None:
+            self.rescore = 8 if self.select in SCORED else 0
+        if self.select in SCORED and self.rescore == 0:
+            raise ValueError(f"select {self.select!r} ranks by scores under M augmentations: rescore must be "
+                             f">= 1 (default 8), got 0")
+        if self.rescore_top < 2:
+            raise ValueError(f"rescore_top must be >= 2 (re-ranking one candidate changes nothing), "
+                             f"got {self.rescore_top}")
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out)
+
+    def sample_config(self):
+        """The :class:`arcfast.samples.sampling.SampleConfig` of this recipe's training samples."""
+        from ..samples.sampling import SampleConfig
+
+        return SampleConfig(max_len=min(self.max_len, self.row_len), loss_on=self.loss_on,
+                            objectives=self.objectives, max_demos=self.max_demos, swap_bug=self.swap_bug)
+
+    def augment_config(self):
+        """The :class:`arcfast.arc.augment.AugmentConfig` of this recipe's training samples."""
+        from ..arc.augment import N_TRANSFORMS, AugmentConfig
+
+        return AugmentConfig(transforms=tuple(range(N_TRANSFORMS)) if self.geometric_aug else (0,),
+                             permute_colors=self.color_aug, keep_zero_prob=self.keep_zero_prob)
+
+    @property
+    def needs_objective_ids(self) -> bool:
+        """Whether the model needs the objectives' ids (verify objective, or verification)."""
+        from ..samples.objectives import NEEDS_OBJECTIVE_IDS
+
+        return self.verify > 0 or any(w > 0 and n in NEEDS_OBJECTIVE_IDS for n, w in self.objectives)
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+def _task_seed(seed: int, task_id: str) -> int:
+    import zlib
+
+    return (seed * 1_000_003 + zlib.crc32(id_bytes(task_id))) & 0x7FFFFFFF
+
+
+def _trainable(task) -> bool:
+    """Whether leave-one-out samples can be drawn from ``task`` (a target and a demonstration)."""
+    return len(task.train) >= 2
+
+
+def _groups(tasks, size: int) -> list:
+    """``tasks`` in groups of ``size``, the trainable ones first: leave-one-out training needs a
+    target and a demonstration, so a task with one train pair is predicted untrained, in groups of
+    its own, and never holds back another task."""
+    trainable = [t for t in tasks if _trainable(t)]
+    alone = [t for t in tasks if not _trainable(t)]
+    return [g[i:i + size] for g in (trainable, alone) for i in range(0, len(g), size)]
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    import torch
+
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def _task_result(r: TaskRun):
+    from .report import TaskResult
+
+    return TaskResult(task_id=r.task_id, metrics=r.metrics, train_seconds=r.train_seconds,
+                      inference_seconds=r.inference_seconds, steps=r.steps, train_tokens=r.train_tokens,
+                      generated_tokens=r.generated_tokens, predictions=r.predictions, votes=r.votes,
+                      error=r.error, selection=r.selection)
+
+
+def _candidate_record(c, predictions, ranks: dict) -> dict:
+    """One distinct grid of a test input in ``tasks/<id>.json``: the grid, its count, its
+    predictions' mean per-token log-probability, its log-probability under each scoring
+    augmentation (``None``: not scored), how many of its predictions each search found, and its
+    place under each selector."""
+    import math
+
+    found: dict = {}
+    for m in c.members:
+        how = predictions[m].search or "unknown"
+        found[how] = found.get(how, 0) + 1
+    return {"grid": c.grid.tolist(), "count": c.count,
+            "mean_logprob": c.mean_logprob if math.isfinite(c.mean_logprob) else None,
+            "logprobs": list(c.logprobs) if c.logprobs is not None else None,
+            "verdicts": list(c.verdicts) if c.verdicts is not None else None,
+            "found_by": found, "rank": ranks}
+
+
+# ----------------------------------------------------------------------------------------------
+# the run
+
+class TTFTRun:
+    """One `arcfast ttft` run. ``run()`` returns the summary dict also written to ``run.json``."""
+
+    def __init__(self, cfg: TTFTConfig, deadline: Optional[Deadline] = None):
+        self.tq = None   # the shared task queue of a multi-worker run (see run)
+        self.others: dict = {}   # rank 0 of several workers: the other workers' results, once merged
+        self.cfg = cfg
+        self.deadline = deadline or Deadline(cfg.budget, margin=cfg.margin)
+        self.out = cfg.out_dir
+        self.paths = OutDir(self.out)
+        self.rank, self.world = _dist()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.log = JsonLog(self.out / ("log.jsonl" if self.world == 1 else f"log.rank{self.rank}.jsonl"))
+        self.results: dict[str, TaskRun] = {}
+        self.progress = None             # the progress display (rank 0, unless quiet)
+        self._where = ""                 # which group runs, for the progress display
+        self._score_s_per_token = 0.0    # measured by the last re-scoring call (0: none yet)
+        self._rescore_s_per_task = 0.0   # the most re-scoring has taken per task of a group
+        self._verify_s_per_task = 0.0    # the most verification has taken per task of a group
+        self.steps_abandoned = 0         # training steps stopped part way by the deadline
+        self.not_written: dict = {}      # task id -> why its tasks/<id>.json could not be written
+
+    # -- setup ----------------------------------------------------------------------------------
+    def load_tasks(self):
+        """(tasks, problems, unloadable): the tasks that loaded, every problem found, and the ids
+        of the tasks that could not be loaded with what is known of their test inputs (they keep
+        fallback answers in the submission)."""
+        from ..arc.loading import load_tasks, skipped_tasks
+
+        problems: list = []
+        tasks = load_tasks(self.cfg.tasks, solutions=self.cfg.solutions, on_error="skip", problems=problems)
+        for p in problems:
+            log.warning("%s", p)
+            self.log(event="task_problem", message=str(p))
+        unloadable = skipped_tasks(problems, tasks)
+        if not tasks and not unloadable:
+            raise ValueError(f"{self.cfg.tasks}: no task could be loaded"
+                             + (f" ({len(problems)} problems, first: {problems[0]})" if problems else ""))
+        return tasks, problems, unloadable
+
+    def load_model(self):
+        from ..model.decoder import load_model
+
+        device = _device(self.cfg.device)
+        dtype = _dtype(self.cfg.dtype, device)
+        model = load_model(self.cfg.model, dtype=dtype, device=device)
+        if self.cfg.needs_objective_ids and not model.config.has_objective_ids:
+            from ..model.decoder import grow_vocab
+
+            grow_vocab(model)   # the same rows every time: adapters trained on them stay valid
+            self.log(event="grow_vocab", vocab_size=model.config.vocab_size,
+                     reason="the verify objective and verification use ids 16-19; the model had none")
+        model.eval()
+        return model
+
+    def make_backend(self, model, n_adapters: int):
+        from ..train.backends import make_backend, select_backend
+        from ..lora.multi import LoRAConfig
+        from ..train.trainer import TrainConfig
+
+        cls, reason = select_backend(self.cfg.backend)
+        lora_cfg = LoRAConfig(r=self.cfg.rank, alpha=self.cfg.alpha, rslora=self.cfg.rslora, tokens=self.cfg.tokens)
+        train_cfg = TrainConfig(lr=self.cfg.lr, steps=self.cfg.steps, warmup_ratio=self.cfg.warmup_ratio,
+                                cuda_graphs=self.cfg.cuda_graphs, embedding_lr=self.cfg.embedding_lr)
+        n = min(n_adapters, cls.max_adapters)
+        backend = make_backend(cls.name, model, lora_cfg, train_cfg, n_adapters=n)
+        return backend, lora_cfg, reason
+
+    # -- the run --------------------------------------------------------------------------------
+    def run(self) -> dict:
+        import torch
+
+        from ..lora.multi import MultiLoRA
+        from .report import RunReport
+        from ..answers.submission import SubmissionWriter
+
+        cfg = self.cfg
+        if self.rank == 0:
+            # Temporary files of an earlier run that was killed mid-write; ours are all newer.
+            for p in self.paths.remove_stale_temporaries(older_than=time.time() - self.deadline.elapsed()):
+                self.log(event="removed_stale_temporary", path=str(p))
+        tasks, problems, unloadable = self.load_tasks()
+        self.unloadable = unloadable
+        self.tq = self._task_queue(tasks)
+        # A queue worker's tasks are the ones it is handed: every task may be its, so its part of
+        # the submission starts with every fallback answer.
+        mine = tasks if self.tq is not None else tasks[self.rank::self.world]
+        part = self.paths.submission if self.world == 1 else self.paths.part(self.rank)
+        # The fallback answers go to disk before anything else can fail.
+        self.submission = SubmissionWriter(part, mine, unloadable=unloadable if self.world == 1 else None)
+        if self.world > 1 and self.rank == 0:
+            SubmissionWriter(self.paths.submission, tasks, unloadable=unloadable)
+        self.report = RunReport(title=f"arcfast ttft: {cfg.tasks}", meta={"config": asdict(cfg)})
+
+        model = self.load_model()
+        gpu = model.device.type == "cuda"
+        # Per-task adapters are for inference, which runs in the model's dtype: a bf16 model's
+        # adapters are saved in bf16 (35 MB instead of 70 for Qwen2.5-0.5B at r=32; 400 tasks: 14 GB).
+        self.adapter_dtype = model.dtype if model.dtype in (torch.bfloat16, torch.float16) else None
+        group_size = cfg.tasks_per_group or (32 if gpu else 8)
+        backend, lora_cfg, reason = self.make_backend(model, group_size)
+        group_size = backend.n_adapters
+        steps_how = f", steps: {backend.graph_status}" if cfg.cuda_graphs and hasattr(backend, "graph_status") else ""
+        msg = (f"backend {backend.name} ({reason}{steps_how}); model {cfg.model} on {model.device} {model.dtype}; "
+               f"{len(mine)} tasks in groups of {group_size}; budget {format_duration(cfg.budget)}")
+        log.info(msg)
+        self.log(event="start", message=msg, rank=self.rank, world=self.world, tasks=len(mine))
+        if cfg.recipe:
+            from .recipes import RECIPES
+
+            self.log(event="recipe", name=cfg.recipe, recipe=RECIPES[cfg.recipe],
+                     used={k: getattr(cfg, k) for k in RECIPES[cfg.recipe]})
+        if self.cfg.progress and self.rank == 0:
+            print(msg, flush=True)
+        infer_lora = MultiLoRA(model, lora_cfg, group_size)
+        pretrained = None
+        if cfg.adapter:
+            from ..lora.adapters import load_adapter_for
+
+            # Read once, for every group.
+            pretrained = load_adapter_for(cfg.adapter, lora_cfg, infer_lora.peft_token_ids())
+
+        todo = self._resume(mine, tasks) if cfg.resume else list(mine)
+        if self.tq is not None:
+            self._todo = {t.id for t in todo}
+            by_id = {t.id: t for t in tasks}
+            groups = []   # claimed from the queue as the run goes
+            planned = [group_size] * max(1, math.ceil(len(todo) / self.world / group_size))
+        else:
+            groups = _groups(todo, group_size)
+            planned = [len(g) for g in groups]
+        # Until a group's inference has been timed, a third of the time left is kept for it.
+        planner = StepPlanner(self.deadline, max_steps=cfg.steps, groups=planned, inference_share=1 / 3)
+
+        self.progress = self._progress(len(mine), len(mine) - len(todo))
+        self.generator = None
+        queue = deque(groups)
+        while True:
+            if not queue and self.tq is not None:
+                claimed = self._claim(by_id, group_size)
+                if not claimed:
+                    break
+                queue.extend(_groups(claimed, group_size))
+                # This worker's share of the tasks not yet handed out, as groups after these.
+                rest = math.ceil(self.tq.remaining() / self.world / group_size)
+                planner.plan([len(g) for g in queue] + [group_size] * rest)
+            if not queue:
+                break
+            group = queue.popleft()
+            self._where = f"group {planner.groups_done + 1}/{planner.groups_done + 1 + len(queue)}"
+            if self.deadline.expired():
+                self.log(event="out_of_time", tasks_left=len(group) + sum(len(g) for g in queue))
+                break
+            steps = planner.steps_for_next_group() if cfg.train and _trainable(group[0]) else 0
+            t_group = time.perf_counter()
+            try:
+                with self.tq.heartbeat() if self.tq is not None else contextlib.nullcontext():
+                    runs = self._train_group(backend, group, steps, planner, pretrained, lora_cfg)
+                    t_inf = time.perf_counter()
+                    self._predict_group(model, backend, infer_lora, group, runs, planner)
+                inference_s = time.perf_counter() - t_inf
+                planner.record_inference(inference_s, len(group))
+                failed = False
+            except Exception as e:   # one group's failure must not end the run
+                backend.recover()
+                self.generator = None   # its buffers may be what ran out
+                if _out_of_memory(e) and len(group) > 1:
+                    # Every group still queued is cut to the new size too: each would fail alike.
+                    half = (len(group) + 1) // 2
+                    queue = deque(g[i:i + half] for g in [group, *queue] for i in range(0, len(g), half))
+                    planner.plan([len(g) for g in queue])   # every reservation follows the new groups
+                    self.log(event="oom_split", tasks=[t.id for t in group], tasks_per_group=half,
+                             error=str(e).splitlines()[0][:300])
+                    log.warning("out of memory with %d tasks per step: %d from now on", len(group), half)
+                    continue
+                msg = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+                log.error("tasks %s failed: %s", ", ".join(t.id for t in group), msg, exc_info=True)
+                self.log(event="group_failed", tasks=[t.id for t in group], error=msg)
+                runs = {t.id: TaskRun(t.id, error=f"failed, fallback answers: {msg}") for t in group}
+                failed = True
+            planner.group_done()
+            for t in group:
+                # A failed task is not written to tasks/: a --resume run tries it again.
+                self._finish_task(t, runs[t.id], persist=not failed)
+                if self.tq is not None:
+                    self.tq.done(t.id)
+            if not failed:
+                # What a group costs besides its steps and its inference (fresh adapters, the sample
+                # stream, saving adapters, writing results): kept for every group still to run.
+                steps_s = sum(r.train_seconds for r in runs.values())
+                planner.record_group_overhead(max(0.0, time.perf_counter() - t_group - steps_s - inference_s))
+            if self.progress is not None:
+                self.progress.update(len(group), text=self._postfix(runs), force=True)
+        if self.progress is not None:
+            self.progress.close()
+            self.progress = None
+
+        if self.world > 1:
+            self._merge_parts(tasks)
+        if self.rank == 0:
+            # The plot takes about a second (more on a loaded machine): drawn only when that much
+            # of the budget itself (margin included) is still left.
+            left = self.deadline.budget - self.deadline.elapsed()
+            plot = left > PLOT_SECONDS
+            if not plot:
+                self.log(event="report_plot_skipped", reason="deadline", left_s=round(left, 2))
+            try:
+                self.report.write(self.out, plot=plot)
+            except Exception as e:   # the report is a view of the results; it must not lose them
+                log.error("report not written: %s: %s", type(e).__name__, e)
+                self.log(event="report_failed", error=f"{type(e).__name__}: {e}")
+        summary = self._summary(tasks, problems, backend, reason)
+        write_json(self.out / ("run.json" if self.world == 1 else f"run.rank{self.rank}.json"), summary)
+        self.log(event="end", **{k: v for k, v in summary.items() if k in ("seconds", "tasks", "trained")})
+        self.log.close()
+        return summary
+
+    # -- training -------------------------------------------------------------------------------
+    def _train_group(self, backend, group, steps, planner, pretrained, lora_cfg) -> dict:
+        from ..samples.packing import PackedStream
+        from ..samples.sampling import OBJECTIVES
+
+        cfg = self.cfg
+        runs = {t.id: TaskRun(t.id) for t in group}
+        slots = list(range(len(group)))
+        seeds = [_task_seed(cfg.seed, t.id) for t in group]
+        if pretrained is not None:
+            backend.load_adapter(slots, pretrained, total_steps=max(1, steps))
+        else:
+            backend.reset_adapters(slots, seeds=seeds, total_steps=max(1, steps))
+        if steps <= 0:
+            reason = ("evaluation without training" if not cfg.train
+                      else "fewer than 2 train pairs: nothing to leave one out" if not _trainable(group[0])
+                      else "no time left for training")
+            self.log(event="no_training", tasks=[t.id for t in group], reason=reason)
+            return runs
+        stream = PackedStream(group, seed=seeds[0], row_len=cfg.row_len, samples_per_task=cfg.samples_per_task,
+                              config=cfg.sample_config(), augment=cfg.augment_config(), threads=1, queue_size=4,
+                              batches=steps)
+        done, losses, t_group = 0, np.full(len(group), np.nan), time.perf_counter()
+        obj_losses = np.full((len(group), len(OBJECTIVES)), np.nan)
+        mixed = sum(w > 0 for _, w in cfg.objectives) > 1   # per-objective losses are worth logging
+        tokens = np.zeros(len(group), np.int64)
+        targets = np.zeros((len(group), max(len(t.train) for t in group)), np.int64)
+        try:
+            # Keep the inference time of this group and every later one free while stepping: no
+            # step starts that is predicted to end past the group's stop, and a step runs through
+            # the planner's gate, in micro-batches, abandoned whole when its rest would not fit.
+            for step in range(steps):
+                batch = next(stream)
+                lengths = batch.sample_lengths()
+                if step > 0 and cfg.max_task_seconds and not self._within_cap(t_group, planner, len(group)):
+                    self.log(event="stop_early", tasks=[t.id for t in group], step=step, reason="task cap",
+                             max_task_seconds=cfg.max_task_seconds)
+                    break
+                if not planner.may_step(lengths=lengths):
+                    predicted = planner.step_seconds(lengths)
+                    self.log(event="stop_early", tasks=[t.id for t in group], step=step, reason="deadline",
+                             tokens=int(lengths.sum()), predicted_s=None if predicted is None else round(predicted, 2),
+                             left_s=round(planner.train_stop() - self.deadline.clock(), 2))
+                    break
+                gate = planner.gate()
+                t = time.perf_counter()
+                try:
+                    stats = backend.step(batch, gate=gate)
+                except StepAbandoned as e:
+                    self.steps_abandoned += 1
+                    self.log(event="step_abandoned", tasks=[t.id for t in group], step=step, tokens=e.tokens,
+                             tokens_done=e.tokens_done, seconds=round(e.seconds, 2),
+                             predicted_s=None if e.predicted is None else round(e.predicted, 2),
+                             left_s=round(e.left, 2), pieces=gate.pieces)
+                    break
+                planner.record(time.perf_counter() - t, gated=gate.seconds)   # the gate measured its samples
+                done += 1
+                n = len(group)
+                seen = np.asarray(stats.label_tokens[:n]) > 0
+                losses[seen] = np.asarray(stats.loss[:n])[seen]
+                step_obj = {}
+                if len(stats.objective_tokens):
+                    has = np.asarray(stats.objective_tokens[:n]) > 0
+                    obj_losses[has] = np.asarray(stats.objective_loss[:n])[has]
+                    step_obj = {o: float(np.mean(stats.objective_loss[:n, i][has[:, i]]))
+                                for i, o in enumerate(OBJECTIVES) if has[:, i].any() and mixed}
+                for a in range(len(group)):
+                    tokens[a] += int((batch.adapter_ids == a).sum())
+                if batch.target_ids is not None:
+                    targets += batch.target_counts(*targets.shape)
+                self.log(event="step", tasks=len(group), step=step, loss=float(np.nanmean(stats.loss[:n][seen])) if seen.any() else None,
+                         **({"objective_loss": step_obj} if step_obj else {}),
+                         tokens=stats.tokens, label_tokens=int(np.asarray(stats.label_tokens[:n]).sum()),
+                         tokens_per_s=round(stats.tokens_per_s, 1), pieces=gate.pieces,
+                         budget_left=round(self.deadline.remaining(), 1))
+                self._status(f"train step {done}/{steps} · {stats.tokens_per_s:,.0f} tok/s", force=done == 1)
+        finally:
+            stream.close()
+        seconds = time.perf_counter() - t_group
+        for i, t in enumerate(group):
+            r = runs[t.id]
+            r.steps, r.train_seconds = done, seconds / len(group)
+            r.train_tokens = int(tokens[i])
+            r.targets = targets[i, :len(t.train)].tolist()
+            r.final_loss = None if np.isnan(losses[i]) else float(losses[i])
+            if mixed:
+                r.objective_losses = {o: float(obj_losses[i, j]) for j, o in enumerate(OBJECTIVES)
+                                      if not np.isnan(obj_losses[i, j])}
+            if cfg.save_adapters == "none":
+                continue
+            try:
+                backend.save_adapter(i, self.paths.adapter_dir(t.id), meta={"task": t.id, "steps": done},
+                                     dtype=self.adapter_dtype)
+                r.adapter_saved = True
+            except Exception as e:  # a full disk must not lose the answers
+                r.adapter_saved = False
+                r.error = f"{ADAPTER_NOT_SAVED}{type(e).__name__}: {e}"
+                log.error("%s: %s", t.id, r.error)
+                self.log(event="adapter_not_saved", task=t.id, error=f"{type(e).__name__}: {e}")
+        return runs
+
+    # -- inference ------------------------------------------------------------------------------
+    def _predict_group(self, model, backend, infer_lora, group, runs, planner) -> None:
+        import torch
+
+        from ..lora.adapters import from_peft
+        from ..infer.generate import GenerationConfig, Generator
+        from ..infer.predict import max_output_tokens, predict_tasks
+        from ..infer.search import SearchConfig, SearchStats
+        from ..answers.select import SCORED, VERIFIED, judge, ranks, select
+        from ..answers.vote import vote
+
+        cfg = self.cfg
+        if self.deadline.expired():
+            for t in group:
+                runs[t.id].error = "no time left for inference: fallback answers"
+            return
+        for i in range(len(group)):
+            infer_lora.set(i, from_peft(backend.export_adapter(i)))
+        if self.generator is None:
+            self.generator = Generator(model, infer_lora)
+        max_new = cfg.max_new_tokens or max(max_output_tokens(t) for t in group)
+        gen_cfg = GenerationConfig(max_new_tokens=max_new,
+                                   temperature=cfg.temperature if cfg.search == "sample" else 0.0, seed=cfg.seed)
+        search = SearchConfig(min_prob=cfg.min_prob, max_new_tokens=max_new, max_candidates=cfg.max_candidates) \
+            if cfg.search == "dfs" else None
+        # The first prefill is planned from what was measured: a training step's seconds per token
+        # (a forward alone never costs more) until the generator measures its own.
+        self.generator.prime_rates(planner.sample_rates.slowest)
+        search_stats = SearchStats(prefill_s_per_token=self.generator.prefill_rate or 0.0) \
+            if search is not None else None
+        # Generation stops at the deadline less what the later groups are owed, and less what
+        # re-scoring this group took per task before (measured; nothing before the first group).
+        stop_at = self.deadline.clock() + max(0.0, planner.inference_seconds())
+        gen_stop = stop_at - ((self._rescore_s_per_task if cfg.rescore > 0 else 0.0)
+                              + (self._verify_s_per_task if cfg.verify > 0 else 0.0)) * len(group)
+        errors: dict = {}
+        t0 = time.perf_counter()
+        n_inputs = sum(len(t.test) for t in group)
+        how = {"greedy": "", "sample": f" (sampled at temperature {cfg.temperature:g})",
+               "dfs": f" (depth-first search, p >= {cfg.min_prob:g})"}[cfg.search]
+        self._status(f"predicting {n_inputs} test inputs x {cfg.predictions}{how}", force=True)
+        with torch.no_grad():
+            preds = predict_tasks(model, group, list(range(len(group))), infer_lora,
+                                  n_predictions=cfg.predictions, config=gen_cfg, generator=self.generator,
+                                  max_prompt_len=cfg.max_len, seed=cfg.seed, on_error="skip", errors=errors,
+                                  deadline=gen_stop, search=search, search_stats=search_stats)
+        self.log(event="predict", tasks=[t.id for t in group], test_inputs=n_inputs,
+                 predictions=sum(len(p) for per_test in preds for p in per_test),
+                 tokens=sum(q.n_tokens for per_test in preds for p in per_test for q in p),
+                 seconds=round(time.perf_counter() - t0, 3))
+        if search_stats is not None:
+            st = search_stats
+            self.log(event="search", tasks=[t.id for t in group], prompts=st.prompts, completions=st.completions,
+                     steps=st.steps, tokens=st.node_steps, forks=st.forks, capped=st.capped,
+                     cut_by_deadline=st.cut_by_deadline, seconds=round(st.prefill_s + st.decode_s, 3))
+        elif self.generator.stats.cut_by_deadline:   # the stats of this call (each call starts them anew)
+            self.log(event="inference_cut", tasks=[t.id for t in group],
+                     prompts=self.generator.stats.cut_by_deadline, reason="deadline")
+        voted = [[vote(p, top_k=None) for p in per_test] for per_test in preds]
+        if cfg.rescore > 0:
+            self._status("scoring the voted candidates", force=True)
+            self._rescore_group(model, infer_lora, group, voted, stop_at)
+        if cfg.verify > 0:
+            self._status("verifying the voted candidates", force=True)
+            self._verify_group(model, infer_lora, group, voted, stop_at)
+        # Every selector that can rank these candidates is judged on them, side by side.
+        selectors = ("vote",) + (SCORED if cfg.rescore > 0 else ()) + (VERIFIED if cfg.verify > 0 else ())
+        per_task = (time.perf_counter() - t0) / len(group)
+        for i, (t, per_test) in enumerate(zip(group, preds)):
+            r = runs[t.id]
+            r.inference_seconds = per_task
+            if t.id in errors:
+                r.error = (r.error + "; " if r.error else "") + str(errors[t.id])
+            r.attempts, r.votes, r.predictions, r.candidates = [], [], [], []
+            chosen = []
+            for preds_i, cands in zip(per_test, voted[i]):
+                ranked = select(cands, cfg.select)
+                chosen.append(ranked[:2])
+                r.attempts.append([c.grid.tolist() for c in ranked[:2]])
+                r.votes.append(ranked[0].count if ranked else 0)
+                r.predictions.append(len(preds_i))
+                r.generated_tokens += sum(p.n_tokens for p in preds_i)
+                r.candidates.append([_candidate_record(c, preds_i, k)
+                                     for c, k in zip(cands, ranks(cands, selectors))])
+            if t.has_solutions and per_test:
+                from ..answers.metrics import score_task
+
+                r.metrics = score_task(t, per_test, chosen)
+                r.selection = judge([q.output for q in t.test], voted[i], selectors)
+
+    def _rescore_group(self, model, infer_lora, group, voted, stop_at) -> None:
+        """Score the top ``rescore_top`` voted candidates of every test input of ``group`` with two
+        or more of them under ``rescore`` augmentations (one batched scoring call): each gets its
+        log-probabilities in ``logprobs``, in place in ``voted``. Skipped, with a log event, when
+        even its first batch would not end by ``stop_at``; otherwise stopped between batches at
+        ``stop_at`` (test inputs left unscored are ranked by their votes)."""
+        from ..arc.augment import test_time_augmentations
+        from ..infer.rescore import (
+            RescoreJob,
+            ScoreStats,
+            build_sequences,
+            default_batch_tokens,
+            rescore_items,
+            score_jobs,
+            score_sequences,
+        )
+
+        cfg = self.cfg
+        jobs, where = [], []
+        for i, t in enumerate(group):
+            # A seed apart from the prediction's: the candidates are judged from other viewpoints.
+            augs = test_time_augmentations(t, cfg.rescore, seed=cfg.seed + 1)
+            for ti, cands in enumerate(voted[i]):
+                if len(cands) >= 2:
+                    jobs.append(RescoreJob(t, ti, cands[:cfg.rescore_top], augs, i))
+                    where.append((i, ti))
+        if not jobs:
+            return
+        ids = sorted({group[i].id for i, _ in where})
+        try:
+            seqs = build_sequences(rescore_items(jobs), max_prompt_len=cfg.max_len)
+        except ValueError as e:
+            self.log(event="rescore_skipped", tasks=ids, reason=str(e))
+            return
+        # Batches are planned from the measured seconds per token: the previous scoring call's, or
+        # before any, the generator's prefill (a scoring forward is a prefill). Test inputs are
+        # scored in order and each one finished is used; no batch starts that would end past
+        # stop_at, so a batch that cannot fit is never run.
+        rate = self._score_s_per_token or self.generator.stats.prefill_s_per_token or None
+        sst = ScoreStats()
+        t0 = time.perf_counter()
+        out = score_jobs(jobs, score_sequences(model, infer_lora, seqs, deadline=stop_at, s_per_token=rate,
+                                               stats=sst))
+        if sst.s_per_token > 0:
+            self._score_s_per_token = sst.s_per_token
+        seconds = time.perf_counter() - t0
+        self._rescore_s_per_task = max(self._rescore_s_per_task, seconds / len(group))
+        if sst.batches == 0:
+            self.log(event="rescore_skipped", tasks=ids, tokens=seqs.n_tokens,
+                     first_batch_s=round((rate or 0.0) * min(seqs.n_tokens, default_batch_tokens(model.device)), 2),
+                     left_s=round(stop_at - self.deadline.clock(), 2), reason="deadline")
+            return
+        cut = sum(r is None for r in out)
+        for (i, ti), scored in zip(where, out):
+            if scored is not None:
+                voted[i][ti] = scored + list(voted[i][ti][len(scored):])
+        self.log(event="rescore", tasks=ids, test_inputs=len(jobs), sequences=len(seqs), tokens=seqs.n_tokens,
+                 tokens_computed=sst.tokens, seconds=round(seconds, 3), cut_by_deadline=cut)
+
+    def _verify_group(self, model, infer_lora, group, voted, stop_at) -> None:
+        """Verify the voted candidates of every test input of ``group`` with two or more of them
+        (:func:`arcfast.infer.verify.verify_jobs`, rounds, ``verify`` augmentations at most, each test
+        input's adapter): each verified candidate gets its ``verdicts``, in place in ``voted``.
+        Stopped between batches at ``stop_at``."""
+        from ..arc.augment import test_time_augmentations
+        from ..infer.verify import VerifyConfig, VerifyJob, VerifyStats, verify_jobs
+
+        cfg = self.cfg
+        jobs, where = [], []
+        for i, t in enumerate(group):
+            # Viewpoints apart from the prediction's and the re-scoring's.
+            augs = test_time_augmentations(t, cfg.verify, seed=cfg.seed + VERIFY_SEED_OFFSET)
+            for ti, cands in enumerate(voted[i]):
+                if len(cands) >= 2:
+                    jobs.append(VerifyJob(t, ti, cands, augs, i))
+                    where.append((i, ti))
+        if not jobs:
+            return
+        st = VerifyStats()
+        t0 = time.perf_counter()
+        rate = self._score_s_per_token or self.generator.stats.prefill_s_per_token or None
+        try:
+            out = verify_jobs(model, infer_lora, jobs, VerifyConfig(augmentations=cfg.verify), deadline=stop_at,
+                              stats=st, max_prompt_len=cfg.max_len, s_per_token=rate)
+        except ValueError as e:
+            self.log(event="verify_skipped", tasks=sorted({group[i].id for i, _ in where}), reason=str(e))
+            return
+        seconds = time.perf_counter() - t0
+        self._verify_s_per_task = max(self._verify_s_per_task, seconds / len(group))
+        for (i, ti), cands in zip(where, out):
+            voted[i][ti] = cands
+        self.log(event="verify", tasks=sorted({group[i].id for i, _ in where}), test_inputs=len(jobs),
+                 candidates=st.candidates, verifications=st.verifications, stopped=st.stopped, rounds=st.rounds,
+                 tokens_computed=st.tokens, tokens=st.whole_tokens, seconds=round(seconds, 3),
+                 cut_by_deadline=st.cut_by_deadline)
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+    def _finish_task(self, task, r: TaskRun, resumed: bool = False, persist: bool = True) -> None:
+        self.results[task.id] = r
+        if r.attempts:
+            self.submission.update(task.id, [[np.asarray(g, np.uint8) for g in a] for a in r.attempts])
+        if persist and not resumed:
+            r.fingerprint = task.fingerprint()
+            try:
+                write_task_record(self.paths.task_file(task.id), r)
+            except OSError as e:   # a full disk: the answers are in the submission; resume redoes it
+                log.error("%s: result not written: %s", task.id, e)
+                self.not_written[task.id] = f"{type(e).__name__}: {e}"
+                self.log(event="write_failed", task=task.id, error=str(e))
+        self.report.add(_task_result(r))
+
+    def _within_cap(self, t_group: float, planner, n_tasks: int) -> bool:
+        """Whether one more training step of the group that started at ``t_group`` still leaves its
+        inference (measured per task, once known) inside ``max_task_seconds``: the tasks of a group
+        train together, so the cap bounds the group's training and inference."""
+        infer = (planner.inference_per_task or 0.0) * n_tasks
+        spent = time.perf_counter() - t_group
+        return spent + (planner.step_time or 0.0) + infer <= self.cfg.max_task_seconds
+
+    def _task_queue(self, tasks):
+        """The shared queue of a multi-worker run with ``sharding="queue"`` (None otherwise): every
+        task, longest first, in the store of torch.distributed's rendezvous."""
+        if self.world == 1 or self.cfg.sharding != "queue":
+            return None
+        from .queue import TaskQueue, default_store, longest_first
+
+        return TaskQueue(default_store(), [t.id for t in longest_first(tasks)], worker=self.rank,
+                         lease_s=self.cfg.lease_s, prefix=f"arcfast/queue/{self.cfg.out_dir.resolve()}")
+
+    def _claim(self, by_id: dict, size: int) -> list:
+        """Up to ``size`` tasks from the queue for the next group: waits (until the deadline) for
+        the first, takes the others only if handed out at once. A task a --resume already finished
+        is marked done and skipped."""
+        # At most an even share of what is left: a group never takes tasks an idle worker could run.
+        size = min(size, max(1, math.ceil(self.tq.remaining() / self.world)))
+        out = []
+        while len(out) < size:
+            if self.deadline.expired():
+                break
+            tid = self.tq.claim(timeout=self.deadline.remaining() if not out else 0.0)
+            if tid is None:
+                break
+            if tid not in self._todo:
+                self.tq.done(tid)
+                continue
+            out.append(by_id[tid])
+        if out:
+            self.log(event="claimed", tasks=[t.id for t in out], taken_over=[t.id for t in out if t.id in self.tq.taken_over])
+        return out
+
+    def _resume(self, mine, tasks) -> list:
+        """Keep every task of ``mine`` whose result an earlier run wrote for the same task (same
+        fingerprint); return the rest, to run. Says what changed."""
+        todo, kept, changed = [], [], []
+        for t in mine:
+            done, why = self._load_done(t)
+            if done is not None:
+                self._finish_task(t, done, resumed=True)
+                kept.append(t.id)
+            else:
+                todo.append(t)
+                if why:
+                    changed.append((t.id, why))
+        ids = {t.id for t in tasks}
+        gone = sorted(r.task_id for r in self._read_results() if r.task_id not in ids)
+        msg = f"resume: {len(kept)} finished tasks kept, {len(todo)} to run"
+        if changed:
+            msg += f"; redone, changed since: {', '.join(f'{i} ({w})' for i, w in changed[:10])}"
+            msg += f" and {len(changed) - 10} more" if len(changed) > 10 else ""
+        if gone:
+            msg += f"; {len(gone)} earlier results are for tasks no longer in the input (left as they are)"
+        log.info("%s", msg)
+        self.log(event="resume", kept=kept, changed=[i for i, _ in changed], gone=gone, message=msg)
+        if self.cfg.progress and self.rank == 0:
+            print(msg, flush=True)
+        return todo
+
+    def _load_done(self, task) -> tuple[Optional[TaskRun], Optional[str]]:
+        """(the result an earlier run wrote for ``task``, None) when it is still valid, else
+        (None, why not: None when there is none at all)."""
+        path = self.paths.task_file(task.id)
+        if not path.exists():
+            return None, None
+        try:
+            r = read_task_record(path)
+        except Exception as e:
+            log.warning("%s: unreadable (%s); the task runs again", path, e)
+            return None, "unreadable result"
+        if r.task_id != task.id:
+            return None, "result of another task"
+        if r.fingerprint != task.fingerprint():
+            return None, "task changed" if r.fingerprint else "result without fingerprint"
+        if r.attempts and len(r.attempts) != len(task.test):
+            return None, "test inputs changed"
+        return r, None
+
+    def _read_results(self) -> list:
+        """Every readable ``tasks/*.json`` result (unreadable ones are skipped, with a warning)."""
+        return [r for _, r in read_task_records(self.paths.tasks_dir) if not isinstance(r, Exception)]
+
+    def _merge_parts(self, tasks) -> None:
+        """Rank 0 merges every rank's answers into submission.json (missing ranks keep fallbacks)."""
+        import torch.distributed as dist
+
+        # A queue's rank 0 stops claiming only once every task is done (or the deadline passed):
+        # nothing to wait for, and no barrier that a dead worker would hang.
+        if self.tq is None and dist.is_available() and dist.is_initialized():
+            dist.barrier()
+        if self.rank != 0:
+            return
+        from ..answers.submission import SubmissionWriter
+
+        merged = SubmissionWriter(self.paths.submission, tasks, unloadable=self.unloadable)
+        by_id = {t.id: t for t in tasks}
+        for r in self._read_results():
+            t = by_id.get(r.task_id)
+            if t is None or r.fingerprint != t.fingerprint():
+                continue
+            if r.attempts:
+                merged.update(r.task_id, [[np.asarray(g, np.uint8) for g in a] for a in r.attempts])
+            if r.task_id not in self.results:  # another rank's task joins rank 0's report and summary
+                self.report.add(_task_result(r))
+                self.others[r.task_id] = r
+
+    def _progress(self, total: int, initial: int):
+        if not self.cfg.progress or self.rank != 0:
+            return None
+        from .progress import Progress
+
+        return Progress(total, initial, desc="ttft", unit="tasks")
+
+    def _status(self, text: str, force: bool = False) -> None:
+        """Say on the progress display what the current group is doing."""
+        if self.progress is not None:
+            self.progress.status(f"{self._where} · {text} · budget left "
+                                 f"{format_duration(self.deadline.remaining())}", force=force)
+
+    def _postfix(self, runs: dict) -> str:
+        tok = sum(r.train_tokens for r in runs.values())
+        sec = max(1e-9, sum(r.train_seconds for r in runs.values()))
+        return f"{tok / sec:,.0f} tok/s, budget left {format_duration(self.deadline.remaining())}"
+
+    def _mine(self, tasks) -> list:
+        """This worker's tasks: its static share, or those it finished from the queue."""
+        if self.tq is not None:
+            return [t for t in tasks if t.id in self.results]
+        return tasks[self.rank::self.world]
+
+    def _selection(self, mine, runs: dict) -> Optional[dict]:
+        """The mean vote_1/vote_2 of every selector over ``mine``'s tasks with known outputs (a
+        task without predictions counts 0 for each), or None when no task has a selection."""
+        from ..answers.select import mean_selection
+
+        return mean_selection([runs[t.id].selection if t.id in runs else None for t in mine if t.has_solutions])
+
+    def _summary(self, tasks, problems, backend, reason) -> dict:
+        from ..answers.metrics import mean_metrics, score_task
+
+        # Rank 0 of several workers speaks for the whole run once it merged the others' results.
+        runs = {**self.others, **self.results}
+        mine = tasks if self.world > 1 and self.rank == 0 else self._mine(tasks)
+        # A task with known outputs that got no answer (out of time, failed) scores as unanswered.
+        scored = [(runs[t.id].metrics if t.id in runs and runs[t.id].metrics else score_task(t, None))
+                  for t in mine if t.has_solutions]
+        # Why something could not be written (the first reason met), for the summary line.
+        why = [r.error.removeprefix(ADAPTER_NOT_SAVED) for r in runs.values() if r.adapter_saved is False and r.error]
+        why += list(self.not_written.values())
+        return {
+            "tasks": len(tasks) + len(self.unloadable),
+            "tasks_this_rank": len(self.results),
+            "trained": sum(1 for r in runs.values() if r.steps > 0),
+            # Answered by the model: at least one test input got a grid that parsed.
+            "answered": sum(1 for r in runs.values() if any(r.attempts)),
+            "failed": sorted(r.task_id for r in runs.values() if r.error and r.error.startswith("failed")),
+            # What the budget cut: training steps stopped part way (their updates not applied), and
+            # the tasks that leave-one-out could train but that got no step (or no turn at all).
+            "steps_abandoned": self.steps_abandoned,
+            "untrained": sorted(t.id for t in mine if self.cfg.train and self.cfg.steps > 0 and _trainable(t)
+                                and (t.id not in runs or runs[t.id].steps == 0)),
+            # What could not be written (a full disk): the answers are in the submission all the same.
+            "adapters_not_saved": sorted(r.task_id for r in runs.values() if r.adapter_saved is False),
+            "adapters_saved": sum(1 for r in runs.values() if r.adapter_saved),
+            "results_not_written": sorted(self.not_written),
+            "write_error": why[0] if why else None,
+            "problems": [str(p) for p in problems],
+            "backend": backend.name,
+            "backend_reason": reason,
+            "unloadable": sorted(self.unloadable),
+            # From the deadline's start: the process start under the CLI, imports included.
+            "seconds": round(self.deadline.elapsed(), 2),
+            "budget": self.cfg.budget,
+            "metrics": mean_metrics(scored) if scored else None,
+            "select": self.cfg.select,
+            "selection": self._selection(mine, runs),
+            "sharding": None if self.world == 1 else self.cfg.sharding,
+            "submission": str(self.out / "submission.json"),
+        }
+
+
+def run_ttft(cfg: TTFTConfig) -> dict:
+    """Run TTFT as configured; see the module docstring. Returns the run summary."""
+    rank, world = _dist()
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            import torch
+
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        return TTFTRun(cfg).run()
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+__all__ = ["TTFTConfig", "TTFTRun", "TaskRun", "run_ttft", "parse_duration", "DEFAULT_TASKS"]
