@@ -22,11 +22,28 @@ def device(name: str):
     return torch.device(name)
 
 
+def default_dtype(device):
+    """fp32 on the CPU; bf16 on GPUs that have it, else fp16 (train with loss scaling)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def resolve_device(device=None):
+    """``device``, or the GPU when there is one and ``device`` is None, else the CPU."""
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
 def dtype(name: str, device):
     """The torch dtype of ``--dtype NAME`` on ``device`` (``auto``: the model's default there)."""
     import torch
-
-    from .model.decoder import default_dtype
 
     if name == "auto":
         return default_dtype(device)
@@ -37,4 +54,4 @@ def dtype(name: str, device):
         raise ValueError(f"unknown dtype {name!r} (float32, bfloat16, float16)") from None
 
 
-__all__ = ["dist", "device", "dtype"]
+__all__ = ["dist", "device", "dtype", "default_dtype", "resolve_device"]

@@ -16,7 +16,7 @@ import torch
 from arcfast.arc import tokens as T
 from arcfast.lora.adapters import load_adapter, save_adapter
 from arcfast.lora.multi import LoRAConfig
-from arcfast.model.decoder import load_model, save_model
+from arcfast.model.checkpoint import load_model, save_model
 
 from test_adapters import our_logits, trained
 

@@ -11,7 +11,8 @@ import torch
 from arcfast.arc import tokens as T
 from arcfast.lora.adapters import from_peft, load_adapter, save_adapter, to_peft
 from arcfast.lora.multi import LoRAConfig
-from arcfast.model.decoder import load_model, to_hf
+from arcfast.model.checkpoint import load_model
+from arcfast.model.hf import to_hf
 from arcfast.train.trainer import TrainConfig, Trainer, pack_samples
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -138,7 +139,7 @@ def test_merge_of_an_rslora_adapter_gives_peft_logits(tmp_path):
 
 
 def test_dora_adapters_are_refused_and_bad_flags_named(tmp_path):
-    from arcfast.model.decoder import CheckpointError
+    from arcfast.model.config import CheckpointError
 
     name = "model.layers.0.self_attn.q_proj"
     tensors = {name: (torch.zeros(8, 2), torch.zeros(2, 6))}

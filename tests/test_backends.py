@@ -9,7 +9,9 @@ import torch
 from arcfast.arc import tokens as T
 from arcfast.train.backends import BackendUnavailable, backend_status, select_backend
 from arcfast.train.backends.unsloth import checkpoint_for_unsloth
-from arcfast.model.decoder import build_model, load_model, preset
+from arcfast.model.decoder import build_model
+from arcfast.model.checkpoint import load_model
+from arcfast.model.config import preset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -253,7 +253,9 @@ def _bigram_checkpoint(path):
     import torch
 
     from arcfast.arc import tokens as T
-    from arcfast.model.decoder import build_model, preset, save_model
+    from arcfast.model.decoder import build_model
+    from arcfast.model.config import preset
+    from arcfast.model.checkpoint import save_model
 
     m = build_model(dataclasses.replace(preset("tiny"), tie_embeddings=False), dtype=torch.float32, device="cpu")
     nxt = {T.OUTPUT: 3, 3: T.ROW, T.ROW: T.EOG}
@@ -328,7 +330,7 @@ def test_ttft_rescore_writes_scores_to_the_task_results_and_report(tmp_path, big
 
 def test_eval_rescore_ranks_by_the_summed_teacher_forced_score(tmp_path, bigram):
     from arcfast.arc.augment import test_time_augmentations
-    from arcfast.model.decoder import load_model
+    from arcfast.model.checkpoint import load_model
     from arcfast.reference.score import score_item_reference
 
     out = tmp_path / "eval"
@@ -526,7 +528,7 @@ def test_rslora_flag_reaches_the_lora_config(tmp_path):
     """--rslora (parsed only, nothing trained) gives ttft and eval a LoRAConfig scaled by alpha/sqrt(r)."""
     from arcfast.cli.main import build_parser
     from arcfast.cli.run import _run_config
-    from arcfast.model.decoder import load_model
+    from arcfast.model.checkpoint import load_model
     from arcfast.run.ttft import TTFTRun
 
     for argv in (["ttft"], ["eval", "--tasks", "arc1:eval[:1]", "--ttft"]):

@@ -24,7 +24,7 @@ from arcfast.run.train import (
     source_schedule,
 )
 from arcfast.lora.multi import LoRAConfig
-from arcfast.model.decoder import load_model
+from arcfast.model.checkpoint import load_model
 from arcfast.samples.sampling import SampleConfig
 from arcfast.train.trainer import TrainConfig, Trainer
 

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from arcfast.arc import tokens as T
 from arcfast.lora.multi import LoRAConfig, MultiLoRA
-from arcfast.model.decoder import load_model, to_hf
+from arcfast.model.checkpoint import load_model
+from arcfast.model.hf import to_hf
 from arcfast.train.trainer import FullTrainer, TrainConfig, pack_samples
 
 pytestmark = pytest.mark.usefixtures("one_thread")

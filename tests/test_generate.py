@@ -17,7 +17,8 @@ from arcfast.infer.generate import (
 )
 from arcfast.infer.predict import predict_task, predict_tasks
 from arcfast.lora.multi import LoRAConfig, MultiLoRA
-from arcfast.model.decoder import build_model, init_weights, preset
+from arcfast.model.decoder import build_model, init_weights
+from arcfast.model.config import preset
 from arcfast.reference.generate import greedy_reference, hf_generate, hf_with_adapter
 from arcfast.arc.task import Pair, Task
 from arcfast.answers.vote import vote
@@ -149,7 +150,7 @@ def test_max_new_tokens_respected(eog_model, max_new):
 
 
 def test_agrees_with_transformers_generate_with_peft_adapter(model):
-    from arcfast.model.decoder import to_hf
+    from arcfast.model.hf import to_hf
 
     lora = _lora(model, n=2, seed=5)
     prompts = _prompts(4, seed=5)
@@ -432,7 +433,8 @@ def test_deadline_stops_generation_and_keeps_every_output():
     import time as _time
 
     from arcfast.infer.generate import Generator
-    from arcfast.model.decoder import build_model, preset
+    from arcfast.model.decoder import build_model
+    from arcfast.model.config import preset
 
     torch.manual_seed(0)
     model = build_model(preset("tiny"), dtype=torch.float32, device="cpu")

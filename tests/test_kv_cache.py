@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from arcfast.model.kv_cache import CacheDecode, CachePrefill, copy_rows
-from arcfast.model.decoder import FusedAddNormStep, LayerStep, ModelConfig, build_model
+from arcfast.model.decoder import FusedAddNormStep, LayerStep, build_model
+from arcfast.model.config import ModelConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -40,7 +40,9 @@ from arcfast.arc.augment import AugmentConfig
 from arcfast.bench.bench_learning import pretrain as pretrain_full
 from arcfast.bench.bench_ttft_ablations import rule_task
 from arcfast.infer.predict import predict_tasks
-from arcfast.model.decoder import build_model, preset, save_model
+from arcfast.model.decoder import build_model
+from arcfast.model.config import preset
+from arcfast.model.checkpoint import save_model
 from arcfast.arc.task import Task
 from arcfast.run.ttft import TTFTConfig, TTFTRun
 

@@ -40,7 +40,8 @@ from arcfast.arc import tokens as T
 from arcfast.arc import augment
 from arcfast.run.train import shared_adapter
 from arcfast.arc.formats import encode
-from arcfast.model.decoder import build_model, grow_vocab, preset
+from arcfast.model.decoder import build_model, grow_vocab
+from arcfast.model.config import preset
 from arcfast.samples.packing import pack
 from arcfast.samples.sampling import SampleConfig, make_samples
 from arcfast.arc.task import Pair, Task

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from arcfast.lora.multi import LoRAConfig, MultiLoRA, Routing, lora_delta_grouped, lora_delta_torch
-from arcfast.model.decoder import load_model
+from arcfast.model.checkpoint import load_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,18 +10,10 @@ import torch
 
 from arcfast.arc import tokens as T
 from arcfast.model.attention import PackedAttention, causal_attention, packed_mask
-from arcfast.model.decoder import (
-    PRESETS,
-    ModelConfig,
-    build_model,
-    compact_token_ids,
-    from_hf,
-    hf_config,
-    load_model,
-    preset,
-    save_model,
-    to_hf,
-)
+from arcfast.model.config import PRESETS, ModelConfig, preset
+from arcfast.model.decoder import build_model
+from arcfast.model.checkpoint import compact_token_ids, load_model, save_model
+from arcfast.model.hf import from_hf, hf_config, to_hf
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,16 +7,10 @@ import pytest
 import torch
 
 from arcfast.arc import tokens as T
-from arcfast.model.decoder import (
-    ModelConfig,
-    build_model,
-    compact_token_ids,
-    compact_tokenizer,
-    grow_vocab,
-    load_model,
-    preset,
-    save_model,
-)
+from arcfast.model.config import ModelConfig, preset
+from arcfast.model.decoder import build_model, grow_vocab
+from arcfast.model.checkpoint import compact_token_ids, load_model, save_model
+from arcfast.model.hf import compact_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

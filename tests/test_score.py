@@ -198,7 +198,8 @@ def _full_vocab_model(seed: int = 2):
 
     import torch
 
-    from arcfast.model.decoder import build_model, init_weights, preset
+    from arcfast.model.decoder import build_model, init_weights
+    from arcfast.model.config import preset
 
     ids = tuple(int(i) for i in np.random.default_rng(3).permutation(40)[:T.VOCAB_SIZE])
     cfg = dataclasses.replace(preset("tiny"), vocab_size=40, token_ids=ids)

@@ -12,7 +12,9 @@ import torch
 from arcfast.arc import tokens as T
 from arcfast.infer.generate import GenerationConfig, Generator
 from arcfast.lora.multi import LoRAConfig, MultiLoRA
-from arcfast.model.decoder import ModelConfig, build_model, load_model
+from arcfast.model.config import ModelConfig
+from arcfast.model.decoder import build_model
+from arcfast.model.checkpoint import load_model
 from arcfast.reference.search import dfs_reference
 from arcfast.infer.search import SearchConfig, SearchStats, dfs
 

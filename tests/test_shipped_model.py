@@ -2,15 +2,17 @@
 import pytest
 import torch
 
-from arcfast.model import decoder as M
+from arcfast.model.checkpoint import load_model, save_model
+from arcfast.model.config import preset
+from arcfast.model.decoder import build_model
 from arcfast import models
 
 
 @pytest.fixture
 def shipped(tmp_path, monkeypatch):
     ckpt = tmp_path / "pkg" / "models" / "starter"
-    m = M.build_model(M.preset("tiny"), seed=3)
-    M.save_model(m, ckpt)
+    m = build_model(preset("tiny"), seed=3)
+    save_model(m, ckpt)
     monkeypatch.setitem(models.SHIPPED, "starter", ckpt)
     return ckpt, m
 
@@ -19,7 +21,7 @@ def test_a_shipped_model_loads_by_name_from_anywhere(shipped, tmp_path, monkeypa
     ckpt, ref = shipped
     monkeypatch.chdir(tmp_path)
     assert models.shipped_model("starter") == ckpt
-    got = M.load_model("starter")
+    got = load_model("starter")
     x = torch.tensor([[1, 2, 3, 4, 5]])
     torch.testing.assert_close(got(x), ref(x))
     assert got.config.name == str(ckpt.resolve())
@@ -27,9 +29,9 @@ def test_a_shipped_model_loads_by_name_from_anywhere(shipped, tmp_path, monkeypa
 
 def test_a_directory_of_that_name_wins(shipped, tmp_path, monkeypatch):
     local = tmp_path / "work" / "starter"
-    M.save_model(M.build_model(M.preset("tiny"), seed=9), local)
+    save_model(build_model(preset("tiny"), seed=9), local)
     monkeypatch.chdir(tmp_path / "work")
-    assert M.load_model("starter").config.name == str(local.resolve())
+    assert load_model("starter").config.name == str(local.resolve())
 
 
 def test_a_shipped_model_without_weights_is_a_clear_error(tmp_path, monkeypatch):
@@ -37,4 +39,4 @@ def test_a_shipped_model_without_weights_is_a_clear_error(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     assert models.shipped_model("starter") is None
     with pytest.raises(FileNotFoundError, match="shipped model 'starter' is not installed"):
-        M.load_model("starter")
+        load_model("starter")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from arcfast.budget import Rate, SampleRates, StepAbandoned, StepGate
-from arcfast.model.decoder import load_model
+from arcfast.model.checkpoint import load_model
 from arcfast.train.trainer import Trainer, pack_samples
 from test_trainer import LCFG, make_sample, train_cfg
 
@@ -82,7 +82,7 @@ def test_the_accumulated_gradient_is_the_whole_batchs():
     with torch.no_grad():
         t.lora.weight.normal_(0, 0.1)
     b = batches(4, n_steps=1)[0]
-    from arcfast.train.trainer import prepare_batch
+    from arcfast.train.loss import prepare_batch
 
     d = prepare_batch(b, model, t.lora, 3, "sdpa", "torch")
     whole = t._forward_losses(d)[0]

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from arcfast.lora.multi import LoRAConfig
-from arcfast.model.decoder import build_model, preset
+from arcfast.model.decoder import build_model
+from arcfast.model.config import preset
 from arcfast.train.graph import MIN_SEGMENTS, StaticStep, graph_support, segment_bucket
 from arcfast.train.trainer import TrainConfig, Trainer, pack_samples
 from test_trainer import make_sample

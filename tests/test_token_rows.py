@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from arcfast.arc import tokens as T
 from arcfast.lora.adapters import load_adapter, lora_layers, token_rows
 from arcfast.lora.multi import LoRAConfig
-from arcfast.model.decoder import build_model, preset, to_hf
+from arcfast.model.decoder import build_model
+from arcfast.model.config import preset
+from arcfast.model.hf import to_hf
 from arcfast.train.trainer import TrainConfig, Trainer, pack_samples
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -12,7 +12,8 @@ import torch.nn as nn
 from arcfast.arc import tokens as T
 from arcfast.infer.generate import GenerationConfig, Generator
 from arcfast.lora.multi import LoRAConfig, MultiLoRA
-from arcfast.model.decoder import Linear, build_model, init_weights, preset
+from arcfast.model.decoder import Linear, build_model, init_weights
+from arcfast.model.config import preset
 from arcfast.reference.generate import greedy_reference
 from arcfast.reference.score import target_logprobs_reference
 from arcfast.reference.search import dfs_reference

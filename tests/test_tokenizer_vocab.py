@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from arcfast.arc import tokens as T
-from arcfast.model.decoder import build_model, compact_token_ids, compact_tokenizer, load_model, to_hf
+from arcfast.model.decoder import build_model
+from arcfast.model.checkpoint import compact_token_ids, load_model
+from arcfast.model.hf import compact_tokenizer, to_hf
 
 from test_model import randomize_norms, small_cfg
 

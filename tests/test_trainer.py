@@ -9,18 +9,11 @@ import torch
 
 from arcfast.arc import tokens as T
 from arcfast.lora.multi import LoRAConfig, MultiLoRA
-from arcfast.model.decoder import build_model, load_model
-from arcfast.train.trainer import (
-    MultiAdamW,
-    TrainConfig,
-    Trainer,
-    clip_per_adapter,
-    lr_factor,
-    pack_samples,
-    prepare_batch,
-    task_losses,
-    unpack_samples,
-)
+from arcfast.model.decoder import build_model
+from arcfast.model.checkpoint import load_model
+from arcfast.train.optim import MultiAdamW, clip_per_adapter, lr_factor
+from arcfast.train.trainer import TrainConfig, Trainer, pack_samples, unpack_samples
+from arcfast.train.loss import prepare_batch, task_losses
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 
 from arcfast.bench import bench_ttft_ablations as A
-from arcfast.model.decoder import save_model
+from arcfast.model.checkpoint import save_model
 from arcfast.run.ttft import TTFTConfig, TTFTRun
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]

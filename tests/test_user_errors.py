@@ -1,6 +1,6 @@
 """Bad input gets one clear line, never a traceback: ``arcfast <cmd>: error: ...`` on stderr naming
 the file (and what is wrong), exit code 2. The load functions raise the same message as a
-ValueError (:class:`arcfast.model.decoder.CheckpointError`) for Python callers."""
+ValueError (:class:`arcfast.model.config.CheckpointError`) for Python callers."""
 import errno
 import json
 import os
@@ -13,7 +13,8 @@ import torch
 from arcfast.lora.adapters import load_adapter, save_adapter
 from arcfast.cli import main
 from arcfast.lora.multi import LoRAConfig
-from arcfast.model.decoder import CheckpointError, load_model, save_model
+from arcfast.model.config import CheckpointError
+from arcfast.model.checkpoint import load_model, save_model
 from arcfast.run.ttft import TTFTConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")

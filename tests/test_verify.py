@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from arcfast.arc.augment import test_time_augmentations as tta
-from arcfast.model.decoder import build_model, grow_vocab, preset
+from arcfast.model.decoder import build_model, grow_vocab
+from arcfast.model.config import preset
 from arcfast.reference.verify import verdict_reference
 from arcfast.infer.verify import VerifyConfig, VerifyJob, VerifyStats, still_running, verify_jobs, wilson
 from arcfast.answers.vote import Prediction, vote

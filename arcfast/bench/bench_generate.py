@@ -119,7 +119,9 @@ def _run(ctx: Context) -> list[Row]:
 
     from ..infer.generate import GenerationConfig, Generator
     from ..lora.multi import LoRAConfig, MultiLoRA
-    from ..model.decoder import build_model, preset, to_hf
+    from ..model.decoder import build_model
+    from ..model.config import preset
+    from ..model.hf import to_hf
 
     s = _sizes(ctx)
     dev = ctx.device

@@ -193,7 +193,9 @@ def _synthetic(s: dict, ctx: Context, work: Path) -> list:
     """Part 1 (see the module docstring): its rows."""
     import torch
 
-    from ..model.decoder import ModelConfig, build_model, save_model
+    from ..model.config import ModelConfig
+    from ..model.decoder import build_model
+    from ..model.checkpoint import save_model
 
     rows: list = []
     rng = np.random.default_rng(s["seed"])

@@ -57,7 +57,8 @@ def _model(ctx: Context, r: int = 8):
     import torch
 
     from ..lora.multi import LoRAConfig, MultiLoRA
-    from ..model.decoder import build_model, preset
+    from ..model.decoder import build_model
+    from ..model.config import preset
 
     name = ctx.options.get("model", "qwen2.5-0.5b" if ctx.device == "cuda" else "tiny")
     model = build_model(preset(name), device=ctx.device, seed=0).eval()
@@ -162,7 +163,7 @@ def case_dfs(ctx: Context) -> list[Row]:
 
     from ..arc.loading import load_tasks
     from ..infer.generate import GenerationConfig, Generator
-    from ..model.decoder import load_model
+    from ..model.checkpoint import load_model
     from ..infer.predict import max_output_tokens, predict_tasks
     from ..infer.search import SearchConfig, SearchStats
 

@@ -178,7 +178,7 @@ def run_case(name: str, ctx: Context, opts: dict, data, ref_cfg) -> dict:
     import torch
 
     from ..lora.multi import LoRAConfig
-    from ..model.decoder import load_model
+    from ..model.checkpoint import load_model
     from ..train.trainer import TrainConfig, pack_samples
 
     device = ctx.device
@@ -269,7 +269,7 @@ def many_adapters(ctx: Context, opts: dict, tc, lcfg) -> dict:
     each), and of the very same batches with every token routed to one adapter."""
     from ..train.backends.native import NativeBackend
     from ..samples.batch import PackedBatch
-    from ..model.decoder import load_model
+    from ..model.checkpoint import load_model
     from ..train.trainer import pack_samples
 
     n = opts["adapters"]
@@ -302,7 +302,7 @@ def run(ctx: Context) -> list[Row]:
     import torch
 
     from ..train.backends import backend_status
-    from ..model.decoder import PRESETS
+    from ..model.config import PRESETS
 
     cuda = ctx.device == "cuda"
     o = ctx.options
@@ -340,7 +340,7 @@ def run(ctx: Context) -> list[Row]:
         import json
         from pathlib import Path
 
-        from ..model.decoder import config_from_hf
+        from ..model.checkpoint import config_from_hf
 
         ref_cfg = config_from_hf(json.loads((Path(opts["model"]) / "config.json").read_text()))
     status = backend_status()

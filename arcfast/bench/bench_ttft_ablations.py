@@ -118,7 +118,8 @@ def pretrain_model(tasks: list, steps: int, seed: int, lr: float = 3e-3, row_len
     stream and trainer, every augmentation). Returns (the model in eval mode, its losses per step)."""
     import torch
 
-    from ..model.decoder import build_model, preset
+    from ..model.decoder import build_model
+    from ..model.config import preset
     from .bench_learning import pretrain
 
     model = build_model(preset("tiny"), dtype=torch.float32, device="cpu", seed=seed)
@@ -282,7 +283,7 @@ def _label(r: Row) -> str:
 def run(ctx: Context) -> list[Row]:
     import torch
 
-    from ..model.decoder import save_model
+    from ..model.checkpoint import save_model
 
     s = _settings(ctx)
     threads = torch.get_num_threads()

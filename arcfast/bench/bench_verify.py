@@ -146,7 +146,8 @@ def verify_everything(s: dict, device: str, out: Path) -> dict:
     from ..arc.augment import test_time_augmentations
     from ..arc.loading import load_tasks
     from ..lora.multi import MultiLoRA
-    from ..model.decoder import grow_vocab, load_model
+    from ..model.decoder import grow_vocab
+    from ..model.checkpoint import load_model
     from ..run.outdir import OutDir
     from ..runtime import dtype as _dtype
     from ..run.ttft import VERIFY_SEED_OFFSET

@@ -260,7 +260,7 @@ def hf_train(s: dict, device: str, tasks) -> dict:
     ``tasks``: ``hf_warmup`` untimed steps, then ``hf_steps`` timed."""
     from ..train.backends import select_backend
     from ..lora.multi import LoRAConfig
-    from ..model.decoder import load_model
+    from ..model.checkpoint import load_model
     from ..samples.sampling import SampleConfig, make_samples
     from ..train.trainer import TrainConfig, pack_samples
 

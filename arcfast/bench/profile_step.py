@@ -274,7 +274,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 def _profile(args) -> int:
     import torch
 
-    from ..model.decoder import load_model
+    from ..model.checkpoint import load_model
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     cuda = torch.device(device).type == "cuda"

@@ -286,7 +286,7 @@ def _note_recipe(args) -> None:
 
 
 def _note_random_weights(model: str) -> None:
-    from ..model.decoder import PRESETS
+    from ..model.config import PRESETS
 
     if model in PRESETS:
         print(f"note: --model {model} is a built-in architecture with random weights: it times the engine "

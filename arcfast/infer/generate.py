@@ -71,11 +71,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..arc import tokens as T
 from ..budget import DEADLINE_SAFETY, forward_seconds
-from ..lora.decode import _FusedRowLoRA, _MergedLoRA, _RowLoRA, _fused_parts, _grouped_mm_ok, _triton_lora  # noqa: F401
+from ..lora.decode import _FusedRowLoRA, _MergedLoRA, _RowLoRA, _fused_parts, _grouped_mm_ok, _triton_lora
 from ..model.kv_cache import CacheDecode, CachePrefill
 from ..model.decoder import FusedAddNormStep
 

@@ -1,7 +1,7 @@
 """LoRA adapters on disk, in PEFT's format.
 
 A directory holds ``adapter_config.json`` and ``adapter_model.safetensors`` with the keys and shapes
-PEFT gives the equivalent transformers model (see :func:`arcfast.model.decoder.to_hf`)::
+PEFT gives the equivalent transformers model (see :func:`arcfast.model.hf.to_hf`)::
 
     base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight   [r, din]
     base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight   [dout, r]
@@ -190,7 +190,7 @@ def load_adapter(path) -> tuple[LoRAConfig, dict]:
     """Read a PEFT LoRA directory -> (config, ``{name: (A [din, r], B [r, dout])}`` and token rows).
 
     Raises FileNotFoundError when the directory or one of its files is missing, and
-    :class:`arcfast.model.decoder.CheckpointError` (a ValueError) naming the file when adapter_config.json
+    :class:`arcfast.model.config.CheckpointError` (a ValueError) naming the file when adapter_config.json
     is not a JSON object with a positive integer ``r`` (numbers for ``lora_alpha`` and
     ``lora_dropout``, a boolean ``use_rslora``), is a DoRA adapter (``use_dora``), or the weights
     are truncated, corrupt or do not match it. ``config.tokens`` names the modules whose rows it
@@ -202,7 +202,7 @@ def load_adapter(path) -> tuple[LoRAConfig, dict]:
 def _read_adapter(path) -> tuple[LoRAConfig, dict, Optional[list]]:
     """:func:`load_adapter`, and the model ids of the token rows where it saved PEFT's trainable
     tokens (``trainable_token_indices``; None for whole modules or no rows)."""
-    from ..model.decoder import CheckpointError, json_field, read_json_object, read_safetensors
+    from ..model.config import CheckpointError, json_field, read_json_object, read_safetensors
 
     path = Path(path)
     cfg_file, w_file = path / CONFIG_NAME, path / WEIGHTS_NAME
@@ -274,7 +274,7 @@ def _read_adapter(path) -> tuple[LoRAConfig, dict, Optional[list]]:
 
 def _token_fields(c: dict, cfg_file) -> tuple[list, Optional[list]]:
     """(modules with trained rows, their token ids or None) from an adapter_config.json dict."""
-    from ..model.decoder import CheckpointError
+    from ..model.config import CheckpointError
 
     mts, tti = c.get("modules_to_save"), c.get("trainable_token_indices")
     if mts is not None and not (isinstance(mts, list) and all(isinstance(m, str) for m in mts)):

@@ -3,7 +3,7 @@
 - :func:`greedy_reference`: one prompt, no cache: every step reruns the model's own full forward
   over the prompt and everything generated so far. Slow and obviously right.
 - :func:`hf_generate`: transformers ``generate`` (greedy) on the equivalent transformers model
-  (:func:`arcfast.model.decoder.to_hf`), batched with left padding.
+  (:func:`arcfast.model.hf.to_hf`), batched with left padding.
 - :func:`hf_with_adapter`: that model with one adapter of a MultiLoRA loaded through PEFT from the
   PEFT-format directory :func:`arcfast.lora.adapters.save_adapter` writes.
 """

@@ -369,7 +369,7 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
     (checkpoint and adapter written).
     """
     from ..lora.multi import LoRAConfig
-    from ..model.decoder import load_model
+    from ..model.checkpoint import load_model
     from ..samples.sampling import OBJECTIVES, SampleConfig
     from ..train.trainer import FullTrainer, TrainConfig, Trainer
     from ..runtime import device as _device

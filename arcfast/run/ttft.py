@@ -345,7 +345,7 @@ class TTFTRun:
         return tasks, problems, unloadable
 
     def load_model(self):
-        from ..model.decoder import load_model
+        from ..model.checkpoint import load_model
 
         device = _device(self.cfg.device)
         dtype = _dtype(self.cfg.dtype, device)

@@ -64,18 +64,13 @@ from ..lora.multi import LoRAConfig, MultiLoRA
 from .loss import (
     DeviceBatch,
     StepStats,
-    check_batch,
-    grouped_ce_torch,
-    label_objectives,
-    model_ids,
     objective_losses,
     objective_stats,
     pair_counts_of,
     prepare_batch,
-    task_losses,
 )
 from ..model.decoder import CausalLM
-from .optim import MultiAdamW, clip_per_adapter, lr_factor  # noqa: F401
+from .optim import MultiAdamW, clip_per_adapter, lr_factor
 from ..samples.sampling import OBJECTIVES
 
 SCHEDULES = ("cosine", "linear", "constant")
@@ -402,7 +397,7 @@ class FullTrainer:
 
     ``eval_loss(batch) -> np.ndarray [1]`` (nan without labelled tokens); ``state_dict()`` /
     ``load_state_dict()``: master weights, AdamW state, step count, schedule length, loss scale;
-    ``save_model(path)``: :func:`arcfast.model.decoder.save_model` (config, safetensors, compact tokenizer).
+    ``save_model(path)``: :func:`arcfast.model.checkpoint.save_model` (config, safetensors, compact tokenizer).
     """
 
     n_adapters = 1
@@ -523,8 +518,8 @@ class FullTrainer:
 
     # -- weights and checkpoints ---------------------------------------------------------------------
     def save_model(self, path) -> Path:
-        """Write the model as a transformers checkpoint directory (see :func:`arcfast.model.decoder.save_model`)."""
-        from ..model.decoder import save_model
+        """Write the model as a transformers checkpoint directory (see :func:`arcfast.model.checkpoint.save_model`)."""
+        from ..model.checkpoint import save_model
 
         return save_model(self.model, path)
 

@@ -26,7 +26,9 @@ import torch
 from ...arc import tokens as T
 from ...budget import StepGate
 from ...lora.multi import LoRAConfig, MultiLoRA
-from ..trainer import StepStats, TrainConfig, lr_factor, unpack_samples
+from ..loss import StepStats
+from ..trainer import TrainConfig, unpack_samples
+from ..optim import lr_factor
 from .base import Backend
 
 
@@ -76,7 +78,7 @@ class HFBackend(Backend):
     def _build(self, model, hf_model):
         from peft import LoraConfig, get_peft_model
 
-        from ...model.decoder import to_hf
+        from ...model.hf import to_hf
 
         hf = hf_model if hf_model is not None else to_hf(model)
         pc = LoraConfig(r=self.lora_cfg.r, lora_alpha=self.lora_cfg.alpha, lora_dropout=self.lora_cfg.dropout,

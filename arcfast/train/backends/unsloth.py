@@ -2,7 +2,7 @@
 
 Unsloth patches transformers when it is imported, so it is imported here, when this backend is
 built, and never at ``import arcfast``. It loads models from a checkpoint directory: a model made
-from a preset is first written to a temporary one (:func:`arcfast.model.decoder.save_model`, compact
+from a preset is first written to a temporary one (:func:`arcfast.model.checkpoint.save_model`, compact
 tokenizer included). Steps, schedule, clipping and adapters are the hf backend's.
 """
 from __future__ import annotations
@@ -19,10 +19,11 @@ from .hf import HFBackend
 def checkpoint_for_unsloth(model, path) -> Path:
     """Write ``model`` as a checkpoint directory Unsloth's ``from_pretrained`` loads: Unsloth needs a
     tokenizer whose vocabulary fits the model's and that has a pad token. A compact-vocabulary model
-    gets its compact tokenizer from :func:`arcfast.model.decoder.save_model`; a full-vocabulary preset (random
+    gets its compact tokenizer from :func:`arcfast.model.checkpoint.save_model`; a full-vocabulary preset (random
     weights, no tokenizer of its own) gets the compact one too: its 16 ids are the model's first 16
     tokens, which is what a random full-vocabulary preset reads compact batches as."""
-    from ...model.decoder import compact_tokenizer, save_model
+    from ...model.hf import compact_tokenizer
+    from ...model.checkpoint import save_model
 
     path = save_model(model, path)
     if not (Path(path) / "tokenizer_config.json").exists():
