@@ -19,9 +19,9 @@ __version__ = "0.1.0"
 # name -> module that defines it; resolved on first access so `import arcfast` stays light.
 _LAZY = {
     "load_tasks": "arc.loading",
-    "TaskLoadError": "arc.loading",
+    "TaskLoadError": "arc.parse",
     "save_tasks_kaggle": "arc.loading",
-    "list_bundled": "arc.loading",
+    "list_bundled": "arc.sources",
     "encode": "arc.formats",
     "decode": "arc.formats",
     "encode_batch": "arc.formats",

@@ -9,17 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arcfast.arc.loading import (
-    BUNDLED,
-    TaskLoadError,
-    _check_grid_plain,
-    _GridError,
-    _to_grid,
-    bundled_path,
-    list_bundled,
-    load_tasks,
-    save_tasks_kaggle,
-)
+from arcfast.arc.parse import BUNDLED, TaskLoadError, _check_grid_plain, _GridError, _to_grid
+from arcfast.arc.sources import bundled_path, list_bundled
+from arcfast.arc.loading import load_tasks, save_tasks_kaggle
 
 
 def raw_split(name, split):

@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from arcfast.budget import Deadline
-from arcfast.arc.loading import TaskLoadError, load_tasks, skipped_tasks
+from arcfast.arc.parse import TaskLoadError
+from arcfast.arc.loading import load_tasks, skipped_tasks
 from arcfast.run.outdir import MAX_NAME, OutDir, task_filename, task_id_from_filename
 from arcfast.run.ttft import TTFTConfig, TTFTRun
 

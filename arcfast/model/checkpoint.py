@@ -12,9 +12,8 @@ import torch
 from ..arc import tokens as T
 from .config import CheckpointError, PRESETS, json_field, preset, read_json_object, read_safetensors
 from .decoder import CausalLM, build_model, rope_inv_freq
-from .hf import compact_tokenizer, to_hf
+from .hf import compact_tokenizer, config_from_hf, to_hf
 from ..runtime import default_dtype, resolve_device
-from .hf import config_from_hf
 
 
 def load_model(path_or_preset: str, dtype=None, device=None, vocab: str = "compact",
@@ -43,8 +42,6 @@ def load_model(path_or_preset: str, dtype=None, device=None, vocab: str = "compa
         raise FileNotFoundError(f"{path_or_preset!r} is neither a checkpoint directory, a shipped model "
                                 f"({', '.join(SHIPPED)}) nor a preset ({', '.join(PRESETS)})")
     return load_checkpoint(p, dtype=dtype, device=device, vocab=vocab)
-
-
 
 
 def _read_safetensors(path: Path) -> dict:

@@ -33,28 +33,6 @@ from ..kernels.swiglu import swiglu_reference
 from .config import ModelConfig
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-# ----------------------------------------------------------------------------------------------
-# Configuration
-
-
-
-
-
-
-
 # ----------------------------------------------------------------------------------------------
 # Plain-torch operations (the kernels in arcfast.kernels compute the same functions)
 
@@ -461,32 +439,3 @@ def grow_vocab(model: CausalLM, n_ids: int = T.OBJECTIVE_VOCAB, seed: int = 0) -
         model.lm_head.out_features = n_ids
     model.config = replace(cfg, vocab_size=n_ids)
     return model
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-# ----------------------------------------------------------------------------------------------
-# transformers interop
-
-
-
-
-
-
-
-
-

@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 
 from ..arc import tokens as T
-from .config import ModelConfig
+from .config import CheckpointError, FAMILIES, ModelConfig, _REQUIRED, _json_kind, json_field
 from .decoder import CausalLM, rope_inv_freq
-from .config import CheckpointError, FAMILIES, _REQUIRED, _json_kind, json_field
 
 
 def hf_config(cfg: ModelConfig):
