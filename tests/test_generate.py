@@ -171,15 +171,15 @@ def test_row_lora_equals_lora_step(model):
     gen = Generator(model, lora=lora, max_batch=8, merge_single=False)
     gen._ensure(64, 4)
     with torch.inference_mode():
-        gen.flat[:3].copy_(lora.weight)
+        gen.adapters.flat[:3].copy_(lora.weight)
         name = "model.layers.1.mlp.down_proj"
         layer = model.get_submodule(name)
         x = torch.randn(8, 1, layer.in_features, generator=torch.Generator().manual_seed(0))
         for ids in ([2] * 8, [0, 1, 2, -1, 2, 1, 0, -1]):
             n = len(ids)
-            mode = gen._route(n, 8, np.array([a if a >= 0 else 3 for a in ids]))
+            mode = gen.adapters.route(n, 8, np.array([a if a >= 0 else 3 for a in ids]))
             assert mode == ("single" if len(set(ids)) == 1 else "gather")
-            got = _RowLoRA(gen, 8, mode).linear(name, x, layer.weight, layer.bias)
+            got = _RowLoRA(gen.adapters, 8, mode).linear(name, x, layer.weight, layer.bias)
             want = lora.begin(np.array(ids, dtype=np.int32)[:, None], torch.float32, training=False).linear(
                 name, x, layer.weight, layer.bias)
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
@@ -373,14 +373,14 @@ def test_predict_tasks_bad_task_skipped_or_named(model):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("lora_mode", ["gather", "grouped"])
 def test_cuda_graphs_equal_eager(lora_mode):
-    from arcfast.lora.decode import _grouped_mm_ok
+    from arcfast.lora.decode import grouped_mm_ok
 
     torch.manual_seed(0)
     m = build_model(preset("tiny"), device="cuda", dtype=torch.bfloat16)
     init_weights(m, seed=1, std=0.3)
     with torch.no_grad():
         m.model.embed_tokens.weight[T.EOG] *= 2.5
-    if lora_mode == "grouped" and not _grouped_mm_ok(m.device, m.dtype):
+    if lora_mode == "grouped" and not grouped_mm_ok(m.device, m.dtype):
         pytest.skip("torch._grouped_mm needs bf16 on sm90+")
     lora = MultiLoRA(m, LoRAConfig(r=8, alpha=16.0), n_adapters=3)
     with torch.no_grad():
@@ -536,7 +536,7 @@ def _fused_vs_unfused(model, lora, prompts, adapters, lora_mode, max_new=10, **k
     want = plain.generate(prompts, adapters, max_new_tokens=max_new)
     assert lora_mode in fused.stats.lora_modes and lora_mode in plain.stats.lora_modes
     # The fused step ran on its own buffers: the per-projection copy of the adapters was never made.
-    assert fused.fused_a and fused._flat is None and not plain.fused_a
+    assert fused.adapters.fused_a and fused.adapters._flat is None and not plain.adapters.fused_a
     for x, y in zip(got, want):
         _same(x, y.tokens, y.logprobs)
     return fused, got
@@ -650,10 +650,11 @@ def test_cuda_fused_grouped_equals_gather_and_unfused(monkeypatch):
     fused steps (grouped where sm90+, Triton segments, gather) against the per-projection gather
     step. The prefill is the same code for all, so the step's inputs are too."""
     import arcfast.infer.generate as G
+    from arcfast.lora.decode import grouped_mm_ok
 
     m = build_model(preset("tiny"), device="cuda", dtype=torch.bfloat16)
     init_weights(m, seed=1, std=0.3)
-    grouped = G._grouped_mm_ok(m.device, m.dtype)   # torch._grouped_mm: bf16 on sm90+
+    grouped = grouped_mm_ok(m.device, m.dtype)   # torch._grouped_mm: bf16 on sm90+
     lora = MultiLoRA(m, LoRAConfig(r=8, alpha=16.0), n_adapters=3)
     with torch.no_grad():
         lora.weight.copy_(torch.randn(lora.weight.shape, generator=torch.Generator().manual_seed(0)).cuda() * 0.3)
@@ -744,16 +745,17 @@ def test_weight_copies_that_do_not_fit_switch_their_path_off(model, monkeypatch)
     want = {ids: Generator(model, lora=lora).generate(prompts, list(ids), max_new_tokens=5)
             for ids in ((1, 1, 1, 1), (0, 2, -1, 1))}
     gen = Generator(model, lora=lora)
-    gen.cuda = True   # only _check_room reads it here
+    ad = gen.adapters
+    ad.cuda = True   # only _check_room reads it here
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 ** 12, 2 * 10 ** 12))
-    gen._check_room(mixed=False)
-    gen._check_room(mixed=True)
-    assert gen.merge_single and gen.fuse_lora   # plenty of room
+    ad._check_room(mixed=False)
+    ad._check_room(mixed=True)
+    assert ad.merge_single and ad.fuse_lora   # plenty of room
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1000, 10 ** 9))
-    gen._check_room(mixed=False)
-    gen._check_room(mixed=True)
-    assert not gen.merge_single and not gen.fuse_lora
-    gen.cuda = False
+    ad._check_room(mixed=False)
+    ad._check_room(mixed=True)
+    assert not ad.merge_single and not ad.fuse_lora
+    ad.cuda = False
     for ids, outs in want.items():
         for x, y in zip(gen.generate(prompts, list(ids), max_new_tokens=5), outs):
             _same(x, y.tokens, y.logprobs)

@@ -74,7 +74,7 @@ import torch
 
 from ..arc import tokens as T
 from ..budget import DEADLINE_SAFETY, forward_seconds
-from ..lora.decode import _FusedRowLoRA, _MergedLoRA, _RowLoRA, _fused_parts, _grouped_mm_ok, _triton_lora
+from ..lora.decode import DecodeAdapters
 from ..model.kv_cache import CacheDecode, CachePrefill
 from ..model.decoder import FusedAddNormStep
 
@@ -255,8 +255,8 @@ class Generator:
                     LoRA kernels and fewer launches; costs one copy of the projection weights);
                     False keeps the model's own layers (modes "single" and "none").
     fuse_lora:      decode mixed adapters (modes "grouped" and "gather") with q/k/v and gate/up
-                    fused and one LoRA delta per fused projection (:class:`_FusedRowLoRA`); False
-                    runs the model's seven projections, each with its own delta (:class:`_RowLoRA`).
+                    fused and one LoRA delta per fused projection (:class:`arcfast.lora.decode._FusedRowLoRA`); False
+                    runs the model's seven projections, each with its own delta (:class:`arcfast.lora.decode._RowLoRA`).
     kv_fraction:    at most this fraction of free CUDA memory goes to the KV cache.
 
     Buffers are allocated at the first call and grown when a later call needs longer rows; the
@@ -294,17 +294,7 @@ class Generator:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.prefill_tokens = int(prefill_tokens or (32768 if cuda else 4096))
         self.sync_every = int(sync_every or (8 if cuda else 1))
-        self.lora_mode = lora_mode
         self.kv_fraction = kv_fraction
-        self.merge_single = bool(merge_single)
-        self.merged: list = []          # per layer: fused merged weights (allocated on first use)
-        self._merged_slot = None        # the adapter slot the merged weights hold now
-        self.fuse_lora = bool(fuse_lora)
-        self.fused_w: list = []         # per layer: base qkv/gate_up fused (see _FusedRowLoRA)
-        self.fused_a: dict = {}         # kind -> [layers, N+1, din, k*r]
-        self.fused_b: dict = {}         # kind -> [layers, N+1, k*r, dout], scaled, block-diagonal
-        self._fresh: set = set()        # adapter buffers already filled in this call
-        self._flat = None
         self.s_block = 512 if cuda else 64  # attention-span bucket (graphs are keyed by it)
         self.n_layers, self.n_heads = cfg.n_layers, cfg.n_heads
         self.n_kv, self.head_dim = cfg.n_kv_heads, cfg.head_dim
@@ -321,31 +311,10 @@ class Generator:
         self._prefill_rate_len: Optional[int] = None   # the padded length it was measured on
         self._step_rate: dict = {}
         self._capture_s: Optional[float] = None
-        self.tok_tables: dict = {}      # adapters' own embedding / head rows: module -> [N+1, V, d]
-        if lora is not None:
-            n, p = lora.weight.shape
-            self.n_slots = n + 1  # slot n: the base model (all-zero adapter)
-            with torch.inference_mode():
-                self.offs = torch.zeros(n + 1, device=self.device, dtype=torch.int32)
-                self.single = torch.zeros(1, p, device=self.device, dtype=self.dtype)
-                # Slot n holds the model's own rows, so every decode row reads its slot's table.
-                for t in lora.table_slots():
-                    self.tok_tables[t.module] = torch.zeros(n + 1, t.n_rows, t.dim, device=self.device,
-                                                            dtype=self.dtype)
-        else:
-            self.n_slots = 0
+        self.adapters = DecodeAdapters(model, lora, lora_mode=lora_mode, merge_single=merge_single,
+                                       fuse_lora=fuse_lora)
 
     # -- buffers -----------------------------------------------------------------------------
-    @property
-    def flat(self) -> torch.Tensor:
-        """[N+1, P] the adapters in the compute dtype (row N all zero: the base model), read by the
-        unfused low-rank steps; allocated on first use (the fused step reads its own buffers)."""
-        if self._flat is None:
-            with torch.inference_mode():
-                self._flat = torch.zeros(self.n_slots, self.lora.weight.shape[1], device=self.device,
-                                         dtype=self.dtype)
-        return self._flat
-
     def _kv_row_bytes(self, s: int) -> int:
         return self.n_layers * 2 * self.n_kv * s * self.head_dim * torch.finfo(self.dtype).bits // 8
 
@@ -373,12 +342,7 @@ class Generator:
         self.ngen = torch.zeros(cap, **i64)
         self.keys = torch.zeros(cap, **i64)
         self.done = torch.ones(cap, device=dev, dtype=torch.bool)
-        self.row_adapter = torch.full((cap,), max(self.n_slots - 1, 0), **i64)
-        self.perm = torch.arange(cap, **i64)
-        i32 = dict(device=dev, dtype=torch.int32)
-        self.seg_ids = torch.zeros(cap, **i32)        # mode "segments": arcfast.kernels.lora's
-        self.seg_order = torch.arange(cap, **i32)     # LoraSegments of the rows, in static buffers
-        self.seg_offsets = torch.zeros(max(self.n_slots, 1) + 2, **i32)
+        self.adapters.allocate(cap)
         self.rows = torch.arange(cap, **i64)
         self.span = torch.arange(s, **i64)
         # Column max_new is a sink for rows that are done (a write there is never read).
@@ -438,13 +402,6 @@ class Generator:
             return m.logits(last).float()
         return m.logits(last, tokens, tokens.adapter_ids.view(R, -1)[:, 0]).float()
 
-    def _decode_tokens(self, B: int):
-        """The adapters' own embedding / head rows of a decode step of rows 0..B-1 (static buffers:
-        captured graphs read them), or None where the adapters train none."""
-        if not self.tok_tables:
-            return None
-        return self.lora.token_step(self.tok_tables, self.row_adapter[:B])
-
     def _step(self, B: int, S: int, step, sampling: tuple, seed: int) -> None:
         """One decode step of rows 0..B-1 attending over cache slots 0..S-1; updates the row state
         and the output buffers in place (the body of a captured graph). ``step``: how the model's
@@ -453,10 +410,10 @@ class Generator:
         m = self.model
         tok, pos, ngen, done = self.tok[:B], self.pos[:B], self.ngen[:B], self.done[:B]
         rows = self.rows[:B]
-        tokens = self._decode_tokens(B)
+        tokens = self.adapters.token_step(B)
         h = m(self._model_ids(tok)[:, None], pos[:, None], CacheDecode(self.kv, pos, S, self.rows, self.span),
               step=step, compiled=False, tokens=tokens)                       # [B, 1, d]
-        logits = m.logits(h[:, 0]) if tokens is None else m.logits(h[:, 0], tokens, self.row_adapter[:B])
+        logits = m.logits(h[:, 0]) if tokens is None else m.logits(h[:, 0], tokens, self.adapters.row_adapter[:B])
         choice, lp = self._choose(logits, self.keys[:B], ngen, sampling, seed)
         active = ~done
         col = torch.where(active, ngen, self.out_tok.shape[1] - 1)
@@ -471,12 +428,7 @@ class Generator:
 
     # -- graphs --------------------------------------------------------------------------------
     def _run_steps(self, n_steps: int, B: int, S: int, mode: str, sampling: tuple, seed: int) -> None:
-        if mode == "merged":
-            lora = _MergedLoRA(self)
-        elif mode in ("grouped", "gather", "segments") and self.fuse_lora:
-            lora = _FusedRowLoRA(self, B, mode)
-        else:
-            lora = FusedAddNormStep(None if mode == "none" else _RowLoRA(self, B, mode))
+        lora = self.adapters.step(mode, B)
         if not self.cuda_graphs:
             for _ in range(n_steps):
                 self._step(B, S, lora, sampling, seed)
@@ -545,172 +497,6 @@ class Generator:
         waves = -(-n_prompts // self.cap)
         return prompt_tokens * self._prefill_rate + waves * new_tokens * per_step
 
-    # -- row bookkeeping -----------------------------------------------------------------------
-    def _route(self, n: int, B: int, slots: np.ndarray) -> str:
-        """Set the decode LoRA routing for rows 0..B-1 (``slots`` int64 [n] of the live rows;
-        padding rows get the base slot) and return the mode to run."""
-        if self.lora is None:
-            return "none"
-        base = self.n_slots - 1
-        ids = np.full(B, base, dtype=np.int64)
-        ids[:n] = slots
-        present = np.unique(ids[:n]) if n else np.array([base])
-        self._check_room(mixed=len(present) > 1)
-        if len(present) == 1 and present[0] == base and not self.merge_single:
-            mode = "none"  # base model only: no LoRA at all
-        elif len(present) == 1 and self.lora_mode in ("auto", "single"):
-            ids[n:] = present[0]  # padding rows follow the live adapter: no second group
-            if self.merge_single:
-                mode = "merged"
-                self._merge(int(present[0]))   # the base slot merges nothing
-            else:
-                mode = "single"
-                self._refresh("flat")
-                self.single.copy_(self.flat[int(present[0])][None])
-        elif self.lora_mode == "single":
-            raise ValueError("lora_mode='single' but the batch mixes adapters "
-                             f"{sorted(int(a) for a in present)}")
-        elif self.lora_mode == "segments" or (self.lora_mode == "auto" and self.fuse_lora and self.cuda
-                                              and not _grouped_mm_ok(self.device, self.dtype) and _triton_lora()):
-            mode = "segments"
-            order = np.argsort(ids, kind="stable")
-            counts = np.bincount(ids, minlength=self.n_slots)
-            self.seg_ids[:B].copy_(torch.from_numpy(ids.astype(np.int32)))
-            self.seg_order[:B].copy_(torch.from_numpy(order.astype(np.int32)))
-            self.seg_offsets.copy_(torch.from_numpy(np.concatenate([[0], np.cumsum(counts), [B]]).astype(np.int32)))
-        elif self.lora_mode == "grouped" or (self.lora_mode == "auto" and _grouped_mm_ok(self.device, self.dtype)):
-            mode = "grouped"
-            order = np.argsort(ids, kind="stable")
-            counts = np.bincount(ids, minlength=self.n_slots)
-            self.perm[:B].copy_(torch.from_numpy(order))
-            self.offs.copy_(torch.from_numpy(np.cumsum(counts).astype(np.int32)))
-        else:
-            mode = "gather"
-        if mode in ("grouped", "gather", "segments"):
-            self._refresh("fused" if self.fuse_lora else "flat")
-        self.row_adapter[:B].copy_(torch.from_numpy(ids))
-        self.stats.lora_modes[mode] = self.stats.lora_modes.get(mode, 0) + 1
-        return mode
-
-    @torch.inference_mode()
-    def _refresh(self, what: str) -> None:
-        """Copy the LoRA's current weights into the ``"flat"`` or ``"fused"`` buffers, once per call
-        (only the buffers the call's modes read), in place: captured graphs read them."""
-        if what in self._fresh:
-            return
-        if what == "flat":
-            self.flat[:self.lora.weight.shape[0]].copy_(self.lora.weight.detach())
-        else:
-            self._fill_fused()
-        self._fresh.add(what)
-
-    @torch.inference_mode()
-    def _fill_tokens(self) -> None:
-        """Copy the adapters' token rows into the decode tables, the model's own into the base slot."""
-        lora, n = self.lora, self.lora.weight.shape[0]
-        for module, table in self.tok_tables.items():
-            table[:n].copy_(lora.token_table(module).detach())
-            table[n].copy_(lora.token_base[module])
-
-    def _fill_fused(self) -> None:
-        """Fill the buffers of :class:`_FusedRowLoRA` from the model and the LoRA (allocated at the
-        first call). Also the base weights are copied at every call, as the merged ones are, so a
-        model changed between two calls is decoded as it is now."""
-        lora, layers = self.lora, self.model.model.layers
-        n, r, scaling = lora.weight.shape[0], lora.cfg.r, lora.cfg.scaling
-        kw = dict(device=self.device, dtype=self.dtype)
-        if not self.fused_a:
-            for kind, mods in _fused_parts(layers[0]).items():
-                din, dout = mods[0].in_features, sum(m.out_features for m in mods)
-                # Zeros: the off-diagonal blocks, the base slot and untargeted layers stay zero.
-                self.fused_a[kind] = torch.zeros(self.n_layers, self.n_slots, din, len(mods) * r, **kw)
-                self.fused_b[kind] = torch.zeros(self.n_layers, self.n_slots, len(mods) * r, dout, **kw)
-            for blk in layers:
-                a, m = blk.self_attn, blk.mlp
-                qkv = (a.q_proj, a.k_proj, a.v_proj)
-                self.fused_w.append({
-                    "qkv": torch.empty(sum(p.out_features for p in qkv), a.q_proj.in_features, **kw),
-                    "qkv_bias": None if a.q_proj.bias is None else torch.empty(sum(p.out_features for p in qkv), **kw),
-                    "gate_up": torch.empty(2 * m.gate_proj.out_features, m.gate_proj.in_features, **kw)})
-        for li, blk in enumerate(layers):
-            parts, w = _fused_parts(blk), self.fused_w[li]
-            torch.cat([p.weight for p in parts["qkv"]], out=w["qkv"])
-            if w["qkv_bias"] is not None:
-                torch.cat([p.bias for p in parts["qkv"]], out=w["qkv_bias"])
-            torch.cat([p.weight for p in parts["gate_up"]], out=w["gate_up"])
-            for kind, mods in parts.items():
-                A, Bm = self.fused_a[kind][li], self.fused_b[kind][li]
-                col = 0
-                for j, mod in enumerate(mods):
-                    if mod.name in lora.slots:
-                        A[:n, :, j * r:(j + 1) * r].copy_(lora.A(mod.name).detach())
-                        # Scaled in fp32, rounded to the compute dtype once.
-                        Bm[:n, j * r:(j + 1) * r, col:col + mod.out_features].copy_(
-                            lora.B(mod.name).detach() * scaling)
-                    col += mod.out_features
-
-    def _check_room(self, mixed: bool) -> None:
-        """Before the first merged (one adapter) or fused (mixed adapters) step allocates its weight
-        copies, make sure they fit: on CUDA in half the memory left after the KV cache. Where they
-        do not (a large model on a small GPU), that path is switched off for good, with a warning,
-        and the model's own layers run instead."""
-        if not self.cuda:
-            return
-        itemsize = torch.finfo(self.dtype).bits // 8
-        layers = self.model.model.layers
-        if not mixed and self.merge_single and not self.merged:
-            need = sum(m.weight.numel() for blk in layers for mods in _fused_parts(blk).values() for m in mods)
-            self.merge_single = self._room_for(need * itemsize, "merged one-adapter decoding (merge_single)")
-        if mixed and self.fuse_lora and not self.fused_a:
-            r, n = self.lora.cfg.r, self.n_slots
-            need = 0
-            for kind, mods in _fused_parts(layers[0]).items():
-                din, dout = mods[0].in_features, sum(m.out_features for m in mods)
-                need += n * len(mods) * r * (din + dout) * len(layers)
-                if len(mods) > 1:
-                    need += din * dout * len(layers)   # the concatenated base weights
-            self.fuse_lora = self._room_for(need * itemsize, "fused mixed-adapter decoding (fuse_lora)")
-            if not self.fuse_lora and self.lora_mode == "segments":
-                self.lora_mode = "auto"
-
-    def _room_for(self, nbytes: int, what: str) -> bool:
-        free, _ = torch.cuda.mem_get_info(self.device)
-        if nbytes <= 0.5 * free:
-            return True
-        log.warning("%s needs %.1f GiB of weight copies, more than half the %.1f GiB free: off",
-                    what, nbytes / 2 ** 30, free / 2 ** 30)
-        return False
-
-    def _merge(self, slot: int) -> None:
-        """Fill the fused merged weights with adapter ``slot`` (the base slot: no adapter), in
-        place: captured graphs read them."""
-        if self._merged_slot == slot:
-            return
-        lora = self.lora
-        s = lora.cfg.scaling
-        adapter = slot < lora.weight.shape[0]
-
-        def merged(mod) -> torch.Tensor:
-            W = mod.weight
-            if not adapter or mod.name not in lora.slots:
-                return W
-            delta = (lora.A(mod.name)[slot] @ lora.B(mod.name)[slot]).t().to(W.device)   # fp32 [dout, din]
-            return torch.add(W.float(), delta, alpha=s).to(W.dtype)   # out of place: W.float() may be W
-
-        for li, blk in enumerate(self.model.model.layers):
-            a, mlp = blk.self_attn, blk.mlp
-            parts = {"qkv": torch.cat([merged(a.q_proj), merged(a.k_proj), merged(a.v_proj)]),
-                     "qkv_bias": None if a.q_proj.bias is None else torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]),
-                     "o": merged(a.o_proj), "gate_up": torch.cat([merged(mlp.gate_proj), merged(mlp.up_proj)]),
-                     "down": merged(mlp.down_proj)}
-            if li >= len(self.merged):
-                self.merged.append({k: None if v is None else v.clone() for k, v in parts.items()})
-            else:
-                for k, v in parts.items():
-                    if v is not None:
-                        self.merged[li][k].copy_(v)
-        self._merged_slot = slot
-
     # -- the call ------------------------------------------------------------------------------
     @torch.inference_mode()
     def generate(self, prompts: Sequence, adapter_ids: Optional[Sequence[int]] = None,
@@ -754,13 +540,7 @@ class Generator:
             raise ValueError(f"prompt of {int(lens.max())} tokens + {max_new} new exceeds the model's "
                              f"sliding window {window}, which this generator does not implement")
         self._ensure(s_need, max_new)
-        base = self.n_slots - 1
-        slots = np.where(adapters >= 0, adapters, base) if self.lora is not None else adapters
-        if self.lora is not None:
-            self._fresh = set()        # the adapters may have changed since the last call
-            self._merged_slot = None
-            if self.tok_tables:
-                self._fill_tokens()
+        slots = self.adapters.begin_call(adapters)
         self.max_new_t.fill_(max_new)
         self.stop_t.fill_(bool(cfg.stop_on_eog))
         sampling, seed = cfg.sampling, cfg.seed
@@ -836,7 +616,8 @@ class Generator:
             B = self._bucket(n)
             if mode is None:
                 self._pad_rows(n, B)
-                mode = self._route(n, B, slots[row_req[:n]])
+                mode = self.adapters.route(n, B, slots[row_req[:n]])
+                self.stats.lora_modes[mode] = self.stats.lora_modes.get(mode, 0) + 1
                 if deadline is not None and self.cuda:
                     torch.cuda.synchronize(self.device)   # the routing's copies stay out of the step rate
             steps = self.sync_every
@@ -959,7 +740,7 @@ class Generator:
             lora = None
             if self.lora is not None:
                 ad = np.array([slots[q] for q in group], dtype=np.int64)
-                ad = np.where(ad == self.n_slots - 1, -1, ad)
+                ad = np.where(ad == self.adapters.base, -1, ad)
                 if (ad >= 0).any():
                     lora = self.lora.begin(np.repeat(ad[:, None], L, axis=1).astype(np.int32), self.dtype,
                                            training=False, base_tokens=True)
@@ -1003,7 +784,7 @@ class Generator:
             ids = torch.from_numpy(np.asarray(prompt[:n], np.int64)[None]).to(self.device)
             lens = torch.full((1,), ids.shape[1], dtype=torch.int64, device=self.device)
             lora = None
-            if self.lora is not None and slot != self.n_slots - 1:
+            if self.lora is not None and slot != self.adapters.base:
                 lora = self.lora.begin(np.full((1, ids.shape[1]), slot, np.int32), self.dtype, training=False,
                                        base_tokens=True)
             self._prefill_forward(ids, lens, row, lora)
