@@ -34,7 +34,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from arcfast.arc import tokens as T
-from arcfast.infer.generate import Generation, GenerationConfig, GenerationStats, Generator
+from arcfast.infer.decoding import Generation, GenerationConfig, GenerationStats
+from arcfast.infer.generate import Generator
 
 TOKEN_LOGPROB = -0.05
 

@@ -1,6 +1,7 @@
 import pytest
 
-from arcfast.budget import Deadline, StepPlanner, format_duration, parse_duration
+from arcfast.budget.clock import Deadline, format_duration, parse_duration
+from arcfast.budget.steps import StepPlanner
 
 
 class FakeClock:
@@ -134,7 +135,7 @@ def test_process_start_counts_what_ran_before_the_call():
     import subprocess
     import sys
 
-    code = ("import time; time.sleep(0.6); import arcfast.budget as b; "
+    code = ("import time; time.sleep(0.6); import arcfast.budget.clock as b; "
             "print(time.monotonic() - b.process_start())")
     age = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert 0.6 <= age < 30

@@ -137,7 +137,7 @@ def test_a_prompt_too_long_for_the_time_left_is_skipped_and_shorter_ones_still_r
     """Longest first, but a long prompt that cannot fit does not close the door on the short ones:
     at a primed 10 ms per token, 3,000 tokens (30 s) are skipped and 20 tokens (0.2 s) run."""
     gen = Generator(model, cuda_graphs=False, max_batch=4)
-    gen.prime_rates(0.01)
+    gen.rates.prime(0.01)
     long, short = _prompts(1, length=3000, seed=3)[0], _prompts(1, length=20, seed=4)[0]
     outs = gen.generate([long, short], max_new_tokens=2, deadline=time.monotonic() + 5.0)
     assert outs[0].n_tokens == 0 and outs[1].n_tokens == 2
@@ -155,7 +155,7 @@ def _task(tid: str, seed: int) -> Task:
 
 def test_predictions_under_a_deadline_are_complete(model, monkeypatch):
     """Cut or not, every test input gets one prediction per augmentation, by the deadline."""
-    from arcfast.infer.generate import GenerationConfig
+    from arcfast.infer.decoding import GenerationConfig
 
     slow_down(monkeypatch, Generator, "_step", UNIT)
     gen = Generator(model, cuda_graphs=False, max_batch=8, sync_every=8)

@@ -10,19 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from arcfast.budget import Deadline
+from arcfast.budget.clock import Deadline
 from arcfast.arc.loading import load_tasks
-from arcfast.run.train import CHECKPOINT as CHECKPOINT_DIR
-from arcfast.cli.train import add_train_parser, cmd_train
 from arcfast.run.train import (
-    FinetuneConfig,
-    MixtureStream,
-    find_checkpoint,
-    load_checkpoint,
-    parse_mixture,
-    run_train,
-    source_schedule,
+    CHECKPOINT as CHECKPOINT_DIR, FinetuneConfig, MixtureStream, find_checkpoint, load_checkpoint,
+    parse_mixture, run_train, source_schedule,
 )
+from arcfast.cli.train import add_train_parser, cmd_train
 from arcfast.lora.multi import LoRAConfig
 from arcfast.model.checkpoint import load_model
 from arcfast.samples.sampling import SampleConfig

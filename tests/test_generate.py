@@ -7,14 +7,8 @@ import torch
 from arcfast.arc import tokens as T
 from arcfast.arc.formats import DecodeStatus
 from arcfast.lora.decode import _RowLoRA
-from arcfast.infer.generate import (
-    MAX_NEW_TOKENS,
-    Generation,
-    GenerationConfig,
-    Generator,
-    choose_tokens,
-    generate,
-)
+from arcfast.infer.decoding import MAX_NEW_TOKENS, Generation, GenerationConfig, choose_tokens
+from arcfast.infer.generate import Generator, generate
 from arcfast.infer.predict import predict_task, predict_tasks
 from arcfast.lora.multi import LoRAConfig, MultiLoRA
 from arcfast.model.decoder import build_model, init_weights

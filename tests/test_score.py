@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from arcfast.arc import tokens as T
-from arcfast.arc.augment import Augmentation
-from arcfast.arc.augment import test_time_augmentations as tta
-from arcfast.infer.generate import GenerationConfig, generate
+from arcfast.arc.augment import Augmentation, test_time_augmentations as tta
+from arcfast.infer.decoding import GenerationConfig
+from arcfast.infer.generate import generate
 from arcfast.infer.predict import predict_tasks
 from arcfast.samples.prompts import build_inference_prompts
 from arcfast.reference.score import score_item_reference, target_logprobs_reference

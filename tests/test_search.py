@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from arcfast.arc import tokens as T
-from arcfast.infer.generate import GenerationConfig, Generator
+from arcfast.infer.decoding import GenerationConfig
+from arcfast.infer.generate import Generator
 from arcfast.lora.multi import LoRAConfig, MultiLoRA
 from arcfast.model.config import ModelConfig
 from arcfast.model.decoder import build_model

@@ -64,7 +64,7 @@ def test_a_budgeted_run_on_a_slowed_machine_ends_inside_its_budget(tmp_path, mon
 
 
 def test_the_report_plot_is_skipped_when_the_budget_has_no_room_for_it(tmp_path):
-    from arcfast.budget import Deadline
+    from arcfast.budget.clock import Deadline
     from arcfast.run.ttft import PLOT_SECONDS, TTFTConfig, TTFTRun
 
     cfg = TTFTConfig(tasks="arc1:eval[:2]", model="tiny", budget=30.0, out=str(tmp_path / "late"), steps=1,

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from arcfast.budget import Rate, SampleRates, StepAbandoned, StepGate
+from arcfast.budget.clock import Rate
+from arcfast.budget.steps import SampleRates, StepAbandoned, StepGate
 from arcfast.model.checkpoint import load_model
 from arcfast.train.trainer import Trainer, pack_samples
 from test_trainer import LCFG, make_sample, train_cfg

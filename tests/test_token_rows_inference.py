@@ -10,7 +10,8 @@ import torch
 import torch.nn as nn
 
 from arcfast.arc import tokens as T
-from arcfast.infer.generate import GenerationConfig, Generator
+from arcfast.infer.decoding import GenerationConfig
+from arcfast.infer.generate import Generator
 from arcfast.lora.multi import LoRAConfig, MultiLoRA
 from arcfast.model.decoder import Linear, build_model, init_weights
 from arcfast.model.config import preset

@@ -8,10 +8,9 @@ import time
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
-from arcfast.budget import Deadline
+from arcfast.budget.clock import Deadline
 from arcfast.arc.parse import TaskLoadError
 from arcfast.arc.loading import load_tasks, skipped_tasks
 from arcfast.run.outdir import MAX_NAME, OutDir, task_filename, task_id_from_filename

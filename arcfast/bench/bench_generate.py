@@ -117,7 +117,8 @@ def run(ctx: Context) -> list[Row]:
 def _run(ctx: Context) -> list[Row]:
     import torch
 
-    from ..infer.generate import GenerationConfig, Generator
+    from ..infer.decoding import GenerationConfig
+    from ..infer.generate import Generator
     from ..lora.multi import LoRAConfig, MultiLoRA
     from ..model.decoder import build_model
     from ..model.config import preset

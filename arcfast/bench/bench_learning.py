@@ -140,7 +140,7 @@ def pretrain(model, tasks: list, steps: int, seed: int, lr: float = 3e-3, row_le
 def _score(model: str, tasks, s: dict, out: Path, ttft: bool, budget: float, steps: int) -> dict:
     """Predict (and with ``ttft`` first fine-tune) ``tasks`` (a source string or a list of tasks)
     through :class:`arcfast.run.ttft.TTFTRun`; its summary with the run's seconds."""
-    from ..budget import Deadline
+    from ..budget.clock import Deadline
     from ..run.ttft import TTFTConfig, TTFTRun
 
     if not isinstance(tasks, str):

@@ -162,7 +162,8 @@ def case_dfs(ctx: Context) -> list[Row]:
     import torch
 
     from ..arc.loading import load_tasks
-    from ..infer.generate import GenerationConfig, Generator
+    from ..infer.decoding import GenerationConfig
+    from ..infer.generate import Generator
     from ..model.checkpoint import load_model
     from ..infer.predict import max_output_tokens, predict_tasks
     from ..infer.search import SearchConfig, SearchStats

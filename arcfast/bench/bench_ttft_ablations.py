@@ -171,7 +171,7 @@ def _settings(ctx: Context) -> dict:
 
 def run_row(name: str, model_dir: Path, tasks_dir: Path, out: Path, s: dict, seed: int) -> dict:
     """One row's TTFT run on one seed's tasks: {task id: {metric: value}} with the run's seconds."""
-    from ..budget import Deadline
+    from ..budget.clock import Deadline
     from ..run.ttft import TTFTConfig, TTFTRun
 
     fields = dict(ROWS[name][0])

@@ -85,7 +85,7 @@ def _objectives(text: str) -> tuple:
 def run_eval(s: dict, device: str, out: Path, objectives: tuple) -> dict:
     """One ``arcfast eval --ttft --verify K --select vote+verify`` run into ``out``: its generation
     and verification seconds (from its log), its verification counts and its selection results."""
-    from ..budget import parse_duration
+    from ..budget.clock import parse_duration
     from ..run.ttft import TTFTConfig, TTFTRun
 
     cfg = TTFTConfig(tasks=f"{s['source']}[:{s['tasks']}]", model=s["model"], budget=parse_duration(s["budget"]),

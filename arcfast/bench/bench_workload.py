@@ -157,7 +157,7 @@ def run_arcfast(s: dict, device: str, out: Path, search: str = "greedy", select:
     not the workload's output); a run that did less than the workload (a task short of its steps or
     predictions, a deadline cut) is returned with ``complete=False`` and the shortfall listed.
     """
-    from ..budget import parse_duration
+    from ..budget.clock import parse_duration
     from ..arc.loading import load_tasks
     from ..answers.submission import SubmissionError, validate_submission
     from ..run.ttft import TTFTConfig, TTFTRun

@@ -162,7 +162,8 @@ def profile_decode(model, args, out: Path) -> tuple[dict, str]:
     import torch
 
     from ..arc.augment import test_time_augmentations
-    from ..infer.generate import GenerationConfig, Generator
+    from ..infer.decoding import GenerationConfig
+    from ..infer.generate import Generator
     from ..lora.multi import LoRAConfig, MultiLoRA
     from ..samples.prompts import build_inference_prompts
 

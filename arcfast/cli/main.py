@@ -24,7 +24,7 @@ import sys
 import time
 from typing import Optional
 
-from ..budget import process_start
+from ..budget.clock import process_start
 from .args import _Help, _add_verbose, _no_task_loaded, _show_defaults
 from .run import _add_eval, _add_ttft
 
@@ -256,4 +256,3 @@ def _exit_now(code: int) -> None:
     sys.stderr.flush()
     logging.shutdown()
     os._exit(code)
-

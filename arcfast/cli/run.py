@@ -194,7 +194,7 @@ def _add_ttft(sub) -> None:
 
 def _budget_and_margin(args) -> tuple:
     """(budget, margin) in seconds from --budget and --margin (None: the default margin)."""
-    from ..budget import parse_duration
+    from ..budget.clock import parse_duration
 
     budget = parse_duration(args.budget)
     if args.margin is None:
@@ -206,7 +206,7 @@ def _budget_and_margin(args) -> tuple:
 
 
 def _deadline(args, cfg):
-    from ..budget import Deadline
+    from ..budget.clock import Deadline
 
     return Deadline(cfg.budget, margin=cfg.margin, start=getattr(args, "started", None))
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from ..budget import Deadline, parse_duration
+from ..budget.clock import Deadline, parse_duration
 from ..run.train import FinetuneConfig, run_train
 from .args import token_modules
-
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:

@@ -63,170 +63,23 @@ augmentation undone, one :class:`arcfast.answers.vote.Prediction` per output.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
 from ..arc import tokens as T
-from ..budget import DEADLINE_SAFETY, forward_seconds
+from ..budget.clock import DEADLINE_SAFETY, DecodeRates
 from ..lora.decode import DecodeAdapters
 from ..model.kv_cache import CacheDecode, CachePrefill
 from ..model.decoder import FusedAddNormStep
+from .decoding import (
+    Generation, GenerationConfig, GenerationStats, LORA_MODES, PREFILL_PROBE_TOKENS, choose_tokens,
+)
 
 log = logging.getLogger("arcfast.infer.generate")
-
-MAX_NEW_TOKENS = T.grid_len(T.MAX_SIZE, T.MAX_SIZE)  # 931: a 30x30 grid with its EOG
-LORA_MODES = ("auto", "single", "grouped", "segments", "gather")
-
-
-@dataclass
-class GenerationConfig:
-    """Settings of one generation call.
-
-    max_new_tokens: tokens generated at most per prompt (EOG included); default: the largest grid.
-    stop_on_eog:    stop a row at its first EOG (False forces ``max_new_tokens`` tokens: benchmarks).
-    temperature:    0 = greedy; > 0 samples from softmax(logits / temperature).
-    top_k:          when sampling, keep only the ``top_k`` most likely tokens (0 = all).
-    seed:           sampling seed (with each prompt's key; see module docstring).
-    """
-
-    max_new_tokens: int = MAX_NEW_TOKENS
-    stop_on_eog: bool = True
-    temperature: float = 0.0
-    top_k: int = 0
-    seed: int = 0
-
-    def __post_init__(self):
-        if int(self.max_new_tokens) < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if not (self.temperature >= 0.0 and math.isfinite(self.temperature)):
-            raise ValueError(f"temperature must be finite and >= 0, got {self.temperature}")
-        if int(self.top_k) < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
-        self.max_new_tokens, self.top_k, self.seed = int(self.max_new_tokens), int(self.top_k), int(self.seed)
-
-    @property
-    def sampling(self) -> tuple:
-        """What a captured step bakes in: (temperature, top_k), (0.0, 0) for greedy."""
-        return (0.0, 0) if self.temperature == 0.0 else (float(self.temperature), self.top_k)
-
-
-@dataclass
-class Generation:
-    """One prompt's output.
-
-    tokens:   int32 [n] generated ids (the EOG included when the row stopped on it).
-    logprobs: float32 [n] log-probability of each generated token (fp32 log-softmax, temperature 1).
-    """
-
-    tokens: np.ndarray
-    logprobs: np.ndarray
-
-    @property
-    def n_tokens(self) -> int:
-        return int(self.tokens.shape[0])
-
-    @property
-    def logprob(self) -> float:
-        """Total log-probability of the generated tokens (float64 sum)."""
-        return float(np.sum(self.logprobs, dtype=np.float64))
-
-    @property
-    def finished(self) -> bool:
-        """Whether the output ended with EOG (False: cut at ``max_new_tokens``)."""
-        return self.n_tokens > 0 and int(self.tokens[-1]) == T.EOG
-
-
-# A deadline-bound call's first prefill, unmeasured, is first measured on this many tokens.
-PREFILL_PROBE_TOKENS = 256
-
-
-@dataclass
-class GenerationStats:
-    """What the last call did: counts and seconds (wall clock, device synchronised at the end),
-    and the measured rates a caller plans its next call from.
-
-    Rates (the :class:`Generator` keeps them between calls, and a deadline is kept with them: no
-    prefill micro-batch and no decode chunk is started that would end past it at these rates):
-
-    prefill_s_per_token: seconds per prefill token, padding included (``prefill_s`` over
-                         ``prefill_padded_tokens`` of this call; the generator's last estimate when
-                         this call ran no prefill; 0.0 when nothing was ever measured).
-    decode_s_per_step:   seconds per decode step of this call, over the steps whose chunk captured
-                         no CUDA graph (0.0 when none was measured); a step costs about this at the
-                         batch sizes this call ran.
-    step_s_by_batch:     batch bucket -> seconds per decode step, the latest measurement at that
-                         size (also from earlier calls): what the next call starts planning from.
-    capture_s:           seconds of the latest CUDA graph capture (0.0: none yet); a decode chunk
-                         that needs a new graph is planned to cost this much more.
-    """
-
-    prompts: int = 0
-    prompt_tokens: int = 0
-    generated_tokens: int = 0
-    decode_steps: int = 0
-    row_steps: int = 0          # sum over decode steps of the batch size run (padding included)
-    prefill_s: float = 0.0
-    decode_s: float = 0.0
-    graphs_captured: int = 0
-    compactions: int = 0
-    lora_modes: dict = field(default_factory=dict)
-    cut_by_deadline: int = 0    # prompts stopped in flight or never started because of the deadline
-    prefill_padded_tokens: int = 0   # tokens the prefill forwards ran over, padding included
-    prefill_s_per_token: float = 0.0
-    decode_s_per_step: float = 0.0
-    step_s_by_batch: dict = field(default_factory=dict)
-    capture_s: float = 0.0
-
-
-# ----------------------------------------------------------------------------------------------
-# Token choice (shared by prefill, the eager step and the captured step)
-
-_M32 = 0xFFFFFFFF
-
-
-def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer hash (lowbias32) on int64 tensors holding values in [0, 2^32)."""
-    x = x ^ (x >> 16)
-    x = (x * 0x7FEB352D) & _M32
-    x = x ^ (x >> 15)
-    x = (x * 0x846CA68B) & _M32
-    return x ^ (x >> 16)
-
-
-def gumbel_noise(seed: int, keys: torch.Tensor, index: torch.Tensor, vocab: int) -> torch.Tensor:
-    """Standard Gumbel noise float32 [B, vocab], a pure function of (seed, keys[b], index[b], v).
-    keys, index: int64 [B]."""
-    h = _mix32(torch.full_like(keys, (seed * 0x9E3779B1 + 0x632BE5AB) & _M32))
-    h = _mix32(h ^ (keys & _M32))
-    h = _mix32(h ^ (index & _M32))
-    v = torch.arange(vocab, device=keys.device, dtype=torch.int64)
-    h = _mix32(h[:, None] ^ _mix32(v + 0x165667B1)[None, :])
-    u = ((h >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))  # in (0, 1), never 0 or 1
-    return -torch.log(-torch.log(u))
-
-
-def choose_tokens(logits: torch.Tensor, keys: torch.Tensor, index: torch.Tensor, sampling: tuple,
-                  seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pick the next token of each row. logits [B, V] (any float dtype); keys, index int64 [B].
-    Returns (token int64 [B], its log-probability float32 [B] at temperature 1)."""
-    logits = logits.float()
-    logp = torch.log_softmax(logits, dim=-1)
-    temperature, top_k = sampling
-    if temperature == 0.0:
-        choice = logits.argmax(dim=-1)
-    else:
-        z = logits / temperature
-        if top_k and top_k < z.shape[-1]:
-            kth = torch.topk(z, top_k, dim=-1).values[:, -1:]
-            z = z.masked_fill(z < kth, float("-inf"))
-        choice = (z + gumbel_noise(seed, keys, index, z.shape[-1])).argmax(dim=-1)
-    return choice, logp.gather(1, choice[:, None])[:, 0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -307,10 +160,7 @@ class Generator:
         self.stats = GenerationStats()
         # Measured rates, kept between calls (see GenerationStats): the latest seconds per padded
         # prefill token, per decode step by batch bucket, and per graph capture.
-        self._prefill_rate: Optional[float] = None
-        self._prefill_rate_len: Optional[int] = None   # the padded length it was measured on
-        self._step_rate: dict = {}
-        self._capture_s: Optional[float] = None
+        self.rates = DecodeRates()
         self.adapters = DecodeAdapters(model, lora, lora_mode=lora_mode, merge_single=merge_single,
                                        fuse_lora=fuse_lora)
 
@@ -462,26 +312,11 @@ class Generator:
         for t, saved in zip((self.tok, self.pos, self.ngen, self.done), state):
             t.copy_(saved)
         torch.cuda.synchronize(self.device)
-        self._capture_s = time.perf_counter() - t0
+        self.rates.capture = time.perf_counter() - t0
         self.stats.graphs_captured += 1
         return g
 
     # -- measured rates ------------------------------------------------------------------------
-    def step_seconds(self, B: int) -> Optional[float]:
-        """Estimated seconds of one decode step at batch bucket ``B``: the latest measurement at
-        that size, else at the next larger measured size (a larger batch is not faster), else the
-        largest measured size scaled by ``B`` over it; None before any measurement."""
-        r = self._step_rate
-        if B in r:
-            return r[B]
-        larger = [b for b in r if b > B]
-        if larger:
-            return r[min(larger)]
-        if r:
-            b = max(r)
-            return r[b] * B / b
-        return None
-
     def estimate_seconds(self, n_prompts: int, prompt_tokens: int, new_tokens: int) -> Optional[float]:
         """Seconds a call would take at the measured rates: ``prompt_tokens`` of prefill and, per
         wave of at most the cache's rows, ``new_tokens`` decode steps at that wave's batch size
@@ -491,11 +326,11 @@ class Generator:
             return 0.0
         if not self.cap:   # no call yet: nothing measured
             return None
-        per_step = self.step_seconds(self._bucket(min(n_prompts, self.cap)))
-        if self._prefill_rate is None or per_step is None:
+        per_step = self.rates.step_seconds(self._bucket(min(n_prompts, self.cap)))
+        if self.rates.prefill is None or per_step is None:
             return None
         waves = -(-n_prompts // self.cap)
-        return prompt_tokens * self._prefill_rate + waves * new_tokens * per_step
+        return prompt_tokens * self.rates.prefill + waves * new_tokens * per_step
 
     # -- the call ------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -606,8 +441,7 @@ class Generator:
                 st.prefill_s += dt
                 st.prefill_padded_tokens += padded
                 if deadline is None and padded:
-                    self._prefill_rate = dt / padded
-                    self._prefill_rate_len = int(lens[placed[0]])
+                    self.rates.record_prefill(dt / padded, int(lens[placed[0]]))
                 mode = None
                 continue
             if n == 0:
@@ -625,11 +459,11 @@ class Generator:
             # The span is sized for a full chunk also when fewer steps run: same graph key.
             S = min(self.s_alloc, _round_up(int(live_pos.max()) + steps + 1, self.s_block))
             if deadline is not None:
-                per_step = self.step_seconds(B)
+                per_step = self.rates.step_seconds(B)
                 if per_step is not None:
                     capture = 0.0
                     if self.cuda_graphs and (B, S, mode, sampling, seed) not in self._graphs:
-                        capture = self._capture_s or 0.0
+                        capture = self.rates.capture or 0.0
                     left = deadline - time.monotonic() - DEADLINE_SAFETY * capture
                     fit = int(left // (DEADLINE_SAFETY * per_step)) if left > 0 else 0
                     if fit < 1:
@@ -646,7 +480,7 @@ class Generator:
             t2 = time.perf_counter()
             st.decode_s += t2 - t0
             if st.graphs_captured == captured:
-                self._step_rate[B] = (t2 - t1) / steps
+                self.rates.steps[B] = (t2 - t1) / steps
                 steady_s += t2 - t1
                 steady_steps += steps
         if queue:   # never started: the deadline closed admission
@@ -655,10 +489,10 @@ class Generator:
             while queue:
                 results[queue.popleft()] = empty
         st.prefill_s_per_token = (st.prefill_s / st.prefill_padded_tokens if st.prefill_padded_tokens
-                                  else self._prefill_rate or 0.0)
+                                  else self.rates.prefill or 0.0)
         st.decode_s_per_step = steady_s / steady_steps if steady_steps else 0.0
-        st.step_s_by_batch = dict(self._step_rate)
-        st.capture_s = self._capture_s or 0.0
+        st.step_s_by_batch = dict(self.rates.steps)
+        st.capture_s = self.rates.capture or 0.0
         st.generated_tokens = int(sum(r.n_tokens for r in results))
         return results
 
@@ -718,13 +552,13 @@ class Generator:
             L = int(lens[take[i]])
             R = max(1, min(len(take) - i, self.prefill_tokens // max(L, 1)))
             if deadline is not None:
-                if self._prefill_rate is None and L > PREFILL_PROBE_TOKENS:
+                if self.rates.prefill is None and L > PREFILL_PROBE_TOKENS:
                     self._probe_prefill(prompts[take[i]], r0 + len(placed), slots[take[i]])
                 now = time.monotonic()
                 if now >= deadline:
                     skipped += take[i:]
                     break
-                per_prompt = self._prefill_seconds(L)
+                per_prompt = self.rates.prefill_seconds(L)
                 if per_prompt is not None and now + DEADLINE_SAFETY * per_prompt * R > deadline:
                     R = int((deadline - now) / (DEADLINE_SAFETY * per_prompt))
                     if R < 1:
@@ -761,19 +595,11 @@ class Generator:
             if deadline is not None:
                 if self.cuda:
                     torch.cuda.synchronize(self.device)
-                self._prefill_rate = (time.perf_counter() - t0) / (R * L)
-                self._prefill_rate_len = L
+                self.rates.record_prefill((time.perf_counter() - t0) / (R * L), L)
             padded += R * L
             placed += group
             i += R
         return placed, skipped, padded
-
-    def _prefill_seconds(self, L: int) -> Optional[float]:
-        """Predicted seconds to prefill one prompt padded to ``L`` tokens at the measured rate
-        (:func:`arcfast.budget.forward_seconds`); None before any measurement."""
-        if self._prefill_rate is None:
-            return None
-        return forward_seconds(self._prefill_rate, self._prefill_rate_len, L)
 
     def _probe_prefill(self, prompt, row: int, slot: int) -> None:
         """Measure the prefill rate on the first ``PREFILL_PROBE_TOKENS`` tokens of ``prompt``, into
@@ -790,19 +616,7 @@ class Generator:
             self._prefill_forward(ids, lens, row, lora)
             if self.cuda:
                 torch.cuda.synchronize(self.device)
-        self._prefill_rate = (time.perf_counter() - t0) / ids.shape[1]
-        self._prefill_rate_len = ids.shape[1]
-
-    @property
-    def prefill_rate(self) -> Optional[float]:
-        """Seconds per prefill token this generator plans with (None: nothing measured or primed)."""
-        return self._prefill_rate
-
-    def prime_rates(self, prefill_s_per_token: Optional[float]) -> None:
-        """Plan the first prefill from ``prefill_s_per_token`` (e.g. a training step's seconds per
-        token, which a forward alone never exceeds) until this generator measures its own."""
-        if self._prefill_rate is None and prefill_s_per_token:
-            self._prefill_rate = float(prefill_s_per_token)
+        self.rates.record_prefill((time.perf_counter() - t0) / ids.shape[1], ids.shape[1])
 
     def _harvest_and_compact(self, n, done_h, pos_h, row_req, results) -> int:
         """Copy finished rows' outputs to ``results``, move live rows to the front (``row_req`` and

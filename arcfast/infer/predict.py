@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence
 
 from . import generate as _generate
 from ..arc import tokens as T
-from .generate import Generation, GenerationConfig
+from .decoding import Generation, GenerationConfig
 
 
 NO_INVERSE = "no_inverse"  # status of a parsed grid that no grid maps to under the augmentation

@@ -8,7 +8,7 @@ An item's sequence is the inference prompt of ``task.test[test_index]`` under ``
 one :func:`arcfast.samples.prompts.build_inference_prompts` builds for generation) followed by the augmented
 grid in the compact format, its end-of-grid token included. Its score is the sum over the grid's
 tokens of their log-probabilities: the fp32 log-softmax of the model's logits, as
-:class:`arcfast.infer.generate.Generation` records them, so the score of a greedy output's own grid equals
+:class:`arcfast.infer.decoding.Generation` records them, so the score of a greedy output's own grid equals
 that output's ``logprob``.
 
 Fast path (prefix-shared, the default): the sequences with identical prompt tokens and the same
@@ -46,7 +46,7 @@ import numpy as np
 
 from ..arc import tokens as T
 from ..arc.augment import Augmentation
-from ..budget import DEADLINE_SAFETY
+from ..budget.clock import DEADLINE_SAFETY
 from ..arc.task import Task
 from ..answers.select import select
 from ..answers.vote import Candidate, check_grid
@@ -327,8 +327,6 @@ def default_batch_tokens(device) -> int:
     import torch
 
     return 32768 if torch.device(device).type == "cuda" else 4096
-
-
 
 
 @dataclass

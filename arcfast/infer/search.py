@@ -52,8 +52,8 @@ import numpy as np
 import torch
 
 from ..arc import tokens as T
-from ..budget import DEADLINE_SAFETY, forward_seconds
-from .generate import MAX_NEW_TOKENS, PREFILL_PROBE_TOKENS, Generation
+from ..budget.clock import DEADLINE_SAFETY, forward_seconds
+from .decoding import MAX_NEW_TOKENS, PREFILL_PROBE_TOKENS, Generation
 from ..model.kv_cache import CacheDecode, CachePrefill, copy_rows
 from ..model.decoder import FusedAddNormStep
 
@@ -118,7 +118,7 @@ class SearchConfig:
 
 @dataclass
 class Completion(Generation):
-    """One completion found by the search (a :class:`arcfast.infer.generate.Generation` ending with EOG);
+    """One completion found by the search (a :class:`arcfast.infer.decoding.Generation` ending with EOG);
     ``greedy``: it is the greedy decoding's output."""
 
     greedy: bool = False

@@ -62,7 +62,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from ..budget import Deadline, StepAbandoned, StepPlanner, format_duration
+from ..budget.clock import Deadline, format_duration
+from ..budget.steps import StepAbandoned, StepPlanner
 from .outdir import fresh_dir
 from ..files import JsonLog, atomic_write, swap_in
 
@@ -608,7 +609,6 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
     jlog(event="end", **{k: summary[k] for k in ("steps", "stopped", "seconds", "val_loss")})
     jlog.close()
     return summary
-
 
 
 __all__ = ["FinetuneConfig", "MixtureStream", "parse_mixture", "source_schedule", "shared_adapter", "run_train",

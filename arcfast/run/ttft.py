@@ -12,10 +12,10 @@ What a run does, top to bottom (:func:`run_ttft`):
    arcfast.infer.search), vote, optionally score the top candidates under other augmentations
    (``--rescore``, arcfast.infer.rescore), select the two submitted (``--select``, arcfast.answers.select), and
    update the submission and the report;
-4. finish before the deadline: the planner (arcfast.budget.StepPlanner) keeps time for every
+4. finish before the deadline: the planner (arcfast.budget.steps.StepPlanner) keeps time for every
    remaining group's inference and a safety margin, and limits each group's training to its share
    of the time; no step starts that is predicted not to end in it, and each runs through the
-   planner's gate (arcfast.budget.StepGate) in micro-batches, abandoned whole (nothing applied,
+   planner's gate (arcfast.budget.steps.StepGate) in micro-batches, abandoned whole (nothing applied,
    ``step_abandoned`` logged) when its rest would not fit; generation and re-scoring are planned
    from their measured per-step times and stop inside a batch at the deadline, keeping what
    finished. The summary says what the budget cut (``untrained``, ``steps_abandoned``) and what
@@ -54,14 +54,13 @@ from typing import Optional
 
 import numpy as np
 
-from ..budget import Deadline, StepAbandoned, StepPlanner, format_duration, parse_duration
+from ..budget.clock import Deadline, format_duration, parse_duration
+from ..budget.steps import StepAbandoned, StepPlanner
 from ..models import shipped_model
 from .outdir import OutDir
 from .records import TaskRun, read_task_record, read_task_records, write_task_record
 from ..files import JsonLog, write_json
-from ..runtime import device as _device
-from ..runtime import dist as _dist
-from ..runtime import dtype as _dtype
+from ..runtime import device as _device, dist as _dist, dtype as _dtype
 from ..arc.task import id_bytes
 
 # Seconds of the budget (margin included) that must be left for the report's plot to be drawn.
@@ -627,7 +626,8 @@ class TTFTRun:
         import torch
 
         from ..lora.adapters import from_peft
-        from ..infer.generate import GenerationConfig, Generator
+        from ..infer.decoding import GenerationConfig
+        from ..infer.generate import Generator
         from ..infer.predict import max_output_tokens, predict_tasks
         from ..infer.search import SearchConfig, SearchStats
         from ..answers.select import SCORED, VERIFIED, judge, ranks, select
@@ -649,8 +649,8 @@ class TTFTRun:
             if cfg.search == "dfs" else None
         # The first prefill is planned from what was measured: a training step's seconds per token
         # (a forward alone never costs more) until the generator measures its own.
-        self.generator.prime_rates(planner.sample_rates.slowest)
-        search_stats = SearchStats(prefill_s_per_token=self.generator.prefill_rate or 0.0) \
+        self.generator.rates.prime(planner.sample_rates.slowest)
+        search_stats = SearchStats(prefill_s_per_token=self.generator.rates.prefill or 0.0) \
             if search is not None else None
         # Generation stops at the deadline less what the later groups are owed, and less what
         # re-scoring this group took per task before (measured; nothing before the first group).

@@ -59,7 +59,7 @@ import torch
 
 from ..arc import tokens as T
 from ..samples.batch import PackedBatch
-from ..budget import StepAbandoned, StepGate
+from ..budget.steps import StepAbandoned, StepGate
 from ..lora.multi import LoRAConfig, MultiLoRA
 from .loss import (
     DeviceBatch,
@@ -233,7 +233,7 @@ class Trainer:
     def step(self, batch: PackedBatch, gate: Optional[StepGate] = None) -> StepStats:
         """One training step on ``batch`` (adapter_ids = slot of each token's task).
 
-        With a ``gate`` (:class:`arcfast.budget.StepGate`) the step runs as micro-batches of whole
+        With a ``gate`` (:class:`arcfast.budget.steps.StepGate`) the step runs as micro-batches of whole
         samples (gradients accumulated, each piece's loss weighted by its share of each task's
         labelled tokens: the update is the whole batch's) sized by ``gate.piece_tokens()``; before
         each piece the gate is asked whether the rest of the step still fits, and when it does not

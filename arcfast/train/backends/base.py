@@ -19,9 +19,9 @@ class Backend:
 
     - ``reset_adapters(ids, seeds=None, total_steps=None)``: fresh adapters, optimizer and schedule;
     - ``load_adapter(ids, adapter, total_steps=None)``: start from a PEFT directory / tensors;
-    - ``step(batch: PackedBatch, gate=None) -> StepStats``: with a :class:`arcfast.budget.StepGate`,
+    - ``step(batch: PackedBatch, gate=None) -> StepStats``: with a :class:`arcfast.budget.steps.StepGate`,
       in micro-batches the gate admits one by one (the same update when all of them run; when the
-      gate refuses one, :class:`arcfast.budget.StepAbandoned` and nothing applied);
+      gate refuses one, :class:`arcfast.budget.steps.StepAbandoned` and nothing applied);
     - ``eval_loss(batch) -> np.ndarray [n_adapters]``;
     - ``export_adapter(i) -> dict`` (PEFT state dict) and ``save_adapter(i, path) -> Path``;
     - ``recover()``: after a step raised (out of memory, say), drop what it left half done

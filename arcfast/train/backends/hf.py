@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ...arc import tokens as T
-from ...budget import StepGate
+from ...budget.steps import StepGate
 from ...lora.multi import LoRAConfig, MultiLoRA
 from ..loss import StepStats
 from ..trainer import TrainConfig, unpack_samples
