@@ -425,7 +425,7 @@ def test_search_and_select_flags_are_checked(tmp_path, capsys):
     assert "temperature must be" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["ttft", "--search", "beam", "--out", str(tmp_path / "d"), "-q"])
-    from arcfast.run.ttft import TTFTConfig
+    from arcfast.run.config import TTFTConfig
 
     assert (TTFTConfig().select, TTFTConfig().rescore) == ("vote", 0)
     assert (TTFTConfig(rescore=4).select, TTFTConfig(select="nvarc").rescore) == ("poe", 8)
@@ -545,7 +545,7 @@ def test_a_recipe_sets_its_fields_and_flags_beside_it_win(capsys):
     from arcfast.cli.main import build_parser
     from arcfast.cli.run import _run_config
     from arcfast.run.recipes import RECIPES
-    from arcfast.run.ttft import TTFTConfig
+    from arcfast.run.config import TTFTConfig
 
     def cfg(*argv):
         args = build_parser().parse_args(["ttft", "--out", "/tmp/unused", *argv])

@@ -44,7 +44,8 @@ from arcfast.model.decoder import build_model
 from arcfast.model.config import preset
 from arcfast.model.checkpoint import save_model
 from arcfast.arc.task import Task
-from arcfast.run.ttft import TTFTConfig, TTFTRun
+from arcfast.run.config import TTFTConfig
+from arcfast.run.ttft import TTFTRun
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 

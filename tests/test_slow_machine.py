@@ -65,7 +65,8 @@ def test_a_budgeted_run_on_a_slowed_machine_ends_inside_its_budget(tmp_path, mon
 
 def test_the_report_plot_is_skipped_when_the_budget_has_no_room_for_it(tmp_path):
     from arcfast.budget.clock import Deadline
-    from arcfast.run.ttft import PLOT_SECONDS, TTFTConfig, TTFTRun
+    from arcfast.run.ttft import PLOT_SECONDS, TTFTRun
+    from arcfast.run.config import TTFTConfig
 
     cfg = TTFTConfig(tasks="arc1:eval[:2]", model="tiny", budget=30.0, out=str(tmp_path / "late"), steps=1,
                      predictions=1, max_new_tokens=4, progress=False)

@@ -10,7 +10,8 @@ import torch
 from arcfast.train.backends.native import NativeBackend
 from arcfast.arc.loading import load_tasks
 from arcfast.answers.submission import validate_submission
-from arcfast.run.ttft import TTFTConfig, TTFTRun
+from arcfast.run.config import TTFTConfig
+from arcfast.run.ttft import TTFTRun
 from scripted import ScriptedGenerator, turn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -92,17 +93,17 @@ def test_out_of_memory_splits_the_group_until_it_fits(tmp_path, monkeypatch, scr
 
 
 def test_a_failing_group_keeps_fallbacks_and_is_retried_on_resume(tmp_path, monkeypatch, scripted):
-    import arcfast.run.ttft as ttft
+    from arcfast.run.answer import GroupInference
 
-    real = ttft.TTFTRun._predict_group
+    real = GroupInference.run
     bad = load_tasks(TASKS)[1].id
 
-    def predict(self, model, backend, infer_lora, group, runs, planner):
+    def predict(self, backend, group, runs, planner):
         if any(t.id == bad for t in group):
             raise ValueError("a prompt builder bug")
-        return real(self, model, backend, infer_lora, group, runs, planner)
+        return real(self, backend, group, runs, planner)
 
-    monkeypatch.setattr(ttft.TTFTRun, "_predict_group", predict)
+    monkeypatch.setattr(GroupInference, "run", predict)
     out = tmp_path / "run"
     tasks = load_tasks(TASKS)
     summary = TTFTRun(_cfg(out, tasks_per_group=2)).run()
@@ -115,7 +116,7 @@ def test_a_failing_group_keeps_fallbacks_and_is_retried_on_resume(tmp_path, monk
     assert sub == {t.id: _entries(t, answered=i >= 2) for i, t in enumerate(tasks)}
     assert _result_ids(out) == {t.id for t in tasks[2:]}
 
-    monkeypatch.setattr(ttft.TTFTRun, "_predict_group", real)
+    monkeypatch.setattr(GroupInference, "run", real)
     again = TTFTRun(_cfg(out, tasks_per_group=2, resume=True)).run()
     assert again["failed"] == [] and again["answered"] == 4
     # The retried tasks are answered now, and the kept ones still are.

@@ -31,7 +31,8 @@ import pytest
 
 from arcfast.bench import bench_ttft_ablations as A
 from arcfast.model.checkpoint import save_model
-from arcfast.run.ttft import TTFTConfig, TTFTRun
+from arcfast.run.config import TTFTConfig
+from arcfast.run.ttft import TTFTRun
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 

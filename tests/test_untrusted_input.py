@@ -14,7 +14,8 @@ from arcfast.budget.clock import Deadline
 from arcfast.arc.parse import TaskLoadError
 from arcfast.arc.loading import load_tasks, skipped_tasks
 from arcfast.run.outdir import MAX_NAME, OutDir, task_filename, task_id_from_filename
-from arcfast.run.ttft import TTFTConfig, TTFTRun
+from arcfast.run.config import TTFTConfig
+from arcfast.run.ttft import TTFTRun
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -15,7 +15,7 @@ from arcfast.cli import main
 from arcfast.lora.multi import LoRAConfig
 from arcfast.model.config import CheckpointError
 from arcfast.model.checkpoint import load_model, save_model
-from arcfast.run.ttft import TTFTConfig
+from arcfast.run.config import TTFTConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -141,7 +141,8 @@ def _score(model: str, tasks, s: dict, out: Path, ttft: bool, budget: float, ste
     """Predict (and with ``ttft`` first fine-tune) ``tasks`` (a source string or a list of tasks)
     through :class:`arcfast.run.ttft.TTFTRun`; its summary with the run's seconds."""
     from ..budget.clock import Deadline
-    from ..run.ttft import TTFTConfig, TTFTRun
+    from ..run.config import TTFTConfig
+    from ..run.ttft import TTFTRun
 
     if not isinstance(tasks, str):
         d = out.parent / f"{out.name}-tasks"

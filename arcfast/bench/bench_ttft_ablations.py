@@ -172,7 +172,8 @@ def _settings(ctx: Context) -> dict:
 def run_row(name: str, model_dir: Path, tasks_dir: Path, out: Path, s: dict, seed: int) -> dict:
     """One row's TTFT run on one seed's tasks: {task id: {metric: value}} with the run's seconds."""
     from ..budget.clock import Deadline
-    from ..run.ttft import TTFTConfig, TTFTRun
+    from ..run.config import TTFTConfig
+    from ..run.ttft import TTFTRun
 
     fields = dict(ROWS[name][0])
     if fields.get("max_demos", 0) < 0:

@@ -86,7 +86,8 @@ def run_eval(s: dict, device: str, out: Path, objectives: tuple) -> dict:
     """One ``arcfast eval --ttft --verify K --select vote+verify`` run into ``out``: its generation
     and verification seconds (from its log), its verification counts and its selection results."""
     from ..budget.clock import parse_duration
-    from ..run.ttft import TTFTConfig, TTFTRun
+    from ..run.config import TTFTConfig
+    from ..run.ttft import TTFTRun
 
     cfg = TTFTConfig(tasks=f"{s['source']}[:{s['tasks']}]", model=s["model"], budget=parse_duration(s["budget"]),
                      out=str(out), backend="native", device=device, seed=0, steps=s["steps"],
@@ -150,7 +151,7 @@ def verify_everything(s: dict, device: str, out: Path) -> dict:
     from ..model.checkpoint import load_model
     from ..run.outdir import OutDir
     from ..runtime import dtype as _dtype
-    from ..run.ttft import VERIFY_SEED_OFFSET
+    from ..run.answer import VERIFY_SEED_OFFSET
     from ..infer.verify import VerifyConfig, VerifyJob, VerifyStats, verify_jobs
     from ..answers.vote import Candidate
 

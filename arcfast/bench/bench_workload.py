@@ -160,7 +160,8 @@ def run_arcfast(s: dict, device: str, out: Path, search: str = "greedy", select:
     from ..budget.clock import parse_duration
     from ..arc.loading import load_tasks
     from ..answers.submission import SubmissionError, validate_submission
-    from ..run.ttft import TTFTConfig, TTFTRun
+    from ..run.config import TTFTConfig
+    from ..run.ttft import TTFTRun
 
     spec = task_spec(s)
     steps = s["samples"] // s["per_step"]
@@ -176,7 +177,8 @@ def run_arcfast(s: dict, device: str, out: Path, search: str = "greedy", select:
     _sync(device)
     wall = time.perf_counter() - t0
     results = dict(ttft.results)
-    group_size = ttft.generator.lora.weight.shape[0] if getattr(ttft, "generator", None) is not None else None
+    gen = ttft.inference.generator if ttft.inference is not None else None
+    group_size = gen.lora.weight.shape[0] if gen is not None else None
     del ttft
     _free(device)
 

@@ -1,5 +1,5 @@
 """`arcfast ttft` and `arcfast eval`: their flags (defined once, defaults from
-:class:`arcfast.run.ttft.TTFTConfig`), the run (this process, one torchrun worker, or the launcher of
+:class:`arcfast.run.config.TTFTConfig`), the run (this process, one torchrun worker, or the launcher of
 ``--workers N``), and the summary printed at the end, with the exit status."""
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def _add_run_flags(p, command: str) -> None:
     from ..infer.search import SEARCHES
     from ..answers.select import SELECTORS
     from ..run.recipes import RECIPES
-    from ..run.ttft import DEFAULT_BUDGET, DEFAULT_MODEL, DEFAULT_TASKS, TTFTConfig
+    from ..run.config import DEFAULT_BUDGET, DEFAULT_MODEL, DEFAULT_TASKS, TTFTConfig
 
     d = TTFTConfig()
     ttft = command == "ttft"
@@ -158,7 +158,7 @@ def _run_config(args, command: str):
     """The TTFTConfig of `arcfast ttft`/`arcfast eval` from their shared flags: the engine's
     defaults, then the --recipe's fields, then the flags given (``args.recipe_line`` says which)."""
     from ..run.recipes import describe, resolve
-    from ..run.ttft import TTFTConfig
+    from ..run.config import TTFTConfig
 
     d_objectives = TTFTConfig.__dataclass_fields__["objectives"].default
     budget, margin = _budget_and_margin(args)

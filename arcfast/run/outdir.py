@@ -164,8 +164,6 @@ class OutDir:
         return removed
 
 
-
-
 def fresh_dir(parent: Union[str, Path], prefix: str) -> Path:
     """A new, empty directory ``parent/<prefix><random>`` to build a result in before renaming it
     into place. Made by a plain ``mkdir``, so it has the mode any directory gets under the current

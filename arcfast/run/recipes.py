@@ -3,7 +3,7 @@
     arcfast ttft --recipe nvarc --model DIR                 # every field below, printed at the start
     arcfast ttft --recipe arc24 --steps 200                 # a flag given beside it wins
 
-A recipe sets fields of :class:`arcfast.run.ttft.TTFTConfig`; a flag the user gives overrides its field;
+A recipe sets fields of :class:`arcfast.run.config.TTFTConfig`; a flag the user gives overrides its field;
 the fields a recipe leaves out keep the engine's defaults. What each recipe is (per task):
 
 - ``nvarc`` (ARC Prize 2025, first): LoRA r = 256, alpha 32, rank-stabilised (scaling alpha / sqrt(r)),

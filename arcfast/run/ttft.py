@@ -48,200 +48,29 @@ import logging
 import math
 import time
 from collections import deque
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict
 from typing import Optional
 
 import numpy as np
 
 from ..budget.clock import Deadline, format_duration, parse_duration
 from ..budget.steps import StepAbandoned, StepPlanner
-from ..models import shipped_model
 from .outdir import OutDir
+from .answer import GroupInference
 from .records import TaskRun, read_task_record, read_task_records, write_task_record
 from ..files import JsonLog, write_json
 from ..runtime import device as _device, dist as _dist, dtype as _dtype
 from ..arc.task import id_bytes
+from .config import DEFAULT_TASKS, TTFTConfig
 
 # Seconds of the budget (margin included) that must be left for the report's plot to be drawn.
 PLOT_SECONDS = 3.0
 
 log = logging.getLogger("arcfast.run.ttft")
 
-# The embedded default: what `arcfast ttft` with no arguments runs (CPU, tiny model, seconds).
-DEFAULT_TASKS = "arc1:eval[:6]"
-# The starter model where it is installed (arcfast/models/starter/); the random-weight tiny preset
-# otherwise.
-DEFAULT_MODEL = "starter" if shipped_model("starter") is not None else "tiny"
-DEFAULT_BUDGET = "90s"
 # How a task's error begins when its adapter could not be written (its answers stand).
 ADAPTER_NOT_SAVED = "saving adapter: "
 # The verification augmentations' seed, apart from the prediction's (seed) and re-scoring's (seed + 1).
-VERIFY_SEED_OFFSET = 2
-
-
-@dataclass
-class TTFTConfig:
-    tasks: str = DEFAULT_TASKS
-    solutions: Optional[str] = None
-    model: str = DEFAULT_MODEL
-    adapter: Optional[str] = None          # pretrained adapter every task starts from
-    budget: float = 90.0                   # seconds, the whole run
-    out: str = "runs/ttft"
-    backend: str = "auto"                  # auto | native | hf | unsloth
-    device: str = "auto"                   # auto | cpu | cuda
-    dtype: str = "auto"                    # auto | float32 | bfloat16 | float16
-    seed: int = 0
-    recipe: Optional[str] = None           # the named recipe the fields below came from (arcfast.run.recipes)
-    # with several workers (torchrun, --workers): "queue" (tasks pulled from a shared queue, longest
-    # first; arcfast.run.queue) or "static" (worker r takes every world-th task)
-    sharding: str = "queue"
-    lease_s: float = 120.0                 # queue: a worker silent this long has its task handed out again
-    max_task_seconds: Optional[float] = None  # a group's training stops so that training and its
-                                           # inference fit this many seconds (NVARC: 1,200 per task)
-    # LoRA and optimisation (the recipe per task)
-    rank: int = 32
-    alpha: float = 64.0
-    rslora: bool = False                   # LoRA scaling alpha / sqrt(rank) instead of alpha / rank
-    tokens: tuple = ()                     # "embed_tokens" / "lm_head": their rows trained per task too
-    embedding_lr: Optional[float] = None   # those rows' learning rate (None: lr)
-    lr: float = 1e-4
-    steps: int = 100                       # optimizer steps per task at most
-    samples_per_task: int = 1              # samples of every task in each step
-    loss_on: str = "target"                # target | outputs: also every demonstration output but the first
-    objectives: tuple = (("output", 1.0),)  # (name, weight): shares of the samples (arcfast.samples.objectives)
-    warmup_ratio: float = 0.1
-    # the training samples (arcfast.samples.sampling, arcfast.arc.augment)
-    geometric_aug: bool = True             # a dihedral transform drawn per sample (else identity only)
-    color_aug: bool = True                 # a colour permutation drawn per sample
-    keep_zero_prob: float = 0.9            # probability that such a permutation keeps colour 0
-    max_demos: int = 0                     # demonstrations per sample at most (0: every other train pair)
-    swap_bug: bool = False                 # ablation only: the last train pair is never a target
-    # batching
-    tasks_per_group: int = 0               # 0: 8 on the CPU, 32 on a GPU
-    row_len: int = 8192
-    max_len: int = 8192                    # longest training prompt
-    cuda_graphs: bool = False              # replay training steps as CUDA graphs (native backend, GPU)
-    # inference
-    predictions: int = 8                   # per test input
-    max_new_tokens: Optional[int] = None
-    search: str = "greedy"                 # greedy | sample | dfs: how each augmented prompt is decoded
-    min_prob: float = 0.1                  # dfs: every completion of probability >= min_prob
-    max_candidates: Optional[int] = None   # dfs: completions per prompt at most (None: never cut)
-    temperature: float = 1.0               # sample: softmax temperature
-    select: Optional[str] = None           # vote | poe | nvarc (default: poe with rescore > 0, else vote)
-    rescore: Optional[int] = None          # M scoring augmentations (default: 8 for poe and nvarc, else 0: off)
-    rescore_top: int = 8                   # how many voted candidates per test input are scored
-    verify: Optional[int] = None           # K verifications per candidate (default: 8 with a verify selector
-                                           # or the verify objective, else 0: off)
-    train: bool = True                     # False: predict with the base model / --adapter only
-    # bookkeeping
-    resume: bool = False
-    save_adapters: str = "all"             # all | none: write each task's adapter under adapters/
-    progress: bool = True
-    margin: Optional[float] = None         # safety margin in seconds (default: Deadline's)
-
-    def __post_init__(self):
-        import math
-
-        # Each refused value would otherwise run: all-fallback answers, silent defaults or a crash mid-run.
-        at_least = (("predictions", 1, "predictions per test input"),
-                    ("steps", 0, "optimizer steps per task; 0: predict without training"),
-                    ("rank", 1, "LoRA rank"),
-                    ("samples_per_task", 1, "samples of each task in every step"),
-                    ("tasks_per_group", 0, "tasks per packed batch; 0: 8 on the CPU, 32 on a GPU"),
-                    ("row_len", 1, "tokens per packed row"),
-                    ("max_len", 1, "tokens in the longest prompt"),
-                    ("max_demos", 0, "demonstrations per sample; 0: every other train pair"))
-        for name, low, what in at_least:
-            if getattr(self, name) < low:
-                raise ValueError(f"{name} must be >= {low} ({what}), got {getattr(self, name)}")
-        from .recipes import recipe_fields
-        from ..samples.sampling import LOSS_ON
-
-        recipe_fields(self.recipe)   # an unknown name is refused, naming the recipes
-        if self.sharding not in ("queue", "static"):
-            raise ValueError(f"sharding must be queue or static, not {self.sharding!r}")
-        if self.max_task_seconds is not None and not self.max_task_seconds > 0:
-            raise ValueError(f"max_task_seconds must be > 0, got {self.max_task_seconds}")
-        if not self.lease_s > 0:
-            raise ValueError(f"lease_s must be > 0, got {self.lease_s}")
-        if self.loss_on not in LOSS_ON:
-            raise ValueError(f"loss_on must be one of {LOSS_ON}, not {self.loss_on!r}")
-        if self.max_candidates is not None and self.max_candidates < 1:
-            raise ValueError(f"max_candidates must be >= 1 (or unset: never cut), got {self.max_candidates}")
-        if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1 (or unset: from the 30x30 size limit), "
-                             f"got {self.max_new_tokens}")
-        if not (math.isfinite(self.budget) and self.budget > 0):
-            raise ValueError(f"budget must be a positive number of seconds, got {self.budget}")
-        if not 0.0 <= self.keep_zero_prob <= 1.0:
-            raise ValueError(f"keep_zero_prob must lie in [0, 1], got {self.keep_zero_prob}")
-        if not (math.isfinite(self.lr) and self.lr >= 0):
-            raise ValueError(f"lr must be a finite number >= 0, got {self.lr}")
-        if not math.isfinite(self.alpha):
-            raise ValueError(f"alpha must be a finite number, got {self.alpha}")
-        if self.save_adapters not in ("all", "none"):
-            raise ValueError(f"save_adapters must be 'all' or 'none', not {self.save_adapters!r}")
-        from ..infer.search import SEARCHES
-        from ..answers.select import SCORED, VERIFIED, check_selector
-
-        if self.search not in SEARCHES:
-            raise ValueError(f"search must be one of {', '.join(SEARCHES)}, not {self.search!r}")
-        if not 0.0 < self.min_prob <= 1.0:
-            raise ValueError(f"min_prob must be in (0, 1] (a completion's probability), got {self.min_prob}")
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature}")
-        if self.rescore is not None and self.rescore < 0:
-            raise ValueError(f"rescore must be >= 0 augmentations (0: off), got {self.rescore}")
-        if self.select is None:
-            self.select = "poe" if self.rescore else "vote"
-        check_selector(self.select)
-        from ..samples.objectives import parse_objectives
-
-        obj = self.objectives
-        strings = isinstance(obj, str) or all(isinstance(x, str) for x in obj)
-        self.objectives = parse_objectives(obj if strings else dict(obj))
-        trains_verify = dict(self.objectives).get("verify", 0.0) > 0
-        if self.verify is None:
-            self.verify = 8 if self.select in VERIFIED or trains_verify else 0
-        if self.verify < 0:
-            raise ValueError(f"verify must be >= 0 verifications per candidate (0: off), got {self.verify}")
-        if self.select in VERIFIED and self.verify == 0:
-            raise ValueError(f"select {self.select!r} ranks by verdicts: verify must be >= 1 (default 8), got 0")
-        if self.rescore is None:
-            self.rescore = 8 if self.select in SCORED else 0
-        if self.select in SCORED and self.rescore == 0:
-            raise ValueError(f"select {self.select!r} ranks by scores under M augmentations: rescore must be "
-                             f">= 1 (default 8), got 0")
-        if self.rescore_top < 2:
-            raise ValueError(f"rescore_top must be >= 2 (re-ranking one candidate changes nothing), "
-                             f"got {self.rescore_top}")
-
-    @property
-    def out_dir(self) -> Path:
-        return Path(self.out)
-
-    def sample_config(self):
-        """The :class:`arcfast.samples.sampling.SampleConfig` of this recipe's training samples."""
-        from ..samples.sampling import SampleConfig
-
-        return SampleConfig(max_len=min(self.max_len, self.row_len), loss_on=self.loss_on,
-                            objectives=self.objectives, max_demos=self.max_demos, swap_bug=self.swap_bug)
-
-    def augment_config(self):
-        """The :class:`arcfast.arc.augment.AugmentConfig` of this recipe's training samples."""
-        from ..arc.augment import N_TRANSFORMS, AugmentConfig
-
-        return AugmentConfig(transforms=tuple(range(N_TRANSFORMS)) if self.geometric_aug else (0,),
-                             permute_colors=self.color_aug, keep_zero_prob=self.keep_zero_prob)
-
-    @property
-    def needs_objective_ids(self) -> bool:
-        """Whether the model needs the objectives' ids (verify objective, or verification)."""
-        from ..samples.objectives import NEEDS_OBJECTIVE_IDS
-
-        return self.verify > 0 or any(w > 0 and n in NEEDS_OBJECTIVE_IDS for n, w in self.objectives)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -282,24 +111,6 @@ def _task_result(r: TaskRun):
                       error=r.error, selection=r.selection)
 
 
-def _candidate_record(c, predictions, ranks: dict) -> dict:
-    """One distinct grid of a test input in ``tasks/<id>.json``: the grid, its count, its
-    predictions' mean per-token log-probability, its log-probability under each scoring
-    augmentation (``None``: not scored), how many of its predictions each search found, and its
-    place under each selector."""
-    import math
-
-    found: dict = {}
-    for m in c.members:
-        how = predictions[m].search or "unknown"
-        found[how] = found.get(how, 0) + 1
-    return {"grid": c.grid.tolist(), "count": c.count,
-            "mean_logprob": c.mean_logprob if math.isfinite(c.mean_logprob) else None,
-            "logprobs": list(c.logprobs) if c.logprobs is not None else None,
-            "verdicts": list(c.verdicts) if c.verdicts is not None else None,
-            "found_by": found, "rank": ranks}
-
-
 # ----------------------------------------------------------------------------------------------
 # the run
 
@@ -319,9 +130,7 @@ class TTFTRun:
         self.results: dict[str, TaskRun] = {}
         self.progress = None             # the progress display (rank 0, unless quiet)
         self._where = ""                 # which group runs, for the progress display
-        self._score_s_per_token = 0.0    # measured by the last re-scoring call (0: none yet)
-        self._rescore_s_per_task = 0.0   # the most re-scoring has taken per task of a group
-        self._verify_s_per_task = 0.0    # the most verification has taken per task of a group
+        self.inference = None            # the GroupInference of the run's model (see run)
         self.steps_abandoned = 0         # training steps stopped part way by the deadline
         self.not_written: dict = {}      # task id -> why its tasks/<id>.json could not be written
 
@@ -438,7 +247,7 @@ class TTFTRun:
         planner = StepPlanner(self.deadline, max_steps=cfg.steps, groups=planned, inference_share=1 / 3)
 
         self.progress = self._progress(len(mine), len(mine) - len(todo))
-        self.generator = None
+        self.inference = GroupInference(cfg, model, infer_lora, self.deadline, self.log, self._status)
         queue = deque(groups)
         while True:
             if not queue and self.tq is not None:
@@ -462,13 +271,13 @@ class TTFTRun:
                 with self.tq.heartbeat() if self.tq is not None else contextlib.nullcontext():
                     runs = self._train_group(backend, group, steps, planner, pretrained, lora_cfg)
                     t_inf = time.perf_counter()
-                    self._predict_group(model, backend, infer_lora, group, runs, planner)
+                    self.inference.run(backend, group, runs, planner)
                 inference_s = time.perf_counter() - t_inf
                 planner.record_inference(inference_s, len(group))
                 failed = False
             except Exception as e:   # one group's failure must not end the run
                 backend.recover()
-                self.generator = None   # its buffers may be what ran out
+                self.inference.generator = None   # its buffers may be what ran out
                 if _out_of_memory(e) and len(group) > 1:
                     # Every group still queued is cut to the new size too: each would fail alike.
                     half = (len(group) + 1) // 2
@@ -622,192 +431,6 @@ class TTFTRun:
         return runs
 
     # -- inference ------------------------------------------------------------------------------
-    def _predict_group(self, model, backend, infer_lora, group, runs, planner) -> None:
-        import torch
-
-        from ..lora.adapters import from_peft
-        from ..infer.decoding import GenerationConfig
-        from ..infer.generate import Generator
-        from ..infer.predict import max_output_tokens, predict_tasks
-        from ..infer.search import SearchConfig, SearchStats
-        from ..answers.select import SCORED, VERIFIED, judge, ranks, select
-        from ..answers.vote import vote
-
-        cfg = self.cfg
-        if self.deadline.expired():
-            for t in group:
-                runs[t.id].error = "no time left for inference: fallback answers"
-            return
-        for i in range(len(group)):
-            infer_lora.set(i, from_peft(backend.export_adapter(i)))
-        if self.generator is None:
-            self.generator = Generator(model, infer_lora)
-        max_new = cfg.max_new_tokens or max(max_output_tokens(t) for t in group)
-        gen_cfg = GenerationConfig(max_new_tokens=max_new,
-                                   temperature=cfg.temperature if cfg.search == "sample" else 0.0, seed=cfg.seed)
-        search = SearchConfig(min_prob=cfg.min_prob, max_new_tokens=max_new, max_candidates=cfg.max_candidates) \
-            if cfg.search == "dfs" else None
-        # The first prefill is planned from what was measured: a training step's seconds per token
-        # (a forward alone never costs more) until the generator measures its own.
-        self.generator.rates.prime(planner.sample_rates.slowest)
-        search_stats = SearchStats(prefill_s_per_token=self.generator.rates.prefill or 0.0) \
-            if search is not None else None
-        # Generation stops at the deadline less what the later groups are owed, and less what
-        # re-scoring this group took per task before (measured; nothing before the first group).
-        stop_at = self.deadline.clock() + max(0.0, planner.inference_seconds())
-        gen_stop = stop_at - ((self._rescore_s_per_task if cfg.rescore > 0 else 0.0)
-                              + (self._verify_s_per_task if cfg.verify > 0 else 0.0)) * len(group)
-        errors: dict = {}
-        t0 = time.perf_counter()
-        n_inputs = sum(len(t.test) for t in group)
-        how = {"greedy": "", "sample": f" (sampled at temperature {cfg.temperature:g})",
-               "dfs": f" (depth-first search, p >= {cfg.min_prob:g})"}[cfg.search]
-        self._status(f"predicting {n_inputs} test inputs x {cfg.predictions}{how}", force=True)
-        with torch.no_grad():
-            preds = predict_tasks(model, group, list(range(len(group))), infer_lora,
-                                  n_predictions=cfg.predictions, config=gen_cfg, generator=self.generator,
-                                  max_prompt_len=cfg.max_len, seed=cfg.seed, on_error="skip", errors=errors,
-                                  deadline=gen_stop, search=search, search_stats=search_stats)
-        self.log(event="predict", tasks=[t.id for t in group], test_inputs=n_inputs,
-                 predictions=sum(len(p) for per_test in preds for p in per_test),
-                 tokens=sum(q.n_tokens for per_test in preds for p in per_test for q in p),
-                 seconds=round(time.perf_counter() - t0, 3))
-        if search_stats is not None:
-            st = search_stats
-            self.log(event="search", tasks=[t.id for t in group], prompts=st.prompts, completions=st.completions,
-                     steps=st.steps, tokens=st.node_steps, forks=st.forks, capped=st.capped,
-                     cut_by_deadline=st.cut_by_deadline, seconds=round(st.prefill_s + st.decode_s, 3))
-        elif self.generator.stats.cut_by_deadline:   # the stats of this call (each call starts them anew)
-            self.log(event="inference_cut", tasks=[t.id for t in group],
-                     prompts=self.generator.stats.cut_by_deadline, reason="deadline")
-        voted = [[vote(p, top_k=None) for p in per_test] for per_test in preds]
-        if cfg.rescore > 0:
-            self._status("scoring the voted candidates", force=True)
-            self._rescore_group(model, infer_lora, group, voted, stop_at)
-        if cfg.verify > 0:
-            self._status("verifying the voted candidates", force=True)
-            self._verify_group(model, infer_lora, group, voted, stop_at)
-        # Every selector that can rank these candidates is judged on them, side by side.
-        selectors = ("vote",) + (SCORED if cfg.rescore > 0 else ()) + (VERIFIED if cfg.verify > 0 else ())
-        per_task = (time.perf_counter() - t0) / len(group)
-        for i, (t, per_test) in enumerate(zip(group, preds)):
-            r = runs[t.id]
-            r.inference_seconds = per_task
-            if t.id in errors:
-                r.error = (r.error + "; " if r.error else "") + str(errors[t.id])
-            r.attempts, r.votes, r.predictions, r.candidates = [], [], [], []
-            chosen = []
-            for preds_i, cands in zip(per_test, voted[i]):
-                ranked = select(cands, cfg.select)
-                chosen.append(ranked[:2])
-                r.attempts.append([c.grid.tolist() for c in ranked[:2]])
-                r.votes.append(ranked[0].count if ranked else 0)
-                r.predictions.append(len(preds_i))
-                r.generated_tokens += sum(p.n_tokens for p in preds_i)
-                r.candidates.append([_candidate_record(c, preds_i, k)
-                                     for c, k in zip(cands, ranks(cands, selectors))])
-            if t.has_solutions and per_test:
-                from ..answers.metrics import score_task
-
-                r.metrics = score_task(t, per_test, chosen)
-                r.selection = judge([q.output for q in t.test], voted[i], selectors)
-
-    def _rescore_group(self, model, infer_lora, group, voted, stop_at) -> None:
-        """Score the top ``rescore_top`` voted candidates of every test input of ``group`` with two
-        or more of them under ``rescore`` augmentations (one batched scoring call): each gets its
-        log-probabilities in ``logprobs``, in place in ``voted``. Skipped, with a log event, when
-        even its first batch would not end by ``stop_at``; otherwise stopped between batches at
-        ``stop_at`` (test inputs left unscored are ranked by their votes)."""
-        from ..arc.augment import test_time_augmentations
-        from ..infer.rescore import (
-            RescoreJob,
-            ScoreStats,
-            build_sequences,
-            default_batch_tokens,
-            rescore_items,
-            score_jobs,
-            score_sequences,
-        )
-
-        cfg = self.cfg
-        jobs, where = [], []
-        for i, t in enumerate(group):
-            # A seed apart from the prediction's: the candidates are judged from other viewpoints.
-            augs = test_time_augmentations(t, cfg.rescore, seed=cfg.seed + 1)
-            for ti, cands in enumerate(voted[i]):
-                if len(cands) >= 2:
-                    jobs.append(RescoreJob(t, ti, cands[:cfg.rescore_top], augs, i))
-                    where.append((i, ti))
-        if not jobs:
-            return
-        ids = sorted({group[i].id for i, _ in where})
-        try:
-            seqs = build_sequences(rescore_items(jobs), max_prompt_len=cfg.max_len)
-        except ValueError as e:
-            self.log(event="rescore_skipped", tasks=ids, reason=str(e))
-            return
-        # Batches are planned from the measured seconds per token: the previous scoring call's, or
-        # before any, the generator's prefill (a scoring forward is a prefill). Test inputs are
-        # scored in order and each one finished is used; no batch starts that would end past
-        # stop_at, so a batch that cannot fit is never run.
-        rate = self._score_s_per_token or self.generator.stats.prefill_s_per_token or None
-        sst = ScoreStats()
-        t0 = time.perf_counter()
-        out = score_jobs(jobs, score_sequences(model, infer_lora, seqs, deadline=stop_at, s_per_token=rate,
-                                               stats=sst))
-        if sst.s_per_token > 0:
-            self._score_s_per_token = sst.s_per_token
-        seconds = time.perf_counter() - t0
-        self._rescore_s_per_task = max(self._rescore_s_per_task, seconds / len(group))
-        if sst.batches == 0:
-            self.log(event="rescore_skipped", tasks=ids, tokens=seqs.n_tokens,
-                     first_batch_s=round((rate or 0.0) * min(seqs.n_tokens, default_batch_tokens(model.device)), 2),
-                     left_s=round(stop_at - self.deadline.clock(), 2), reason="deadline")
-            return
-        cut = sum(r is None for r in out)
-        for (i, ti), scored in zip(where, out):
-            if scored is not None:
-                voted[i][ti] = scored + list(voted[i][ti][len(scored):])
-        self.log(event="rescore", tasks=ids, test_inputs=len(jobs), sequences=len(seqs), tokens=seqs.n_tokens,
-                 tokens_computed=sst.tokens, seconds=round(seconds, 3), cut_by_deadline=cut)
-
-    def _verify_group(self, model, infer_lora, group, voted, stop_at) -> None:
-        """Verify the voted candidates of every test input of ``group`` with two or more of them
-        (:func:`arcfast.infer.verify.verify_jobs`, rounds, ``verify`` augmentations at most, each test
-        input's adapter): each verified candidate gets its ``verdicts``, in place in ``voted``.
-        Stopped between batches at ``stop_at``."""
-        from ..arc.augment import test_time_augmentations
-        from ..infer.verify import VerifyConfig, VerifyJob, VerifyStats, verify_jobs
-
-        cfg = self.cfg
-        jobs, where = [], []
-        for i, t in enumerate(group):
-            # Viewpoints apart from the prediction's and the re-scoring's.
-            augs = test_time_augmentations(t, cfg.verify, seed=cfg.seed + VERIFY_SEED_OFFSET)
-            for ti, cands in enumerate(voted[i]):
-                if len(cands) >= 2:
-                    jobs.append(VerifyJob(t, ti, cands, augs, i))
-                    where.append((i, ti))
-        if not jobs:
-            return
-        st = VerifyStats()
-        t0 = time.perf_counter()
-        rate = self._score_s_per_token or self.generator.stats.prefill_s_per_token or None
-        try:
-            out = verify_jobs(model, infer_lora, jobs, VerifyConfig(augmentations=cfg.verify), deadline=stop_at,
-                              stats=st, max_prompt_len=cfg.max_len, s_per_token=rate)
-        except ValueError as e:
-            self.log(event="verify_skipped", tasks=sorted({group[i].id for i, _ in where}), reason=str(e))
-            return
-        seconds = time.perf_counter() - t0
-        self._verify_s_per_task = max(self._verify_s_per_task, seconds / len(group))
-        for (i, ti), cands in zip(where, out):
-            voted[i][ti] = cands
-        self.log(event="verify", tasks=sorted({group[i].id for i, _ in where}), test_inputs=len(jobs),
-                 candidates=st.candidates, verifications=st.verifications, stopped=st.stopped, rounds=st.rounds,
-                 tokens_computed=st.tokens, tokens=st.whole_tokens, seconds=round(seconds, 3),
-                 cut_by_deadline=st.cut_by_deadline)
-
     # -- bookkeeping ----------------------------------------------------------------------------
     def _finish_task(self, task, r: TaskRun, resumed: bool = False, persist: bool = True) -> None:
         self.results[task.id] = r

@@ -1,0 +1,230 @@
+"""One group's inference, from trained adapters to each task's answers: prediction (sampling or
+depth-first search) under test-time augmentations, voting, re-scoring and verification of the voted
+candidates, selection, and the metrics where solutions are known. Every stage stops at its share of
+the deadline, at rates it measured."""
+from __future__ import annotations
+
+import time
+
+VERIFY_SEED_OFFSET = 2   # verification's augmentations: a seed apart from prediction's and re-scoring's
+
+
+def _candidate_record(c, predictions, ranks: dict) -> dict:
+    """One distinct grid of a test input in ``tasks/<id>.json``: the grid, its count, its
+    predictions' mean per-token log-probability, its log-probability under each scoring
+    augmentation (``None``: not scored), how many of its predictions each search found, and its
+    place under each selector."""
+    import math
+
+    found: dict = {}
+    for m in c.members:
+        how = predictions[m].search or "unknown"
+        found[how] = found.get(how, 0) + 1
+    return {"grid": c.grid.tolist(), "count": c.count,
+            "mean_logprob": c.mean_logprob if math.isfinite(c.mean_logprob) else None,
+            "logprobs": list(c.logprobs) if c.logprobs is not None else None,
+            "verdicts": list(c.verdicts) if c.verdicts is not None else None,
+            "found_by": found, "rank": ranks}
+
+
+class GroupInference:
+    """Inference for the groups of one run: the model, the LoRA the adapters are handed to, the
+    generator (kept between groups: its buffers and measured rates), and the seconds re-scoring and
+    verification took per task, which the next group's generation leaves time for."""
+
+    def __init__(self, cfg, model, lora, deadline, log, status):
+        self.cfg, self.model, self.lora, self.deadline = cfg, model, lora, deadline
+        self.log, self.status = log, status
+        self.generator = None
+        self.score_s_per_token = 0.0    # measured by the last re-scoring call (0: none yet)
+        self.rescore_s_per_task = 0.0   # the most re-scoring has taken per task of a group
+        self.verify_s_per_task = 0.0    # the most verification has taken per task of a group
+
+    def run(self, backend, group, runs, planner) -> None:
+        """Predict every test input of ``group`` with its task's adapter (row i of the backend is
+        ``group[i]``), vote, re-score and verify where asked, and fill each task's answers,
+        candidates and metrics into ``runs`` (task id -> :class:`TaskRun`)."""
+        import torch
+
+        from ..lora.adapters import from_peft
+        from ..infer.decoding import GenerationConfig
+        from ..infer.generate import Generator
+        from ..infer.predict import max_output_tokens, predict_tasks
+        from ..infer.search import SearchConfig, SearchStats
+        from ..answers.select import SCORED, VERIFIED, judge, ranks, select
+        from ..answers.vote import vote
+
+        cfg, model, infer_lora = self.cfg, self.model, self.lora
+        if self.deadline.expired():
+            for t in group:
+                runs[t.id].error = "no time left for inference: fallback answers"
+            return
+        for i in range(len(group)):
+            infer_lora.set(i, from_peft(backend.export_adapter(i)))
+        if self.generator is None:
+            self.generator = Generator(model, infer_lora)
+        max_new = cfg.max_new_tokens or max(max_output_tokens(t) for t in group)
+        gen_cfg = GenerationConfig(max_new_tokens=max_new,
+                                   temperature=cfg.temperature if cfg.search == "sample" else 0.0, seed=cfg.seed)
+        search = SearchConfig(min_prob=cfg.min_prob, max_new_tokens=max_new, max_candidates=cfg.max_candidates) \
+            if cfg.search == "dfs" else None
+        # The first prefill is planned from what was measured: a training step's seconds per token
+        # (a forward alone never costs more) until the generator measures its own.
+        self.generator.rates.prime(planner.sample_rates.slowest)
+        search_stats = SearchStats(prefill_s_per_token=self.generator.rates.prefill or 0.0) \
+            if search is not None else None
+        # Generation stops at the deadline less what the later groups are owed, and less what
+        # re-scoring this group took per task before (measured; nothing before the first group).
+        stop_at = self.deadline.clock() + max(0.0, planner.inference_seconds())
+        gen_stop = stop_at - ((self.rescore_s_per_task if cfg.rescore > 0 else 0.0)
+                              + (self.verify_s_per_task if cfg.verify > 0 else 0.0)) * len(group)
+        errors: dict = {}
+        t0 = time.perf_counter()
+        n_inputs = sum(len(t.test) for t in group)
+        how = {"greedy": "", "sample": f" (sampled at temperature {cfg.temperature:g})",
+               "dfs": f" (depth-first search, p >= {cfg.min_prob:g})"}[cfg.search]
+        self.status(f"predicting {n_inputs} test inputs x {cfg.predictions}{how}", force=True)
+        with torch.no_grad():
+            preds = predict_tasks(model, group, list(range(len(group))), infer_lora,
+                                  n_predictions=cfg.predictions, config=gen_cfg, generator=self.generator,
+                                  max_prompt_len=cfg.max_len, seed=cfg.seed, on_error="skip", errors=errors,
+                                  deadline=gen_stop, search=search, search_stats=search_stats)
+        self.log(event="predict", tasks=[t.id for t in group], test_inputs=n_inputs,
+                 predictions=sum(len(p) for per_test in preds for p in per_test),
+                 tokens=sum(q.n_tokens for per_test in preds for p in per_test for q in p),
+                 seconds=round(time.perf_counter() - t0, 3))
+        if search_stats is not None:
+            st = search_stats
+            self.log(event="search", tasks=[t.id for t in group], prompts=st.prompts, completions=st.completions,
+                     steps=st.steps, tokens=st.node_steps, forks=st.forks, capped=st.capped,
+                     cut_by_deadline=st.cut_by_deadline, seconds=round(st.prefill_s + st.decode_s, 3))
+        elif self.generator.stats.cut_by_deadline:   # the stats of this call (each call starts them anew)
+            self.log(event="inference_cut", tasks=[t.id for t in group],
+                     prompts=self.generator.stats.cut_by_deadline, reason="deadline")
+        voted = [[vote(p, top_k=None) for p in per_test] for per_test in preds]
+        if cfg.rescore > 0:
+            self.status("scoring the voted candidates", force=True)
+            self._rescore_group(group, voted, stop_at)
+        if cfg.verify > 0:
+            self.status("verifying the voted candidates", force=True)
+            self._verify_group(group, voted, stop_at)
+        # Every selector that can rank these candidates is judged on them, side by side.
+        selectors = ("vote",) + (SCORED if cfg.rescore > 0 else ()) + (VERIFIED if cfg.verify > 0 else ())
+        per_task = (time.perf_counter() - t0) / len(group)
+        for i, (t, per_test) in enumerate(zip(group, preds)):
+            r = runs[t.id]
+            r.inference_seconds = per_task
+            if t.id in errors:
+                r.error = (r.error + "; " if r.error else "") + str(errors[t.id])
+            r.attempts, r.votes, r.predictions, r.candidates = [], [], [], []
+            chosen = []
+            for preds_i, cands in zip(per_test, voted[i]):
+                ranked = select(cands, cfg.select)
+                chosen.append(ranked[:2])
+                r.attempts.append([c.grid.tolist() for c in ranked[:2]])
+                r.votes.append(ranked[0].count if ranked else 0)
+                r.predictions.append(len(preds_i))
+                r.generated_tokens += sum(p.n_tokens for p in preds_i)
+                r.candidates.append([_candidate_record(c, preds_i, k)
+                                     for c, k in zip(cands, ranks(cands, selectors))])
+            if t.has_solutions and per_test:
+                from ..answers.metrics import score_task
+
+                r.metrics = score_task(t, per_test, chosen)
+                r.selection = judge([q.output for q in t.test], voted[i], selectors)
+
+    def _rescore_group(self, group, voted, stop_at) -> None:
+        """Score the top ``rescore_top`` voted candidates of every test input of ``group`` with two
+        or more of them under ``rescore`` augmentations (one batched scoring call): each gets its
+        log-probabilities in ``logprobs``, in place in ``voted``. Skipped, with a log event, when
+        even its first batch would not end by ``stop_at``; otherwise stopped between batches at
+        ``stop_at`` (test inputs left unscored are ranked by their votes)."""
+        from ..arc.augment import test_time_augmentations
+        from ..infer.rescore import (
+            RescoreJob,
+            ScoreStats,
+            build_sequences,
+            default_batch_tokens,
+            rescore_items,
+            score_jobs,
+            score_sequences,
+        )
+
+        cfg, model, infer_lora = self.cfg, self.model, self.lora
+        jobs, where = [], []
+        for i, t in enumerate(group):
+            # A seed apart from the prediction's: the candidates are judged from other viewpoints.
+            augs = test_time_augmentations(t, cfg.rescore, seed=cfg.seed + 1)
+            for ti, cands in enumerate(voted[i]):
+                if len(cands) >= 2:
+                    jobs.append(RescoreJob(t, ti, cands[:cfg.rescore_top], augs, i))
+                    where.append((i, ti))
+        if not jobs:
+            return
+        ids = sorted({group[i].id for i, _ in where})
+        try:
+            seqs = build_sequences(rescore_items(jobs), max_prompt_len=cfg.max_len)
+        except ValueError as e:
+            self.log(event="rescore_skipped", tasks=ids, reason=str(e))
+            return
+        # Batches are planned from the measured seconds per token: the previous scoring call's, or
+        # before any, the generator's prefill (a scoring forward is a prefill). Test inputs are
+        # scored in order and each one finished is used; no batch starts that would end past
+        # stop_at, so a batch that cannot fit is never run.
+        rate = self.score_s_per_token or self.generator.stats.prefill_s_per_token or None
+        sst = ScoreStats()
+        t0 = time.perf_counter()
+        out = score_jobs(jobs, score_sequences(model, infer_lora, seqs, deadline=stop_at, s_per_token=rate,
+                                               stats=sst))
+        if sst.s_per_token > 0:
+            self.score_s_per_token = sst.s_per_token
+        seconds = time.perf_counter() - t0
+        self.rescore_s_per_task = max(self.rescore_s_per_task, seconds / len(group))
+        if sst.batches == 0:
+            self.log(event="rescore_skipped", tasks=ids, tokens=seqs.n_tokens,
+                     first_batch_s=round((rate or 0.0) * min(seqs.n_tokens, default_batch_tokens(model.device)), 2),
+                     left_s=round(stop_at - self.deadline.clock(), 2), reason="deadline")
+            return
+        cut = sum(r is None for r in out)
+        for (i, ti), scored in zip(where, out):
+            if scored is not None:
+                voted[i][ti] = scored + list(voted[i][ti][len(scored):])
+        self.log(event="rescore", tasks=ids, test_inputs=len(jobs), sequences=len(seqs), tokens=seqs.n_tokens,
+                 tokens_computed=sst.tokens, seconds=round(seconds, 3), cut_by_deadline=cut)
+
+    def _verify_group(self, group, voted, stop_at) -> None:
+        """Verify the voted candidates of every test input of ``group`` with two or more of them
+        (:func:`arcfast.infer.verify.verify_jobs`, rounds, ``verify`` augmentations at most, each test
+        input's adapter): each verified candidate gets its ``verdicts``, in place in ``voted``.
+        Stopped between batches at ``stop_at``."""
+        from ..arc.augment import test_time_augmentations
+        from ..infer.verify import VerifyConfig, VerifyJob, VerifyStats, verify_jobs
+
+        cfg, model, infer_lora = self.cfg, self.model, self.lora
+        jobs, where = [], []
+        for i, t in enumerate(group):
+            # Viewpoints apart from the prediction's and the re-scoring's.
+            augs = test_time_augmentations(t, cfg.verify, seed=cfg.seed + VERIFY_SEED_OFFSET)
+            for ti, cands in enumerate(voted[i]):
+                if len(cands) >= 2:
+                    jobs.append(VerifyJob(t, ti, cands, augs, i))
+                    where.append((i, ti))
+        if not jobs:
+            return
+        st = VerifyStats()
+        t0 = time.perf_counter()
+        rate = self.score_s_per_token or self.generator.stats.prefill_s_per_token or None
+        try:
+            out = verify_jobs(model, infer_lora, jobs, VerifyConfig(augmentations=cfg.verify), deadline=stop_at,
+                              stats=st, max_prompt_len=cfg.max_len, s_per_token=rate)
+        except ValueError as e:
+            self.log(event="verify_skipped", tasks=sorted({group[i].id for i, _ in where}), reason=str(e))
+            return
+        seconds = time.perf_counter() - t0
+        self.verify_s_per_task = max(self.verify_s_per_task, seconds / len(group))
+        for (i, ti), cands in zip(where, out):
+            voted[i][ti] = cands
+        self.log(event="verify", tasks=sorted({group[i].id for i, _ in where}), test_inputs=len(jobs),
+                 candidates=st.candidates, verifications=st.verifications, stopped=st.stopped, rounds=st.rounds,
+                 tokens_computed=st.tokens, tokens=st.whole_tokens, seconds=round(seconds, 3),
+                 cut_by_deadline=st.cut_by_deadline)
