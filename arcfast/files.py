@@ -114,4 +114,19 @@ class JsonLog:
         self.f.close()
 
 
-__all__ = ["atomic_write", "write_json", "json_default", "swap_in", "JsonLog"]
+def fresh_dir(parent: Union[str, Path], prefix: str) -> Path:
+    """A new, empty directory ``parent/<prefix><random>`` to build a result in before renaming it
+    into place. Made by a plain ``mkdir``, so it has the mode any directory gets under the current
+    umask (``tempfile.mkdtemp`` makes it 0700, which the finished directory would keep)."""
+    parent = Path(parent)
+    for _ in range(100):
+        d = parent / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            d.mkdir()
+        except FileExistsError:
+            continue
+        return d
+    raise FileExistsError(f"{parent}: no free temporary name {prefix}* after 100 tries")
+
+
+__all__ = ["atomic_write", "write_json", "json_default", "swap_in", "fresh_dir", "JsonLog"]

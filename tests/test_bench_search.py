@@ -10,7 +10,7 @@ from arcfast.bench.runner import Context
 
 def test_prefix_scoring_case_tiny_cpu():
     from arcfast.arc.augment import test_time_augmentations
-    from arcfast.infer.rescore import ScoreItem, build_sequences
+    from arcfast.infer.logprobs import ScoreItem, build_sequences
 
     K, M = 3, 2
     rows = bench_search.run(Context(quick=True, device="cpu", threads=1,

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-import arcfast.infer.rescore as score_mod
+import arcfast.infer.logprobs as score_mod
 from arcfast.arc import tokens as T
 from arcfast.infer.generate import Generator
 from arcfast.infer.predict import predict_tasks
 from arcfast.model.decoder import build_model, init_weights
 from arcfast.model.config import preset
-from arcfast.infer.rescore import ScoreStats, Sequences, score_sequences, target_logprobs
+from arcfast.infer.logprobs import ScoreStats, Sequences, score_sequences, target_logprobs
 from arcfast.arc.task import Pair, Task
 from slowed import slow_down
 

@@ -12,10 +12,9 @@ import torch
 
 from arcfast.budget.clock import Deadline
 from arcfast.arc.loading import load_tasks
-from arcfast.run.train import (
-    CHECKPOINT as CHECKPOINT_DIR, FinetuneConfig, MixtureStream, find_checkpoint, load_checkpoint,
-    parse_mixture, run_train, source_schedule,
-)
+from arcfast.train.checkpoints import CHECKPOINT as CHECKPOINT_DIR, find_checkpoint, load_checkpoint
+from arcfast.run.train import FinetuneConfig, run_train
+from arcfast.samples.mixture import MixtureStream, parse_mixture, source_schedule
 from arcfast.cli.train import add_train_parser, cmd_train
 from arcfast.lora.multi import LoRAConfig
 from arcfast.model.checkpoint import load_model

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from arcfast.lora.multi import LoRAConfig, MultiLoRA, Routing, lora_delta_grouped, lora_delta_torch
+from arcfast.lora.multi import LoRAConfig, MultiLoRA
+from arcfast.lora.routing import Routing, lora_delta_grouped, lora_delta_torch
 from arcfast.model.checkpoint import load_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")

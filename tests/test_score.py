@@ -11,16 +11,13 @@ from arcfast.infer.generate import generate
 from arcfast.infer.predict import predict_tasks
 from arcfast.samples.prompts import build_inference_prompts
 from arcfast.reference.score import score_item_reference, target_logprobs_reference
-from arcfast.infer.rescore import (
-    RescoreJob,
+from arcfast.infer.rescore import RescoreJob, rank_jobs, rescore_items, rescore_predictions
+from arcfast.infer.logprobs import (
     ScoreItem,
     ScoreStats,
     Sequences,
     build_sequences,
     plan_tokens,
-    rank_jobs,
-    rescore_items,
-    rescore_predictions,
     score_candidates,
     score_sequences,
     target_logprobs,
@@ -366,7 +363,7 @@ def test_prefix_shared_tokens_are_what_the_layout_says(model, monkeypatch):
 
 def test_a_deadline_cuts_whole_groups_from_the_end(model, lora, monkeypatch):
     """Groups are scored in the order of their first item: a cut leaves the last jobs unscored."""
-    import arcfast.infer.rescore as S
+    import arcfast.infer.logprobs as S
 
     task = _task("dl", 51)
     augs = tta(task, 3)

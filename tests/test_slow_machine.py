@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-import arcfast.infer.rescore as score_mod
+import arcfast.infer.logprobs as score_mod
 from arcfast.cli import main
 from arcfast.arc.loading import load_tasks
 from arcfast.infer.generate import Generator

@@ -118,7 +118,7 @@ def test_graph_support_and_refusals():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("tokens", [(), ("embed_tokens", "lm_head")])
 def test_cuda_graph_replay_equals_eager(tokens):
-    from arcfast.lora.multi import triton_available
+    from arcfast.lora.routing import triton_available
 
     if not triton_available():
         pytest.skip("Triton LoRA kernels unavailable")

@@ -18,7 +18,7 @@ from arcfast.model.config import preset
 from arcfast.reference.generate import greedy_reference
 from arcfast.reference.score import target_logprobs_reference
 from arcfast.reference.search import dfs_reference
-from arcfast.infer.rescore import Sequences, target_logprobs
+from arcfast.infer.logprobs import Sequences, target_logprobs
 from arcfast.infer.search import SearchConfig, dfs
 
 pytestmark = pytest.mark.usefixtures("one_thread")

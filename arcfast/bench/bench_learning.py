@@ -122,7 +122,7 @@ def pretrain(model, tasks: list, steps: int, seed: int, lr: float = 3e-3, row_le
     (loss on every demonstration output after the first; ``augment``, default every augmentation):
     ``steps`` packed rows of ``row_len`` tokens. Returns (the loss of each step, seconds)."""
     from ..arc.augment import AugmentConfig
-    from ..run.train import MixtureStream
+    from ..samples.mixture import MixtureStream
     from ..samples.sampling import SampleConfig
     from ..train.trainer import FullTrainer, TrainConfig
 

@@ -8,14 +8,14 @@ Cases (``CASES``, one function each, below):
 
 ``prefix-shared vs whole-sequence scoring``: K candidate grids of one test input, each scored under
 the same M augmentations (re-scoring's shape, :func:`arcfast.infer.rescore.rescore_items`), through one
-adapter: :func:`arcfast.infer.rescore.score_sequences` with ``prefix_share=True`` (each augmentation's prompt
+adapter: :func:`arcfast.infer.logprobs.score_sequences` with ``prefix_share=True`` (each augmentation's prompt
 computed once, the K candidates after it as a tree) against ``prefix_share=False`` (all K x M
 sequences packed whole). A synthetic task of 4 demonstrations of 10x11 -> 9x10 grids and a 10x11
 test input gives prompts of ~1,020 compact tokens; candidates are 9-10 x 9-10 grids (~90-110
 tokens). Defaults K = 8, M = 8 (``--quick``: K = 4, M = 2); ``--set K=N --set M=N --set pairs=N``
 change them. Model: the tiny config on the CPU (fp32, one thread), the Qwen2.5-0.5B architecture
 with random weights in bf16 on a GPU; a random rank-8 LoRA adapter on every linear layer; batches of
-:func:`arcfast.infer.rescore.default_batch_tokens`. Rows: tokens computed (forward positions, no padding)
+:func:`arcfast.infer.logprobs.default_batch_tokens`. Rows: tokens computed (forward positions, no padding)
 and wall seconds, best of ``repeats`` (default 3, ``--quick`` 1) alternating the two paths after
 one warm-up each; ``extra.max_abs_diff`` is the largest difference between the two paths' scores.
 The issue's bar at K = 8, M = 8: >= 4x fewer tokens and >= 3x faster.
@@ -88,7 +88,7 @@ def _candidates(k: int, seed: int = 1) -> list:
 
 def case_prefix_scoring(ctx: Context) -> list[Row]:
     from ..arc.augment import test_time_augmentations
-    from ..infer.rescore import ScoreItem, ScoreStats, build_sequences, score_sequences
+    from ..infer.logprobs import ScoreItem, ScoreStats, build_sequences, score_sequences
 
     K = _opt(ctx, "K", 4 if ctx.quick else 8)
     M = _opt(ctx, "M", 2 if ctx.quick else 8)

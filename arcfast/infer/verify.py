@@ -11,7 +11,7 @@ demonstrations, the test input, ``CANDIDATE``, the candidate grid, ``VERDICT``; 
 next token, ``YES`` or ``NO``. A candidate's verdict under ``a`` is P(YES) renormalised over the
 two answers: ``1 / (1 + exp(logp(NO) - logp(YES)))``.
 
-The sequences go through the packed, prefix-shared scorer (:func:`arcfast.infer.rescore.target_logprobs`):
+The sequences go through the packed, prefix-shared scorer (:func:`arcfast.infer.logprobs.target_logprobs`):
 everything up to ``CANDIDATE`` is the prompt every candidate of a test input shares under one
 augmentation, computed once; each candidate adds its grid, ``VERDICT`` and one answer token (its
 YES and NO sequences share their grid too, in the same tree).
@@ -23,7 +23,7 @@ interval (Wilson, at ``confidence``) falls below the lower end of the ``top``-th
 it stops: it cannot reach the places that matter. The ``top`` best always go on, to ``augmentations``
 verifications. Verification spends its work on the candidates that can still be submitted.
 
-A ``deadline`` stops the work between batches (:func:`arcfast.infer.rescore.target_logprobs`); a candidate
+A ``deadline`` stops the work between batches (:func:`arcfast.infer.logprobs.target_logprobs`); a candidate
 keeps the verdicts of the augmentations that finished (both answers scored).
 """
 from __future__ import annotations
@@ -122,7 +122,7 @@ def _round_sequences(jobs, running, config, r, max_prompt_len):
     """The sequences of round ``r``: per job, augmentation of the round and running candidate, the
     YES and the NO sequence; and where each pair of sequences belongs."""
     from ..samples.prompts import build_verify_prompts
-    from .rescore import Sequences
+    from .logprobs import Sequences
 
     prompts, targets, adapters, where = [], [], [], []
     lo = r * config.per_round
@@ -158,9 +158,9 @@ def verify_jobs(model, lora, jobs: Sequence[VerifyJob], config: Optional[VerifyC
     (P(right) under each augmentation it was verified with, in augmentation order) in
     ``verdicts``; the rest (beyond ``max_candidates``, or a job with fewer than ``min_candidates``)
     unchanged. ``score_kwargs`` go to
-    :func:`arcfast.infer.rescore.target_logprobs` (batch_tokens, row_len, s_per_token, ...).
+    :func:`arcfast.infer.logprobs.target_logprobs` (batch_tokens, row_len, s_per_token, ...).
     """
-    from .rescore import ScoreStats, target_logprobs
+    from .logprobs import ScoreStats, target_logprobs
 
     config = config or VerifyConfig()
     if not model.config.has_objective_ids:

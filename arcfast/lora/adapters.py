@@ -36,9 +36,8 @@ from typing import Optional
 
 import torch
 
-from ..files import swap_in
+from ..files import fresh_dir, swap_in
 from .multi import TOKEN_MODULES, LoRAConfig
-from ..run.outdir import fresh_dir
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"

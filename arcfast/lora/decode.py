@@ -204,7 +204,7 @@ class _FusedRowLoRA(FusedAddNormStep):
 
 
 def triton_lora() -> bool:
-    from .multi import triton_available
+    from .routing import triton_available
 
     return triton_available()
 

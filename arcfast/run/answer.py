@@ -140,15 +140,8 @@ class GroupInference:
         even its first batch would not end by ``stop_at``; otherwise stopped between batches at
         ``stop_at`` (test inputs left unscored are ranked by their votes)."""
         from ..arc.augment import test_time_augmentations
-        from ..infer.rescore import (
-            RescoreJob,
-            ScoreStats,
-            build_sequences,
-            default_batch_tokens,
-            rescore_items,
-            score_jobs,
-            score_sequences,
-        )
+        from ..infer.rescore import RescoreJob, rescore_items, score_jobs
+        from ..infer.logprobs import ScoreStats, build_sequences, default_batch_tokens, score_sequences
 
         cfg, model, infer_lora = self.cfg, self.model, self.lora
         jobs, where = [], []

@@ -30,11 +30,11 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import secrets
 from pathlib import Path
 from typing import Optional, Union
 
 from ..arc.task import id_bytes
+from ..files import fresh_dir
 
 MAX_NAME = 160
 _DIGEST = 16                      # hex characters of SHA-256 kept in a digest name
@@ -164,19 +164,6 @@ class OutDir:
         return removed
 
 
-def fresh_dir(parent: Union[str, Path], prefix: str) -> Path:
-    """A new, empty directory ``parent/<prefix><random>`` to build a result in before renaming it
-    into place. Made by a plain ``mkdir``, so it has the mode any directory gets under the current
-    umask (``tempfile.mkdtemp`` makes it 0700, which the finished directory would keep)."""
-    parent = Path(parent)
-    for _ in range(100):
-        d = parent / f"{prefix}{secrets.token_hex(4)}"
-        try:
-            d.mkdir()
-        except FileExistsError:
-            continue
-        return d
-    raise FileExistsError(f"{parent}: no free temporary name {prefix}* after 100 tries")
 
 
 __all__ = ["MAX_NAME", "OutDir", "fresh_dir", "task_filename", "task_id_from_filename"]

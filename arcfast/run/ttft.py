@@ -53,7 +53,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..budget.clock import Deadline, format_duration, parse_duration
+from ..budget.clock import Deadline, format_duration
 from ..budget.steps import StepAbandoned, StepPlanner
 from .outdir import OutDir
 from .answer import GroupInference
@@ -61,7 +61,7 @@ from .records import TaskRun, read_task_record, read_task_records, write_task_re
 from ..files import JsonLog, write_json
 from ..runtime import device as _device, dist as _dist, dtype as _dtype
 from ..arc.task import id_bytes
-from .config import DEFAULT_TASKS, TTFTConfig
+from .config import TTFTConfig
 
 # Seconds of the budget (margin included) that must be left for the report's plot to be drawn.
 PLOT_SECONDS = 3.0
@@ -654,4 +654,4 @@ def run_ttft(cfg: TTFTConfig) -> dict:
                 dist.destroy_process_group()
 
 
-__all__ = ["TTFTConfig", "TTFTRun", "TaskRun", "run_ttft", "parse_duration", "DEFAULT_TASKS"]
+__all__ = ["TTFTRun", "run_ttft"]

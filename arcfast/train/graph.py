@@ -74,7 +74,7 @@ def segment_bucket(n_segments: int) -> int:
 
 def graph_support(trainer) -> Optional[str]:
     """None when ``trainer``'s step can be captured as a CUDA graph, else the reason it cannot."""
-    from ..lora.multi import triton_available
+    from ..lora.routing import triton_available
 
     m = trainer.model
     if m.device.type != "cuda":
