@@ -43,3 +43,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def _fast_paths_on():
+    """Every test starts and ends with every fast path on (arcfast.runtime keeps the switches for
+    the process, as a run needs)."""
+    from arcfast.runtime import reset_fast_paths
+
+    reset_fast_paths()
+    yield
+    reset_fast_paths()

@@ -61,9 +61,15 @@ def _imports(name: str, path: Path):
                 yield mod, n.lineno
 
 
+PARTS = {p.stem for p in ROOT.iterdir() if p.suffix in (".py", ".so") or (p / "__init__.py").exists()}
+PARTS |= {p.name.split(".")[0] for p in ROOT.glob("_core*")}
+
+
 def _part(module: str) -> str:
+    """The part of arcfast a module belongs to; a name of the package itself (``arcfast``,
+    ``arcfast.__version__``) is ``__init__``."""
     parts = module.split(".")
-    return parts[1] if len(parts) > 1 else "__init__"
+    return parts[1] if len(parts) > 1 and parts[1] in PARTS else "__init__"
 
 
 MODULES = list(_modules())

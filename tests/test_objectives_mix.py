@@ -4,7 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from arcfast.samples.objectives import format_objectives, parse_objectives, read_wrong_predictions
+from arcfast.samples.objectives import format_objectives, parse_objectives
+from arcfast.run.records import read_wrong_predictions
 from arcfast.run.outdir import OutDir
 from arcfast.arc.task import Pair, Task
 

@@ -332,6 +332,8 @@ def _print_summary(s: dict, out) -> None:
     if s.get("results_not_written"):
         print(f"{len(s['results_not_written'])} task results not written to tasks/ (their answers are in the "
               f"submission; --resume runs them again): {s.get('write_error')}")
+    for name, why in (s.get("fast_paths_off") or {}).items():
+        print(f"fast path {name} raised and was switched off, the run went on without it: {why}")
     if s.get("problems"):
         print(f"{len(s['problems'])} input problems (see log.jsonl); first: {s['problems'][0]}")
     if s.get("metrics"):

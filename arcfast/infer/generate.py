@@ -73,6 +73,7 @@ import torch
 from ..arc import tokens as T
 from ..budget.clock import DEADLINE_SAFETY, DecodeRates
 from ..lora.decode import DecodeAdapters
+from ..runtime import fast_path_of, out_of_memory, switch_off
 from ..model.kv_cache import CacheDecode, CachePrefill
 from ..model.decoder import FusedAddNormStep
 from .decoding import (
@@ -87,6 +88,10 @@ log = logging.getLogger("arcfast.infer.generate")
 
 def _round_up(x: int, m: int) -> int:
     return -(-x // m) * m
+
+
+class _CaptureFailed(RuntimeError):
+    """A decode step that runs eagerly could not be captured as a CUDA graph."""
 
 
 class Generator:
@@ -278,18 +283,47 @@ class Generator:
 
     # -- graphs --------------------------------------------------------------------------------
     def _run_steps(self, n_steps: int, B: int, S: int, mode: str, sampling: tuple, seed: int) -> None:
+        """``n_steps`` decode steps of rows 0..B-1 in ``mode``: replayed graphs, or eager. A fast
+        path that raises (a graph capture, a fused or grouped LoRA step, a Triton kernel) is
+        switched off for the run (:mod:`arcfast.runtime`) and the steps left run on the plain path;
+        a failed step changes no row (its writes come last)."""
         lora = self.adapters.step(mode, B)
-        if not self.cuda_graphs:
-            for _ in range(n_steps):
-                self._step(B, S, lora, sampling, seed)
-            return
-        key = (B, S, mode, sampling, seed)
-        g = self._graphs.get(key)
-        if g is None:
-            g = self._capture(B, S, lora, sampling, seed)
-            self._graphs[key] = g
-        for _ in range(n_steps):
-            g.replay()
+        done = 0
+        while done < n_steps:
+            try:
+                if not self.cuda_graphs:
+                    self._step(B, S, lora, sampling, seed)
+                    done += 1
+                    continue
+                key = (B, S, mode, sampling, seed)
+                g = self._graphs.get(key)
+                if g is None:
+                    g = self._capture(B, S, lora, sampling, seed)
+                    self._graphs[key] = g
+                g.replay()
+                done += 1
+            except Exception as e:
+                name = None if out_of_memory(e) else self._failed_path(e, mode)
+                if name is None or not switch_off(name, e):
+                    raise
+                if name == "cuda_graphs":
+                    self.cuda_graphs = False
+                    self._graphs.clear()
+                else:
+                    self.adapters.plain()
+                    mode = "none" if self.lora is None else "gather"
+                    lora = self.adapters.step(mode, B)
+
+    def _failed_path(self, e: BaseException, mode: str) -> Optional[str]:
+        """The fast path a decode step's exception belongs to (None: not a fast path's)."""
+        if isinstance(e, _CaptureFailed):
+            return "cuda_graphs"
+        name = fast_path_of(e)
+        if name is not None:
+            return name
+        if mode == "merged" or (mode in ("grouped", "gather", "segments") and self.adapters.fuse_lora):
+            return "fused_decode"
+        return "grouped_gemm" if mode == "grouped" else None
 
     def _capture(self, B, S, lora, sampling, seed):
         # Warm-up runs really step the rows: snapshot the row state and put it back afterwards.
@@ -298,19 +332,26 @@ class Generator:
         torch.cuda.synchronize(self.device)
         t0 = time.perf_counter()
         state = [t.clone() for t in (self.tok, self.pos, self.ngen, self.done)]
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                self._step(B, S, lora, sampling, seed)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g, pool=self._pool):
-            self._step(B, S, lora, sampling, seed)
-        for t, saved in zip((self.tok, self.pos, self.ngen, self.done), state):
-            t.copy_(saved)
+        try:
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    self._step(B, S, lora, sampling, seed)
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            g = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(g, pool=self._pool):
+                    self._step(B, S, lora, sampling, seed)
+            except Exception as e:
+                if out_of_memory(e):
+                    raise
+                raise _CaptureFailed(f"capturing a decode step: {type(e).__name__}: {e}") from e
+        finally:
+            for t, saved in zip((self.tok, self.pos, self.ngen, self.done), state):
+                t.copy_(saved)
         torch.cuda.synchronize(self.device)
         self.rates.capture = time.perf_counter() - t0
         self.stats.graphs_captured += 1

@@ -60,6 +60,7 @@ import torch
 import torch.nn.functional as F
 
 from ..model.decoder import FusedAddNormStep
+from ..runtime import fast_path
 
 log = logging.getLogger("arcfast.infer.generate")   # its warnings are the generator's
 
@@ -258,6 +259,15 @@ class DecodeAdapters:
                                                             dtype=self.dtype)
         else:
             self.n_slots = 0
+        if not fast_path("fused_decode"):
+            self.plain()
+
+    def plain(self) -> None:
+        """Decode with the model's own layers and per-projection deltas from now on (the fused and
+        merged weight copies are fast paths: see :mod:`arcfast.runtime`)."""
+        self.merge_single = self.fuse_lora = False
+        if self.lora_mode == "segments":
+            self.lora_mode = "auto"
 
     @property
     def base(self) -> int:
@@ -335,15 +345,17 @@ class DecodeAdapters:
         elif self.lora_mode == "single":
             raise ValueError("lora_mode='single' but the batch mixes adapters "
                              f"{sorted(int(a) for a in present)}")
-        elif self.lora_mode == "segments" or (self.lora_mode == "auto" and self.fuse_lora and self.cuda
-                                              and not grouped_mm_ok(self.device, self.dtype) and triton_lora()):
+        elif self.lora_mode == "segments" and fast_path("triton") or (
+                self.lora_mode == "auto" and self.fuse_lora and self.cuda and fast_path("triton")
+                and not grouped_mm_ok(self.device, self.dtype) and triton_lora()):
             mode = "segments"
             order = np.argsort(ids, kind="stable")
             counts = np.bincount(ids, minlength=self.n_slots)
             self.seg_ids[:B].copy_(torch.from_numpy(ids.astype(np.int32)))
             self.seg_order[:B].copy_(torch.from_numpy(order.astype(np.int32)))
             self.seg_offsets.copy_(torch.from_numpy(np.concatenate([[0], np.cumsum(counts), [B]]).astype(np.int32)))
-        elif self.lora_mode == "grouped" or (self.lora_mode == "auto" and grouped_mm_ok(self.device, self.dtype)):
+        elif fast_path("grouped_gemm") and (self.lora_mode == "grouped" or (
+                self.lora_mode == "auto" and grouped_mm_ok(self.device, self.dtype))):
             mode = "grouped"
             order = np.argsort(ids, kind="stable")
             counts = np.bincount(ids, minlength=self.n_slots)

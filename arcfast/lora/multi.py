@@ -40,10 +40,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from ..runtime import fast_path, out_of_memory, switch_off
 from .routing import Routing, grouped_available, lora_delta_grouped, lora_delta_torch, triton_available
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 PATHS = ("auto", "torch", "grouped", "triton")
+_FAST = {"grouped": "grouped_gemm", "triton": "triton"}   # path -> its switch in arcfast.runtime
 # Trainable token rows: PEFT's module name -> the module's path in arcfast.model.decoder.CausalLM (the key of
 # its rows in an adapter's tensors, as a LoRA layer's path is).
 TOKEN_MODULES = {"embed_tokens": "model.embed_tokens", "lm_head": "lm_head"}
@@ -346,8 +348,10 @@ class LoRAStep:
             raise ValueError(f"LoRA path must be one of {PATHS}, not {path!r}")
         dev = lora.weight.device
         if path == "auto":
-            path = "triton" if (dev.type == "cuda" and triton_available()) else \
-                   "grouped" if grouped_available(dev, dtype) else "torch"
+            path = "triton" if (dev.type == "cuda" and fast_path("triton") and triton_available()) else \
+                   "grouped" if fast_path("grouped_gemm") and grouped_available(dev, dtype) else "torch"
+        elif path in _FAST and not fast_path(_FAST[path]):
+            path = "torch"   # switched off for the run (arcfast.runtime)
         self.path = path
         self.lora, self.routing, self.training = lora, routing, training
         self.scaling = lora.cfg.scaling
@@ -377,7 +381,20 @@ class LoRAStep:
         return name in self.ab
 
     def linear(self, name: str, x: torch.Tensor, W: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
-        """x [..., din] -> x W^T + b + per-token LoRA delta, [..., dout]."""
+        """x [..., din] -> x W^T + b + per-token LoRA delta, [..., dout]. A fast path that raises
+        here is switched off for the run and the call redone on the torch path."""
+        if self.path == "torch":
+            return self._linear(name, x, W, b)
+        try:
+            return self._linear(name, x, W, b)
+        except Exception as e:
+            if out_of_memory(e):
+                raise
+            switch_off(_FAST[self.path], e)
+            self.path = "torch"
+            return self._linear(name, x, W, b)
+
+    def _linear(self, name: str, x: torch.Tensor, W: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
         A, B = self.ab[name]
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])

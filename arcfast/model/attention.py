@@ -39,7 +39,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..runtime import fast_path, out_of_memory, switch_off
+
 IMPLS = ("auto", "sdpa", "flex", "varlen", "loop")
+_FAST = {"flex": "flex_attention", "varlen": "varlen_attention"}   # impl -> its switch in arcfast.runtime
 
 
 # SDPA's enable_gqa (kv heads shared by groups of query heads, read in place) is torch >= 2.5.
@@ -114,7 +117,8 @@ def choose_impl(device, dtype: Optional[torch.dtype], have_cu_seqlens: bool = Tr
     """What ``"auto"`` means on ``device`` for q/k/v of ``dtype`` (see the module docstring)."""
     if torch.device(device).type == "cuda":
         half = dtype in (torch.bfloat16, torch.float16)
-        return "varlen" if (half and have_cu_seqlens and _varlen_fn() is not None) else "sdpa"
+        varlen = half and have_cu_seqlens and fast_path("varlen_attention") and _varlen_fn() is not None
+        return "varlen" if varlen else "sdpa"
     return "loop" if have_cu_seqlens else "sdpa"
 
 
@@ -134,6 +138,8 @@ class PackedAttention:
         cuda = sample_ids.is_cuda
         if impl == "auto":
             impl = choose_impl(sample_ids.device, dtype, cu_seqlens is not None)
+        elif impl in _FAST and not fast_path(_FAST[impl]):
+            impl = "sdpa"   # switched off for the run (arcfast.runtime): the dense mask instead
         self.impl = impl
         self.sample_ids = sample_ids
         R, L = sample_ids.shape
@@ -153,8 +159,14 @@ class PackedAttention:
             from torch.nn.attention.flex_attention import create_block_mask
 
             self.compiled = cuda if compile is None else compile
-            self.block_mask = create_block_mask(_doc_causal_mask_mod(sample_ids), R, None, L, L,
-                                                device=sample_ids.device, _compile=self.compiled)
+            try:
+                self.block_mask = create_block_mask(_doc_causal_mask_mod(sample_ids), R, None, L, L,
+                                                    device=sample_ids.device, _compile=self.compiled)
+            except Exception as e:
+                if out_of_memory(e):
+                    raise
+                switch_off("flex_attention", e)
+                self.impl, self.mask = "sdpa", packed_mask(sample_ids)
         else:
             fn = _varlen_fn()
             if fn is None or not cuda:
@@ -175,16 +187,25 @@ class PackedAttention:
         return self
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        gqa = q.shape[2] != k.shape[2]
         if self.impl == "sdpa":
             return sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=self.mask).transpose(1, 2)
         if self.impl == "loop":
             return self._loop(q, k, v)
-        if self.impl == "flex":
-            o = _flex_fn(self.compiled)(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                        block_mask=self.block_mask, enable_gqa=gqa)
-            return o.transpose(1, 2)
-        return self._varlen(q, k, v)
+        try:
+            return self._flex(q, k, v) if self.impl == "flex" else self._varlen(q, k, v)
+        except Exception as e:
+            # A fast kernel that does not run here: off for the run, this and every later call on
+            # the dense mask (the same function).
+            if out_of_memory(e):
+                raise
+            switch_off(_FAST[self.impl], e)
+            self.impl, self.mask = "sdpa", packed_mask(self.sample_ids)
+            return self(q, k, v)
+
+    def _flex(self, q, k, v):
+        o = _flex_fn(self.compiled)(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                    block_mask=self.block_mask, enable_gqa=q.shape[2] != k.shape[2])
+        return o.transpose(1, 2)
 
     def _loop(self, q, k, v):
         rows = []
@@ -260,7 +281,7 @@ def choose_tree_impl(device) -> str:
     """What :class:`TreeAttention`'s ``"auto"`` means on ``device``: flex on CUDA when torch has
     it, else the dense sdpa mask; loop on the CPU."""
     if torch.device(device).type == "cuda":
-        return "flex" if flex_available() else "sdpa"
+        return "flex" if flex_available() and fast_path("flex_attention") else "sdpa"
     return "loop"
 
 
@@ -302,6 +323,8 @@ class TreeAttention:
         cuda = device.type == "cuda"
         if impl == "auto":
             impl = choose_tree_impl(device)
+        elif impl == "flex" and not fast_path("flex_attention"):
+            impl = "sdpa"
         self.impl = impl
         R, L = seg.shape
         if impl == "loop":
@@ -310,14 +333,21 @@ class TreeAttention:
             return
         seg_t = torch.from_numpy(np.ascontiguousarray(seg, dtype=np.int32)).to(device)
         br_t = torch.from_numpy(np.ascontiguousarray(br, dtype=np.int32)).to(device)
+        self._ids = (seg_t, br_t)
         if impl == "sdpa":
             self.mask = tree_mask(seg_t, br_t)
         else:
             from torch.nn.attention.flex_attention import create_block_mask
 
             self.compiled = cuda if compile is None else compile
-            self.block_mask = create_block_mask(_tree_mask_mod(seg_t, br_t), R, None, L, L,
-                                                device=device, _compile=self.compiled)
+            try:
+                self.block_mask = create_block_mask(_tree_mask_mod(seg_t, br_t), R, None, L, L,
+                                                    device=device, _compile=self.compiled)
+            except Exception as e:
+                if out_of_memory(e):
+                    raise
+                switch_off("flex_attention", e)
+                self.impl, self.mask = "sdpa", tree_mask(seg_t, br_t)
 
     @staticmethod
     def _plan_row(r: int, seg: np.ndarray, br: np.ndarray, device) -> list:
@@ -361,9 +391,16 @@ class TreeAttention:
         if self.impl == "sdpa":
             return sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=self.mask).transpose(1, 2)
         if self.impl == "flex":
-            o = _flex_fn(self.compiled)(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                        block_mask=self.block_mask, enable_gqa=q.shape[2] != k.shape[2])
-            return o.transpose(1, 2)
+            try:
+                o = _flex_fn(self.compiled)(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                            block_mask=self.block_mask, enable_gqa=q.shape[2] != k.shape[2])
+                return o.transpose(1, 2)
+            except Exception as e:
+                if out_of_memory(e):
+                    raise
+                switch_off("flex_attention", e)
+                self.impl, self.mask = "sdpa", tree_mask(*self._ids)
+                return self(q, k, v)
         return self._loop(q, k, v)
 
     def _loop(self, q, k, v):

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..arc import tokens as T
-from ..runtime import default_dtype, resolve_device
+from ..runtime import default_dtype, resolve_device, with_fallback
 from ..kernels.add_rmsnorm import add_rms_norm_reference
 from ..kernels.rmsnorm import rms_norm_reference
 from ..kernels.rope import rope_reference
@@ -68,7 +68,12 @@ def triton_ops() -> Ops:
     from ..kernels.rope import rope_
     from ..kernels.swiglu import swiglu
 
-    return Ops("triton", rms_norm, swiglu, _per_token(rope_), add_rms_norm)
+    # Each kernel falls back to its reference, and the Triton path goes off for the run, where it
+    # raises (a compile error on an older GPU): see arcfast.runtime.
+    return Ops("triton", with_fallback("triton", rms_norm, rms_norm_reference),
+               with_fallback("triton", swiglu, swiglu_reference),
+               with_fallback("triton", _per_token(rope_), TORCH_OPS.rope),
+               with_fallback("triton", add_rms_norm, add_rms_norm_reference))
 
 
 def rope_inv_freq(cfg: ModelConfig, device=None) -> torch.Tensor:

@@ -11,7 +11,9 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
+
+import numpy as np
 
 from ..files import write_json
 
@@ -79,4 +81,72 @@ def write_task_record(path: Union[str, Path], run: TaskRun) -> None:
     write_json(path, asdict(run))
 
 
-__all__ = ["TaskRun", "read_task_record", "read_task_records", "write_task_record"]
+__all__ = ["TaskRun", "read_task_record", "read_task_records", "write_task_record", "read_wrong_predictions"]
+
+
+def read_wrong_predictions(runs: Sequence[Union[str, Path]], tasks: Sequence, mode: str = "pretrain",
+                           stats: Optional[dict] = None) -> dict:
+    """The model's own wrong predictions of ``tasks``, read from earlier runs' ``tasks/*.json``
+    records (``runs``: run directories, or their ``tasks`` directories).
+
+    Every distinct candidate grid of a test input (the ``candidates`` of a record, or the submitted
+    ``attempts`` of records written before candidates were kept) that differs from the test input's
+    known output is a wrong prediction, kept once however many runs found it. Records of tasks not in ``tasks``, of a task whose content
+    changed since (its fingerprint), and unreadable ones are skipped and counted; a test input
+    without a known output gives none. Returns ``{task_id: {pool_index: [uint8 grids]}}`` with
+    the sampler's pool indices: in ``"pretrain"`` mode test input ``i`` is pool pair
+    ``len(task.train) + i`` (in ``"ttft"`` mode the pool holds no test output to judge by, so
+    nothing is returned). ``stats`` (a dict), when given, gets the counts: ``records``, ``grids``,
+    ``skipped_unknown_task``, ``skipped_changed``, ``skipped_unreadable``.
+    """
+    from .outdir import task_id_from_filename
+    from .records import read_task_records
+    from ..answers.vote import check_grid, grid_key
+
+    if mode not in ("pretrain", "ttft"):
+        raise ValueError(f"mode must be 'pretrain' or 'ttft', not {mode!r}")
+    counts = {"records": 0, "grids": 0, "skipped_unknown_task": 0, "skipped_changed": 0, "skipped_unreadable": 0}
+    by_id = {t.id: t for t in tasks}
+    out: dict = {}
+    seen_of: dict = {}   # (task id, pool index) -> grid keys met: the right output and every kept grid
+    for run in runs:
+        root = Path(run)
+        folder = root / "tasks" if (root / "tasks").is_dir() else root
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{run}: neither a run directory with tasks/ nor a tasks directory")
+        for path, rec in read_task_records(folder):
+            if isinstance(rec, Exception):
+                counts["skipped_unreadable"] += 1
+                continue
+            task_id = rec.task_id
+            task = by_id.get(task_id)
+            if task is None or task_id_from_filename(path.stem) not in (None, task_id):
+                counts["skipped_unknown_task"] += 1
+                continue
+            if rec.fingerprint != task.fingerprint():
+                counts["skipped_changed"] += 1
+                continue
+            counts["records"] += 1
+            if mode != "pretrain":
+                continue
+            per_test = rec.candidates or [[{"grid": g} for g in a] for a in rec.attempts or []]
+            for ti, cands in enumerate(per_test[:len(task.test)]):
+                right = task.test[ti].output
+                if right is None:
+                    continue
+                pool = len(task.train) + ti
+                seen = seen_of.setdefault((task_id, pool), {grid_key(np.ascontiguousarray(right, np.uint8))})
+                for k, c in enumerate(cands):
+                    try:
+                        g = check_grid(c["grid"], f"{path}: test input {ti}, candidate {k}")
+                    except (ValueError, TypeError, KeyError) as e:
+                        log.warning("%s; skipped", e)
+                        continue
+                    if grid_key(g) in seen:
+                        continue
+                    seen.add(grid_key(g))
+                    out.setdefault(task_id, {}).setdefault(pool, []).append(g)
+                    counts["grids"] += 1
+    if stats is not None:
+        stats.update(counts)
+    return out

@@ -206,12 +206,8 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
             log.warning("%d of %d validation tasks are also training tasks", overlap, len(val_tasks))
             jlog(event="warning", message=f"{overlap} of {len(val_tasks)} validation tasks are also training tasks")
 
-    from ..samples.objectives import (
-        NEEDS_OBJECTIVE_IDS,
-        format_objectives,
-        parse_objectives,
-        read_wrong_predictions,
-    )
+    from ..samples.objectives import NEEDS_OBJECTIVE_IDS, format_objectives, parse_objectives
+    from .records import read_wrong_predictions
 
     objectives = parse_objectives(dict(cfg.objectives))
     wrong = None

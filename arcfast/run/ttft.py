@@ -59,7 +59,7 @@ from .outdir import OutDir
 from .answer import GroupInference
 from .records import TaskRun, read_task_record, read_task_records, write_task_record
 from ..files import JsonLog, write_json
-from ..runtime import device as _device, dist as _dist, dtype as _dtype
+from ..runtime import fast_paths_off, device as _device, dist as _dist, dtype as _dtype
 from ..arc.task import id_bytes
 from .config import TTFTConfig
 
@@ -132,7 +132,8 @@ class TTFTRun:
         self._where = ""                 # which group runs, for the progress display
         self.inference = None            # the GroupInference of the run's model (see run)
         self.steps_abandoned = 0         # training steps stopped part way by the deadline
-        self.not_written: dict = {}      # task id -> why its tasks/<id>.json could not be written
+        self.not_written: dict = {}
+        self._paths_logged = set(fast_paths_off())   # switched off before this run: said then      # task id -> why its tasks/<id>.json could not be written
 
     # -- setup ----------------------------------------------------------------------------------
     def load_tasks(self):
@@ -293,6 +294,7 @@ class TTFTRun:
                 runs = {t.id: TaskRun(t.id, error=f"failed, fallback answers: {msg}") for t in group}
                 failed = True
             planner.group_done()
+            self._log_fast_paths()
             for t in group:
                 # A failed task is not written to tasks/: a --resume run tries it again.
                 self._finish_task(t, runs[t.id], persist=not failed)
@@ -323,6 +325,7 @@ class TTFTRun:
             except Exception as e:   # the report is a view of the results; it must not lose them
                 log.error("report not written: %s: %s", type(e).__name__, e)
                 self.log(event="report_failed", error=f"{type(e).__name__}: {e}")
+        self._log_fast_paths()
         summary = self._summary(tasks, problems, backend, reason)
         write_json(self.out / ("run.json" if self.world == 1 else f"run.rank{self.rank}.json"), summary)
         self.log(event="end", **{k: v for k, v in summary.items() if k in ("seconds", "tasks", "trained")})
@@ -559,6 +562,13 @@ class TTFTRun:
                 self.report.add(_task_result(r))
                 self.others[r.task_id] = r
 
+    def _log_fast_paths(self) -> None:
+        """One event per fast path switched off since the last call (arcfast.runtime)."""
+        for name, why in fast_paths_off().items():
+            if name not in self._paths_logged:
+                self._paths_logged.add(name)
+                self.log(event="fast_path_off", path=name, error=why)
+
     def _progress(self, total: int, initial: int):
         if not self.cfg.progress or self.rank != 0:
             return None
@@ -618,6 +628,8 @@ class TTFTRun:
             "adapters_not_saved": sorted(r.task_id for r in runs.values() if r.adapter_saved is False),
             "adapters_saved": sum(1 for r in runs.values() if r.adapter_saved),
             "results_not_written": sorted(self.not_written),
+            # Fast paths that raised where they ran and were switched off (the run went on without them).
+            "fast_paths_off": fast_paths_off(),
             "write_error": why[0] if why else None,
             "problems": [str(p) for p in problems],
             "backend": backend.name,

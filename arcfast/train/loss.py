@@ -24,6 +24,7 @@ from ..model.attention import PackedAttention
 from ..samples.batch import PackedBatch
 from ..lora.multi import LoRAStep, MultiLoRA
 from ..model.decoder import CausalLM
+from ..runtime import with_fallback
 from ..samples.sampling import OBJECTIVES
 
 K = len(OBJECTIVES)   # loss groups per task: one per objective
@@ -186,7 +187,7 @@ def objective_losses(model: CausalLM, hidden: torch.Tensor, b: DeviceBatch, n: i
     tokens = b.lora.tokens if b.lora is not None else None
     adapters = tokens.adapter_ids.index_select(0, b.pred_index) if tokens is not None else None
     logits = model.logits(h, tokens, adapters)
-    fn = _grouped_ce_triton if loss_impl == "triton" else grouped_ce_torch
+    fn = with_fallback("triton", _grouped_ce_triton, grouped_ce_torch) if loss_impl == "triton" else grouped_ce_torch
     pair = fn(logits, b.targets, b.groups, n * K, b.pair_counts.reshape(-1)).view(n, K)
     share = torch.as_tensor(objective_shares(b.pair_counts), device=pair.device)
     return (pair * share).sum(1), pair

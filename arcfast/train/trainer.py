@@ -58,6 +58,7 @@ import numpy as np
 import torch
 
 from ..arc import tokens as T
+from ..runtime import fast_path, fast_path_of, out_of_memory, switch_off
 from ..samples.batch import PackedBatch
 from ..budget.steps import StepAbandoned, StepGate
 from ..lora.multi import LoRAConfig, MultiLoRA
@@ -127,9 +128,13 @@ def _setup_model(model: CausalLM, cfg: TrainConfig) -> tuple[str, str]:
     """Resolve ``cfg.ops`` / ``cfg.loss`` ("auto": the Triton kernels on CUDA), put the ops into
     ``model`` (and compile its blocks when asked); returns ``(ops, loss_impl)``."""
     cuda = model.device.type == "cuda"
+    triton = fast_path("triton")
     ops = cfg.ops if cfg.ops != "auto" else \
-        ("triton" if cuda and _kernels_available("rmsnorm", "swiglu", "rope") else "torch")
-    loss = cfg.loss if cfg.loss != "auto" else ("triton" if cuda and _kernels_available("cross_entropy") else "torch")
+        ("triton" if cuda and triton and _kernels_available("rmsnorm", "swiglu", "rope") else "torch")
+    loss = cfg.loss if cfg.loss != "auto" else \
+        ("triton" if cuda and triton and _kernels_available("cross_entropy") else "torch")
+    if not triton:
+        ops, loss = "torch", "torch"
     model.set_ops(ops)
     if cfg.compile:
         model.compile_blocks(True)
@@ -147,6 +152,28 @@ def token_lr_scale(lora: MultiLoRA, cfg: TrainConfig) -> Optional[torch.Tensor]:
     for t in lora.table_slots():
         scale[t.off:t.off + t.n_rows * t.dim] = cfg.embedding_lr / cfg.lr
     return scale
+
+
+def plain_retry(trainer, step, batch: PackedBatch, gate: Optional[StepGate]) -> StepStats:
+    """``step(batch, gate)``; where it raises inside a fast path (a Triton kernel's backward that
+    does not compile, a graph that cannot be captured), that path is switched off for the run
+    (:mod:`arcfast.runtime`), the step's gradient dropped, the trainer moved to the plain path, and
+    the step run again. Any other error, and one of a path already off, is raised as it is."""
+    try:
+        return step(batch, gate)
+    except StepAbandoned:
+        raise
+    except Exception as e:
+        name = fast_path_of(e)
+        if name is None or out_of_memory(e) or not switch_off(name, e):
+            raise
+    trainer._drop_gradient()
+    if not fast_path("triton"):
+        trainer.model.set_ops("torch")
+        trainer.ops, trainer.loss_impl = "torch", "torch"
+    if not fast_path("cuda_graphs") and getattr(trainer, "_graphed", None) is not None:
+        trainer._graphed, trainer._graph_refusal = None, "off: the capture failed"
+    return step(batch, gate)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -169,7 +196,7 @@ class Trainer:
         self.lora.reset(range(n_adapters))
         self._graphed = None
         self._graph_refusal = "off"
-        if train_cfg.cuda_graphs:
+        if train_cfg.cuda_graphs and fast_path("cuda_graphs"):
             from .graph import StaticStep, graph_support
 
             self._graph_refusal = graph_support(self)
@@ -231,7 +258,9 @@ class Trainer:
         return objective_losses(self.model, hidden, b, self.n_adapters, self.loss_impl)
 
     def step(self, batch: PackedBatch, gate: Optional[StepGate] = None) -> StepStats:
-        """One training step on ``batch`` (adapter_ids = slot of each token's task).
+        """One training step on ``batch`` (adapter_ids = slot of each token's task); a step that
+        raises inside a fast path is redone on the plain path, that path off for the run
+        (:func:`plain_retry`).
 
         With a ``gate`` (:class:`arcfast.budget.steps.StepGate`) the step runs as micro-batches of whole
         samples (gradients accumulated, each piece's loss weighted by its share of each task's
@@ -239,6 +268,9 @@ class Trainer:
         each piece the gate is asked whether the rest of the step still fits, and when it does not
         the step is abandoned: its gradient dropped, nothing updated, :class:`StepAbandoned` raised.
         A graph-replayed or compiled step runs whole, once the gate admits all of it."""
+        return plain_retry(self, self._step, batch, gate)
+
+    def _step(self, batch: PackedBatch, gate: Optional[StepGate] = None) -> StepStats:
         if self._graphed is not None or (gate is not None and self.cfg.compile):
             return self._whole_step(batch, gate)
         t0 = time.perf_counter()
@@ -257,10 +289,22 @@ class Trainer:
         lengths = batch.sample_lengths()
         if gate is not None and not gate.admit(lengths):
             raise StepAbandoned(0, int(lengths.sum()), 0.0, gate.rates.seconds(lengths), gate.left())
-        stats = self._graphed.step(batch) if self._graphed is not None else self.step(batch)
+        stats = self._graph_step(batch) if self._graphed is not None else self._step(batch)
         if gate is not None:
             gate.record(stats.time_s, lengths)
         return stats
+
+    def _graph_step(self, batch: PackedBatch) -> StepStats:
+        """The replayed step; where capturing or replaying it raises, CUDA graphs go off for the run
+        (arcfast.runtime) and the step runs eagerly."""
+        try:
+            return self._graphed.step(batch)
+        except Exception as e:
+            if out_of_memory(e) or fast_path_of(e) not in (None, "cuda_graphs") or not switch_off("cuda_graphs", e):
+                raise
+        self._drop_gradient()
+        self._graphed, self._graph_refusal = None, "off: the capture failed"
+        return self._step(batch)
 
     def _accumulate(self, batch: PackedBatch, gate: StepGate):
         """Forward and backward of ``batch`` in micro-batches through ``gate`` (see :meth:`step`):
@@ -454,6 +498,9 @@ class FullTrainer:
         """One optimizer step on ``batch`` (adapter_ids 0 on every real token, -1 on padding);
         with a ``gate``, in micro-batches as :meth:`Trainer.step` (the same update when all run,
         :class:`StepAbandoned` and nothing applied when the gate refuses one)."""
+        return plain_retry(self, self._step, batch, gate)
+
+    def _step(self, batch: PackedBatch, gate: Optional[StepGate] = None) -> StepStats:
         t0 = time.perf_counter()
         if gate is None:
             b = self._prepare(batch)
