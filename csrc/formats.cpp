@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "formats.h"
+#include "threads.h"
 
 namespace py = pybind11;
 
@@ -456,12 +457,6 @@ void check_max_size(int max_size) {
                               std::to_string(max_size));
 }
 
-int available_cores() {
-    cpu_set_t set;
-    if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
-    return std::max(1u, std::thread::hardware_concurrency());
-}
-
 int resolve_threads(int threads) {
     if (threads < 0) throw py::value_error("threads must be >= 0 (0 = all cores), got " + std::to_string(threads));
     return threads == 0 ? available_cores() : std::min(threads, MAX_THREADS);
@@ -510,30 +505,10 @@ std::vector<size_t> run_chunks(const std::vector<int64_t>& cum, int threads, F&&
         }
         return bounds;
     }
-    std::vector<std::exception_ptr> errors(static_cast<size_t>(t));
     {
         py::gil_scoped_release nogil;
-        std::vector<std::thread> pool;
-        pool.reserve(size_t(t) - 1);
-        auto body = [&](int k) {
-            try {
-                fn(k, bounds[size_t(k)], bounds[size_t(k) + 1]);
-            } catch (...) {
-                errors[size_t(k)] = std::current_exception();
-            }
-        };
-        for (int k = 1; k < t; ++k) {
-            try {
-                pool.emplace_back(body, k);
-            } catch (const std::system_error&) {  // no thread to be had: do that chunk here
-                body(k);
-            }
-        }
-        body(0);
-        for (auto& th : pool) th.join();
+        run_workers(t, [&](int k) { fn(k, bounds[size_t(k)], bounds[size_t(k) + 1]); });
     }
-    for (auto& e : errors)
-        if (e) std::rethrow_exception(e);
     return bounds;
 }
 
@@ -864,6 +839,8 @@ void init_formats(py::module_& m) {
           "Encodes one grid: int32 [h*(w+1)+1] array (compact) or str (text formats). See arcfast.arc.formats.");
     m.def("decode", &decode, py::arg("data"), py::arg("fmt") = "compact", py::arg("max_size") = DEFAULT_MAX_SIZE,
           "Decodes one model output: (uint8 [h, w] array or None, DecodeStatus). See arcfast.arc.formats.");
+    m.def("available_cores", &available_cores,
+          "Cores this process may run on (its CPU affinity): what threads=0 means everywhere in the core.");
     m.def("encode_batch", &encode_batch, py::arg("grids"), py::arg("fmt") = "compact", py::arg("threads") = 0,
           py::arg("max_size") = DEFAULT_MAX_SIZE, "Encodes many grids on threads. See arcfast.arc.formats.");
     m.def("decode_batch", &decode_batch, py::arg("items"), py::arg("fmt") = "compact", py::arg("threads") = 0,

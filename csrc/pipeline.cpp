@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "augment.h"
+#include "threads.h"
 #include "grid.h"
 #include "packing.h"
 #include "sampler.h"
@@ -595,32 +596,6 @@ class Stream {
     std::vector<std::thread> workers_;
 };
 
-// Runs fn(i) for i in [0, n) on `threads` threads in contiguous chunks.
-template <class F>
-void parallel_for(int64_t n, int32_t threads, F&& fn) {
-    if (threads <= 0) threads = int32_t(std::max(1u, std::thread::hardware_concurrency()));
-    threads = int32_t(std::min<int64_t>(threads, std::max<int64_t>(1, n)));
-    if (threads <= 1) {
-        for (int64_t i = 0; i < n; ++i) fn(i, 0);
-        return;
-    }
-    std::vector<std::thread> pool;
-    std::atomic<int64_t> next{0};
-    std::string err;
-    std::mutex err_mu;
-    for (int32_t w = 0; w < threads; ++w)
-        pool.emplace_back([&, w] {
-            try {
-                for (int64_t i; (i = next.fetch_add(1)) < n;) fn(i, w);
-            } catch (const std::exception& e) {
-                std::lock_guard<std::mutex> l(err_mu);
-                err = e.what();
-            }
-        });
-    for (auto& t : pool) t.join();
-    if (!err.empty()) throw std::runtime_error(err);
-}
-
 }  // namespace
 
 void init_pipeline(py::module_& m) {
@@ -694,7 +669,7 @@ void init_pipeline(py::module_& m) {
             std::vector<Plan> plans(n);
             std::vector<uint8_t> ok(n, 0);
             std::vector<std::vector<int32_t>> ids(n), labels(n);
-            const int32_t nt = threads <= 0 ? int32_t(std::max(1u, std::thread::hardware_concurrency())) : threads;
+            const int32_t nt = threads <= 0 ? int32_t(available_cores()) : threads;
             std::vector<Counters> cnt(nt);
             {
                 py::gil_scoped_release nogil;

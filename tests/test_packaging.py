@@ -232,3 +232,29 @@ def test_wheel_installed_outside_the_checkout_runs_bench_help(installed):
     site, env, cwd = installed
     got = _run([sys.executable, "-m", "arcfast", "bench", "--help"], cwd, env)
     assert "usage:" in _ok(got, "arcfast bench --help")
+
+
+def test_threads_zero_means_the_cores_this_process_may_use():
+    """threads=0 (every parallel loop of the C++ core) follows the CPU affinity, as a job pinned to
+    some cores of a large machine (taskset, a container's cpuset) needs: here pinned to one core."""
+    import os
+    import subprocess
+    import sys
+
+    if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs CPU affinity and two cores")
+    code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "from arcfast import _core; import numpy as np; "
+            "g = [np.ones((3, 3), np.uint8)] * 5000; "
+            "same = [a.tolist() for a in _core.encode_batch(g, 'compact', 0, 30)] == "
+            "[a.tolist() for a in _core.encode_batch(g, 'compact', 1, 30)]; "
+            "print(_core.available_cores(), len(os.sched_getaffinity(0)), same)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["1", "1", "True"]
+    assert _available_cores() == len(os.sched_getaffinity(0))
+
+
+def _available_cores():
+    from arcfast import _core
+
+    return _core.available_cores()
