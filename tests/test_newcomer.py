@@ -179,3 +179,46 @@ def test_version_and_info(capsys):
 
     assert f"torch {torch.__version__}" in text and "transformers" in text and "peft" in text
     assert "kernels:" in text and "backend native" in text
+
+
+def test_the_shared_settings_have_one_flag_each_in_every_command():
+    """ttft, eval and train take the settings they share (RecipeConfig) through the same flags,
+    defined once (arcfast.cli.args.SHARED_FLAGS), with each command's own defaults."""
+    import dataclasses
+
+    from arcfast.cli.args import SHARED_FLAGS
+    from arcfast.run.config import RecipeConfig, TTFTConfig
+    from arcfast.run.train import FinetuneConfig
+
+    fields = {f.name for f in dataclasses.fields(RecipeConfig)}
+    assert set(SHARED_FLAGS) <= fields
+    # Every shared field but ttft's steering ones has a flag; progress is -q.
+    assert fields - set(SHARED_FLAGS) == {"progress"}
+    via_recipe = {"rank", "alpha", "rslora", "tokens", "embedding_lr", "lr", "steps"}
+    for command, config in (("ttft", TTFTConfig()), ("eval", TTFTConfig()), ("train", FinetuneConfig())):
+        actions = {a.dest: a for a in _sub(command)._actions}
+        for name, (flags, kw) in SHARED_FLAGS.items():
+            if name == "warmup_ratio" and command != "train":
+                continue   # ttft/eval take the recipe's warm-up
+            a = actions[kw.get("dest", name)]
+            assert tuple(a.option_strings) == flags, (command, name)
+            if name in ("budget", "out", "adapter", "margin", "embedding_lr", "objectives"):
+                continue   # a duration string, or no default of the field's own
+            want = None if (command != "train" and name in via_recipe) else getattr(config, name)
+            if name == "tokens" and want == ():
+                want = "none"
+            assert a.default == want, (command, name, a.default, want)
+
+
+def test_train_takes_margin_and_refuses_one_past_the_budget(tmp_path):
+    from arcfast.cli.train import config_from_args
+
+    parse = lambda *argv: build_parser().parse_args(["train", "--out", str(tmp_path), *argv])  # noqa: E731
+    cfg = config_from_args(parse("--budget", "10m", "--margin", "30s"))
+    assert (cfg.budget, cfg.margin) == (600.0, 30.0)
+    assert config_from_args(parse()).margin is None
+    with pytest.raises(ValueError, match="--margin 20m"):
+        config_from_args(parse("--budget", "10m", "--margin", "20m"))
+    # The shared settings are checked once, for train as for ttft.
+    with pytest.raises(ValueError, match="rank must be >= 1"):
+        config_from_args(parse("--rank", "0"))

@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-from .args import _add_verbose, _no_task_loaded, token_modules
+from .args import _add_verbose, _no_task_loaded, add_quiet, add_shared_flags
 
 
 # Exit status of a run (ttft, eval) that finished with a complete submission but could not write
@@ -18,11 +18,10 @@ EXIT_NOT_WRITTEN = 3
 
 def _add_run_flags(p, command: str) -> None:
     """The flags `arcfast ttft` and `arcfast eval` share, defined once (defaults: TTFTConfig)."""
-    from ..samples.sampling import LOSS_ON
     from ..infer.search import SEARCHES
     from ..answers.select import SELECTORS
     from ..run.recipes import RECIPES
-    from ..run.config import DEFAULT_BUDGET, DEFAULT_MODEL, DEFAULT_TASKS, TTFTConfig
+    from ..run.config import DEFAULT_BUDGET, DEFAULT_TASKS, TTFTConfig
 
     d = TTFTConfig()
     ttft = command == "ttft"
@@ -35,26 +34,15 @@ def _add_run_flags(p, command: str) -> None:
         g.add_argument("--tasks", required=True,
                        help="task source with solutions (e.g. arc1:eval, arc1:train[:50])")
     g.add_argument("--solutions", default=None, help="solutions file, when not found beside the challenges")
-    g.add_argument("--model", default=DEFAULT_MODEL,
-                   help="a local Hugging Face checkpoint directory, the shipped starter model, or a "
-                        "built-in preset (tiny, starter-arch, qwen2.5-0.5b, ...: random weights)")
-    g.add_argument("--adapter", default=None, help="PEFT adapter directory every task starts from")
-    g.add_argument("--budget", default=DEFAULT_BUDGET if ttft else "24h",
-                   help="wall time for the whole run from the start of the process, e.g. 11h, 30m, 90s")
-    g.add_argument("--margin", default=None,
-                   help="time kept back from the budget for writing the results, e.g. 30s (default: 3%% "
-                        "of the budget, at least 10s and at most 5m)")
-    g.add_argument("--out", default=None, help=f"output directory (default: runs/{command}-<date>-<time>)")
-    g.add_argument("--resume", action="store_true", help="keep the tasks an earlier run in --out finished")
+    add_shared_flags(g, ("model", "adapter", "budget", "margin", "out", "resume"), d, command,
+                     defaults={"budget": DEFAULT_BUDGET if ttft else "24h"})
     g.add_argument("--save-adapters", default=d.save_adapters, choices=("all", "none"),
                    help="write each task's trained adapter under OUT/adapters (none: only the answers; "
                         "400 adapters of a 0.5B model at rank 32 take about 14 GB)")
     g = p.add_argument_group("engine")
     g.add_argument("--backend", default=d.backend, choices=("auto", "native", "hf", "unsloth"),
                    help="the trainer: native (many tasks per packed batch), hf (transformers + PEFT), unsloth")
-    g.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
-    g.add_argument("--dtype", default=d.dtype, help="auto, float32, bfloat16 or float16")
-    g.add_argument("--seed", type=int, default=d.seed, help="seed of every random choice")
+    add_shared_flags(g, ("device", "dtype", "seed"), d, command)
     g.add_argument("--workers", type=int, default=1,
                    help="worker processes on this machine, one per GPU, pulling tasks from one shared "
                         "queue (as under torchrun --nproc_per_node N); 1: this process alone")
@@ -63,9 +51,7 @@ def _add_run_flags(p, command: str) -> None:
     g.add_argument("--sharding", choices=("queue", "static"), default=d.sharding,
                    help="with several workers (torchrun or --workers): queue (each takes the next task, "
                         "longest first, from a shared queue) or static (worker r takes every N-th task)")
-    g.add_argument("--cuda-graphs", action="store_true",
-                   help="replay each training step as a CUDA graph (native backend on a GPU; falls back to "
-                        "eager steps, and says why, where it cannot)")
+    add_shared_flags(g, ("cuda_graphs",), d, command)
     g = p.add_argument_group("training recipe (per task)")
     if not ttft:
         g.add_argument("--ttft", action="store_true",
@@ -76,32 +62,14 @@ def _add_run_flags(p, command: str) -> None:
                    help="a named recipe that sets the fields below (printed at the start; a flag given "
                         "beside it wins): nvarc (r=256, alpha 32, rsLoRA, lr 5e-5, batch 1), arc24 (r=128, "
                         "lr 8e-5, 300 steps, 96 predictions); see arcfast/run/recipes.py")
-    g.add_argument("--rank", type=int, default=None, help=f"LoRA rank (default {d.rank})")
-    g.add_argument("--alpha", type=float, default=None, help=f"LoRA alpha (default {d.alpha:g})")
-    g.add_argument("--rslora", action="store_true", default=None,
-                   help="rank-stabilised LoRA: scale by alpha/sqrt(rank) instead of alpha/rank (PEFT's "
-                        "use_rslora), for high ranks such as 256")
-    g.add_argument("--train-tokens", dest="tokens", type=token_modules, default=None, metavar="MODULES",
-                   help="also train each task's own rows of the embedding and/or LM head: embed_tokens, "
-                        "lm_head, both (embed_tokens,lm_head) or none (default none); saved in PEFT's format "
-                        "(modules_to_save, or trainable tokens for a full vocabulary)")
-    g.add_argument("--embedding-lr", type=float, default=None, metavar="LR",
-                   help="learning rate of those rows, on the same schedule (default: --lr)")
-    g.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {d.lr:g})")
-    g.add_argument("--steps", type=int, default=None, help=f"optimizer steps per task at most (default {d.steps})")
+    via_recipe = ("rank", "alpha", "rslora", "tokens", "embedding_lr", "lr", "steps")
+    add_shared_flags(g, via_recipe, d, command, recipe=via_recipe)
     g.add_argument("--max-task-seconds", type=float, default=None, metavar="S",
                    help="stop a group's training so that it and the group's inference fit S seconds (the "
                         "tasks of a group train together; NVARC capped a task at 1200); default: no cap")
     g.add_argument("--samples-per-task", type=int, default=None,
                    help=f"samples of each task in every step (default {d.samples_per_task})")
-    g.add_argument("--objective", action="append", default=None, metavar="NAME=W",
-                   help="a training objective and its share of the samples, repeatable: output (predict "
-                        "the output), input (generate another input of the task), verify (judge a candidate "
-                        "output: right or a corruption); e.g. --objective output=1 --objective verify=0.5 "
-                        "(default: output only)")
-    g.add_argument("--loss-on", choices=LOSS_ON, default=d.loss_on,
-                   help="the tokens that carry loss: the left-out pair's output, or every output of the "
-                        "prompt but the first demonstration's")
+    add_shared_flags(g, ("objectives", "loss_on"), d, command)
     g.add_argument("--geometric-aug", action=argparse.BooleanOptionalAction, default=d.geometric_aug,
                    help="a dihedral transform drawn per training sample (--no-geometric-aug: the tasks as "
                         "they are oriented)")
@@ -118,8 +86,7 @@ def _add_run_flags(p, command: str) -> None:
                         "(the last train pair is never a target), to measure what leave-one-out is worth")
     g.add_argument("--tasks-per-group", type=int, default=d.tasks_per_group,
                    help="tasks trained together in one packed batch (0: 8 on CPU, 32 on GPU)")
-    g.add_argument("--row-len", type=int, default=d.row_len, help="tokens per packed row")
-    g.add_argument("--max-len", type=int, default=d.max_len, help="longest prompt in tokens")
+    add_shared_flags(g, ("row_len", "max_len"), d, command)
     g = p.add_argument_group("inference")
     g.add_argument("--predictions", type=int, default=None,
                    help=f"predictions per test input (one per test-time augmentation; default {d.predictions})")
@@ -150,7 +117,7 @@ def _add_run_flags(p, command: str) -> None:
                         "in rounds that drop candidates out of reach of the top two (a model trained on the "
                         "verify objective; default: 8 with --select verify or vote+verify or --objective "
                         "verify=W, else 0: off); eval then reports verify_1/verify_2 beside vote_1/vote_2")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    add_quiet(p)
     _add_verbose(p)
 
 

@@ -1,4 +1,8 @@
-"""The configuration of `arcfast ttft` and `arcfast eval`: every setting of a run, checked once before anything runs, with the defaults the command line shows."""
+"""The configuration of the runs: :class:`RecipeConfig`, the settings `arcfast ttft`, `arcfast eval`
+and `arcfast train` share (defined once, checked once, turned into the LoRA and trainer configs in
+one place), and :class:`TTFTConfig`, a ttft/eval run; `arcfast train`'s
+:class:`arcfast.run.train.FinetuneConfig` derives from the same base. The command line's flags are
+made from these fields and defaults (:mod:`arcfast.cli.args`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,17 +26,80 @@ DEFAULT_BUDGET = "90s"
 
 
 @dataclass
-class TTFTConfig:
-    tasks: str = DEFAULT_TASKS
-    solutions: Optional[str] = None
+class RecipeConfig:
+    """What ttft, eval and train share: the model, where the run writes, its budget, the engine, and
+    the LoRA and optimisation recipe. A subclass changes a default by declaring the field again."""
     model: str = DEFAULT_MODEL
-    adapter: Optional[str] = None          # pretrained adapter every task starts from
-    budget: float = 90.0                   # seconds, the whole run
+    adapter: Optional[str] = None          # PEFT adapter to start from
     out: str = "runs/ttft"
-    backend: str = "auto"                  # auto | native | hf | unsloth
+    budget: Optional[float] = 90.0         # seconds, the whole run (None: no limit)
+    margin: Optional[float] = None         # safety margin in seconds (default: Deadline's)
+    resume: bool = False
+    progress: bool = True
     device: str = "auto"                   # auto | cpu | cuda
     dtype: str = "auto"                    # auto | float32 | bfloat16 | float16
     seed: int = 0
+    cuda_graphs: bool = False              # replay training steps as CUDA graphs (native backend, GPU)
+    # LoRA and optimisation
+    rank: int = 32
+    alpha: float = 64.0
+    rslora: bool = False                   # LoRA scaling alpha / sqrt(rank) instead of alpha / rank
+    tokens: tuple = ()                     # "embed_tokens" / "lm_head": their rows trained per adapter too
+    embedding_lr: Optional[float] = None   # those rows' learning rate (None: lr)
+    lr: float = 1e-4
+    steps: int = 100                       # optimizer steps (per task for ttft, in all for train)
+    warmup_ratio: float = 0.1
+    # the training samples
+    loss_on: str = "target"                # target | outputs: also every demonstration output but the first
+    objectives: tuple = (("output", 1.0),)  # (name, weight): shares of the samples (arcfast.samples.objectives)
+    row_len: int = 8192                    # tokens per packed row
+    max_len: int = 8192                    # longest training prompt
+
+    def check_recipe(self) -> None:
+        """ValueError naming the field for a shared setting that would otherwise run wrongly."""
+        import math
+
+        from ..samples.sampling import LOSS_ON
+
+        for name, low, what in (("steps", 0, "optimizer steps; 0: no training"), ("rank", 1, "LoRA rank"),
+                                ("row_len", 1, "tokens per packed row"), ("max_len", 1, "tokens in the longest prompt")):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low} ({what}), got {getattr(self, name)}")
+        if self.loss_on not in LOSS_ON:
+            raise ValueError(f"loss_on must be one of {LOSS_ON}, not {self.loss_on!r}")
+        if not (math.isfinite(self.lr) and self.lr >= 0):
+            raise ValueError(f"lr must be a finite number >= 0, got {self.lr}")
+        if not math.isfinite(self.alpha):
+            raise ValueError(f"alpha must be a finite number, got {self.alpha}")
+        if self.budget is not None and not (math.isfinite(self.budget) and self.budget > 0):
+            raise ValueError(f"budget must be a positive number of seconds, got {self.budget}")
+
+    def lora_config(self):
+        """The :class:`arcfast.lora.multi.LoRAConfig` of this recipe."""
+        from ..lora.multi import LoRAConfig
+
+        return LoRAConfig(r=self.rank, alpha=self.alpha, rslora=self.rslora, tokens=self.tokens)
+
+    def train_config(self, **more):
+        """The :class:`arcfast.train.trainer.TrainConfig` of this recipe (``more``: fields only one
+        command sets, e.g. train's schedule and weight decay)."""
+        from ..train.trainer import TrainConfig
+
+        return TrainConfig(lr=self.lr, steps=self.steps, warmup_ratio=self.warmup_ratio, cuda_graphs=self.cuda_graphs,
+                           embedding_lr=self.embedding_lr, **more)
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out)
+
+
+@dataclass
+class TTFTConfig(RecipeConfig):
+    """A run of `arcfast ttft` (or `arcfast eval`): the tasks, the workers, the per-task recipe's
+    sampling and batching, and inference."""
+    tasks: str = DEFAULT_TASKS
+    solutions: Optional[str] = None
+    backend: str = "auto"                  # auto | native | hf | unsloth
     recipe: Optional[str] = None           # the named recipe the fields below came from (arcfast.run.recipes)
     # with several workers (torchrun, --workers): "queue" (tasks pulled from a shared queue, longest
     # first; arcfast.run.queue) or "static" (worker r takes every world-th task)
@@ -41,17 +108,7 @@ class TTFTConfig:
     max_task_seconds: Optional[float] = None  # a group's training stops so that training and its
                                            # inference fit this many seconds (NVARC: 1,200 per task)
     # LoRA and optimisation (the recipe per task)
-    rank: int = 32
-    alpha: float = 64.0
-    rslora: bool = False                   # LoRA scaling alpha / sqrt(rank) instead of alpha / rank
-    tokens: tuple = ()                     # "embed_tokens" / "lm_head": their rows trained per task too
-    embedding_lr: Optional[float] = None   # those rows' learning rate (None: lr)
-    lr: float = 1e-4
-    steps: int = 100                       # optimizer steps per task at most
     samples_per_task: int = 1              # samples of every task in each step
-    loss_on: str = "target"                # target | outputs: also every demonstration output but the first
-    objectives: tuple = (("output", 1.0),)  # (name, weight): shares of the samples (arcfast.samples.objectives)
-    warmup_ratio: float = 0.1
     # the training samples (arcfast.samples.sampling, arcfast.arc.augment)
     geometric_aug: bool = True             # a dihedral transform drawn per sample (else identity only)
     color_aug: bool = True                 # a colour permutation drawn per sample
@@ -60,9 +117,6 @@ class TTFTConfig:
     swap_bug: bool = False                 # ablation only: the last train pair is never a target
     # batching
     tasks_per_group: int = 0               # 0: 8 on the CPU, 32 on a GPU
-    row_len: int = 8192
-    max_len: int = 8192                    # longest training prompt
-    cuda_graphs: bool = False              # replay training steps as CUDA graphs (native backend, GPU)
     # inference
     predictions: int = 8                   # per test input
     max_new_tokens: Optional[int] = None
@@ -77,28 +131,23 @@ class TTFTConfig:
                                            # or the verify objective, else 0: off)
     train: bool = True                     # False: predict with the base model / --adapter only
     # bookkeeping
-    resume: bool = False
     save_adapters: str = "all"             # all | none: write each task's adapter under adapters/
-    progress: bool = True
-    margin: Optional[float] = None         # safety margin in seconds (default: Deadline's)
 
     def __post_init__(self):
-        import math
-
         # Each refused value would otherwise run: all-fallback answers, silent defaults or a crash mid-run.
+        if self.budget is None:
+            raise ValueError("a ttft/eval run needs a budget (seconds)")
+        self.check_recipe()
         at_least = (("predictions", 1, "predictions per test input"),
-                    ("steps", 0, "optimizer steps per task; 0: predict without training"),
-                    ("rank", 1, "LoRA rank"),
                     ("samples_per_task", 1, "samples of each task in every step"),
                     ("tasks_per_group", 0, "tasks per packed batch; 0: 8 on the CPU, 32 on a GPU"),
-                    ("row_len", 1, "tokens per packed row"),
-                    ("max_len", 1, "tokens in the longest prompt"),
                     ("max_demos", 0, "demonstrations per sample; 0: every other train pair"))
         for name, low, what in at_least:
             if getattr(self, name) < low:
                 raise ValueError(f"{name} must be >= {low} ({what}), got {getattr(self, name)}")
+        import math
+
         from .recipes import recipe_fields
-        from ..samples.sampling import LOSS_ON
 
         recipe_fields(self.recipe)   # an unknown name is refused, naming the recipes
         if self.sharding not in ("queue", "static"):
@@ -107,21 +156,13 @@ class TTFTConfig:
             raise ValueError(f"max_task_seconds must be > 0, got {self.max_task_seconds}")
         if not self.lease_s > 0:
             raise ValueError(f"lease_s must be > 0, got {self.lease_s}")
-        if self.loss_on not in LOSS_ON:
-            raise ValueError(f"loss_on must be one of {LOSS_ON}, not {self.loss_on!r}")
         if self.max_candidates is not None and self.max_candidates < 1:
             raise ValueError(f"max_candidates must be >= 1 (or unset: never cut), got {self.max_candidates}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1 (or unset: from the 30x30 size limit), "
                              f"got {self.max_new_tokens}")
-        if not (math.isfinite(self.budget) and self.budget > 0):
-            raise ValueError(f"budget must be a positive number of seconds, got {self.budget}")
         if not 0.0 <= self.keep_zero_prob <= 1.0:
             raise ValueError(f"keep_zero_prob must lie in [0, 1], got {self.keep_zero_prob}")
-        if not (math.isfinite(self.lr) and self.lr >= 0):
-            raise ValueError(f"lr must be a finite number >= 0, got {self.lr}")
-        if not math.isfinite(self.alpha):
-            raise ValueError(f"alpha must be a finite number, got {self.alpha}")
         if self.save_adapters not in ("all", "none"):
             raise ValueError(f"save_adapters must be 'all' or 'none', not {self.save_adapters!r}")
         from ..infer.search import SEARCHES
@@ -158,10 +199,6 @@ class TTFTConfig:
         if self.rescore_top < 2:
             raise ValueError(f"rescore_top must be >= 2 (re-ranking one candidate changes nothing), "
                              f"got {self.rescore_top}")
-
-    @property
-    def out_dir(self) -> Path:
-        return Path(self.out)
 
     def sample_config(self):
         """The :class:`arcfast.samples.sampling.SampleConfig` of this recipe's training samples."""

@@ -60,6 +60,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from .config import RecipeConfig
 from ..budget.clock import Deadline, format_duration
 from ..budget.steps import StepAbandoned, StepPlanner
 from ..files import JsonLog, atomic_write
@@ -79,44 +80,31 @@ _BATCH_DEFAULTS = {"full": False, "objectives": "output=1", "wrong_from": [], "r
 
 
 @dataclass
-class FinetuneConfig:
-    data: list = field(default_factory=lambda: ["arc1:train=1.0"])   # SOURCE=WEIGHT specs
-    val: Optional[str] = None              # held-out task source for the validation loss
+class FinetuneConfig(RecipeConfig):
+    """A run of `arcfast train`: the shared settings (:class:`arcfast.run.config.RecipeConfig`, with
+    train's defaults), the data mixture, the schedule, checkpoints and validation."""
     model: str = "tiny"
     out: str = "runs/train"
-    adapter: Optional[str] = None          # PEFT adapter to start from (ignored when resuming);
-                                           # with full, merged into the weights
-    full: bool = False                     # train every weight (FullTrainer), write OUT/model
-    resume: bool = False
+    budget: Optional[float] = None         # seconds for the whole run (None: no limit)
     steps: int = 1000                      # total optimizer steps (the schedule length)
+    warmup_ratio: float = 0.02
+    data: list = field(default_factory=lambda: ["arc1:train=1.0"])   # SOURCE=WEIGHT specs
+    val: Optional[str] = None              # held-out task source for the validation loss
+    full: bool = False                     # train every weight (FullTrainer), write OUT/model; --adapter
+                                           # is then merged into the weights
     save_every: int = 100                  # checkpoint interval in steps (0: only at the end)
     keep_snapshots: bool = False           # also keep each checkpoint's weights as OUT/snapshots/step-N
     val_every: int = 0                     # 0: same as save_every
     val_batches: int = 8
     log_every: int = 10
-    budget: Optional[float] = None         # seconds for the whole run
-    margin: Optional[float] = None         # safety margin in seconds (default: Deadline's)
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
-    rank: int = 32
-    alpha: float = 64.0
-    rslora: bool = False                   # LoRA scaling alpha / sqrt(rank) instead of alpha / rank
-    tokens: tuple = ()                     # "embed_tokens" / "lm_head": the adapter's own rows of them
-    embedding_lr: Optional[float] = None   # those rows' learning rate (None: lr)
-    lr: float = 1e-4
-    warmup_ratio: float = 0.02
     schedule: str = "cosine"
     weight_decay: float = 0.0
-    row_len: int = 8192
     rows: int = 1
-    max_len: int = 8192
-    loss_on: str = "target"
-    objectives: tuple = (("output", 1.0),)  # (name, weight): shares of the samples (arcfast.samples.objectives)
     wrong_from: tuple = ()                 # eval run directories whose wrong predictions verify learns from
     threads: int = 2
-    progress: bool = True
-    cuda_graphs: bool = False              # LoRA steps replayed as CUDA graphs (fixed rows x row_len)
+
+    def __post_init__(self):
+        self.check_recipe()
 
     def batch_settings(self) -> dict:
         from ..samples.objectives import format_objectives, parse_objectives
@@ -158,10 +146,9 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
     :class:`arcfast.train.loss.StepStats`); returning True stops the run as a budget stop does
     (checkpoint and adapter written).
     """
-    from ..lora.multi import LoRAConfig
     from ..model.checkpoint import load_model
     from ..samples.sampling import OBJECTIVES, SampleConfig
-    from ..train.trainer import FullTrainer, TrainConfig, Trainer
+    from ..train.trainer import FullTrainer, Trainer
     from ..runtime import device as _device
     from ..runtime import dtype as _dtype
 
@@ -224,8 +211,7 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
 
         grow_vocab(model)   # the same rows every time: an adapter trained on them stays valid
         jlog(event="grow_vocab", vocab_size=model.config.vocab_size, objectives=format_objectives(objectives))
-    train_cfg = TrainConfig(lr=cfg.lr, steps=cfg.steps, warmup_ratio=cfg.warmup_ratio, schedule=cfg.schedule,
-                            weight_decay=cfg.weight_decay, cuda_graphs=cfg.cuda_graphs, embedding_lr=cfg.embedding_lr)
+    train_cfg = cfg.train_config(schedule=cfg.schedule, weight_decay=cfg.weight_decay)
     if cfg.full:
         if cfg.adapter and not state:
             from ..lora.adapters import merge_adapter
@@ -234,8 +220,7 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
             jlog(event="merge", adapter=str(cfg.adapter), layers=len(merged))
         trainer = FullTrainer(model, train_cfg)
     else:
-        trainer = Trainer(model, LoRAConfig(r=cfg.rank, alpha=cfg.alpha, rslora=cfg.rslora, tokens=cfg.tokens),
-                          train_cfg, n_adapters=1)
+        trainer = Trainer(model, cfg.lora_config(), train_cfg, n_adapters=1)
     if state:
         trainer.load_state_dict(state["trainer"])
         trainer.set_total_steps([0], cfg.steps)  # a longer --steps extends the schedule

@@ -170,13 +170,9 @@ class TTFTRun:
 
     def make_backend(self, model, n_adapters: int):
         from ..train.backends import make_backend, select_backend
-        from ..lora.multi import LoRAConfig
-        from ..train.trainer import TrainConfig
 
         cls, reason = select_backend(self.cfg.backend)
-        lora_cfg = LoRAConfig(r=self.cfg.rank, alpha=self.cfg.alpha, rslora=self.cfg.rslora, tokens=self.cfg.tokens)
-        train_cfg = TrainConfig(lr=self.cfg.lr, steps=self.cfg.steps, warmup_ratio=self.cfg.warmup_ratio,
-                                cuda_graphs=self.cfg.cuda_graphs, embedding_lr=self.cfg.embedding_lr)
+        lora_cfg, train_cfg = self.cfg.lora_config(), self.cfg.train_config()
         n = min(n_adapters, cls.max_adapters)
         backend = make_backend(cls.name, model, lora_cfg, train_cfg, n_adapters=n)
         return backend, lora_cfg, reason
