@@ -66,3 +66,30 @@ def test_hf_backend_scales_as_native(rslora):
     hf.load_adapter([0], tensors)
     batch = random_batch(np.random.default_rng(1))
     np.testing.assert_allclose(native.eval_loss(batch), hf.eval_loss(batch), rtol=1e-5)
+
+
+def test_inference_gets_the_trained_adapters_by_identity_and_every_backend_agrees():
+    """Training hands its adapters to inference as they are: the native backend's own table (the
+    same object, no PEFT round trip), and a PEFT-trained backend's converted once into a kept
+    table; the same adapter loaded into both gives the same weights in inference's table."""
+    from arcfast.train.backends import make_backend
+    from arcfast.train.backends.base import Backend
+    from arcfast.lora.multi import LoRAConfig
+    from arcfast.train.trainer import TrainConfig
+
+    model = load_model("tiny", seed=0)
+    lcfg = LoRAConfig(r=4, alpha=8)
+    tcfg = TrainConfig(attention="sdpa", lora_path="torch", ops="torch", loss="torch")
+    native, hf = make_backend("native", model, lcfg, tcfg, 3), make_backend("hf", model, lcfg, tcfg, 1)
+    g = torch.Generator().manual_seed(0)
+    tensors = {n: (torch.randn(a.shape, generator=g) * 0.1, torch.randn(b.shape, generator=g) * 0.1)
+               for n, (a, b) in native.lora.get(0).items()}
+    native.load_adapter([2], tensors)
+    hf.load_adapter([0], tensors)
+    lora = native.inference_lora(model)
+    assert lora is native.lora                                   # by identity: nothing copied
+    converted = Backend.inference_lora(native, model)            # the PEFT route, for comparison
+    torch.testing.assert_close(converted.weight, native.lora.weight, rtol=0, atol=0)
+    from_hf = hf.inference_lora(model)
+    assert from_hf is hf.inference_lora(model)                  # one kept table
+    torch.testing.assert_close(from_hf.weight[0], native.lora.weight[2], rtol=0, atol=0)

@@ -98,10 +98,10 @@ def test_a_failing_group_keeps_fallbacks_and_is_retried_on_resume(tmp_path, monk
     real = GroupInference.run
     bad = load_tasks(TASKS)[1].id
 
-    def predict(self, backend, group, runs, planner):
+    def predict(self, backend, group, runs, planner, slot_of):
         if any(t.id == bad for t in group):
             raise ValueError("a prompt builder bug")
-        return real(self, backend, group, runs, planner)
+        return real(self, backend, group, runs, planner, slot_of)
 
     monkeypatch.setattr(GroupInference, "run", predict)
     out = tmp_path / "run"

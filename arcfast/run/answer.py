@@ -32,21 +32,22 @@ class GroupInference:
     generator (kept between groups: its buffers and measured rates), and the seconds re-scoring and
     verification took per task, which the next group's generation leaves time for."""
 
-    def __init__(self, cfg, model, lora, deadline, log, status):
-        self.cfg, self.model, self.lora, self.deadline = cfg, model, lora, deadline
+    def __init__(self, cfg, model, deadline, log, status):
+        self.cfg, self.model, self.deadline = cfg, model, deadline
+        self.lora = None                # the adapters of the group being answered (see run)
+        self.slot_of: dict = {}         # task id -> its slot in them
         self.log, self.status = log, status
         self.generator = None
         self.score_s_per_token = 0.0    # measured by the last re-scoring call (0: none yet)
         self.rescore_s_per_task = 0.0   # the most re-scoring has taken per task of a group
         self.verify_s_per_task = 0.0    # the most verification has taken per task of a group
 
-    def run(self, backend, group, runs, planner) -> None:
-        """Predict every test input of ``group`` with its task's adapter (row i of the backend is
-        ``group[i]``), vote, re-score and verify where asked, and fill each task's answers,
-        candidates and metrics into ``runs`` (task id -> :class:`TaskRun`)."""
+    def run(self, backend, group, runs, planner, slot_of: dict) -> None:
+        """Predict every test input of ``group`` with its task's adapter as the backend trained it
+        (``slot_of``: task id -> its slot), vote, re-score and verify where asked, and fill each
+        task's answers, candidates and metrics into ``runs`` (task id -> :class:`TaskRun`)."""
         import torch
 
-        from ..lora.adapters import from_peft
         from ..infer.decoding import GenerationConfig
         from ..infer.generate import Generator
         from ..infer.predict import max_output_tokens, predict_tasks
@@ -54,14 +55,15 @@ class GroupInference:
         from ..answers.select import SCORED, VERIFIED, judge, ranks, select
         from ..answers.vote import vote
 
-        cfg, model, infer_lora = self.cfg, self.model, self.lora
+        cfg, model = self.cfg, self.model
         if self.deadline.expired():
             for t in group:
                 runs[t.id].error = "no time left for inference: fallback answers"
             return
-        for i in range(len(group)):
-            infer_lora.set(i, from_peft(backend.export_adapter(i)))
-        if self.generator is None:
+        # The adapters as trained (the native backend's own table: no copy, no PEFT round trip).
+        self.lora = infer_lora = backend.inference_lora(model)
+        self.slot_of = slot_of
+        if self.generator is None or self.generator.lora is not infer_lora:
             self.generator = Generator(model, infer_lora)
         max_new = cfg.max_new_tokens or max(max_output_tokens(t) for t in group)
         gen_cfg = GenerationConfig(max_new_tokens=max_new,
@@ -85,7 +87,7 @@ class GroupInference:
                "dfs": f" (depth-first search, p >= {cfg.min_prob:g})"}[cfg.search]
         self.status(f"predicting {n_inputs} test inputs x {cfg.predictions}{how}", force=True)
         with torch.no_grad():
-            preds = predict_tasks(model, group, list(range(len(group))), infer_lora,
+            preds = predict_tasks(model, group, [slot_of[t.id] for t in group], infer_lora,
                                   n_predictions=cfg.predictions, config=gen_cfg, generator=self.generator,
                                   max_prompt_len=cfg.max_len, seed=cfg.seed, on_error="skip", errors=errors,
                                   deadline=gen_stop, search=search, search_stats=search_stats)
@@ -150,7 +152,7 @@ class GroupInference:
             augs = test_time_augmentations(t, cfg.rescore, seed=cfg.seed + 1)
             for ti, cands in enumerate(voted[i]):
                 if len(cands) >= 2:
-                    jobs.append(RescoreJob(t, ti, cands[:cfg.rescore_top], augs, i))
+                    jobs.append(RescoreJob(t, ti, cands[:cfg.rescore_top], augs, self.slot_of[t.id]))
                     where.append((i, ti))
         if not jobs:
             return
@@ -200,7 +202,7 @@ class GroupInference:
             augs = test_time_augmentations(t, cfg.verify, seed=cfg.seed + VERIFY_SEED_OFFSET)
             for ti, cands in enumerate(voted[i]):
                 if len(cands) >= 2:
-                    jobs.append(VerifyJob(t, ti, cands, augs, i))
+                    jobs.append(VerifyJob(t, ti, cands, augs, self.slot_of[t.id]))
                     where.append((i, ti))
         if not jobs:
             return

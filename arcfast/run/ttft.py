@@ -131,6 +131,7 @@ class TTFTRun:
         self.progress = None             # the progress display (rank 0, unless quiet)
         self._where = ""                 # which group runs, for the progress display
         self.inference = None            # the GroupInference of the run's model (see run)
+        self.slot_of: dict = {}          # task id -> its adapter's slot in the backend (this group)
         self.steps_abandoned = 0         # training steps stopped part way by the deadline
         self.not_written: dict = {}
         self._paths_logged = set(fast_paths_off())   # switched off before this run: said then      # task id -> why its tasks/<id>.json could not be written
@@ -181,7 +182,6 @@ class TTFTRun:
     def run(self) -> dict:
         import torch
 
-        from ..lora.multi import MultiLoRA
         from .report import RunReport
         from ..answers.submission import SubmissionWriter
 
@@ -223,13 +223,12 @@ class TTFTRun:
                      used={k: getattr(cfg, k) for k in RECIPES[cfg.recipe]})
         if self.cfg.progress and self.rank == 0:
             print(msg, flush=True)
-        infer_lora = MultiLoRA(model, lora_cfg, group_size)
         pretrained = None
         if cfg.adapter:
             from ..lora.adapters import load_adapter_for
 
             # Read once, for every group.
-            pretrained = load_adapter_for(cfg.adapter, lora_cfg, infer_lora.peft_token_ids())
+            pretrained = load_adapter_for(cfg.adapter, lora_cfg, backend.peft_token_ids())
 
         todo = self._resume(mine, tasks) if cfg.resume else list(mine)
         if self.tq is not None:
@@ -244,7 +243,7 @@ class TTFTRun:
         planner = StepPlanner(self.deadline, max_steps=cfg.steps, groups=planned, inference_share=1 / 3)
 
         self.progress = self._progress(len(mine), len(mine) - len(todo))
-        self.inference = GroupInference(cfg, model, infer_lora, self.deadline, self.log, self._status)
+        self.inference = GroupInference(cfg, model, self.deadline, self.log, self._status)
         queue = deque(groups)
         while True:
             if not queue and self.tq is not None:
@@ -268,7 +267,7 @@ class TTFTRun:
                 with self.tq.heartbeat() if self.tq is not None else contextlib.nullcontext():
                     runs = self._train_group(backend, group, steps, planner, pretrained, lora_cfg)
                     t_inf = time.perf_counter()
-                    self.inference.run(backend, group, runs, planner)
+                    self.inference.run(backend, group, runs, planner, self.slot_of)
                 inference_s = time.perf_counter() - t_inf
                 planner.record_inference(inference_s, len(group))
                 failed = False
@@ -336,6 +335,7 @@ class TTFTRun:
         cfg = self.cfg
         runs = {t.id: TaskRun(t.id) for t in group}
         slots = list(range(len(group)))
+        self.slot_of = {t.id: s for t, s in zip(group, slots)}   # how inference finds each task's adapter
         seeds = [_task_seed(cfg.seed, t.id) for t in group]
         if pretrained is not None:
             backend.load_adapter(slots, pretrained, total_steps=max(1, steps))

@@ -24,6 +24,8 @@ class Backend:
       gate refuses one, :class:`arcfast.budget.steps.StepAbandoned` and nothing applied);
     - ``eval_loss(batch) -> np.ndarray [n_adapters]``;
     - ``export_adapter(i) -> dict`` (PEFT state dict) and ``save_adapter(i, path) -> Path``;
+    - ``inference_lora(model) -> MultiLoRA``: the trained adapters for inference, slot i = adapter i;
+    - ``peft_token_ids()``: the token ids of the adapters' own rows, as PEFT files name them;
     - ``recover()``: after a step raised (out of memory, say), drop what it left half done
       (accumulated gradients, cached blocks) so the next step starts clean.
     """
@@ -51,6 +53,24 @@ class Backend:
 
     def save_adapter(self, i: int, path, base_model: str = "", meta: Optional[dict] = None,
                      dtype=None) -> Path:
+        raise NotImplementedError
+
+    def inference_lora(self, model):
+        """The trained adapters as a :class:`arcfast.lora.multi.MultiLoRA` of ``model`` (slot i =
+        adapter i), for generation, search, scoring and verification. This default converts each
+        adapter from its PEFT weights into one MultiLoRA kept between calls (the backends that train
+        a PEFT model); :class:`NativeBackend` hands over the table it trains."""
+        from ...lora.adapters import from_peft
+        from ...lora.multi import MultiLoRA
+
+        lora = getattr(self, "_inference_lora", None)
+        if lora is None:
+            lora = self._inference_lora = MultiLoRA(model, self.lora_cfg, self.n_adapters)
+        for i in range(self.n_adapters):
+            lora.set(i, from_peft(self.export_adapter(i)))
+        return lora
+
+    def peft_token_ids(self):
         raise NotImplementedError
 
     def recover(self) -> None:

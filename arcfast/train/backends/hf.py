@@ -276,6 +276,9 @@ class HFBackend(Backend):
             out[path] = p.detach().float().cpu().clone()
         return out
 
+    def peft_token_ids(self):
+        return self._slots.peft_token_ids()
+
     def export_adapter(self, i: int = 0, dtype=None) -> dict:
         from ...lora.adapters import to_peft
 
