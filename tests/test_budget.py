@@ -175,3 +175,26 @@ def test_each_later_group_is_owed_its_measured_overhead():
     p.record_group_overhead(6.0)
     assert p.reserve_after_current() == pytest.approx(12.0)
     assert p.steps_for_next_group() == 27               # (100 - 3 x 6 s) / 3 / 1 s
+
+
+def test_fits_and_how_many_carry_the_one_safety_factor():
+    from arcfast.budget.clock import DEADLINE_SAFETY, fits, how_many
+
+    assert fits(100.0, 10.0, 100.0 + 10.0 * DEADLINE_SAFETY)
+    assert not fits(100.0, 10.0, 100.0 + 10.0 * DEADLINE_SAFETY - 1e-6)
+    assert how_many(0.0, 1.0, 10 * DEADLINE_SAFETY + 0.5) == 10
+    assert how_many(5.0, 1.0, 4.0) == 0 and how_many(0.0, 1.0, 0.9) == 0
+
+
+def test_inference_rates_keep_what_the_groups_measured():
+    from arcfast.budget.clock import InferenceRates
+
+    r = InferenceRates()
+    assert r.scoring_rate() is None and r.scoring_rate(2e-3) == 2e-3   # unmeasured: the prefill's
+    assert r.after_generation(4, rescore=True, verify=True) == 0.0
+    r.record_rescore(8.0, 4, 1e-3)
+    r.record_rescore(2.0, 4, 0.0)          # a call that scored nothing keeps the last rate
+    r.record_verify(12.0, 4)
+    assert r.scoring_rate(2e-3) == 1e-3
+    assert r.after_generation(2, rescore=True, verify=False) == 4.0    # the most per task, x2
+    assert r.after_generation(2, rescore=True, verify=True) == 10.0

@@ -17,6 +17,21 @@ from typing import Optional
 # (generation's prefill and decode chunks, scoring and verification batches, the DFS's steps).
 DEADLINE_SAFETY = 1.1
 
+
+
+def fits(now: float, seconds: float, deadline: float) -> bool:
+    """Whether work predicted (at a measured rate) to take ``seconds``, started at ``now``, ends by
+    ``deadline`` with the safety factor: the one question every stage asks before it starts."""
+    return now + DEADLINE_SAFETY * seconds <= deadline
+
+
+def how_many(now: float, each: float, deadline: float) -> int:
+    """How many pieces of work of ``each`` seconds fit between ``now`` and ``deadline`` (safety
+    factor included); 0 when none does."""
+    left = deadline - now
+    return int(left // (DEADLINE_SAFETY * each)) if left > 0 else 0
+
+
 _UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hr": 3600.0, "d": 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)\s*(d|h|hr|min|m|sec|s)?", re.IGNORECASE)
 
@@ -156,6 +171,34 @@ def forward_seconds(s_per_token: float, measured_len: Optional[int], n: int) -> 
     per-token cost grown by sqrt(2) per doubling of length beyond the measured one (attention: a
     long sequence's token costs more than a short one's), never shrunk below it."""
     return s_per_token * max(1.0, math.sqrt(n / max(1, measured_len or n))) * n
+
+
+class InferenceRates:
+    """What a run's inference measured, kept for the groups after: seconds per scored token (the
+    last re-scoring call's; verification plans with it too), and the most re-scoring and
+    verification took per task of a group, which the next group's generation leaves time for."""
+
+    def __init__(self):
+        self.score_s_per_token = 0.0
+        self.rescore_s_per_task = 0.0
+        self.verify_s_per_task = 0.0
+
+    def scoring_rate(self, prefill_s_per_token: float = 0.0) -> Optional[float]:
+        """Seconds per scored token to plan with: the last measured, else the generator's prefill
+        rate (a scoring forward is a prefill), else None (unplanned)."""
+        return self.score_s_per_token or prefill_s_per_token or None
+
+    def after_generation(self, n_tasks: int, rescore: bool, verify: bool) -> float:
+        """Seconds re-scoring and verification of ``n_tasks`` tasks are expected to take."""
+        return ((self.rescore_s_per_task if rescore else 0.0) + (self.verify_s_per_task if verify else 0.0)) * n_tasks
+
+    def record_rescore(self, seconds: float, n_tasks: int, s_per_token: float) -> None:
+        if s_per_token > 0:
+            self.score_s_per_token = s_per_token
+        self.rescore_s_per_task = max(self.rescore_s_per_task, seconds / n_tasks)
+
+    def record_verify(self, seconds: float, n_tasks: int) -> None:
+        self.verify_s_per_task = max(self.verify_s_per_task, seconds / n_tasks)
 
 
 class DecodeRates:

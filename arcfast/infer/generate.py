@@ -71,7 +71,7 @@ import numpy as np
 import torch
 
 from ..arc import tokens as T
-from ..budget.clock import DEADLINE_SAFETY, DecodeRates
+from ..budget.clock import DEADLINE_SAFETY, DecodeRates, fits, how_many
 from ..lora.decode import DecodeAdapters
 from ..runtime import fast_path_of, out_of_memory, switch_off
 from ..model.kv_cache import CacheDecode, CachePrefill
@@ -505,8 +505,7 @@ class Generator:
                     capture = 0.0
                     if self.cuda_graphs and (B, S, mode, sampling, seed) not in self._graphs:
                         capture = self.rates.capture or 0.0
-                    left = deadline - time.monotonic() - DEADLINE_SAFETY * capture
-                    fit = int(left // (DEADLINE_SAFETY * per_step)) if left > 0 else 0
+                    fit = how_many(time.monotonic() + DEADLINE_SAFETY * capture, per_step, deadline)
                     if fit < 1:
                         cut()
                         st.decode_s += time.perf_counter() - t0
@@ -600,8 +599,8 @@ class Generator:
                     skipped += take[i:]
                     break
                 per_prompt = self.rates.prefill_seconds(L)
-                if per_prompt is not None and now + DEADLINE_SAFETY * per_prompt * R > deadline:
-                    R = int((deadline - now) / (DEADLINE_SAFETY * per_prompt))
+                if per_prompt is not None and not fits(now, per_prompt * R, deadline):
+                    R = how_many(now, per_prompt, deadline)
                     if R < 1:
                         skipped.append(take[i])
                         i += 1

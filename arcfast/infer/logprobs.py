@@ -10,7 +10,7 @@ import numpy as np
 
 from ..arc import tokens as T
 from ..arc.augment import Augmentation
-from ..budget.clock import DEADLINE_SAFETY
+from ..budget.clock import fits
 from ..arc.task import Task
 from ..answers.vote import check_grid
 
@@ -369,7 +369,7 @@ def target_logprobs(model, lora, seqs: Sequences, batch_tokens: Optional[int] = 
         tokens = batch.tokens
         if deadline is not None:
             now = time.monotonic()
-            if now >= deadline or (rate is not None and now + DEADLINE_SAFETY * rate * tokens > deadline):
+            if now >= deadline or (rate is not None and not fits(now, rate * tokens, deadline)):
                 break
         t0 = time.perf_counter()
         lp = _forward_batch(model, lora, prompts, targets, seqs.adapters, batch.trees, rows, attention,

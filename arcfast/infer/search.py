@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 from ..arc import tokens as T
-from ..budget.clock import DEADLINE_SAFETY, forward_seconds
+from ..budget.clock import fits, forward_seconds, how_many
 from .decoding import MAX_NEW_TOKENS, PREFILL_PROBE_TOKENS, Generation
 from ..model.kv_cache import CacheDecode, CachePrefill, copy_rows
 from ..model.decoder import FusedAddNormStep
@@ -281,8 +281,8 @@ class _Search:
                         closed = True
                         break
                     per = forward_seconds(st.prefill_s_per_token, self._rate_len, L)
-                    if now + DEADLINE_SAFETY * per * R > self.deadline:
-                        R = int((self.deadline - now) / (DEADLINE_SAFETY * per))
+                    if not fits(now, per * R, self.deadline):
+                        R = how_many(now, per, self.deadline)
                         if R < 1:   # this prompt does not fit: the shorter ones after it may
                             st.cut_by_deadline += 1
                             qi += 1
@@ -318,7 +318,7 @@ class _Search:
             return False
         now = time.monotonic()
         est = self.stats.step_s[-1] if self.stats.step_s else 0.0
-        return now + DEADLINE_SAFETY * est > self.deadline
+        return not fits(now, est, self.deadline)
 
     def _probe(self, prompt, adapter: int, block: int) -> None:
         """Measure the prefill rate on the first ``PREFILL_PROBE_TOKENS`` tokens of ``prompt``, in

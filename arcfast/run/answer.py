@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import time
 
+from ..budget.clock import InferenceRates
+
 VERIFY_SEED_OFFSET = 2   # verification's augmentations: a seed apart from prediction's and re-scoring's
 
 
@@ -38,9 +40,7 @@ class GroupInference:
         self.slot_of: dict = {}         # task id -> its slot in them
         self.log, self.status = log, status
         self.generator = None
-        self.score_s_per_token = 0.0    # measured by the last re-scoring call (0: none yet)
-        self.rescore_s_per_task = 0.0   # the most re-scoring has taken per task of a group
-        self.verify_s_per_task = 0.0    # the most verification has taken per task of a group
+        self.rates = InferenceRates()
 
     def run(self, backend, group, runs, planner, slot_of: dict) -> None:
         """Predict every test input of ``group`` with its task's adapter as the backend trained it
@@ -78,8 +78,7 @@ class GroupInference:
         # Generation stops at the deadline less what the later groups are owed, and less what
         # re-scoring this group took per task before (measured; nothing before the first group).
         stop_at = self.deadline.clock() + max(0.0, planner.inference_seconds())
-        gen_stop = stop_at - ((self.rescore_s_per_task if cfg.rescore > 0 else 0.0)
-                              + (self.verify_s_per_task if cfg.verify > 0 else 0.0)) * len(group)
+        gen_stop = stop_at - self.rates.after_generation(len(group), cfg.rescore > 0, cfg.verify > 0)
         errors: dict = {}
         t0 = time.perf_counter()
         n_inputs = sum(len(t.test) for t in group)
@@ -166,15 +165,13 @@ class GroupInference:
         # before any, the generator's prefill (a scoring forward is a prefill). Test inputs are
         # scored in order and each one finished is used; no batch starts that would end past
         # stop_at, so a batch that cannot fit is never run.
-        rate = self.score_s_per_token or self.generator.stats.prefill_s_per_token or None
+        rate = self.rates.scoring_rate(self.generator.stats.prefill_s_per_token)
         sst = ScoreStats()
         t0 = time.perf_counter()
         out = score_jobs(jobs, score_sequences(model, infer_lora, seqs, deadline=stop_at, s_per_token=rate,
                                                stats=sst))
-        if sst.s_per_token > 0:
-            self.score_s_per_token = sst.s_per_token
         seconds = time.perf_counter() - t0
-        self.rescore_s_per_task = max(self.rescore_s_per_task, seconds / len(group))
+        self.rates.record_rescore(seconds, len(group), sst.s_per_token)
         if sst.batches == 0:
             self.log(event="rescore_skipped", tasks=ids, tokens=seqs.n_tokens,
                      first_batch_s=round((rate or 0.0) * min(seqs.n_tokens, default_batch_tokens(model.device)), 2),
@@ -208,7 +205,7 @@ class GroupInference:
             return
         st = VerifyStats()
         t0 = time.perf_counter()
-        rate = self.score_s_per_token or self.generator.stats.prefill_s_per_token or None
+        rate = self.rates.scoring_rate(self.generator.stats.prefill_s_per_token)
         try:
             out = verify_jobs(model, infer_lora, jobs, VerifyConfig(augmentations=cfg.verify), deadline=stop_at,
                               stats=st, max_prompt_len=cfg.max_len, s_per_token=rate)
@@ -216,7 +213,7 @@ class GroupInference:
             self.log(event="verify_skipped", tasks=sorted({group[i].id for i, _ in where}), reason=str(e))
             return
         seconds = time.perf_counter() - t0
-        self.verify_s_per_task = max(self.verify_s_per_task, seconds / len(group))
+        self.rates.record_verify(seconds, len(group))
         for (i, ti), cands in zip(where, out):
             voted[i][ti] = cands
         self.log(event="verify", tasks=sorted({group[i].id for i, _ in where}), test_inputs=len(jobs),
