@@ -173,7 +173,7 @@ def test_bad_input_is_named():
         dfs(m, [np.array([1, 2]), np.array([1, 99])])
     with pytest.raises(ValueError, match="adapter_ids"):
         dfs(m, [np.array([1, 2])], adapter_ids=[0, 1])
-    with pytest.raises(ValueError, match="no lora"):
+    with pytest.raises(ValueError, match="no LoRA was given"):
         dfs(m, [np.array([1, 2])], adapter_ids=[0])
     with pytest.raises(ValueError, match="min_prob"):
         SearchConfig(min_prob=0.0)

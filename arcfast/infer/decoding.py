@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -158,3 +159,41 @@ def choose_tokens(logits: torch.Tensor, keys: torch.Tensor, index: torch.Tensor,
             z = z.masked_fill(z < kth, float("-inf"))
         choice = (z + gumbel_noise(seed, keys, index, z.shape[-1])).argmax(dim=-1)
     return choice, logp.gather(1, choice[:, None])[:, 0]
+
+
+def check_requests(prompts: Sequence, adapter_ids: Optional[Sequence[int]], lora, vocab: int,
+                   keys: Optional[Sequence[int]] = None, who: str = "") -> tuple:
+    """``(prompts as int64 arrays, adapter ids int64 [n], keys int64 [n])`` of a generation or
+    search call, every problem a ValueError naming the prompt and the place: a prompt that is not a
+    non-empty 1-D integer array, a token id outside ``0..vocab-1``, an adapter id that is neither
+    -1 (the base model) nor a slot of ``lora``, counts of adapter ids or keys that differ from the
+    prompts'. ``who`` prefixes each message."""
+    out = []
+    for i, p in enumerate(prompts):
+        a = np.asarray(p)
+        if a.ndim != 1 or a.shape[0] == 0:
+            raise ValueError(f"{who}prompt {i}: must be a non-empty 1-D array of token ids, got shape {a.shape}")
+        if a.dtype.kind not in "iu":
+            raise ValueError(f"{who}prompt {i}: token ids must be integers, got dtype {a.dtype}")
+        bad = np.flatnonzero((a < 0) | (a >= vocab))
+        if bad.size:
+            raise ValueError(f"{who}prompt {i}: token id {int(a[bad[0]])} at position {int(bad[0])} is outside "
+                             f"the model's vocabulary 0..{vocab - 1}")
+        out.append(a.astype(np.int64))
+    n = len(out)
+    if adapter_ids is None:
+        adapters = np.full(n, -1, dtype=np.int64)
+    else:
+        adapters = np.asarray(adapter_ids, dtype=np.int64).reshape(-1)
+        if adapters.shape[0] != n:
+            raise ValueError(f"{who}{adapters.shape[0]} adapter_ids for {n} prompts")
+        n_ad = 0 if lora is None else lora.weight.shape[0]
+        bad = np.flatnonzero((adapters < -1) | (adapters >= n_ad))
+        if bad.size:
+            i = int(bad[0])
+            have = "no LoRA was given" if lora is None else f"the LoRA holds adapters 0..{n_ad - 1}"
+            raise ValueError(f"{who}prompt {i}: adapter id {int(adapters[i])} is invalid ({have}; -1 = base model)")
+    k = np.arange(n, dtype=np.int64) if keys is None else np.asarray(keys, dtype=np.int64).reshape(-1)
+    if k.shape[0] != n:
+        raise ValueError(f"{who}{k.shape[0]} keys for {n} prompts")
+    return out, adapters, k

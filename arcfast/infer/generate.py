@@ -77,7 +77,7 @@ from ..runtime import fast_path_of, out_of_memory, switch_off
 from ..model.kv_cache import CacheDecode, CachePrefill
 from ..model.decoder import FusedAddNormStep
 from .decoding import (
-    Generation, GenerationConfig, GenerationStats, LORA_MODES, PREFILL_PROBE_TOKENS, choose_tokens,
+    Generation, GenerationConfig, GenerationStats, LORA_MODES, PREFILL_PROBE_TOKENS, check_requests, choose_tokens,
 )
 
 log = logging.getLogger("arcfast.infer.generate")
@@ -402,7 +402,7 @@ class Generator:
         cfg = config or GenerationConfig()
         if overrides:
             cfg = GenerationConfig(**{**cfg.__dict__, **overrides})
-        prompts, adapters, keys = self._check(prompts, adapter_ids, keys)
+        prompts, adapters, keys = check_requests(prompts, adapter_ids, self.lora, self.cfg.input_vocab, keys)
         n_req = len(prompts)
         self.stats = st = GenerationStats(prompts=n_req)
         if n_req == 0:
@@ -535,38 +535,6 @@ class Generator:
         st.capture_s = self.rates.capture or 0.0
         st.generated_tokens = int(sum(r.n_tokens for r in results))
         return results
-
-    def _check(self, prompts, adapter_ids, keys):
-        V = self.cfg.input_vocab
-        out = []
-        for i, p in enumerate(prompts):
-            a = np.asarray(p)
-            if a.ndim != 1 or a.shape[0] == 0:
-                raise ValueError(f"prompt {i}: must be a non-empty 1-D array of token ids, got shape {a.shape}")
-            if a.dtype.kind not in "iu":
-                raise ValueError(f"prompt {i}: token ids must be integers, got dtype {a.dtype}")
-            bad = np.flatnonzero((a < 0) | (a >= V))
-            if bad.size:
-                raise ValueError(f"prompt {i}: token id {int(a[bad[0]])} at position {int(bad[0])} is outside "
-                                 f"the model's vocabulary 0..{V - 1}")
-            out.append(a.astype(np.int64))
-        n = len(out)
-        if adapter_ids is None:
-            adapters = np.full(n, -1, dtype=np.int64)
-        else:
-            adapters = np.asarray(adapter_ids, dtype=np.int64).reshape(-1)
-            if adapters.shape[0] != n:
-                raise ValueError(f"{adapters.shape[0]} adapter ids for {n} prompts")
-            n_ad = 0 if self.lora is None else self.lora.weight.shape[0]
-            bad = np.flatnonzero((adapters < -1) | (adapters >= n_ad))
-            if bad.size:
-                i = int(bad[0])
-                have = "no LoRA was given" if self.lora is None else f"the LoRA holds adapters 0..{n_ad - 1}"
-                raise ValueError(f"prompt {i}: adapter id {int(adapters[i])} is invalid ({have}; -1 = base model)")
-        k = np.arange(n, dtype=np.int64) if keys is None else np.asarray(keys, dtype=np.int64).reshape(-1)
-        if k.shape[0] != n:
-            raise ValueError(f"{k.shape[0]} keys for {n} prompts")
-        return out, adapters, k
 
     def _pad_rows(self, n: int, B: int) -> None:
         # Rows n..B-1 run with the batch but hold nothing: done from the start, so they never

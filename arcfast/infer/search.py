@@ -53,7 +53,7 @@ import torch
 
 from ..arc import tokens as T
 from ..budget.clock import fits, forward_seconds, how_many
-from .decoding import MAX_NEW_TOKENS, PREFILL_PROBE_TOKENS, Generation
+from .decoding import MAX_NEW_TOKENS, PREFILL_PROBE_TOKENS, Generation, check_requests
 from ..model.kv_cache import CacheDecode, CachePrefill, copy_rows
 from ..model.decoder import FusedAddNormStep
 
@@ -183,31 +183,6 @@ class _Tree:
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _check(prompts, adapter_ids, lora):
-    out = []
-    for i, p in enumerate(prompts):
-        a = np.asarray(p)
-        if a.ndim != 1 or a.size == 0 or a.dtype.kind not in "iu":
-            raise ValueError(f"dfs: prompt {i} must be a non-empty 1-D integer array, got shape {a.shape} "
-                             f"dtype {a.dtype}")
-        if a.min() < 0 or a.max() >= T.VOCAB_SIZE:
-            raise ValueError(f"dfs: prompt {i} holds id {int(a.max() if a.max() >= T.VOCAB_SIZE else a.min())} "
-                             f"outside the compact vocabulary 0..{T.VOCAB_SIZE - 1}")
-        out.append(a.astype(np.int64))
-    if adapter_ids is None:
-        ids = np.full(len(out), -1, np.int64)
-    else:
-        ids = np.asarray(adapter_ids, dtype=np.int64)
-        if ids.shape != (len(out),):
-            raise ValueError(f"dfs: {len(out)} prompts but adapter_ids of shape {ids.shape}")
-    if (ids >= 0).any():
-        if lora is None:
-            raise ValueError("dfs: adapter_ids name adapters but no lora was given")
-        if ids.max() >= lora.n_adapters:
-            raise ValueError(f"dfs: adapter {int(ids.max())} but the MultiLoRA holds {lora.n_adapters}")
-    return out, ids
 
 
 def _round_up(x: int, m: int) -> int:
@@ -472,7 +447,7 @@ def dfs(model, prompts: Sequence, adapter_ids: Optional[Sequence[int]] = None, l
     log-probability, highest first.
     """
     cfg = config or SearchConfig()
-    ps, ids = _check(prompts, adapter_ids, lora)
+    ps, ids, _ = check_requests(prompts, adapter_ids, lora, T.VOCAB_SIZE, who="dfs: ")
     st = stats if stats is not None else SearchStats()
     return _Search(model, lora, cfg, max_rows, deadline, st).run(ps, ids)
 
