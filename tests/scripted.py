@@ -33,7 +33,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from arcfast.arc import tokens as T
+from arcfast.arc import vocab as T
 from arcfast.infer.decoding import Generation, GenerationConfig, GenerationStats
 from arcfast.infer.generate import Generator
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from arcfast.arc import tokens as T
+from arcfast.arc import vocab as T
 from arcfast.lora.adapters import load_adapter, save_adapter
 from arcfast.lora.multi import LoRAConfig
 from arcfast.model.checkpoint import load_model, save_model

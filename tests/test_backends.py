@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from arcfast.arc import tokens as T
+from arcfast.arc import vocab as T
 from arcfast.train.backends import BackendUnavailable, backend_status, select_backend
 from arcfast.train.backends.unsloth import checkpoint_for_unsloth
 from arcfast.model.decoder import build_model

@@ -252,7 +252,7 @@ def _bigram_checkpoint(path):
 
     import torch
 
-    from arcfast.arc import tokens as T
+    from arcfast.arc import vocab as T
     from arcfast.model.decoder import build_model
     from arcfast.model.config import preset
     from arcfast.model.checkpoint import save_model

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import arcfast.infer.logprobs as score_mod
-from arcfast.arc import tokens as T
+from arcfast.arc import vocab as T
 from arcfast.infer.generate import Generator
 from arcfast.infer.predict import predict_tasks
 from arcfast.model.decoder import build_model, init_weights

@@ -19,7 +19,7 @@ import arcfast
 from arcfast.arc import formats as F
 from arcfast.arc.formats import FORMATS, TEXT_FORMATS, DecodeStatus as S
 from arcfast.reference import formats as R
-from arcfast.arc.tokens import EOG, INPUT, PAD, ROW
+from arcfast.arc.vocab import EOG, INPUT, PAD, ROW
 
 EXAMPLE = [[1, 2], [3, 0]]
 EXAMPLE_3X4 = [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 0, 1]]

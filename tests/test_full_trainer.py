@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from arcfast.arc import tokens as T
+from arcfast.arc import vocab as T
 from arcfast.lora.multi import LoRAConfig, MultiLoRA
 from arcfast.model.checkpoint import load_model
 from arcfast.model.hf import to_hf

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from arcfast.arc import tokens as T
+from arcfast.arc import vocab as T
 from arcfast.arc.formats import DecodeStatus
 from arcfast.lora.decode import _RowLoRA
 from arcfast.infer.decoding import MAX_NEW_TOKENS, Generation, GenerationConfig, choose_tokens
@@ -446,7 +446,7 @@ def test_deadline_stops_generation_and_keeps_every_output():
 def test_max_output_tokens_covers_fixed_and_scaled_outputs():
     from arcfast.infer.predict import max_output_tokens
     from arcfast.arc.task import Pair, Task
-    from arcfast.arc.tokens import grid_len
+    from arcfast.arc.vocab import grid_len
 
     z = lambda h, w: np.zeros((h, w), np.uint8)
     scaled = Task("up", [Pair(z(2, 3), z(6, 9))], [Pair(z(4, 2))])          # x3: test gives 12 x 6

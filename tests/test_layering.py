@@ -55,7 +55,7 @@ def _imports(name: str, path: Path):
             else:
                 mod = n.module or ""
             if n.module is None or mod == "arcfast":
-                for a in n.names:   # `from .. import _core`, `from . import tokens`
+                for a in n.names:   # `from .. import _core`, `from . import vocab`
                     yield f"{mod}.{a.name}", n.lineno
             else:
                 yield mod, n.lineno

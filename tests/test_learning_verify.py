@@ -36,7 +36,7 @@ import numpy as np
 import pytest
 import torch
 
-from arcfast.arc import augment, tokens as T
+from arcfast.arc import augment, vocab as T
 from arcfast.samples.mixture import shared_adapter
 from arcfast.arc.formats import encode
 from arcfast.model.decoder import build_model, grow_vocab

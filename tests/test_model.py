@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from arcfast.arc import tokens as T
+from arcfast.arc import vocab as T
 from arcfast.model.attention import PackedAttention, causal_attention, packed_mask
 from arcfast.model.config import PRESETS, ModelConfig, preset
 from arcfast.model.decoder import build_model

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from arcfast.arc import tokens as T
+from arcfast.arc import vocab as T
 from arcfast.model.config import ModelConfig, preset
 from arcfast.model.decoder import build_model, grow_vocab
 from arcfast.model.checkpoint import compact_token_ids, load_model, save_model

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from arcfast import _core
-from arcfast.arc import tokens as T
+from arcfast.arc import vocab as T
 from arcfast.arc.augment import AugmentConfig, Augmentation, Composition
 from arcfast.samples.packing import PackedStream
 from arcfast.samples.prompts import build_inference_prompts, build_verify_prompts

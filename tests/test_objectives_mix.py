@@ -61,7 +61,7 @@ def test_wrong_predictions_are_the_candidates_that_differ_from_the_solution(tmp_
 
 
 def test_packed_batches_say_each_samples_objective():
-    from arcfast.arc import tokens as T
+    from arcfast.arc import vocab as T
     from arcfast.arc.loading import load_tasks
     from arcfast.samples.packing import PackedStream, pack
     from arcfast.samples.sampling import SampleConfig, make_samples

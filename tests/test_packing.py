@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from arcfast.arc import tokens as T
+from arcfast.arc import vocab as T
 from arcfast.arc.augment import AugmentConfig
 from arcfast.samples.batch import PackedBatch
 from arcfast.samples.packing import PackedStream, best_fit_decreasing, pack, padded_fill

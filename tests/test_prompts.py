@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from arcfast.arc import tokens as T
+from arcfast.arc import vocab as T
 from arcfast.arc.augment import AugmentConfig, Augmentation, Composition
 from arcfast.samples.prompts import build_inference_prompt, build_inference_prompts, build_training_prompt
 from arcfast.reference import pipeline as R

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from arcfast.arc import tokens as T
+from arcfast.arc import vocab as T
 from arcfast.arc.augment import Augmentation, test_time_augmentations as tta
 from arcfast.infer.decoding import GenerationConfig
 from arcfast.infer.generate import generate

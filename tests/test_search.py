@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from arcfast.arc import tokens as T
+from arcfast.arc import vocab as T
 from arcfast.infer.decoding import GenerationConfig
 from arcfast.infer.generate import Generator
 from arcfast.lora.multi import LoRAConfig, MultiLoRA

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from arcfast.arc import tokens as T
+from arcfast.arc import vocab as T
 from arcfast.lora.adapters import load_adapter, lora_layers, token_rows
 from arcfast.lora.multi import LoRAConfig
 from arcfast.model.decoder import build_model

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from arcfast.arc import tokens as T
+from arcfast.arc import vocab as T
 from arcfast.model.decoder import build_model
 from arcfast.model.checkpoint import compact_token_ids, load_model
 from arcfast.model.hf import compact_tokenizer, to_hf

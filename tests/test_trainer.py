@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from arcfast.arc import tokens as T
+from arcfast.arc import vocab as T
 from arcfast.lora.multi import LoRAConfig, MultiLoRA
 from arcfast.model.decoder import build_model
 from arcfast.model.checkpoint import load_model

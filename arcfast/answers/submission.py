@@ -30,7 +30,7 @@ import numpy as np
 
 from ..files import atomic_write
 from ..arc.task import Task
-from ..arc.tokens import MAX_SIZE
+from ..arc.vocab import MAX_SIZE
 from .vote import check_grid
 
 FALLBACKS = ("input", "zero")

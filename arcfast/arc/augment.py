@@ -38,7 +38,7 @@ import numpy as np
 from .. import _core
 from .rng import Rng, combine, fnv1a64, shuffle
 from .task import Pair, Task
-from .tokens import MAX_SIZE
+from .vocab import MAX_SIZE
 
 N_TRANSFORMS = 8
 INVERSE_TRANSFORM = (0, 3, 2, 1, 4, 5, 6, 7)

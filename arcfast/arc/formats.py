@@ -33,7 +33,7 @@ from typing import Any, Sequence, Union
 import numpy as np
 
 from .. import _core
-from .tokens import MAX_SIZE
+from .vocab import MAX_SIZE
 
 __all__ = [
     "FORMATS",

@@ -93,7 +93,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 from ..files import write_json
 from .task import Task
-from .tokens import MAX_SIZE
+from .vocab import MAX_SIZE
 from .parse import (
     BUNDLED, FORMATS, PathLike, SKIPPED_FILE, SKIPPED_TASK, SPLITS, TaskLoadError, _Policy, _first_byte,
     logger,

@@ -59,7 +59,7 @@ def _sizes(ctx: Context) -> dict:
 def _prompts(n: int, length: int, seed: int = 0):
     import numpy as np
 
-    from ..arc import tokens as T
+    from ..arc import vocab as T
 
     rng = np.random.default_rng(seed)
     out = []
@@ -88,7 +88,7 @@ def _hf_peft(hf, lora, adapters):
 def _hf_generate(model, prompts, new, device, adapter_names=None):
     import torch
 
-    from ..arc import tokens as T
+    from ..arc import vocab as T
     from ..reference.generate import left_padded
 
     ids, mask = left_padded(prompts)

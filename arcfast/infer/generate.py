@@ -70,7 +70,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ..arc import tokens as T
+from ..arc import vocab as T
 from ..budget.clock import DEADLINE_SAFETY, DecodeRates, fits, how_many
 from ..lora.decode import DecodeAdapters
 from ..runtime import fast_path_of, out_of_memory, switch_off

@@ -8,7 +8,7 @@ from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from ..arc import tokens as T
+from ..arc import vocab as T
 from ..arc.augment import Augmentation
 from ..budget.clock import fits
 from ..arc.task import Task

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 from . import generate as _generate
-from ..arc import tokens as T
+from ..arc import vocab as T
 from .decoding import Generation, GenerationConfig
 
 

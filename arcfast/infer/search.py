@@ -51,7 +51,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ..arc import tokens as T
+from ..arc import vocab as T
 from ..budget.clock import fits, forward_seconds, how_many
 from .decoding import MAX_NEW_TOKENS, PREFILL_PROBE_TOKENS, Generation, check_requests
 from ..model.kv_cache import CacheDecode, CachePrefill, copy_rows

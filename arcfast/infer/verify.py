@@ -36,7 +36,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..arc import tokens as T
+from ..arc import vocab as T
 
 
 @dataclass(frozen=True)

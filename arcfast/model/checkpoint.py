@@ -9,7 +9,7 @@ from typing import Optional
 
 import torch
 
-from ..arc import tokens as T
+from ..arc import vocab as T
 from .config import CheckpointError, PRESETS, json_field, preset, read_json_object, read_safetensors
 from .decoder import CausalLM, build_model, rope_inv_freq
 from .hf import compact_tokenizer, config_from_hf, to_hf

@@ -9,7 +9,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..arc import tokens as T
+from ..arc import vocab as T
 
 
 FAMILIES = ("qwen2", "qwen3", "llama", "mistral")

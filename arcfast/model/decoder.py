@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..arc import tokens as T
+from ..arc import vocab as T
 from ..runtime import default_dtype, resolve_device, with_fallback
 from ..kernels.add_rmsnorm import add_rms_norm_reference
 from ..kernels.rmsnorm import rms_norm_reference

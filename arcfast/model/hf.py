@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..arc import tokens as T
+from ..arc import vocab as T
 from .config import CheckpointError, FAMILIES, ModelConfig, _REQUIRED, _json_kind, json_field
 from .decoder import CausalLM, rope_inv_freq
 

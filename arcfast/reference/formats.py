@@ -10,7 +10,7 @@ import operator
 import numpy as np
 
 from ..arc.formats import FORMATS, DecodeStatus
-from ..arc.tokens import EOG, MAX_SIZE, ROW
+from ..arc.vocab import EOG, MAX_SIZE, ROW
 
 S = DecodeStatus
 _WS = " \t\n\r\x0b\x0c"  # ASCII whitespace only: str.strip() would take Unicode spaces too

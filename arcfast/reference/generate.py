@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ..arc import tokens as T
+from ..arc import vocab as T
 
 
 @torch.no_grad()

@@ -58,7 +58,7 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from ..arc import tokens as T
+from ..arc import vocab as T
 from ..arc.rng import Rng, combine, fnv1a64, shuffle
 
 TAG_SAMPLE, TAG_EPOCH, TAG_OBJECTIVE, TAG_EPOCH_INPUT = 1, 2, 4, 5

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import torch
 
-from ..arc import tokens as T
+from ..arc import vocab as T
 from .generate import own_head
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..arc import tokens as T
+from ..arc import vocab as T
 from .score import target_logprobs_reference
 
 

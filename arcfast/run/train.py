@@ -132,7 +132,7 @@ def _load_source(source: str, what: str, logger) -> list:
 
 
 def _label_count(batch) -> int:
-    from ..arc import tokens as T
+    from ..arc import vocab as T
 
     return int((batch.labels[:, 1:] != T.IGNORE_INDEX).sum())
 

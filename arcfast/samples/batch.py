@@ -72,7 +72,7 @@ class PackedBatch:
             out[:, :L] = a
             return out
 
-        from ..arc import tokens as T
+        from ..arc import vocab as T
 
         sample_ids = pad(self.sample_ids, -1)
         return PackedBatch(pad(self.input_ids, T.PAD), pad(self.labels, T.IGNORE_INDEX), pad(self.position_ids, 0),
@@ -130,7 +130,7 @@ class PackedBatch:
         starts = np.argmax(inside[rows], axis=1)
         widths = inside[rows].sum(axis=1)
         R, L = len(rows), int(widths.max())
-        from ..arc import tokens as T
+        from ..arc import vocab as T
 
         out = {k: np.full((R, L), v, np.int32) for k, v in
                (("input_ids", T.PAD), ("labels", T.IGNORE_INDEX), ("position_ids", 0), ("sample_ids", -1),

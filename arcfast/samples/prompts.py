@@ -21,7 +21,7 @@ from .. import _core
 from ..arc.augment import Augmentation
 from .sampling import LOSS_ON, MODES, task_store
 from ..arc.task import Task
-from ..arc.tokens import MAX_SIZE
+from ..arc.vocab import MAX_SIZE
 
 
 def _aug_args(aug: Augmentation) -> tuple:

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..arc import tokens as T
+from ..arc import vocab as T
 from ..samples.batch import PackedBatch
 from .loss import K, StepStats, check_batch, loss_groups, model_ids, objective_shares, objective_stats
 from .optim import FACTORS, NEUTRAL, adamw_update, clip_per_adapter

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..arc import tokens as T
+from ..arc import vocab as T
 from ..model.attention import PackedAttention
 from ..samples.batch import PackedBatch
 from ..lora.multi import LoRAStep, MultiLoRA

@@ -57,7 +57,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ..arc import tokens as T
+from ..arc import vocab as T
 from ..runtime import fast_path, fast_path_of, out_of_memory, switch_off
 from ..samples.batch import PackedBatch
 from ..budget.steps import StepAbandoned, StepGate

@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ...arc import tokens as T
+from ...arc import vocab as T
 from ...budget.steps import StepGate
 from ...lora.multi import LoRAConfig, MultiLoRA
 from ..loss import StepStats

@@ -10,7 +10,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from ...arc import tokens as T
+from ...arc import vocab as T
 
 from .base import BackendUnavailable
 from .hf import HFBackend
