@@ -367,14 +367,14 @@ def test_predict_tasks_bad_task_skipped_or_named(model):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("lora_mode", ["gather", "grouped"])
 def test_cuda_graphs_equal_eager(lora_mode):
-    from arcfast.lora.decode import grouped_mm_ok
+    from arcfast.lora.routing import grouped_available
 
     torch.manual_seed(0)
     m = build_model(preset("tiny"), device="cuda", dtype=torch.bfloat16)
     init_weights(m, seed=1, std=0.3)
     with torch.no_grad():
         m.model.embed_tokens.weight[T.EOG] *= 2.5
-    if lora_mode == "grouped" and not grouped_mm_ok(m.device, m.dtype):
+    if lora_mode == "grouped" and not grouped_available(m.device, m.dtype):
         pytest.skip("torch._grouped_mm needs bf16 on sm90+")
     lora = MultiLoRA(m, LoRAConfig(r=8, alpha=16.0), n_adapters=3)
     with torch.no_grad():
@@ -644,11 +644,11 @@ def test_cuda_fused_grouped_equals_gather_and_unfused(monkeypatch):
     fused steps (grouped where sm90+, Triton segments, gather) against the per-projection gather
     step. The prefill is the same code for all, so the step's inputs are too."""
     import arcfast.infer.generate as G
-    from arcfast.lora.decode import grouped_mm_ok
+    from arcfast.lora.routing import grouped_available
 
     m = build_model(preset("tiny"), device="cuda", dtype=torch.bfloat16)
     init_weights(m, seed=1, std=0.3)
-    grouped = grouped_mm_ok(m.device, m.dtype)   # torch._grouped_mm: bf16 on sm90+
+    grouped = grouped_available(m.device, m.dtype)   # torch._grouped_mm: bf16 on sm90+
     lora = MultiLoRA(m, LoRAConfig(r=8, alpha=16.0), n_adapters=3)
     with torch.no_grad():
         lora.weight.copy_(torch.randn(lora.weight.shape, generator=torch.Generator().manual_seed(0)).cuda() * 0.3)

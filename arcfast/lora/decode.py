@@ -61,6 +61,7 @@ import torch.nn.functional as F
 
 from ..model.decoder import FusedAddNormStep
 from ..runtime import fast_path
+from .routing import grouped_available, triton_available
 
 log = logging.getLogger("arcfast.infer.generate")   # its warnings are the generator's
 
@@ -204,17 +205,6 @@ class _FusedRowLoRA(FusedAddNormStep):
         return self._linear("down", li, blk.mlp.ops.swiglu(gate, up), down.weight, down.bias)
 
 
-def triton_lora() -> bool:
-    from .routing import triton_available
-
-    return triton_available()
-
-
-def grouped_mm_ok(device: torch.device, dtype: torch.dtype) -> bool:
-    return (device.type == "cuda" and dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm")
-            and torch.cuda.get_device_capability(device) >= (9, 0))
-
-
 class DecodeAdapters:
     """The adapters of a decode batch: which slot each row reads, and the buffers each mode reads.
 
@@ -347,7 +337,7 @@ class DecodeAdapters:
                              f"{sorted(int(a) for a in present)}")
         elif self.lora_mode == "segments" and fast_path("triton") or (
                 self.lora_mode == "auto" and self.fuse_lora and self.cuda and fast_path("triton")
-                and not grouped_mm_ok(self.device, self.dtype) and triton_lora()):
+                and not grouped_available(self.device, self.dtype) and triton_available()):
             mode = "segments"
             order = np.argsort(ids, kind="stable")
             counts = np.bincount(ids, minlength=self.n_slots)
@@ -355,7 +345,7 @@ class DecodeAdapters:
             self.seg_order[:B].copy_(torch.from_numpy(order.astype(np.int32)))
             self.seg_offsets.copy_(torch.from_numpy(np.concatenate([[0], np.cumsum(counts), [B]]).astype(np.int32)))
         elif fast_path("grouped_gemm") and (self.lora_mode == "grouped" or (
-                self.lora_mode == "auto" and grouped_mm_ok(self.device, self.dtype))):
+                self.lora_mode == "auto" and grouped_available(self.device, self.dtype))):
             mode = "grouped"
             order = np.argsort(ids, kind="stable")
             counts = np.bincount(ids, minlength=self.n_slots)
