@@ -26,7 +26,9 @@ while read -r name hidden layers inter lr; do
     [ -n "$name" ] || continue
     .venv/bin/python - "$OUT/$name-init" "$hidden" "$layers" "$inter" <<'PY'
 import sys
-from arcfast.model.decoder import ModelConfig, build_model, save_model
+from arcfast.model.checkpoint import save_model
+from arcfast.model.config import ModelConfig
+from arcfast.model.decoder import build_model
 d, h, n, i = sys.argv[1], *map(int, sys.argv[2:])
 cfg = ModelConfig(family="qwen2", hidden_size=h, n_layers=n, n_heads=4, n_kv_heads=2, intermediate_size=i,
                   qkv_bias=True, tie_embeddings=True, name=f"sweep-{h}x{n}")
@@ -41,7 +43,7 @@ PY
     .venv/bin/python - "$OUT/$name" "$name" <<'PY' | tee -a "$OUT/summary.tsv"
 import sys
 from arcfast.bench.bench_learning import train_log_curve
-from arcfast.model.decoder import load_model
+from arcfast.model.checkpoint import load_model
 run, name = sys.argv[1], sys.argv[2]
 cum, val, _ = train_log_curve(run)
 steps = max(cum, default=0)

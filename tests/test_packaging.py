@@ -133,7 +133,8 @@ def test_without_triton_every_module_imports_and_a_cpu_run_trains_and_predicts(t
         assert not HAS_TRITON
 
         import torch
-        from arcfast.model.decoder import build_model, preset
+        from arcfast.model.config import preset
+        from arcfast.model.decoder import build_model
 
         model = build_model(preset("tiny"), device="cpu").eval()
         ids = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
