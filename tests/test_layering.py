@@ -140,3 +140,45 @@ def test_the_checks_catch_what_they_forbid(tmp_path):
     assert len(wrong) == 3 and "arcfast.run.ttft" in wrong[0]
     assert any("imports arcfast.infer " in w for w in wrong) and any("reference" in w for w in wrong)
     assert heavy_imports(mods, "arc") == [f"{bad}:5: torch"]
+
+
+# What an import inside a function may be for, in a module that imports torch at its top anyway:
+# an optional or slow package, a kernel (Triton), a command's own module, or a guarded import.
+LAZY_OK = HEAVY + ("flash_attn", "matplotlib", "tokenizers", "safetensors")
+LAZY_PARTS = ("arcfast.kernels", "arcfast.bench", "arcfast.cli", "arcfast.train.backends")
+
+
+def hidden_imports(modules) -> list:
+    """Imports inside functions of torch-importing modules that have no reason to hide: stdlib,
+    numpy, torch itself, or an arcfast module (a torch-free module hides its imports to stay
+    light, which is their reason)."""
+    import sys
+
+    found = []
+    for name, path in modules:
+        if _part(name) in FREE:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        top = {t.split(".")[0] for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))
+               for t in ([a.name for a in n.names] if isinstance(n, ast.Import) else [n.module or ""])}
+        if "torch" not in top:
+            continue
+        guarded = {id(c) for n in ast.walk(tree) if isinstance(n, (ast.Try, ast.If, ast.With))
+                   for c in ast.walk(n) if isinstance(c, (ast.Import, ast.ImportFrom))}
+        inner = {id(x): x for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+                 for x in ast.walk(f) if isinstance(x, (ast.Import, ast.ImportFrom))}
+        for n in inner.values():
+            if id(n) in guarded:
+                continue
+            targets = [t for t, line in _imports(name, path) if line == n.lineno]
+            for t in targets:
+                root = t.split(".")[0]
+                lazy = root in LAZY_OK or t.startswith(LAZY_PARTS) or (
+                    root == "torch" and "flex_attention" in t)   # torch >= 2.5 only
+                if not lazy and (root in sys.stdlib_module_names or root in ("numpy", "torch", "arcfast")):
+                    found.append(f"{path}:{n.lineno}: {t}")
+    return found
+
+
+def test_no_import_hides_in_a_function_without_a_reason():
+    assert hidden_imports(MODULES) == []

@@ -29,6 +29,8 @@ import math
 from dataclasses import replace
 from typing import Optional, Sequence
 
+import numpy as np
+
 from .vote import Candidate
 
 SELECTORS = ("vote", "poe", "nvarc", "verify", "vote+verify")
@@ -114,8 +116,6 @@ def judge(solutions: Sequence, candidates_per_test: Sequence[Sequence[Candidate]
     """How each selector does on the same candidates: ``{selector: {"vote_1": x, "vote_2": y}}``,
     the share of test inputs whose solution (``solutions[i]``, [h, w] colours) is the selector's
     first candidate, or among its first two (``arcfast.answers.metrics``' ``vote_1`` / ``vote_2``)."""
-    import numpy as np
-
     if len(solutions) != len(candidates_per_test) or not solutions:
         raise ValueError(f"judge: {len(solutions)} solutions for {len(candidates_per_test)} test inputs")
     out = {}

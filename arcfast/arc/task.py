@@ -1,6 +1,7 @@
 """The ARC task record every part of arcfast passes around."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -99,8 +100,6 @@ class Task:
         """A digest of everything that decides the task's answers: its id, every train pair and
         every test input and known output (shapes and cells). Equal tasks have equal
         fingerprints; a resumed run redoes a task whose fingerprint changed."""
-        import hashlib
-
         h = hashlib.sha256(id_bytes(self.id))
         for part, pairs in (("train", self.train), ("test", self.test)):
             h.update(f"|{part}:{len(pairs)}".encode())

@@ -20,12 +20,18 @@ import argparse
 import json
 import logging
 import os
+import platform
 import sys
+import tempfile
 import time
+from importlib import metadata
+from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from ..budget.clock import process_start
-from .args import _Help, _add_verbose, _no_task_loaded, _show_defaults
+from .args import _add_verbose, _Help, _no_task_loaded, _show_defaults
 from .run import _add_eval, _add_ttft
 
 
@@ -42,10 +48,8 @@ def _add_validate(sub) -> None:
 
 
 def cmd_validate(args) -> int:
-    import numpy as np
-
-    from ..arc.loading import load_tasks
     from ..arc.formats import decode_batch, encode_batch
+    from ..arc.loading import load_tasks
 
     t0 = time.perf_counter()
     problems: list = []
@@ -86,10 +90,6 @@ def check_out_dir(out, flag: str = "--out") -> None:
     be created — no permission, a read-only file system. Writability is tried, not guessed from
     permission bits (which do not bind root): an empty temporary directory is created there and
     removed at once. Raises ValueError naming the path and what is wrong."""
-    import os
-    import tempfile
-    from pathlib import Path
-
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{flag} {out}: an existing file, not a directory; give a directory "
@@ -111,8 +111,6 @@ def check_out_dir(out, flag: str = "--out") -> None:
 
 
 def _version(module: str) -> str:
-    from importlib import metadata
-
     try:
         return metadata.version(module)
     except metadata.PackageNotFoundError:
@@ -120,8 +118,6 @@ def _version(module: str) -> str:
 
 
 def cmd_info(args) -> int:
-    import platform
-
     from .. import __version__
 
     print(f"arcfast {__version__}, Python {platform.python_version()} ({platform.machine()}, "
@@ -142,8 +138,8 @@ def cmd_info(args) -> int:
     else:
         print("  no CUDA device: the CPU runs the plain PyTorch paths")
     try:
-        from ..model.attention import choose_impl
         from ..kernels._common import HAS_TRITON
+        from ..model.attention import choose_impl
 
         if torch.cuda.is_available():
             kernels = ("Triton kernels (LoRA, RMSNorm, SwiGLU, RoPE, cross-entropy)" if HAS_TRITON

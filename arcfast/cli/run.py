@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
+import subprocess
 import sys
 import time
 
 from .args import _add_verbose, _no_task_loaded, add_quiet, add_shared_flags
-
 
 # Exit status of a run (ttft, eval) that finished with a complete submission but could not write
 # some of its other outputs (adapters, task results: a full disk); 0 when everything was written.
@@ -18,10 +19,10 @@ EXIT_NOT_WRITTEN = 3
 
 def _add_run_flags(p, command: str) -> None:
     """The flags `arcfast ttft` and `arcfast eval` share, defined once (defaults: TTFTConfig)."""
-    from ..infer.search import SEARCHES
     from ..answers.select import SELECTORS
-    from ..run.recipes import RECIPES
+    from ..infer.search import SEARCHES
     from ..run.config import DEFAULT_BUDGET, DEFAULT_TASKS, TTFTConfig
+    from ..run.recipes import RECIPES
 
     d = TTFTConfig()
     ttft = command == "ttft"
@@ -124,8 +125,8 @@ def _add_run_flags(p, command: str) -> None:
 def _run_config(args, command: str):
     """The TTFTConfig of `arcfast ttft`/`arcfast eval` from their shared flags: the engine's
     defaults, then the --recipe's fields, then the flags given (``args.recipe_line`` says which)."""
-    from ..run.recipes import describe, resolve
     from ..run.config import TTFTConfig
+    from ..run.recipes import describe, resolve
 
     d_objectives = TTFTConfig.__dataclass_fields__["objectives"].default
     budget, margin = _budget_and_margin(args)
@@ -186,8 +187,8 @@ def _run(args, cfg) -> int:
     """Run ``cfg`` as this process, as one worker of several (torchrun's environment: the
     process group joined and left), or, with ``--workers N``, as the launcher of N local workers.
     Rank 0 prints the summary."""
-    from ..runtime import dist as _dist
     from ..run.ttft import TTFTRun
+    from ..runtime import dist as _dist
 
     rank, world = _dist()
     if args.workers < 1:
@@ -219,9 +220,6 @@ def _spawn_workers(args, cfg) -> int:
     """``--workers N`` on one machine: N processes of this same command, wired as torchrun would
     wire them (RANK, LOCAL_RANK (the GPU), WORLD_SIZE, a rendezvous on a free local port), one
     output directory, one budget counted from this process's start. Returns the worst exit code."""
-    import socket
-    import subprocess
-
     n = args.workers
     argv, skip = [], False
     for a in args.argv:   # the same command less --workers, with the output directory fixed

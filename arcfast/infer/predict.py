@@ -7,14 +7,16 @@ parsed grid; one :class:`arcfast.answers.vote.Prediction` per output, ready for 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-from . import generate as _generate
-from ..arc import vocab as T
-from .decoding import Generation, GenerationConfig
+import numpy as np
 
+from ..arc import vocab as T
+from . import generate as _generate
+from .decoding import Generation, GenerationConfig
 
 NO_INVERSE = "no_inverse"  # status of a parsed grid that no grid maps to under the augmentation
 
@@ -172,10 +174,6 @@ NO_COMPLETION = "no_completion"  # status of a searched prompt that gave no comp
 def _search_tasks(model, lora, prompts, jobs, names, out, search, config, deadline, stats):
     """:func:`predict_tasks` with depth-first search: every completion of every prompt decoded and
     un-augmented."""
-    import dataclasses
-
-    import numpy as np
-
     from ..arc.formats import decode_batch
     from .search import dfs
 

@@ -37,17 +37,16 @@ past the deadline at the measured seconds per token (:class:`ScoreStats` keeps t
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
 import numpy as np
 
-from ..arc.augment import Augmentation
-from ..arc.task import Task
 from ..answers.select import select
 from ..answers.vote import Candidate
+from ..arc.augment import Augmentation
+from ..arc.task import Task
 from .logprobs import ScoreItem, score_candidates
-
 
 # ----------------------------------------------------------------------------------------------
 # Re-ranking voted candidates
@@ -74,8 +73,6 @@ def score_jobs(jobs: Sequence[RescoreJob], scores: np.ndarray) -> list:
     """Each job's candidates, in the given order, each carrying its score under every augmentation
     of the job in ``logprobs`` (:mod:`arcfast.answers.select` ranks them), from ``scores`` float
     [len(rescore_items(jobs))]; ``None`` for a job with an unscored (NaN) item."""
-    from dataclasses import replace
-
     scores = np.asarray(scores, dtype=np.float64)
     want = sum(len(j.candidates) * len(j.augmentations) for j in jobs)
     if scores.shape != (want,):

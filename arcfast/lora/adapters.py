@@ -31,12 +31,16 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
 import torch
+import torch.nn as nn
 
 from ..files import fresh_dir, swap_in
+from ..model.config import CheckpointError, json_field, read_json_object, read_safetensors
+from ..model.decoder import Linear
 from .multi import TOKEN_MODULES, LoRAConfig
 
 CONFIG_NAME = "adapter_config.json"
@@ -201,8 +205,6 @@ def load_adapter(path) -> tuple[LoRAConfig, dict]:
 def _read_adapter(path) -> tuple[LoRAConfig, dict, Optional[list]]:
     """:func:`load_adapter`, and the model ids of the token rows where it saved PEFT's trainable
     tokens (``trainable_token_indices``; None for whole modules or no rows)."""
-    from ..model.config import CheckpointError, json_field, read_json_object, read_safetensors
-
     path = Path(path)
     cfg_file, w_file = path / CONFIG_NAME, path / WEIGHTS_NAME
     if not path.is_dir():
@@ -273,8 +275,6 @@ def _read_adapter(path) -> tuple[LoRAConfig, dict, Optional[list]]:
 
 def _token_fields(c: dict, cfg_file) -> tuple[list, Optional[list]]:
     """(modules with trained rows, their token ids or None) from an adapter_config.json dict."""
-    from ..model.config import CheckpointError
-
     mts, tti = c.get("modules_to_save"), c.get("trainable_token_indices")
     if mts is not None and not (isinstance(mts, list) and all(isinstance(m, str) for m in mts)):
         raise CheckpointError(f"{cfg_file}: 'modules_to_save' is {mts!r}; a list of module names is expected")
@@ -338,10 +338,6 @@ def merge_adapter(model, adapter) -> list:
     adapter attached. Returns the merged layer names (and module paths); raises ValueError naming
     the directory and the layer, before changing anything, when a layer is not in the model or its
     shape differs."""
-    import torch
-
-    from ..model.decoder import Linear
-
     cfg, tensors, ids = _read_adapter(adapter)
     rows = token_rows(tensors)
     tensors = lora_layers(tensors)
@@ -384,11 +380,6 @@ def _merge_rows(model, rows: dict, idx, whole: bool) -> None:
     """Write the adapter's token rows into ``model``. A tied head is untied first (its own copy of
     the embedding) where it gets rows of its own, or where the embedding's are whole modules, which
     PEFT gives the embedding alone; trainable tokens of a tied model are the head's rows too."""
-    import torch.nn as nn
-    from dataclasses import replace
-
-    from ..model.decoder import Linear
-
     if not rows:
         return
     emb = model.model.embed_tokens

@@ -40,6 +40,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..model.decoder import Linear
 from ..runtime import fast_path, out_of_memory, switch_off
 from .routing import Routing, grouped_available, lora_delta_grouped, lora_delta_torch, triton_available
 
@@ -148,7 +150,6 @@ class MultiLoRA(nn.Module):
 
     def __init__(self, model: nn.Module, cfg: LoRAConfig, n_adapters: int, device=None):
         super().__init__()
-        from ..model.decoder import Linear
 
         self.cfg = cfg
         self.n_adapters = n_adapters

@@ -86,7 +86,7 @@ def _doc_causal_mask_mod(sample_ids: torch.Tensor):
 
 @functools.lru_cache(maxsize=None)
 def _flex_fn(compiled: bool):
-    from torch.nn.attention.flex_attention import flex_attention
+    from torch.nn.attention.flex_attention import flex_attention  # torch >= 2.5 only
 
     return torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
 

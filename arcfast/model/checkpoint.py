@@ -10,10 +10,11 @@ from typing import Optional
 import torch
 
 from ..arc import vocab as T
-from .config import CheckpointError, PRESETS, json_field, preset, read_json_object, read_safetensors
+from ..models import SHIPPED, shipped_model
+from ..runtime import default_dtype, resolve_device
+from .config import PRESETS, CheckpointError, json_field, preset, read_json_object, read_safetensors
 from .decoder import CausalLM, build_model, rope_inv_freq
 from .hf import compact_tokenizer, config_from_hf, to_hf
-from ..runtime import default_dtype, resolve_device
 
 
 def load_model(path_or_preset: str, dtype=None, device=None, vocab: str = "compact",
@@ -27,8 +28,6 @@ def load_model(path_or_preset: str, dtype=None, device=None, vocab: str = "compa
     (each compact symbol's single token); ``"full"`` keeps the original vocabulary (the common
     recipe, and the baseline). Default dtype: fp32 on the CPU, bf16 on GPUs (fp16 without bf16).
     """
-    from ..models import SHIPPED, shipped_model
-
     p = Path(str(path_or_preset))
     if not p.is_dir() and str(path_or_preset) in SHIPPED:
         shipped = shipped_model(str(path_or_preset))

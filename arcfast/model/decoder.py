@@ -25,13 +25,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..arc import vocab as T
-from ..runtime import default_dtype, resolve_device, with_fallback
 from ..kernels.add_rmsnorm import add_rms_norm_reference
 from ..kernels.rmsnorm import rms_norm_reference
 from ..kernels.rope import rope_reference
 from ..kernels.swiglu import swiglu_reference
+from ..runtime import default_dtype, resolve_device, with_fallback
+from .attention import causal_attention
 from .config import ModelConfig
-
 
 # ----------------------------------------------------------------------------------------------
 # Plain-torch operations (the kernels in arcfast.kernels compute the same functions)
@@ -319,8 +319,6 @@ class CausalLM(nn.Module):
         :class:`arcfast.lora.multi.TokenStep` (default: the one of ``lora``, or of ``step``'s LoRA). Returns
         [R, L, hidden] in the model dtype.
         """
-        from .attention import causal_attention
-
         R, L = input_ids.shape
         if position_ids is None:
             position_ids = torch.arange(L, device=input_ids.device).expand(R, L)

@@ -4,6 +4,7 @@ candidates, selection, and the metrics where solutions are known. Every stage st
 the deadline, at rates it measured."""
 from __future__ import annotations
 
+import math
 import time
 
 from ..budget.clock import InferenceRates
@@ -16,8 +17,6 @@ def _candidate_record(c, predictions, ranks: dict) -> dict:
     predictions' mean per-token log-probability, its log-probability under each scoring
     augmentation (``None``: not scored), how many of its predictions each search found, and its
     place under each selector."""
-    import math
-
     found: dict = {}
     for m in c.members:
         how = predictions[m].search or "unknown"
@@ -48,12 +47,12 @@ class GroupInference:
         task's answers, candidates and metrics into ``runs`` (task id -> :class:`TaskRun`)."""
         import torch
 
+        from ..answers.select import SCORED, VERIFIED, judge, ranks, select
+        from ..answers.vote import vote
         from ..infer.decoding import GenerationConfig
         from ..infer.generate import Generator
         from ..infer.predict import max_output_tokens, predict_tasks
         from ..infer.search import SearchConfig, SearchStats
-        from ..answers.select import SCORED, VERIFIED, judge, ranks, select
-        from ..answers.vote import vote
 
         cfg, model = self.cfg, self.model
         if self.deadline.expired():
@@ -141,8 +140,8 @@ class GroupInference:
         even its first batch would not end by ``stop_at``; otherwise stopped between batches at
         ``stop_at`` (test inputs left unscored are ranked by their votes)."""
         from ..arc.augment import test_time_augmentations
-        from ..infer.rescore import RescoreJob, rescore_items, score_jobs
         from ..infer.logprobs import ScoreStats, build_sequences, default_batch_tokens, score_sequences
+        from ..infer.rescore import RescoreJob, rescore_items, score_jobs
 
         cfg, model, infer_lora = self.cfg, self.model, self.lora
         jobs, where = [], []

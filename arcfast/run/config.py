@@ -5,13 +5,12 @@ one place), and :class:`TTFTConfig`, a ttft/eval run; `arcfast train`'s
 made from these fields and defaults (:mod:`arcfast.cli.args`)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-
 from ..models import shipped_model
-
 
 # The embedded default: what `arcfast ttft` with no arguments runs (CPU, tiny model, seconds).
 DEFAULT_TASKS = "arc1:eval[:6]"
@@ -57,8 +56,6 @@ class RecipeConfig:
 
     def check_recipe(self) -> None:
         """ValueError naming the field for a shared setting that would otherwise run wrongly."""
-        import math
-
         from ..samples.sampling import LOSS_ON
 
         for name, low, what in (("steps", 0, "optimizer steps; 0: no training"), ("rank", 1, "LoRA rank"),
@@ -145,7 +142,6 @@ class TTFTConfig(RecipeConfig):
         for name, low, what in at_least:
             if getattr(self, name) < low:
                 raise ValueError(f"{name} must be >= {low} ({what}), got {getattr(self, name)}")
-        import math
 
         from .recipes import recipe_fields
 
@@ -165,8 +161,8 @@ class TTFTConfig(RecipeConfig):
             raise ValueError(f"keep_zero_prob must lie in [0, 1], got {self.keep_zero_prob}")
         if self.save_adapters not in ("all", "none"):
             raise ValueError(f"save_adapters must be 'all' or 'none', not {self.save_adapters!r}")
-        from ..infer.search import SEARCHES
         from ..answers.select import SCORED, VERIFIED, check_selector
+        from ..infer.search import SEARCHES
 
         if self.search not in SEARCHES:
             raise ValueError(f"search must be one of {', '.join(SEARCHES)}, not {self.search!r}")

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Optional, Union
 
@@ -138,8 +139,6 @@ class OutDir:
         starts with ``.``, so each is an adapter half written or half replaced). Only entries last
         modified before the ``time.time()`` instant ``older_than`` when it is given. Returns what
         was removed."""
-        import shutil
-
         def stale(p: Path) -> bool:
             try:
                 return older_than is None or p.lstat().st_mtime < older_than
@@ -162,8 +161,6 @@ class OutDir:
                     shutil.rmtree(p, ignore_errors=True)
                     removed.append(p)
         return removed
-
-
 
 
 __all__ = ["MAX_NAME", "OutDir", "fresh_dir", "task_filename", "task_id_from_filename"]

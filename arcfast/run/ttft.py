@@ -47,21 +47,22 @@ import contextlib
 import logging
 import math
 import time
+import zlib
 from collections import deque
 from dataclasses import asdict
 from typing import Optional
 
 import numpy as np
 
+from ..arc.task import id_bytes
 from ..budget.clock import Deadline, format_duration
 from ..budget.steps import StepAbandoned, StepPlanner
-from .outdir import OutDir
-from .answer import GroupInference
-from .records import TaskRun, read_task_record, read_task_records, write_task_record
 from ..files import JsonLog, write_json
-from ..runtime import fast_paths_off, device as _device, dist as _dist, dtype as _dtype
-from ..arc.task import id_bytes
+from ..runtime import device as _device, dist as _dist, dtype as _dtype, fast_paths_off
+from .answer import GroupInference
 from .config import TTFTConfig
+from .outdir import OutDir
+from .records import TaskRun, read_task_record, read_task_records, write_task_record
 
 # Seconds of the budget (margin included) that must be left for the report's plot to be drawn.
 PLOT_SECONDS = 3.0
@@ -77,8 +78,6 @@ ADAPTER_NOT_SAVED = "saving adapter: "
 # helpers
 
 def _task_seed(seed: int, task_id: str) -> int:
-    import zlib
-
     return (seed * 1_000_003 + zlib.crc32(id_bytes(task_id))) & 0x7FFFFFFF
 
 
@@ -182,8 +181,8 @@ class TTFTRun:
     def run(self) -> dict:
         import torch
 
-        from .report import RunReport
         from ..answers.submission import SubmissionWriter
+        from .report import RunReport
 
         cfg = self.cfg
         if self.rank == 0:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
@@ -50,8 +51,6 @@ def source_schedule(seed: int, segment: int, segment_len: int, weights: Sequence
 
 def shared_adapter(batch):
     """A copy of ``batch`` whose every token trains adapter 0 (padding stays -1)."""
-    from dataclasses import replace
-
     return replace(batch, adapter_ids=np.where(batch.adapter_ids >= 0, 0, -1).astype(np.int32))
 
 

@@ -38,6 +38,7 @@ at most ``MAX_VOCAB`` ids; :func:`graph_support` says which condition fails.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -46,6 +47,9 @@ import torch
 import torch.nn.functional as F
 
 from ..arc import vocab as T
+from ..lora.multi import LoRAStep
+from ..lora.routing import triton_available
+from ..model.attention import PackedAttention, varlen_available
 from ..samples.batch import PackedBatch
 from .loss import K, StepStats, check_batch, loss_groups, model_ids, objective_shares, objective_stats
 from .optim import FACTORS, NEUTRAL, adamw_update, clip_per_adapter
@@ -74,8 +78,6 @@ def segment_bucket(n_segments: int) -> int:
 
 def graph_support(trainer) -> Optional[str]:
     """None when ``trainer``'s step can be captured as a CUDA graph, else the reason it cannot."""
-    from ..lora.routing import triton_available
-
     m = trainer.model
     if m.device.type != "cuda":
         return "CUDA graphs need a CUDA device"
@@ -91,7 +93,6 @@ def graph_support(trainer) -> Optional[str]:
         return f"CUDA graphs compute the LM head at every position: vocabulary {m.config.vocab_size} > {MAX_VOCAB}"
     if trainer.cfg.attention not in ("auto", "varlen"):
         return f"CUDA graphs use varlen attention (attention={trainer.cfg.attention!r})"
-    from ..model.attention import varlen_available
 
     if not varlen_available():
         return "CUDA graphs need varlen attention (torch.nn.attention.varlen or flash_attn)"
@@ -216,17 +217,12 @@ class StaticStep:
         return losses.detach(), pair.detach(), norms
 
     def _eager_inputs(self, batch: PackedBatch, buf: _Buffers):
-        from ..model.attention import PackedAttention
-
         tr = self.trainer
         att = PackedAttention(buf.sample_ids, tr.cfg.attention, cu_seqlens=batch.cu_seqlens, dtype=tr.model.dtype)
         step = tr.lora.begin(batch.adapter_ids, tr.model.dtype, tr.cfg.lora_path, training=True)
         return att, step
 
     def _graph_inputs(self, buf: _Buffers, L: int):
-        from ..model.attention import PackedAttention
-        from ..lora.multi import LoRAStep
-
         tr = self.trainer
         att = PackedAttention.varlen_static(buf.sample_ids, buf.cu_seqlens, max_seqlen=L)
         step = LoRAStep(tr.lora, _DeviceRouting(buf.adapter_ids, tr.n_adapters), tr.model.dtype, "triton", True)
@@ -273,8 +269,6 @@ class StaticStep:
     def _give_up(self, err: Exception) -> None:
         """The first capture failed (an op that cannot be captured on this stack): run eagerly
         from now on. The warm-ups changed no state (neutral optimizer factors), so nothing is lost."""
-        import warnings
-
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         self._graphs.clear()

@@ -48,6 +48,7 @@ tokens in the batch, i.e. the loss HF computes for that task's samples as one pa
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 import time
 from dataclasses import dataclass
@@ -58,21 +59,16 @@ import numpy as np
 import torch
 
 from ..arc import vocab as T
+from ..budget.steps import StepAbandoned, StepGate
+from ..lora.adapters import load_adapter_for, save_adapter, to_peft
+from ..lora.multi import LoRAConfig, MultiLoRA
+from ..model.checkpoint import save_model
+from ..model.decoder import CausalLM
 from ..runtime import fast_path, fast_path_of, out_of_memory, switch_off
 from ..samples.batch import PackedBatch
-from ..budget.steps import StepAbandoned, StepGate
-from ..lora.multi import LoRAConfig, MultiLoRA
-from .loss import (
-    DeviceBatch,
-    StepStats,
-    objective_losses,
-    objective_stats,
-    pair_counts_of,
-    prepare_batch,
-)
-from ..model.decoder import CausalLM
-from .optim import MultiAdamW, clip_per_adapter, lr_factor
 from ..samples.sampling import OBJECTIVES
+from .loss import DeviceBatch, StepStats, objective_losses, objective_stats, pair_counts_of, prepare_batch
+from .optim import MultiAdamW, clip_per_adapter, lr_factor
 
 SCHEDULES = ("cosine", "linear", "constant")
 
@@ -117,8 +113,6 @@ class TrainConfig:
 
 def _kernels_available(*names: str) -> bool:
     """Whether the named Triton kernels can run: Triton importable and each kernel file present."""
-    import importlib.util
-
     from ..kernels._common import HAS_TRITON
 
     return HAS_TRITON and all(importlib.util.find_spec(f"arcfast.kernels.{n}") is not None for n in names)
@@ -222,8 +216,6 @@ class Trainer:
     def load_adapter(self, ids: Sequence[int], adapter, total_steps=None) -> None:
         """Start slots ``ids`` from a pretrained adapter (PEFT directory or ``{name: (A, B)}``),
         with fresh optimizer state. A different alpha is folded into B; the rank must match."""
-        from ..lora.adapters import load_adapter_for
-
         tensors = load_adapter_for(adapter, self.lora_cfg, self.lora.peft_token_ids()) \
             if isinstance(adapter, (str, Path)) else adapter
         ids = [int(i) for i in ids]
@@ -238,16 +230,12 @@ class Trainer:
 
     def export_adapter(self, i: int, dtype: Optional[torch.dtype] = None) -> dict:
         """Adapter ``i`` as a PEFT state dict (keys ``base_model.model.<layer>.lora_A.weight``...)."""
-        from ..lora.adapters import to_peft
-
         return to_peft(self.lora.get(i), dtype, self.lora.peft_token_ids())
 
     def save_adapter(self, i: int, path, base_model: str = "", meta: Optional[dict] = None,
                      dtype: Optional[torch.dtype] = None) -> Path:
         """Write adapter ``i`` as a PEFT directory (adapter_config.json + adapter_model.safetensors),
         in ``dtype`` (default fp32, the master weights)."""
-        from ..lora.adapters import save_adapter
-
         return save_adapter(path, self.lora.get(i), self.lora_cfg, base_model=base_model or self.model.config.name,
                             dtype=dtype, meta=meta, token_ids=self.lora.peft_token_ids())
 
@@ -566,8 +554,6 @@ class FullTrainer:
     # -- weights and checkpoints ---------------------------------------------------------------------
     def save_model(self, path) -> Path:
         """Write the model as a transformers checkpoint directory (see :func:`arcfast.model.checkpoint.save_model`)."""
-        from ..model.checkpoint import save_model
-
         return save_model(self.model, path)
 
     def state_dict(self) -> dict:

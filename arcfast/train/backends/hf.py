@@ -25,10 +25,12 @@ import torch
 
 from ...arc import vocab as T
 from ...budget.steps import StepGate
+from ...lora.adapters import load_adapter_for, save_adapter, to_peft
 from ...lora.multi import LoRAConfig, MultiLoRA
+from ...model.hf import to_hf
 from ..loss import StepStats
-from ..trainer import TrainConfig, unpack_samples
 from ..optim import lr_factor
+from ..trainer import TrainConfig, unpack_samples
 from .base import Backend
 
 
@@ -77,8 +79,6 @@ class HFBackend(Backend):
     # transformers model + PEFT LoRA (the unsloth backend overrides this)
     def _build(self, model, hf_model):
         from peft import LoraConfig, get_peft_model
-
-        from ...model.hf import to_hf
 
         hf = hf_model if hf_model is not None else to_hf(model)
         pc = LoraConfig(r=self.lora_cfg.r, lora_alpha=self.lora_cfg.alpha, lora_dropout=self.lora_cfg.dropout,
@@ -190,8 +190,6 @@ class HFBackend(Backend):
         self._fresh_optimizer(int(self.cfg.steps if total_steps is None else np.ravel(total_steps)[0]))
 
     def load_adapter(self, ids, adapter, total_steps=None) -> None:
-        from ...lora.adapters import load_adapter_for
-
         self._set_tensors(load_adapter_for(adapter, self.lora_cfg, self._slots.peft_token_ids())
                           if isinstance(adapter, (str, Path)) else adapter)
         self._fresh_optimizer(int(self.cfg.steps if total_steps is None else np.ravel(total_steps)[0]))
@@ -280,13 +278,9 @@ class HFBackend(Backend):
         return self._slots.peft_token_ids()
 
     def export_adapter(self, i: int = 0, dtype=None) -> dict:
-        from ...lora.adapters import to_peft
-
         return to_peft(self.adapter_tensors(), dtype, self._slots.peft_token_ids())
 
     def save_adapter(self, i: int, path, base_model: str = "", meta: Optional[dict] = None,
                      dtype=None) -> Path:
-        from ...lora.adapters import save_adapter
-
         return save_adapter(path, self.adapter_tensors(), self.lora_cfg, base_model or self.config.name,
                             dtype=dtype, meta=meta, token_ids=self._slots.peft_token_ids())
