@@ -177,7 +177,7 @@ def run_arcfast(s: dict, device: str, out: Path, search: str = "greedy", select:
     _sync(device)
     wall = time.perf_counter() - t0
     results = dict(ttft.results)
-    gen = ttft.inference.generator if ttft.inference is not None else None
+    gen = ttft.inference.decoder.generator if ttft.inference is not None else None
     group_size = gen.lora.weight.shape[0] if gen is not None else None
     del ttft
     _free(device)

@@ -8,6 +8,7 @@ import math
 import time
 
 from ..budget.clock import InferenceRates
+from ..infer.decoder import Decoder
 
 VERIFY_SEED_OFFSET = 2   # verification's augmentations: a seed apart from prediction's and re-scoring's
 
@@ -29,16 +30,15 @@ def _candidate_record(c, predictions, ranks: dict) -> dict:
 
 
 class GroupInference:
-    """Inference for the groups of one run: the model, the LoRA the adapters are handed to, the
-    generator (kept between groups: its buffers and measured rates), and the seconds re-scoring and
-    verification took per task, which the next group's generation leaves time for."""
+    """Inference for the groups of one run: one :class:`arcfast.infer.decoder.Decoder` (the model,
+    each group's trained adapters found by task id, the generator kept between groups) for
+    prediction, re-scoring and verification, and the rates they measured (re-scoring and
+    verification per task, which the next group's generation leaves time for)."""
 
     def __init__(self, cfg, model, deadline, log, status):
         self.cfg, self.model, self.deadline = cfg, model, deadline
-        self.lora = None                # the adapters of the group being answered (see run)
-        self.slot_of: dict = {}         # task id -> its slot in them
+        self.decoder = Decoder(model)   # the model and the group's adapters, by task id
         self.log, self.status = log, status
-        self.generator = None
         self.rates = InferenceRates()
 
     def run(self, backend, group, runs, planner, slot_of: dict) -> None:
@@ -50,20 +50,18 @@ class GroupInference:
         from ..answers.select import SCORED, VERIFIED, judge, ranks, select
         from ..answers.vote import vote
         from ..infer.decoding import GenerationConfig
-        from ..infer.generate import Generator
-        from ..infer.predict import max_output_tokens, predict_tasks
+        from ..infer.predict import max_output_tokens
         from ..infer.search import SearchConfig, SearchStats
 
-        cfg, model = self.cfg, self.model
+        cfg = self.cfg
         if self.deadline.expired():
             for t in group:
                 runs[t.id].error = "no time left for inference: fallback answers"
             return
-        # The adapters as trained (the native backend's own table: no copy, no PEFT round trip).
-        self.lora = infer_lora = backend.inference_lora(model)
-        self.slot_of = slot_of
-        if self.generator is None or self.generator.lora is not infer_lora:
-            self.generator = Generator(model, infer_lora)
+        # The adapters as trained (the native backend's own table: no copy, no PEFT round trip),
+        # each task's found by its id.
+        self.decoder.use(backend.inference_lora(self.model), slot_of)
+        generator = self.decoder.gen()
         max_new = cfg.max_new_tokens or max(max_output_tokens(t) for t in group)
         gen_cfg = GenerationConfig(max_new_tokens=max_new,
                                    temperature=cfg.temperature if cfg.search == "sample" else 0.0, seed=cfg.seed)
@@ -71,8 +69,8 @@ class GroupInference:
             if cfg.search == "dfs" else None
         # The first prefill is planned from what was measured: a training step's seconds per token
         # (a forward alone never costs more) until the generator measures its own.
-        self.generator.rates.prime(planner.sample_rates.slowest)
-        search_stats = SearchStats(prefill_s_per_token=self.generator.rates.prefill or 0.0) \
+        generator.rates.prime(planner.sample_rates.slowest)
+        search_stats = SearchStats(prefill_s_per_token=generator.rates.prefill or 0.0) \
             if search is not None else None
         # Generation stops at the deadline less what the later groups are owed, and less what
         # re-scoring this group took per task before (measured; nothing before the first group).
@@ -85,10 +83,9 @@ class GroupInference:
                "dfs": f" (depth-first search, p >= {cfg.min_prob:g})"}[cfg.search]
         self.status(f"predicting {n_inputs} test inputs x {cfg.predictions}{how}", force=True)
         with torch.no_grad():
-            preds = predict_tasks(model, group, [slot_of[t.id] for t in group], infer_lora,
-                                  n_predictions=cfg.predictions, config=gen_cfg, generator=self.generator,
-                                  max_prompt_len=cfg.max_len, seed=cfg.seed, on_error="skip", errors=errors,
-                                  deadline=gen_stop, search=search, search_stats=search_stats)
+            preds = self.decoder.predict(group, n_predictions=cfg.predictions, config=gen_cfg,
+                                         max_prompt_len=cfg.max_len, seed=cfg.seed, on_error="skip", errors=errors,
+                                         deadline=gen_stop, search=search, search_stats=search_stats)
         self.log(event="predict", tasks=[t.id for t in group], test_inputs=n_inputs,
                  predictions=sum(len(p) for per_test in preds for p in per_test),
                  tokens=sum(q.n_tokens for per_test in preds for p in per_test for q in p),
@@ -98,9 +95,9 @@ class GroupInference:
             self.log(event="search", tasks=[t.id for t in group], prompts=st.prompts, completions=st.completions,
                      steps=st.steps, tokens=st.node_steps, forks=st.forks, capped=st.capped,
                      cut_by_deadline=st.cut_by_deadline, seconds=round(st.prefill_s + st.decode_s, 3))
-        elif self.generator.stats.cut_by_deadline:   # the stats of this call (each call starts them anew)
+        elif generator.stats.cut_by_deadline:   # the stats of this call (each call starts them anew)
             self.log(event="inference_cut", tasks=[t.id for t in group],
-                     prompts=self.generator.stats.cut_by_deadline, reason="deadline")
+                     prompts=generator.stats.cut_by_deadline, reason="deadline")
         voted = [[vote(p, top_k=None) for p in per_test] for per_test in preds]
         if cfg.rescore > 0:
             self.status("scoring the voted candidates", force=True)
@@ -140,17 +137,17 @@ class GroupInference:
         even its first batch would not end by ``stop_at``; otherwise stopped between batches at
         ``stop_at`` (test inputs left unscored are ranked by their votes)."""
         from ..arc.augment import test_time_augmentations
-        from ..infer.logprobs import ScoreStats, build_sequences, default_batch_tokens, score_sequences
+        from ..infer.logprobs import ScoreStats, build_sequences, default_batch_tokens
         from ..infer.rescore import RescoreJob, rescore_items, score_jobs
 
-        cfg, model, infer_lora = self.cfg, self.model, self.lora
+        cfg, model = self.cfg, self.model
         jobs, where = [], []
         for i, t in enumerate(group):
             # A seed apart from the prediction's: the candidates are judged from other viewpoints.
             augs = test_time_augmentations(t, cfg.rescore, seed=cfg.seed + 1)
             for ti, cands in enumerate(voted[i]):
                 if len(cands) >= 2:
-                    jobs.append(RescoreJob(t, ti, cands[:cfg.rescore_top], augs, self.slot_of[t.id]))
+                    jobs.append(RescoreJob(t, ti, cands[:cfg.rescore_top], augs, self.decoder.slot(t.id)))
                     where.append((i, ti))
         if not jobs:
             return
@@ -164,10 +161,10 @@ class GroupInference:
         # before any, the generator's prefill (a scoring forward is a prefill). Test inputs are
         # scored in order and each one finished is used; no batch starts that would end past
         # stop_at, so a batch that cannot fit is never run.
-        rate = self.rates.scoring_rate(self.generator.stats.prefill_s_per_token)
+        rate = self.rates.scoring_rate(self.decoder.gen().stats.prefill_s_per_token)
         sst = ScoreStats()
         t0 = time.perf_counter()
-        out = score_jobs(jobs, score_sequences(model, infer_lora, seqs, deadline=stop_at, s_per_token=rate,
+        out = score_jobs(jobs, self.decoder.score(seqs, deadline=stop_at, s_per_token=rate,
                                                stats=sst))
         seconds = time.perf_counter() - t0
         self.rates.record_rescore(seconds, len(group), sst.s_per_token)
@@ -189,24 +186,24 @@ class GroupInference:
         input's adapter): each verified candidate gets its ``verdicts``, in place in ``voted``.
         Stopped between batches at ``stop_at``."""
         from ..arc.augment import test_time_augmentations
-        from ..infer.verify import VerifyConfig, VerifyJob, VerifyStats, verify_jobs
+        from ..infer.verify import VerifyConfig, VerifyJob, VerifyStats
 
-        cfg, model, infer_lora = self.cfg, self.model, self.lora
+        cfg = self.cfg
         jobs, where = [], []
         for i, t in enumerate(group):
             # Viewpoints apart from the prediction's and the re-scoring's.
             augs = test_time_augmentations(t, cfg.verify, seed=cfg.seed + VERIFY_SEED_OFFSET)
             for ti, cands in enumerate(voted[i]):
                 if len(cands) >= 2:
-                    jobs.append(VerifyJob(t, ti, cands, augs, self.slot_of[t.id]))
+                    jobs.append(VerifyJob(t, ti, cands, augs, self.decoder.slot(t.id)))
                     where.append((i, ti))
         if not jobs:
             return
         st = VerifyStats()
         t0 = time.perf_counter()
-        rate = self.rates.scoring_rate(self.generator.stats.prefill_s_per_token)
+        rate = self.rates.scoring_rate(self.decoder.gen().stats.prefill_s_per_token)
         try:
-            out = verify_jobs(model, infer_lora, jobs, VerifyConfig(augmentations=cfg.verify), deadline=stop_at,
+            out = self.decoder.verify(jobs, VerifyConfig(augmentations=cfg.verify), deadline=stop_at,
                               stats=st, max_prompt_len=cfg.max_len, s_per_token=rate)
         except ValueError as e:
             self.log(event="verify_skipped", tasks=sorted({group[i].id for i, _ in where}), reason=str(e))

@@ -272,7 +272,7 @@ class TTFTRun:
                 failed = False
             except Exception as e:   # one group's failure must not end the run
                 backend.recover()
-                self.inference.generator = None   # its buffers may be what ran out
+                self.inference.decoder.reset()   # its generator's buffers may be what ran out
                 if _out_of_memory(e) and len(group) > 1:
                     # Every group still queued is cut to the new size too: each would fail alike.
                     half = (len(group) + 1) // 2
