@@ -58,10 +58,8 @@ class RecipeConfig:
         """ValueError naming the field for a shared setting that would otherwise run wrongly."""
         from ..samples.sampling import LOSS_ON
 
-        for name, low, what in (("steps", 0, "optimizer steps; 0: no training"), ("rank", 1, "LoRA rank"),
-                                ("row_len", 1, "tokens per packed row"), ("max_len", 1, "tokens in the longest prompt")):
-            if getattr(self, name) < low:
-                raise ValueError(f"{name} must be >= {low} ({what}), got {getattr(self, name)}")
+        self.check_at_least((("steps", 0, "optimizer steps; 0: no training"), ("rank", 1, "LoRA rank"),
+                             ("row_len", 1, "tokens per packed row"), ("max_len", 1, "tokens in the longest prompt")))
         if self.loss_on not in LOSS_ON:
             raise ValueError(f"loss_on must be one of {LOSS_ON}, not {self.loss_on!r}")
         if not (math.isfinite(self.lr) and self.lr >= 0):
@@ -70,6 +68,12 @@ class RecipeConfig:
             raise ValueError(f"alpha must be a finite number, got {self.alpha}")
         if self.budget is not None and not (math.isfinite(self.budget) and self.budget > 0):
             raise ValueError(f"budget must be a positive number of seconds, got {self.budget}")
+
+    def check_at_least(self, bounds) -> None:
+        """ValueError for the first field of ``bounds`` ((name, lowest value, what it is)) below its bound."""
+        for name, low, what in bounds:
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low} ({what}), got {getattr(self, name)}")
 
     def lora_config(self):
         """The :class:`arcfast.lora.multi.LoRAConfig` of this recipe."""
@@ -135,13 +139,10 @@ class TTFTConfig(RecipeConfig):
         if self.budget is None:
             raise ValueError("a ttft/eval run needs a budget (seconds)")
         self.check_recipe()
-        at_least = (("predictions", 1, "predictions per test input"),
-                    ("samples_per_task", 1, "samples of each task in every step"),
-                    ("tasks_per_group", 0, "tasks per packed batch; 0: 8 on the CPU, 32 on a GPU"),
-                    ("max_demos", 0, "demonstrations per sample; 0: every other train pair"))
-        for name, low, what in at_least:
-            if getattr(self, name) < low:
-                raise ValueError(f"{name} must be >= {low} ({what}), got {getattr(self, name)}")
+        self.check_at_least((("predictions", 1, "predictions per test input"),
+                             ("samples_per_task", 1, "samples of each task in every step"),
+                             ("tasks_per_group", 0, "tasks per packed batch; 0: 8 on the CPU, 32 on a GPU"),
+                             ("max_demos", 0, "demonstrations per sample; 0: every other train pair")))
 
         from .recipes import recipe_fields
 
