@@ -134,5 +134,31 @@ def add_shared_flags(group, names, config, command: str, recipe=(), defaults=Non
         group.add_argument(*flags, **kw)
 
 
+def budget_and_margin(args) -> tuple:
+    """(budget, margin) in seconds from --budget and --margin: budget None where no --budget was
+    given (train), margin None for the default margin; a margin that leaves nothing is refused."""
+    from ..budget.clock import parse_duration
+
+    budget = parse_duration(args.budget) if args.budget else None
+    if args.margin is None:
+        return budget, None
+    if budget is None:
+        raise ValueError(f"--margin {args.margin} needs a --budget to keep it from")
+    margin = parse_duration(args.margin)
+    if margin >= budget:
+        raise ValueError(f"--margin {args.margin} leaves nothing of --budget {args.budget}")
+    return budget, margin
+
+
+def deadline_of(args, cfg):
+    """The Deadline of ``cfg``'s budget and margin, counted from when `arcfast.cli.main` started
+    (imports and loading included); None for a run without a budget."""
+    from ..budget.clock import Deadline
+
+    if cfg.budget is None:
+        return None
+    return Deadline(cfg.budget, margin=cfg.margin, start=getattr(args, "started", None))
+
+
 def add_quiet(p) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from .args import _add_verbose, _no_task_loaded, add_quiet, add_shared_flags
+from .args import _add_verbose, _no_task_loaded, add_quiet, add_shared_flags, budget_and_margin, deadline_of
 
 # Exit status of a run (ttft, eval) that finished with a complete submission but could not write
 # some of its other outputs (adapters, task results: a full disk); 0 when everything was written.
@@ -129,7 +129,7 @@ def _run_config(args, command: str):
     from ..run.recipes import describe, resolve
 
     d_objectives = TTFTConfig.__dataclass_fields__["objectives"].default
-    budget, margin = _budget_and_margin(args)
+    budget, margin = budget_and_margin(args)
     given = {k: getattr(args, k) for k in ("rank", "alpha", "rslora", "tokens", "embedding_lr", "lr", "steps",
                                            "samples_per_task", "predictions", "max_task_seconds")}
     recipe, overridden = resolve(args.recipe, given)
@@ -160,25 +160,6 @@ def _add_ttft(sub) -> None:
     p.set_defaults(func=cmd_ttft)
 
 
-def _budget_and_margin(args) -> tuple:
-    """(budget, margin) in seconds from --budget and --margin (None: the default margin)."""
-    from ..budget.clock import parse_duration
-
-    budget = parse_duration(args.budget)
-    if args.margin is None:
-        return budget, None
-    margin = parse_duration(args.margin)
-    if margin >= budget:
-        raise ValueError(f"--margin {args.margin} leaves nothing of --budget {args.budget}")
-    return budget, margin
-
-
-def _deadline(args, cfg):
-    from ..budget.clock import Deadline
-
-    return Deadline(cfg.budget, margin=cfg.margin, start=getattr(args, "started", None))
-
-
 def cmd_ttft(args) -> int:
     return _run(args, _run_config(args, "ttft"))
 
@@ -195,7 +176,7 @@ def _run(args, cfg) -> int:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     if args.workers > 1 and world == 1:
         return _spawn_workers(args, cfg)
-    deadline = _deadline(args, cfg)
+    deadline = deadline_of(args, cfg)
     if rank == 0:
         _note_random_weights(cfg.model)
         _note_recipe(args)

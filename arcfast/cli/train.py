@@ -4,9 +4,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from ..budget.clock import Deadline, parse_duration
 from ..run.train import FinetuneConfig, run_train
-from .args import add_quiet, add_shared_flags
+from .args import add_quiet, add_shared_flags, budget_and_margin, deadline_of
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
@@ -61,10 +60,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
 def config_from_args(args) -> FinetuneConfig:
     from ..samples.objectives import parse_objectives
 
-    budget = parse_duration(args.budget) if args.budget else None
-    margin = parse_duration(args.margin) if args.margin else None
-    if margin is not None and (budget is None or margin >= budget):
-        raise ValueError(f"--margin {args.margin} needs a --budget larger than it")
+    budget, margin = budget_and_margin(args)
     return FinetuneConfig(
         data=args.data or ["arc1:train=1.0"], val=args.val, model=args.model,
         out=args.out or time.strftime("runs/train-%Y%m%d-%H%M%S"), adapter=args.adapter, full=args.full,
@@ -82,11 +78,7 @@ def config_from_args(args) -> FinetuneConfig:
 def cmd_train(args) -> int:
     """The ``arcfast train`` entry point: runs :func:`run_train` and prints a summary."""
     cfg = config_from_args(args)
-    deadline = None
-    if cfg.budget is not None:
-        # The budget counts from when `arcfast.cli.main` started (imports and loading included).
-        deadline = Deadline(cfg.budget, margin=cfg.margin, start=getattr(args, "started", None))
-    s = run_train(cfg, deadline=deadline)
+    s = run_train(cfg, deadline=deadline_of(args, cfg))
     val = f", val loss {s['val_loss']:.4f}" if s["val_loss"] is not None else ""
     print(f"\n{s['steps']}/{s['target_steps']} steps ({s['stopped']}) in {s['seconds']:.1f}s, "
           f"{s['tokens_per_s']:,.0f} tok/s{val}\n"
