@@ -166,7 +166,7 @@ def plain_retry(trainer, step, batch: PackedBatch, gate: Optional[StepGate]) -> 
         trainer.model.set_ops("torch")
         trainer.ops, trainer.loss_impl = "torch", "torch"
     if not fast_path("cuda_graphs") and getattr(trainer, "_graphed", None) is not None:
-        trainer._graphed, trainer._graph_refusal = None, "off: the capture failed"
+        trainer._graphs_off()
     return step(batch, gate)
 
 
@@ -291,8 +291,12 @@ class Trainer:
             if out_of_memory(e) or fast_path_of(e) not in (None, "cuda_graphs") or not switch_off("cuda_graphs", e):
                 raise
         self._drop_gradient()
-        self._graphed, self._graph_refusal = None, "off: the capture failed"
+        self._graphs_off()
         return self._step(batch)
+
+    def _graphs_off(self) -> None:
+        """Eager steps from now on: CUDA graphs were switched off (arcfast.runtime)."""
+        self._graphed, self._graph_refusal = None, "off: the capture failed"
 
     def _accumulate(self, batch: PackedBatch, gate: StepGate):
         """Forward and backward of ``batch`` in micro-batches through ``gate`` (see :meth:`step`):
