@@ -88,7 +88,7 @@ _FRAMES = (
     ("/torch/nn/attention/varlen", "varlen_attention"), ("/flash_attn/", "varlen_attention"),
     ("/torch/cuda/graphs", "cuda_graphs"), ("/arcfast/train/graph.py", "cuda_graphs"),
 )
-_FUNCTIONS = {"lora_delta_grouped": "grouped_gemm", "_capture": "cuda_graphs", "_flex_fn": "flex_attention",
+_FUNCTIONS = {"lora_delta_grouped": "grouped_gemm", "_flex_fn": "flex_attention",
               "_varlen": "varlen_attention"}
 
 
