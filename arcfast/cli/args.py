@@ -60,8 +60,10 @@ SHARED_FLAGS = {
                                           "with --full merged into the weights first)")),
     "out": (("--out",), dict(help="output directory (default: runs/{command}-<date>-<time>)")),
     "resume": (("--resume",), dict(action="store_true",
-                                   help="continue the run in --out: keep the tasks it finished (ttft, eval), "
-                                        "or go on from OUT/checkpoint (train)")),
+                                   help="continue the run in --out: keep the tasks it finished whose task is "
+                                        "unchanged (same id, train pairs and test inputs) and run the changed "
+                                        "and new ones (ttft, eval), or go on from OUT/checkpoint to the weights "
+                                        "an uninterrupted run would reach (train)")),
     "budget": (("--budget",), dict(help="wall time for the whole run from the start of the process, e.g. 11h, "
                                         "30m, 90s")),
     "margin": (("--margin",), dict(help="time kept back from the budget for writing the results, e.g. 30s "
@@ -72,8 +74,16 @@ SHARED_FLAGS = {
     "cuda_graphs": (("--cuda-graphs",), dict(action="store_true",
                                              help="replay each training step as a CUDA graph (native LoRA steps on "
                                                   "a GPU; falls back to eager steps, and says why, where it cannot)")),
+    "report_to": (("--report-to",), dict(nargs="+", choices=("tensorboard", "wandb", "none"), metavar="TRACKER",
+                                         help="also write the metrics (losses, learning rate, tokens/s, each "
+                                              "finished task's, the run's) to tensorboard (event files under "
+                                              "OUT/tensorboard: tensorboard --logdir OUT) and/or wandb (a W&B "
+                                              "run under OUT/wandb, project arcfast; offline unless WANDB_MODE "
+                                              "or WANDB_API_KEY is set); pip install 'arcfast[tensorboard]' or "
+                                              "'arcfast[wandb]'; none: only OUT/log.jsonl")),
     "rank": (("--rank",), dict(type=int, help="LoRA rank")),
-    "alpha": (("--alpha",), dict(type=float, help="LoRA alpha")),
+    "alpha": (("--alpha",), dict(type=float, help="LoRA alpha: the update is scaled by alpha/rank "
+                                                  "(alpha/sqrt(rank) with --rslora)")),
     "rslora": (("--rslora",), dict(action="store_true",
                                    help="rank-stabilised LoRA: scale by alpha/sqrt(rank) instead of alpha/rank "
                                         "(PEFT's use_rslora), for high ranks such as 256")),

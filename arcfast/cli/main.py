@@ -4,6 +4,8 @@
     arcfast train --data arc1:train=1 --data barc.jsonl=0.5 --val arc1:eval[:20] --model PATH --out DIR [--full]
     arcfast eval --tasks SOURCE [--model PATH] [--adapter DIR] [--ttft] [--search dfs] [--select nvarc]
     arcfast validate SOURCE [--solutions PATH] [--max-size 30]
+    arcfast report RUN [--solutions FILE]                     # report.html (and the others) again
+    arcfast compare RUN_A RUN_B [...] [--out compare.html]    # runs side by side
     arcfast bench [--quick] [-k NAME] [--set KEY=VALUE]      # python -m arcfast.bench
     arcfast info
 
@@ -32,6 +34,7 @@ import numpy as np
 
 from ..budget.clock import process_start
 from .args import _add_verbose, _Help, _no_task_loaded, _show_defaults
+from .pages import add_compare_parser, add_report_parser
 from .run import _add_eval, _add_ttft
 
 
@@ -177,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verbose(add_train_parser(sub))
     _add_eval(sub)
     _add_validate(sub)
+    add_report_parser(sub)
+    add_compare_parser(sub)
     info = sub.add_parser("info", help="versions, the device, and which backends and kernels run here")
     _add_verbose(info)
     info.set_defaults(func=cmd_info)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -35,14 +36,16 @@ def _add_run_flags(p, command: str) -> None:
         g.add_argument("--tasks", required=True,
                        help="task source with solutions (e.g. arc1:eval, arc1:train[:50])")
     g.add_argument("--solutions", default=None, help="solutions file, when not found beside the challenges")
-    add_shared_flags(g, ("model", "adapter", "budget", "margin", "out", "resume"), d, command,
+    add_shared_flags(g, ("model", "adapter", "budget", "margin", "out", "resume", "report_to"), d, command,
                      defaults={"budget": DEFAULT_BUDGET if ttft else "24h"})
     g.add_argument("--save-adapters", default=d.save_adapters, choices=("all", "none"),
                    help="write each task's trained adapter under OUT/adapters (none: only the answers; "
                         "400 adapters of a 0.5B model at rank 32 take about 14 GB)")
     g = p.add_argument_group("engine")
     g.add_argument("--backend", default=d.backend, choices=("auto", "native", "hf", "unsloth"),
-                   help="the trainer: native (many tasks per packed batch), hf (transformers + PEFT), unsloth")
+                   help="the trainer: native (many tasks per packed batch), hf (transformers + PEFT, one task "
+                        "at a time), unsloth (where it is installed); auto is native; the run prints which it "
+                        "uses and why")
     add_shared_flags(g, ("device", "dtype", "seed"), d, command)
     g.add_argument("--workers", type=int, default=1,
                    help="worker processes on this machine, one per GPU, pulling tasks from one shared "
@@ -61,8 +64,10 @@ def _add_run_flags(p, command: str) -> None:
     # the engine's default (shown in each help).
     g.add_argument("--recipe", choices=sorted(RECIPES), default=None,
                    help="a named recipe that sets the fields below (printed at the start; a flag given "
-                        "beside it wins): nvarc (r=256, alpha 32, rsLoRA, lr 5e-5, batch 1), arc24 (r=128, "
-                        "lr 8e-5, 300 steps, 96 predictions); see arcfast/run/recipes.py")
+                        "beside it wins): nvarc (r=256, alpha 32, rsLoRA, each task's embedding and LM-head "
+                        "rows, lr 5e-5, warm-up 0.1, batch 1, 64 steps, --max-task-seconds 1200), arc24 "
+                        "(r=128, lr 8e-5, warm-up 0.1, 300 steps at batch 1, 96 predictions); see "
+                        "arcfast/run/recipes.py")
     via_recipe = ("rank", "alpha", "rslora", "tokens", "embedding_lr", "lr", "steps")
     add_shared_flags(g, via_recipe, d, command, recipe=via_recipe)
     g.add_argument("--max-task-seconds", type=float, default=None, metavar="S",
@@ -97,7 +102,8 @@ def _add_run_flags(p, command: str) -> None:
                    help="how each augmented prompt is decoded: greedy (one output), sample (one output at "
                         "--temperature), dfs (every output of probability >= --min-prob, found depth-first)")
     g.add_argument("--min-prob", type=float, default=d.min_prob, metavar="P",
-                   help="with --search dfs: the probability an output needs to be found")
+                   help="with --search dfs: the probability an output needs to be found (at most 1/P outputs "
+                        "reach it; the greedy one is always kept too)")
     g.add_argument("--max-candidates", type=int, default=None, metavar="N",
                    help="with --search dfs: outputs per augmented prompt after which its search stops "
                         "branching (default: none, every output >= P is found: there are at most 1/P)")
@@ -148,6 +154,7 @@ def _run_config(args, command: str):
                       rescore_top=args.rescore_top, verify=args.verify,
                       objectives=tuple(args.objective) if args.objective else d_objectives,
                       cuda_graphs=args.cuda_graphs, resume=args.resume, save_adapters=args.save_adapters,
+                      report_to=args.report_to,
                       train=getattr(args, "ttft", True), progress=not args.quiet)
 
 
@@ -186,7 +193,7 @@ def _run(args, cfg) -> int:
 
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     try:
-        summary = TTFTRun(cfg, deadline=deadline).run()
+        summary = TTFTRun(cfg, deadline=deadline, command=shlex.join(["arcfast", *getattr(args, "argv", [])])).run()
     finally:
         if world > 1:
             import torch.distributed as dist
@@ -290,4 +297,4 @@ def _print_summary(s: dict, out) -> None:
         print("selection on the same candidates: " + ", ".join(
             f"{k}{' (submitted)' if k == s.get('select') else ''} {100 * v['vote_1']:.1f}% / {100 * v['vote_2']:.1f}%"
             for k, v in s["selection"].items()) + "  (vote_1 / vote_2)")
-    print(f"submission: {s['submission']}\nreport:     {out}/report.md")
+    print(f"submission: {s['submission']}\nreport:     {out}/report.md, {out}/report.html")

@@ -29,12 +29,13 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--full", action="store_true",
                    help="full fine-tuning: train every weight (embedding and LM head included; --rank and --alpha "
                         "unused) and write OUT/model, a transformers checkpoint, instead of OUT/adapter")
-    add_shared_flags(g, ("out", "resume", "budget", "margin"), d, "train", defaults={"budget": None})
+    add_shared_flags(g, ("out", "resume", "budget", "margin", "report_to"), d, "train", defaults={"budget": None})
     g = p.add_argument_group("schedule and checkpoints")
     add_shared_flags(g, ("steps",), d, "train")
     g.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint interval in steps (0: at the end)")
     g.add_argument("--keep-snapshots", action="store_true",
-                   help="also keep the weights of every checkpoint as OUT/snapshots/step-N (for learning curves)")
+                   help="also keep the weights of every checkpoint as OUT/snapshots/step-N, from which "
+                        "`arcfast bench -k learning --set curve=OUT` draws the run's learning curve")
     g.add_argument("--val-every", type=int, default=d.val_every, help="validation interval (0: --save-every)")
     g.add_argument("--val-batches", type=int, default=d.val_batches, help="packed batches of the validation set")
     g.add_argument("--log-every", type=int, default=d.log_every, help="steps per train line of log.jsonl")
@@ -72,7 +73,7 @@ def config_from_args(args) -> FinetuneConfig:
         warmup_ratio=args.warmup_ratio, schedule=args.schedule, weight_decay=args.weight_decay,
         row_len=args.row_len, rows=args.rows, max_len=args.max_len, loss_on=args.loss_on, threads=args.threads,
         objectives=parse_objectives(args.objective), wrong_from=tuple(args.wrong_from),
-        progress=not args.quiet, cuda_graphs=args.cuda_graphs)
+        progress=not args.quiet, cuda_graphs=args.cuda_graphs, report_to=args.report_to)
 
 
 def cmd_train(args) -> int:

@@ -40,6 +40,7 @@ class GroupInference:
         self.decoder = Decoder(model)   # the model and the group's adapters, by task id
         self.log, self.status = log, status
         self.rates = InferenceRates()
+        self.phases: dict = {}   # the last group's seconds per stage: predict, rescore, verify
 
     def run(self, backend, group, runs, planner, slot_of: dict) -> None:
         """Predict every test input of ``group`` with its task's adapter as the backend trained it
@@ -54,6 +55,7 @@ class GroupInference:
         from ..infer.search import SearchConfig, SearchStats
 
         cfg = self.cfg
+        self.phases = {}   # seconds of each stage, for the run's time line
         if self.deadline.expired():
             for t in group:
                 runs[t.id].error = "no time left for inference: fallback answers"
@@ -86,6 +88,7 @@ class GroupInference:
             preds = self.decoder.predict(group, n_predictions=cfg.predictions, config=gen_cfg,
                                          max_prompt_len=cfg.max_len, seed=cfg.seed, on_error="skip", errors=errors,
                                          deadline=gen_stop, search=search, search_stats=search_stats)
+        self.phases["predict"] = time.perf_counter() - t0
         self.log(event="predict", tasks=[t.id for t in group], test_inputs=n_inputs,
                  predictions=sum(len(p) for per_test in preds for p in per_test),
                  tokens=sum(q.n_tokens for per_test in preds for p in per_test for q in p),
@@ -101,10 +104,14 @@ class GroupInference:
         voted = [[vote(p, top_k=None) for p in per_test] for per_test in preds]
         if cfg.rescore > 0:
             self.status("scoring the voted candidates", force=True)
+            t1 = time.perf_counter()
             self._rescore_group(group, voted, stop_at)
+            self.phases["rescore"] = time.perf_counter() - t1
         if cfg.verify > 0:
             self.status("verifying the voted candidates", force=True)
+            t1 = time.perf_counter()
             self._verify_group(group, voted, stop_at)
+            self.phases["verify"] = time.perf_counter() - t1
         # Every selector that can rank these candidates is judged on them, side by side.
         selectors = ("vote",) + (SCORED if cfg.rescore > 0 else ()) + (VERIFIED if cfg.verify > 0 else ())
         per_task = (time.perf_counter() - t0) / len(group)

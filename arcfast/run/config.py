@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..models import shipped_model
+from .tracking import check_installed, report_to_names
 
 # The embedded default: what `arcfast ttft` with no arguments runs (CPU, tiny model, seconds).
 DEFAULT_TASKS = "arc1:eval[:6]"
@@ -39,6 +40,7 @@ class RecipeConfig:
     dtype: str = "auto"                    # auto | float32 | bfloat16 | float16
     seed: int = 0
     cuda_graphs: bool = False              # replay training steps as CUDA graphs (native backend, GPU)
+    report_to: tuple = ()                  # "tensorboard" / "wandb": the metrics also written there (run/tracking)
     # LoRA and optimisation
     rank: int = 32
     alpha: float = 64.0
@@ -68,6 +70,8 @@ class RecipeConfig:
             raise ValueError(f"alpha must be a finite number, got {self.alpha}")
         if self.budget is not None and not (math.isfinite(self.budget) and self.budget > 0):
             raise ValueError(f"budget must be a positive number of seconds, got {self.budget}")
+        self.report_to = report_to_names(self.report_to)
+        check_installed(self.report_to)   # before any work: a tracker's package missing is refused
 
     def check_at_least(self, bounds) -> None:
         """ValueError for the first field of ``bounds`` ((name, lowest value, what it is)) below its bound."""

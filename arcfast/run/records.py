@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -81,7 +82,51 @@ def write_task_record(path: Union[str, Path], run: TaskRun) -> None:
     write_json(path, asdict(run))
 
 
-__all__ = ["TaskRun", "read_task_record", "read_task_records", "write_task_record", "read_wrong_predictions"]
+def score_record(task, run: TaskRun) -> tuple:
+    """``(metrics, selection)`` of the answers recorded in ``run``, scored against ``task``'s
+    known test outputs: what the run itself would have written had it known them (``arcfast report
+    --solutions`` scores a run made without). Every metric follows from what a record keeps: each
+    distinct grid with its count (the predictions that did not parse are the rest of
+    ``predictions``), the submitted attempts in order, and each candidate's place under each
+    selector. A task with no answers scores as unanswered; raises ValueError when ``task`` lacks a
+    test output."""
+    from ..answers.metrics import score_task
+    from ..answers.vote import Candidate, Prediction, check_grid
+
+    n = len(task.test)
+    if not run.predictions:
+        return score_task(task, None), None
+    per_test, chosen, ranked_by = [], [], []
+    for ti in range(n):
+        cands = run.candidates[ti] if ti < len(run.candidates or []) else []
+        if not cands and ti < len(run.attempts or []):   # a record from before candidates were kept
+            cands = [{"grid": g, "count": 1} for g in run.attempts[ti]]
+        grids = [check_grid(c["grid"], f"task {run.task_id}: test {ti}") for c in cands]
+        preds = [Prediction(grid=g) for g, c in zip(grids, cands) for _ in range(int(c.get("count") or 0))]
+        total = run.predictions[ti] if ti < len(run.predictions) else len(preds)
+        preds += [Prediction(grid=None)] * max(0, total - len(preds))
+        per_test.append(preds)
+        attempts = [check_grid(g, f"task {run.task_id}: test {ti}: attempt") for g in
+                    (run.attempts[ti] if ti < len(run.attempts or []) else [])]
+        chosen.append([Candidate(grid=g, count=1, mean_logprob=0.0, share=0.0) for g in attempts])
+        ranked_by.append((grids, [c.get("rank") or {} for c in cands]))
+    metrics = score_task(task, per_test, chosen)
+    names = sorted({s for _, ranks in ranked_by for r in ranks for s in r})
+    if not names:
+        return metrics, None
+    selection = {}
+    for s in names:
+        hits = []
+        for (grids, ranks), pair in zip(ranked_by, task.test):
+            order = sorted((r.get(s, math.inf), k) for k, r in enumerate(ranks))
+            top = [grids[k] for _, k in order[:2]]
+            hits.append([g.shape == pair.output.shape and bool(np.array_equal(g, pair.output)) for g in top])
+        selection[s] = {"vote_1": sum(any(h[:1]) for h in hits) / n, "vote_2": sum(any(h) for h in hits) / n}
+    return metrics, selection
+
+
+__all__ = ["TaskRun", "read_task_record", "read_task_records", "write_task_record", "read_wrong_predictions",
+           "score_record"]
 
 
 def read_wrong_predictions(runs: Sequence[Union[str, Path]], tasks: Sequence, mode: str = "pretrain",

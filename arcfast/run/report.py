@@ -87,14 +87,22 @@ class TaskResult:
         return sum(self.votes) / n if n else None
 
 
-def _finite(x: Any) -> Any:
+def task_result(r) -> TaskResult:
+    """The report's view of a task's record (:class:`arcfast.run.records.TaskRun`)."""
+    return TaskResult(task_id=r.task_id, metrics=r.metrics, train_seconds=r.train_seconds,
+                      inference_seconds=r.inference_seconds, steps=r.steps, train_tokens=r.train_tokens,
+                      generated_tokens=r.generated_tokens, predictions=r.predictions, votes=r.votes,
+                      error=r.error, selection=r.selection)
+
+
+def json_safe(x: Any) -> Any:
     # JSON has no inf/NaN: write them as null rather than produce a file strict parsers reject.
     if isinstance(x, float) and not math.isfinite(x):
         return None
     if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
+        return {k: json_safe(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
+        return [json_safe(v) for v in x]
     return x
 
 
@@ -130,6 +138,14 @@ class RunReport:
         with self._lock:
             self._results[result.task_id] = result
 
+    def ids(self) -> set:
+        with self._lock:
+            return set(self._results)
+
+    def get(self, task_id: str) -> Optional[TaskResult]:
+        with self._lock:
+            return self._results.get(task_id)
+
     @property
     def results(self) -> list[TaskResult]:
         with self._lock:
@@ -163,7 +179,7 @@ class RunReport:
         }
 
     def to_json(self) -> dict:
-        return _finite({
+        return json_safe({
             "title": self.title,
             "meta": self.meta,
             "totals": self.totals(),

@@ -47,7 +47,9 @@ On disk, under ``OUT``:
   ``model/`` with ``--full`` (config.json, model.safetensors, the compact tokenizer);
 - ``log.jsonl``: one JSON object per line: ``train`` (mean loss, tokens/s, lr), ``val``,
   ``checkpoint``, ``stop``, ``end`` events;
-- ``run.json``: the summary.
+- ``run.json``: the summary;
+- ``tensorboard/``, ``wandb/``: with ``--report-to``, the log's metrics in those libraries' own
+  files (:mod:`arcfast.run.tracking`).
 """
 from __future__ import annotations
 
@@ -61,9 +63,10 @@ from typing import Callable, Optional
 import numpy as np
 
 from .config import RecipeConfig
+from .tracking import open_log
 from ..budget.clock import Deadline, format_duration
 from ..budget.steps import StepAbandoned, StepPlanner
-from ..files import JsonLog, atomic_write
+from ..files import atomic_write
 from ..samples.mixture import MixtureStream, _seed, parse_mixture, shared_adapter
 from ..train.checkpoints import (
     CHECKPOINT, find_checkpoint, load_checkpoint, save_checkpoint, save_result, save_snapshot,
@@ -159,7 +162,7 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
         deadline = Deadline(cfg.budget, margin=cfg.margin)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    jlog = JsonLog(out / "log.jsonl")
+    jlog = open_log(out / "log.jsonl", cfg)   # mirrored to --report-to's trackers
     mixture = parse_mixture(cfg.data)
     settings = cfg.batch_settings()
 
@@ -376,7 +379,7 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
         "checkpoint": str(out / CHECKPOINT),
     }
     atomic_write(out / "run.json", json.dumps(summary, indent=1))
-    jlog(event="end", **{k: summary[k] for k in ("steps", "stopped", "seconds", "val_loss")})
+    jlog(event="end", **{k: summary[k] for k in ("steps", "stopped", "seconds", "train_loss", "val_loss", "tokens_per_s")})
     jlog.close()
     return summary
 

@@ -46,23 +46,30 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import shlex
+import sys
 import time
 import zlib
 from collections import deque
 from dataclasses import asdict
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from ..answers.metrics import score_task
 from ..arc.task import id_bytes
 from ..budget.clock import Deadline, format_duration
 from ..budget.steps import StepAbandoned, StepPlanner
-from ..files import JsonLog, write_json
+from ..files import write_json
 from ..runtime import device as _device, dist as _dist, dtype as _dtype, fast_paths_off
 from .answer import GroupInference
 from .config import TTFTConfig
+from .html.page import write_html_in_budget
 from .outdir import OutDir
 from .records import TaskRun, read_task_record, read_task_records, write_task_record
+from .report import RunReport, TaskResult, task_result
+from .tracking import open_log
 
 # Seconds of the budget (margin included) that must be left for the report's plot to be drawn.
 PLOT_SECONDS = 3.0
@@ -101,22 +108,13 @@ def _out_of_memory(e: BaseException) -> bool:
     return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
 
 
-def _task_result(r: TaskRun):
-    from .report import TaskResult
-
-    return TaskResult(task_id=r.task_id, metrics=r.metrics, train_seconds=r.train_seconds,
-                      inference_seconds=r.inference_seconds, steps=r.steps, train_tokens=r.train_tokens,
-                      generated_tokens=r.generated_tokens, predictions=r.predictions, votes=r.votes,
-                      error=r.error, selection=r.selection)
-
-
 # ----------------------------------------------------------------------------------------------
 # the run
 
 class TTFTRun:
     """One `arcfast ttft` run. ``run()`` returns the summary dict also written to ``run.json``."""
 
-    def __init__(self, cfg: TTFTConfig, deadline: Optional[Deadline] = None):
+    def __init__(self, cfg: TTFTConfig, deadline: Optional[Deadline] = None, command: Optional[str] = None):
         self.tq = None   # the shared task queue of a multi-worker run (see run)
         self.others: dict = {}   # rank 0 of several workers: the other workers' results, once merged
         self.cfg = cfg
@@ -125,10 +123,14 @@ class TTFTRun:
         self.paths = OutDir(self.out)
         self.rank, self.world = _dist()
         self.out.mkdir(parents=True, exist_ok=True)
-        self.log = JsonLog(self.out / ("log.jsonl" if self.world == 1 else f"log.rank{self.rank}.jsonl"))
+        self.log = open_log(self.out / ("log.jsonl" if self.world == 1 else f"log.rank{self.rank}.jsonl"), cfg)
         self.results: dict[str, TaskRun] = {}
+        # The command line, as report.html shows it (default: this process's).
+        self.command = command if command is not None else shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+        self.device_name = ""
         self.progress = None             # the progress display (rank 0, unless quiet)
         self._where = ""                 # which group runs, for the progress display
+        self.group_index = 0             # groups started so far: the group of the log's step events
         self.inference = None            # the GroupInference of the run's model (see run)
         self.slot_of: dict = {}          # task id -> its adapter's slot in the backend (this group)
         self.steps_abandoned = 0         # training steps stopped part way by the deadline
@@ -182,7 +184,6 @@ class TTFTRun:
         import torch
 
         from ..answers.submission import SubmissionWriter
-        from .report import RunReport
 
         cfg = self.cfg
         if self.rank == 0:
@@ -204,6 +205,7 @@ class TTFTRun:
 
         model = self.load_model()
         gpu = model.device.type == "cuda"
+        self.device_name = f"{model.device} ({torch.cuda.get_device_name(model.device)})" if gpu else str(model.device)
         # Per-task adapters are for inference, which runs in the model's dtype: a bf16 model's
         # adapters are saved in bf16 (35 MB instead of 70 for Qwen2.5-0.5B at r=32; 400 tasks: 14 GB).
         self.adapter_dtype = model.dtype if model.dtype in (torch.bfloat16, torch.float16) else None
@@ -214,7 +216,9 @@ class TTFTRun:
         msg = (f"backend {backend.name} ({reason}{steps_how}); model {cfg.model} on {model.device} {model.dtype}; "
                f"{len(mine)} tasks in groups of {group_size}; budget {format_duration(cfg.budget)}")
         log.info(msg)
-        self.log(event="start", message=msg, rank=self.rank, world=self.world, tasks=len(mine))
+        self.log(event="start", message=msg, rank=self.rank, world=self.world, tasks=len(mine),
+                 budget=self.deadline.budget, margin=self.deadline.margin,
+                 elapsed=round(self.deadline.elapsed(), 3), config=asdict(cfg))
         if cfg.recipe:
             from .recipes import RECIPES
 
@@ -262,12 +266,19 @@ class TTFTRun:
                 break
             steps = planner.steps_for_next_group() if cfg.train and _trainable(group[0]) else 0
             t_group = time.perf_counter()
+            self.group_index += 1
+            # The run's time line (report.html): each group's phases, in seconds of the budget.
+            phases = {"start": round(self.deadline.elapsed(), 3)}
+            self.log(event="group_start", group=self.group_index, tasks=[t.id for t in group],
+                     elapsed=phases["start"])
             try:
                 with self.tq.heartbeat() if self.tq is not None else contextlib.nullcontext():
                     runs = self._train_group(backend, group, steps, planner, pretrained, lora_cfg)
                     t_inf = time.perf_counter()
+                    phases["train"] = round(t_inf - t_group, 3)
                     self.inference.run(backend, group, runs, planner, self.slot_of)
                 inference_s = time.perf_counter() - t_inf
+                phases.update({k: round(v, 3) for k, v in self.inference.phases.items()})
                 planner.record_inference(inference_s, len(group))
                 failed = False
             except Exception as e:   # one group's failure must not end the run
@@ -289,11 +300,15 @@ class TTFTRun:
                 failed = True
             planner.group_done()
             self._log_fast_paths()
+            t_write = time.perf_counter()
             for t in group:
                 # A failed task is not written to tasks/: a --resume run tries it again.
                 self._finish_task(t, runs[t.id], persist=not failed)
                 if self.tq is not None:
                     self.tq.done(t.id)
+            phases["write"] = round(time.perf_counter() - t_write, 3)
+            self.log(event="group", group=self.group_index, tasks=[t.id for t in group], failed=failed,
+                     end=round(self.deadline.elapsed(), 3), **phases)
             if not failed:
                 # What a group costs besides its steps and its inference (fresh adapters, the sample
                 # stream, saving adapters, writing results): kept for every group still to run.
@@ -314,6 +329,10 @@ class TTFTRun:
             plot = left > PLOT_SECONDS
             if not plot:
                 self.log(event="report_plot_skipped", reason="deadline", left_s=round(left, 2))
+            for t in tasks:   # as in run.json: a task with known outputs and no answer scores as unanswered
+                if t.has_solutions and (t.id not in self.report.ids() or self.report.get(t.id).metrics is None):
+                    self.report.add(TaskResult(t.id, metrics=score_task(t, None),
+                                               error=self.results[t.id].error if t.id in self.results else None))
             try:
                 self.report.write(self.out, plot=plot)
             except Exception as e:   # the report is a view of the results; it must not lose them
@@ -322,7 +341,9 @@ class TTFTRun:
         self._log_fast_paths()
         summary = self._summary(tasks, problems, backend, reason)
         write_json(self.out / ("run.json" if self.world == 1 else f"run.rank{self.rank}.json"), summary)
-        self.log(event="end", **{k: v for k, v in summary.items() if k in ("seconds", "tasks", "trained")})
+        if self.rank == 0:   # from what the run wrote, with the tasks for their grids
+            write_html_in_budget(self.out, tasks, self.deadline, self.log)
+        self.log(event="end", **{k: v for k, v in summary.items() if k in ("seconds", "tasks", "trained", "metrics")})
         self.log.close()
         return summary
 
@@ -397,7 +418,12 @@ class TTFTRun:
                     tokens[a] += int((batch.adapter_ids == a).sum())
                 if batch.target_ids is not None:
                     targets += batch.target_counts(*targets.shape)
-                self.log(event="step", tasks=len(group), step=step, loss=float(np.nanmean(stats.loss[:n][seen])) if seen.any() else None,
+                lrs = np.asarray(stats.lr[:n])[seen]
+                self.log(event="step", group=self.group_index, tasks=len(group), step=step,
+                         loss=float(np.nanmean(stats.loss[:n][seen])) if seen.any() else None,
+                         # each task's loss at this step, in the group's order (null: no labels)
+                         losses=[None if not ok else round(float(x), 5) for x, ok in zip(stats.loss[:n], seen)],
+                         lr=float(lrs.max()) if len(lrs) else None,
                          **({"objective_loss": step_obj} if step_obj else {}),
                          tokens=stats.tokens, label_tokens=int(np.asarray(stats.label_tokens[:n]).sum()),
                          tokens_per_s=round(stats.tokens_per_s, 1), pieces=gate.pieces,
@@ -442,7 +468,9 @@ class TTFTRun:
                 log.error("%s: result not written: %s", task.id, e)
                 self.not_written[task.id] = f"{type(e).__name__}: {e}"
                 self.log(event="write_failed", task=task.id, error=str(e))
-        self.report.add(_task_result(r))
+        self.report.add(task_result(r))
+        self.log(event="task", task=task.id, steps=r.steps, seconds=round(r.train_seconds + r.inference_seconds, 3),
+                 final_loss=r.final_loss, metrics=r.metrics, error=r.error, resumed=resumed)
 
     def _within_cap(self, t_group: float, planner, n_tasks: int) -> bool:
         """Whether one more training step of the group that started at ``t_group`` still leaves its
@@ -554,7 +582,7 @@ class TTFTRun:
             if r.attempts:
                 merged.update(r.task_id, [[np.asarray(g, np.uint8) for g in a] for a in r.attempts])
             if r.task_id not in self.results:  # another rank's task joins rank 0's report and summary
-                self.report.add(_task_result(r))
+                self.report.add(task_result(r))
                 self.others[r.task_id] = r
 
     def _log_fast_paths(self) -> None:
@@ -633,6 +661,10 @@ class TTFTRun:
             # From the deadline's start: the process start under the CLI, imports included.
             "seconds": round(self.deadline.elapsed(), 2),
             "budget": self.cfg.budget,
+            "margin": self.deadline.margin,
+            "command": self.command,
+            "model": self.cfg.model,
+            "device": self.device_name,
             "metrics": mean_metrics(scored) if scored else None,
             "select": self.cfg.select,
             "selection": self._selection(mine, runs),

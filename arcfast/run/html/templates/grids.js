@@ -1,0 +1,166 @@
+/* Shared by report.html and compare.html: elements, grids, numbers and the two plots.
+   Every string that comes from the run (task ids, errors) enters the page as text, never as markup. */
+"use strict";
+var ARC = (function () {
+  var SVG = "http://www.w3.org/2000/svg";
+
+  function el(tag, attrs) {
+    var e = document.createElement(tag);
+    if (attrs) {
+      Object.keys(attrs).forEach(function (k) {
+        var v = attrs[k];
+        if (v === null || v === undefined) return;
+        if (k === "text") e.textContent = String(v);
+        else if (k === "class") e.className = v;
+        else e.setAttribute(k, String(v));
+      });
+    }
+    for (var i = 2; i < arguments.length; i++) {
+      var kid = arguments[i];
+      if (kid === null || kid === undefined || kid === false) continue;
+      e.appendChild(typeof kid === "string" ? document.createTextNode(kid) : kid);
+    }
+    return e;
+  }
+
+  function svg(tag, attrs) {
+    var e = document.createElementNS(SVG, tag);
+    Object.keys(attrs || {}).forEach(function (k) {
+      if (k === "text") e.textContent = String(attrs[k]); else e.setAttribute(k, String(attrs[k]));
+    });
+    return e;
+  }
+
+  /* "HxW:digits" -> {h, w, cells} */
+  function parse(code) {
+    var colon = code.indexOf(":");
+    var hw = code.slice(0, colon).split("x");
+    return { h: +hw[0], w: +hw[1], cells: code.slice(colon + 1) };
+  }
+
+  /* One grid: a CSS grid of h*w cells in the ARC palette. opts: label, px (the longest side's
+     size), against (a right output's code: cells that differ are marked), mark ("right"/"wrong"). */
+  function grid(code, opts) {
+    opts = opts || {};
+    var g = parse(code);
+    var size = Math.max(3, Math.min(16, Math.floor((opts.px || 160) / Math.max(g.h, g.w))));
+    var box = el("div", { class: "grid", "data-h": g.h, "data-w": g.w });
+    box.style.gridTemplateColumns = "repeat(" + g.w + ", " + size + "px)";
+    box.style.gridAutoRows = size + "px";
+    var ref = opts.against ? parse(opts.against) : null;
+    var sameShape = ref && ref.h === g.h && ref.w === g.w;
+    var bad = 0;
+    var frag = document.createDocumentFragment();
+    for (var i = 0; i < g.cells.length; i++) {
+      var c = document.createElement("div");
+      c.className = "cell c" + g.cells.charAt(i);
+      if (sameShape && ref.cells.charAt(i) !== g.cells.charAt(i)) { c.className += " bad"; bad++; }
+      frag.appendChild(c);
+    }
+    box.appendChild(frag);
+    var caption = (opts.label ? opts.label + " · " : "") + g.h + "×" + g.w;
+    if (sameShape && opts.against) caption += " · " + bad + " cells differ";
+    else if (ref) caption += " · right output is " + ref.h + "×" + ref.w;
+    return el("figure", { class: "g" + (opts.mark ? " " + opts.mark : "") }, box, el("figcaption", { text: caption }));
+  }
+
+  function num(x, digits) {
+    if (x === null || x === undefined) return "–";
+    return (+x).toFixed(digits === undefined ? 2 : digits);
+  }
+  function pct(x) { return x === null || x === undefined ? "–" : (100 * x).toFixed(1) + "%"; }
+  function secs(x) {
+    if (x === null || x === undefined) return "–";
+    if (x < 120) return x.toFixed(1) + " s";
+    if (x < 7200) return (x / 60).toFixed(1) + " min";
+    return (x / 3600).toFixed(2) + " h";
+  }
+
+  var PHASES = ["train", "predict", "rescore", "verify", "write"];
+
+  /* The run's time line: a row per group, its phases, the deadline and the budget. */
+  function timeline(host, tl) {
+    var groups = tl.groups || [];
+    if (!groups.length) { host.appendChild(el("p", { class: "muted", text: "No group was logged." })); return; }
+    var end = 0;
+    groups.forEach(function (g) { (g.phases || []).forEach(function (p) { end = Math.max(end, p[2]); });
+                                  if (g.end) end = Math.max(end, g.end); });
+    end = Math.max(end, tl.budget || 0, tl.seconds || 0) * 1.02 || 1;
+    var rowH = groups.length > 60 ? 4 : groups.length > 20 ? 9 : 16;
+    var left = 90, width = 1000, plotW = width - left - 10, top = 8, height = top + rowH * groups.length + 34;
+    var root = svg("svg", { viewBox: "0 0 " + width + " " + height, width: "100%", role: "img", class: "timeline" });
+    var x = function (t) { return left + plotW * t / end; };
+    groups.forEach(function (g, i) {
+      var y = top + i * rowH;
+      if (rowH >= 9) root.appendChild(svg("text", { x: left - 6, y: y + rowH - 3, "text-anchor": "end", text: g.label }));
+      (g.phases || []).forEach(function (p) {
+        var r = svg("rect", { x: x(p[1]), y: y + 1, width: Math.max(0.5, x(p[2]) - x(p[1])), height: rowH - 2,
+                              class: "ph-" + p[0] });
+        r.appendChild(svg("title", { text: g.label + ": " + p[0] + " " + secs(p[2] - p[1]) + " (" +
+                                           g.tasks.length + " tasks: " + g.tasks.slice(0, 8).join(", ") +
+                                           (g.tasks.length > 8 ? ", …" : "") + ")" }));
+        root.appendChild(r);
+      });
+      if (g.failed) root.appendChild(svg("text", { x: x(g.end || 0) + 4, y: y + rowH - 2, fill: "#c5221f", text: "failed" }));
+    });
+    var axisY = top + rowH * groups.length + 4;
+    root.appendChild(svg("line", { x1: left, x2: left + plotW, y1: axisY, y2: axisY, class: "axis" }));
+    for (var k = 0; k <= 5; k++) {
+      var t = end * k / 5;
+      root.appendChild(svg("text", { x: x(t), y: axisY + 14, "text-anchor": k === 0 ? "start" : k === 5 ? "end" : "middle",
+                                     text: secs(t) }));
+    }
+    [["deadline", tl.deadline], ["budget", tl.budget]].forEach(function (m) {
+      if (m[1] === null || m[1] === undefined) return;
+      root.appendChild(svg("line", { x1: x(m[1]), x2: x(m[1]), y1: 0, y2: axisY, class: m[0] }));
+      root.appendChild(svg("text", { x: x(m[1]) - 3, y: axisY + 28, "text-anchor": "end", text: m[0] + " " + secs(m[1]) }));
+    });
+    host.appendChild(root);
+    var legend = el("div", { class: "legend" });
+    PHASES.forEach(function (p) { legend.appendChild(el("span", null, el("i", { class: "ph-" + p + "-box" }), p)); });
+    legend.querySelectorAll("i").forEach(function (i, n) {
+      i.style.background = ["#4c72b0", "#dd8452", "#8172b3", "#55a868", "#937860"][n];
+    });
+    host.appendChild(legend);
+  }
+
+  /* A loss curve, [[step, loss]]. */
+  function lossCurve(points, caption) {
+    var w = 320, h = 140, l = 44, b = 22, t = 8, r = 8;
+    var root = svg("svg", { viewBox: "0 0 " + w + " " + h, width: w, height: h, class: "loss" });
+    var xs = points.map(function (p) { return +p[0]; }), ys = points.map(function (p) { return +p[1]; });
+    var x0 = Math.min.apply(null, xs), x1 = Math.max.apply(null, xs);
+    var y0 = Math.min.apply(null, ys), y1 = Math.max.apply(null, ys);
+    if (x1 === x0) x1 = x0 + 1;
+    if (y1 === y0) { y1 += 0.5; y0 -= 0.5; }
+    var X = function (v) { return l + (w - l - r) * (v - x0) / (x1 - x0); };
+    var Y = function (v) { return t + (h - t - b) * (1 - (v - y0) / (y1 - y0)); };
+    root.appendChild(svg("line", { x1: l, x2: w - r, y1: h - b, y2: h - b, class: "axis" }));
+    root.appendChild(svg("line", { x1: l, x2: l, y1: t, y2: h - b, class: "axis" }));
+    root.appendChild(svg("text", { x: l - 4, y: t + 8, "text-anchor": "end", text: y1.toFixed(2) }));
+    root.appendChild(svg("text", { x: l - 4, y: h - b, "text-anchor": "end", text: y0.toFixed(2) }));
+    root.appendChild(svg("text", { x: l, y: h - 6, text: "step " + x0 }));
+    root.appendChild(svg("text", { x: w - r, y: h - 6, "text-anchor": "end", text: "step " + x1 }));
+    root.appendChild(svg("polyline", { class: "curve", points: points.map(function (p) {
+      return X(+p[0]).toFixed(1) + "," + Y(+p[1]).toFixed(1); }).join(" ") }));
+    return el("figure", { class: "g" }, root, el("figcaption", { text: caption }));
+  }
+
+  function json(id) { return JSON.parse(document.getElementById(id).textContent); }
+
+  /* Sorting a table's rows by a key of each row's data; rows are the <tr> elements, data[i]. */
+  function sortRows(tbody, rows, data, key, desc) {
+    var order = rows.slice().sort(function (a, b) {
+      var x = data[+a.dataset.i][key], y = data[+b.dataset.i][key];
+      if (x === y) return +a.dataset.i - +b.dataset.i;
+      if (x === null || x === undefined || x === "") return 1;
+      if (y === null || y === undefined || y === "") return -1;
+      var c = typeof x === "number" && typeof y === "number" ? x - y : String(x).localeCompare(String(y));
+      return desc ? -c : c;
+    });
+    order.forEach(function (tr) { tbody.appendChild(tr); });
+  }
+
+  return { el: el, grid: grid, num: num, pct: pct, secs: secs, timeline: timeline, lossCurve: lossCurve,
+           json: json, sortRows: sortRows };
+})();
