@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # The CPU wheel keeps a fresh install to seconds; the package metadata itself only asks torch>=2.4.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup run test bench build clean
+.PHONY: setup run test bench build docs clean
 
 setup: $(VENV)/.installed
 
@@ -28,6 +28,10 @@ test: setup
 
 bench: setup
 	$(BIN)/python -m arcfast.bench
+
+# docs/CLI.md, the flag-by-flag reference, from the parsers (tests/test_cli_docs.py checks it is current).
+docs: setup
+	$(BIN)/python -m arcfast.cli.docs --write
 
 clean:
 	rm -rf build $(VENV) arcfast/_core*.so *.egg-info
