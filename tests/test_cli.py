@@ -240,6 +240,15 @@ def test_ttft_workers_pull_tasks_from_one_queue(tmp_path):
     assert [r["tasks_this_rank"] for r in ranks] == [len(claimed[0]), len(claimed[1])]
     assert ranks[0]["trained"] == len(tasks) and ranks[1]["trained"] == len(claimed[1])
     assert set(_results(out)) == {t.id for t in tasks}
+    # report.html, by rank 0, holds every task and each worker's groups on the time line.
+    from arcfast.run.html import RunView
+
+    assert (out / "report.html").is_file()
+    view = RunView.read(out)
+    assert sorted(view.records) == sorted(t.id for t in tasks) and not view.header()["interrupted"]
+    groups = view.timeline()["groups"]
+    assert sorted(t for g in groups for t in g["tasks"]) == sorted(everything)
+    assert {g["label"].split(" group")[0] for g in groups} == {"rank 0", "rank 1"}
 
 
 # -- re-scoring --------------------------------------------------------------------------------

@@ -267,3 +267,23 @@ def test_not_a_run_directory(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err
     assert main(["compare", str(tmp_path)]) == 2
+
+
+def test_ids_no_file_system_or_encoding_can_carry(tmp_path):
+    """Ids with a lone surrogate, control characters, a path or nothing at all: every record is
+    read back under its own id and the page is written, each id shown escaped or as text."""
+    from arcfast.run.outdir import OutDir
+    from arcfast.run.records import TaskRun, write_task_record
+
+    ids = ["a\udc80b", "tab\there", "../../etc/passwd", "", "x" * 300]
+    paths = OutDir(tmp_path)
+    for tid in ids:
+        write_task_record(paths.task_file(tid), TaskRun(tid, attempts=[[[[1, 2]]]], votes=[1], predictions=[1],
+                                                        candidates=[[{"grid": [[1, 2]], "count": 1}]]))
+    view = RunView.read(tmp_path)
+    assert sorted(view.records) == sorted(ids) and {r["status"] for r in view.rows()} == {"answered"}
+    from arcfast.run.html import write_report_html
+
+    html = write_report_html(view).read_bytes().decode("utf-8")
+    assert "a\\udc80b" in html and "../../etc/passwd" in html
+    assert not (tmp_path.parent / "etc").exists()

@@ -129,7 +129,7 @@ def render_compare(views: Sequence[RunView]) -> str:
 def write_compare_html(views: Sequence[RunView], path: Union[str, Path]) -> Path:
     """Write the comparison page at ``path`` atomically; returns the path."""
     path = Path(path)
-    atomic_write(path, render_compare(views))
+    atomic_write(path, render_compare(views).encode("utf-8", "backslashreplace"))
     return path
 
 

@@ -85,7 +85,8 @@ def render_report(view: RunView) -> str:
 def write_report_html(view: RunView, path: Optional[Union[str, Path]] = None) -> Path:
     """Write ``report.html`` (default: in the run directory) atomically; returns its path."""
     path = Path(path) if path is not None else view.root / "report.html"
-    atomic_write(path, render_report(view))
+    # A task id read from a file may hold a lone surrogate, which UTF-8 cannot carry: written escaped.
+    atomic_write(path, render_report(view).encode("utf-8", "backslashreplace"))
     return path
 
 

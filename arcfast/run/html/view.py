@@ -246,7 +246,8 @@ class RunView:
                 problems.append(f"{name}: unreadable ({e})")
                 return None
 
-        summary = read_json("run.json") or {}
+        # Several workers: rank 0's summary speaks for the whole run.
+        summary = read_json("run.json") or read_json("run.rank0.json") or {}
         report = read_json("report.json") or {}
         events = read_events(root)
         meta = dict(report.get("meta") or {})
