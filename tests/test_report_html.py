@@ -94,9 +94,9 @@ def _run(tmp_path, monkeypatch, name, solutions=True, rule=turn):
 def run_dir(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     try:
-        yield _run(tmp_path_factory.mktemp("html"), mp, "run")
+        return _run(tmp_path_factory.mktemp("html"), mp, "run")
     finally:
-        mp.undo()
+        mp.undo()   # the scripted generator and the failing group, for this run only
 
 
 def test_rows_say_what_happened_to_each_task(run_dir):
@@ -287,3 +287,21 @@ def test_ids_no_file_system_or_encoding_can_carry(tmp_path):
     html = write_report_html(view).read_bytes().decode("utf-8")
     assert "a\\udc80b" in html and "../../etc/passwd" in html
     assert not (tmp_path.parent / "etc").exists()
+
+
+def test_a_resumed_run(run_dir, tmp_path, monkeypatch):
+    """--resume appends to the log: the time line is the latest start's, every task keeps its
+    status and its loss curve from the start that trained it."""
+    run = tmp_path / "again"
+    shutil.copytree(run_dir, run)
+    monkeypatch.setattr(arcfast.infer.generate, "Generator", ScriptedGenerator)
+    args = ["ttft", "--tasks", str(run_dir.parent / "tasks" / "x_challenges.json"), "--solutions",
+            str(run_dir.parent / "tasks" / "x_solutions.json"), "--out", str(run), "--resume", *ARGS]
+    assert main(args) == 0
+    view = RunView.read(run)
+    tl = view.timeline()
+    assert tl["starts"] == 2 and [g["tasks"] for g in tl["groups"]] == [[FAILS]]   # only the failed task ran again
+    assert {r["id"]: r["status"] for r in view.rows()} == {
+        SOLVED: "solved", WRONG: "unsolved", MARKUP: "solved", FAILS: "solved", BROKEN: "skipped"}
+    assert view.detail(SOLVED)["loss_kind"] == "task" and len(view.detail(SOLVED)["loss"]) == 2
+    assert "The run was resumed (2 starts)" in (run / "report.html").read_text()

@@ -382,6 +382,8 @@ class RunView:
             "deadline": budget - margin if budget is not None and margin is not None else None,
             "seconds": h["seconds"],
             "reconstructed": old,
+            # A resumed run appends to its log: the time line is its latest start's.
+            "starts": sum(1 for e in self.events if e.get("event") == "start" and e.get("_file") == 0),
             "groups": [{"label": g.label, "tasks": g.tasks, "start": g.start, "end": g.end, "failed": g.failed,
                         "phases": [[n, round(a, 3), round(b, 3)] for n, a, b in g.phases if b >= a]}
                        for g in groups],
