@@ -154,6 +154,12 @@ def test_eval_scores_and_refuses_tasks_without_solutions(tmp_path, capsys, monke
     assert results["right"]["metrics"]["accuracy"] == 1.0 and results["wrong"]["metrics"]["accuracy"] == 0.0
     assert "| accuracy |" in capsys.readouterr().out
     assert not (out / "adapters").exists()   # nothing trained, nothing saved
+    from arcfast.run.html import RunView   # eval's report.html: no group trained, every task scored
+
+    view = RunView.read(out)
+    assert (out / "report.html").is_file() and {r["id"]: r["status"] for r in view.rows()} == {
+        "right": "solved", "wrong": "unsolved"}
+    assert [p[0] for g in view.timeline()["groups"] for p in g["phases"]][:2] == ["train", "predict"]
     d = tmp_path / "nosol"
     d.mkdir()
     (d / "t.json").write_text(json.dumps({"train": [{"input": [[1]], "output": [[2]]}], "test": [{"input": [[3]]}]}))

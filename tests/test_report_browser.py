@@ -106,6 +106,10 @@ def test_report_in_chromium(tmp_path, monkeypatch, page):
     page.locator("#filters button[data-status='all']").click()
     page.locator("#task-table th[data-key='seconds']").click()
     assert page.locator("#task-table tr.task:visible").count() == 5
+    assert page.locator(".detail-cell").count() == 0   # sorting closed the open task
+    page.locator("#task-table tr.task").first.focus()   # the keyboard opens a task too
+    page.keyboard.press("Enter")
+    assert page.locator(".detail-cell").count() == 1
     page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
     assert page.problems == []
 
@@ -118,6 +122,7 @@ def test_compare_in_chromium(tmp_path, monkeypatch, page):
     out = tmp_path / "compare.html"
     assert main(["compare", str(a), str(b), "--out", str(out)]) == 0
     _open(page, out)
+    assert page.locator("svg.scatter circle").count() == 3   # time per task: the three tasks both answered
     shown = page.locator("#task-table tr.task:visible")
     assert shown.count() == 2   # the tasks one run solved and the other did not
     ids = [t for t in shown.locator("td.id").all_inner_texts()]

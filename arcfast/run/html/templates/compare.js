@@ -40,6 +40,9 @@
     });
   });
   trs.forEach(function (tr) {
+    tr.addEventListener("keydown", function (e) {
+      if (e.key === "Enter" || e.key === " ") { e.preventDefault(); tr.click(); }
+    });
     tr.addEventListener("click", function () {
       var next = tr.nextElementSibling;
       if (next && next.classList.contains("detail-row")) { next.remove(); tr.classList.remove("open"); return; }
@@ -73,6 +76,16 @@
       box.appendChild(side);
       host.appendChild(box);
     });
+  }
+
+  /* Time per task: every other run against the first. */
+  var plots = document.getElementById("time-plots");
+  for (var k = 1; k < data.labels.length; k++) {
+    var pts = rows.filter(function (r) { return r.seconds[0] !== null && r.seconds[k] !== null; })
+                  .map(function (r) { return [r.seconds[0], r.seconds[k], r.id, r.differs]; });
+    plots.appendChild(el("figure", { class: "g" }, A.scatter(pts, data.labels[0], data.labels[k]),
+      el("figcaption", { text: "seconds per task: " + data.labels[k] + " against " + data.labels[0] +
+                               " (red: solved by one run, not the other)" })));
   }
 
   apply();

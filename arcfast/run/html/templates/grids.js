@@ -146,6 +146,31 @@ var ARC = (function () {
     return el("figure", { class: "g" }, root, el("figcaption", { text: caption }));
   }
 
+  /* Each task's seconds in one run (x) against another (y), the diagonal drawn: above it, slower.
+     points: [[x, y, label, highlighted]]. */
+  function scatter(points, xLabel, yLabel) {
+    var w = 360, h = 300, l = 52, b = 40, t = 10, r = 10;
+    var root = svg("svg", { viewBox: "0 0 " + w + " " + h, width: w, height: h, class: "scatter" });
+    var top = 0;
+    points.forEach(function (p) { top = Math.max(top, p[0], p[1]); });
+    top = top * 1.05 || 1;
+    var X = function (v) { return l + (w - l - r) * v / top; };
+    var Y = function (v) { return t + (h - t - b) * (1 - v / top); };
+    root.appendChild(svg("line", { x1: l, x2: w - r, y1: h - b, y2: h - b, class: "axis" }));
+    root.appendChild(svg("line", { x1: l, x2: l, y1: t, y2: h - b, class: "axis" }));
+    root.appendChild(svg("line", { x1: X(0), y1: Y(0), x2: X(top), y2: Y(top), class: "axis", "stroke-dasharray": "4 3" }));
+    root.appendChild(svg("text", { x: w - r, y: h - 8, "text-anchor": "end", text: xLabel + " (s)" }));
+    root.appendChild(svg("text", { x: 4, y: t + 10, text: yLabel + " (s)" }));
+    root.appendChild(svg("text", { x: l - 4, y: h - b + 14, "text-anchor": "end", text: "0" }));
+    root.appendChild(svg("text", { x: w - r, y: h - b + 14, "text-anchor": "end", text: secs(top) }));
+    points.forEach(function (p) {
+      var c = svg("circle", { cx: X(p[0]), cy: Y(p[1]), r: 3, fill: p[3] ? "#c5221f" : "#4c72b0", "fill-opacity": 0.7 });
+      c.appendChild(svg("title", { text: p[2] + ": " + secs(p[0]) + " / " + secs(p[1]) }));
+      root.appendChild(c);
+    });
+    return root;
+  }
+
   function json(id) { return JSON.parse(document.getElementById(id).textContent); }
 
   /* Sorting a table's rows by a key of each row's data; rows are the <tr> elements, data[i]. */
@@ -162,5 +187,5 @@ var ARC = (function () {
   }
 
   return { el: el, grid: grid, num: num, pct: pct, secs: secs, timeline: timeline, lossCurve: lossCurve,
-           json: json, sortRows: sortRows };
+           scatter: scatter, json: json, sortRows: sortRows };
 })();

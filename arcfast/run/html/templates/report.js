@@ -49,6 +49,9 @@
   });
   trs.forEach(function (tr) {
     tr.addEventListener("click", function () { toggle(tr); });
+    tr.addEventListener("keydown", function (e) {
+      if (e.key === "Enter" || e.key === " ") { e.preventDefault(); toggle(tr); }
+    });
   });
 
   function toggle(tr) {
