@@ -305,3 +305,18 @@ def test_a_resumed_run(run_dir, tmp_path, monkeypatch):
         SOLVED: "solved", WRONG: "unsolved", MARKUP: "solved", FAILS: "solved", BROKEN: "skipped"}
     assert view.detail(SOLVED)["loss_kind"] == "task" and len(view.detail(SOLVED)["loss"]) == 2
     assert "The run was resumed (2 starts)" in (run / "report.html").read_text()
+
+
+def test_timeline_phases_of_rescoring_and_verification(tmp_path, monkeypatch):
+    monkeypatch.setattr(arcfast.infer.generate, "Generator", ScriptedGenerator)
+    challenges, sol = write_tasks(tmp_path / "tasks")
+    out = tmp_path / "rv"
+    assert main(["ttft", "--tasks", str(challenges), "--solutions", str(sol), "--out", str(out), *ARGS,
+                 "--rescore", "2", "--verify", "2", "--select", "poe"]) == 0
+    view = RunView.read(out)
+    for g in view.timeline()["groups"]:
+        assert [p[0] for p in g["phases"]] == ["train", "predict", "rescore", "verify", "write"]
+    cand = view.detail(SOLVED)["tests"][0]["candidates"][0]
+    assert set(cand["rank"]) == {"vote", "poe", "nvarc", "verify", "vote+verify"}
+    html = (out / "report.html").read_text()
+    assert "poe (submitted)" in html
