@@ -173,10 +173,8 @@ def write_results(rows: list[Row], ctx: Context, argv: list[str], errors: dict,
     return path
 
 
-def main(argv: Optional[list[str]] = None, prog: str = PROG) -> int:
-    """Run the benchmarks ``argv`` selects (``sys.argv[1:]`` when None); 1 when any failed.
-    ``prog`` names the command in --help and in the results file."""
-    argv = sys.argv[1:] if argv is None else list(argv)
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The benchmark runner's flags (``prog`` names the command in --help)."""
     ap = argparse.ArgumentParser(prog=prog, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes, seconds per benchmark")
@@ -191,7 +189,14 @@ def main(argv: Optional[list[str]] = None, prog: str = PROG) -> int:
     ap.add_argument("--no-save", action="store_true", help="print the table only")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="benchmark options, e.g. --set model=qwen2.5-0.5b")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: Optional[list[str]] = None, prog: str = PROG) -> int:
+    """Run the benchmarks ``argv`` selects (``sys.argv[1:]`` when None); 1 when any failed.
+    ``prog`` names the command in --help and in the results file."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(prog).parse_args(argv)
     device = args.device
     if device is None:
         try:

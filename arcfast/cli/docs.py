@@ -23,13 +23,12 @@ parsers give now, and generates it again in a process that sees another machine.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 from ..bench import runner as bench_runner
 from .main import build_parser
@@ -55,43 +54,9 @@ Every command and flag of `arcfast`, generated from the argument parsers by
 # Commands whose parser is not in build_parser()
 
 
-class _Built(Exception):
-    """Raised in place of parsing: carries the parser a command's ``main`` built."""
-
-    def __init__(self, parser: argparse.ArgumentParser):
-        super().__init__(parser.prog)
-        self.parser = parser
-
-
-@contextlib.contextmanager
-def _parsers_not_run() -> Iterator[None]:
-    """While inside, ``ArgumentParser.parse_args`` raises :class:`_Built` with its parser instead of
-    parsing: a ``main`` that builds its parser and parses at once stops there, before doing
-    anything. For as long as the block runs only, restored after."""
-    parse_args = argparse.ArgumentParser.parse_args
-
-    def built(self, args=None, namespace=None):
-        raise _Built(self)
-
-    argparse.ArgumentParser.parse_args = built
-    try:
-        yield
-    finally:
-        argparse.ArgumentParser.parse_args = parse_args
-
-
 def bench_parser() -> argparse.ArgumentParser:
-    """The parser of `arcfast bench`: :func:`arcfast.bench.runner.main` builds it and parses in one
-    go, so it is taken from there, stopped before any benchmark runs (its ``build_parser`` instead,
-    where the runner has one)."""
-    if hasattr(bench_runner, "build_parser"):
-        return bench_runner.build_parser(prog=bench_runner.PROG)
-    with _parsers_not_run():
-        try:
-            bench_runner.main([], prog=bench_runner.PROG)
-        except _Built as e:
-            return e.parser
-    raise RuntimeError("arcfast.bench.runner.main returned without building a parser")
+    """The parser of `arcfast bench` (:func:`arcfast.bench.runner.build_parser`)."""
+    return bench_runner.build_parser(prog=bench_runner.PROG)
 
 
 # Subcommand name -> the parser its arguments are handed to (the subcommand's own parser has none).
