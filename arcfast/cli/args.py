@@ -131,8 +131,10 @@ def add_shared_flags(group, names, config, command: str, recipe=(), defaults=Non
         elif name in recipe:
             kw["default"] = None
             value = getattr(config, name)
-            shown = "none" if value == () else f"{value:g}" if isinstance(value, float) else value
-            kw["help"] += f" (default {shown})"
+            if "default" not in kw["help"]:   # the engine's default, unless the help says it already
+                shown = ("none" if value is None or value == () else ("on" if value else "off") if isinstance(value, bool)
+                         else f"{value:g}" if isinstance(value, float) else value)
+                kw["help"] += f" (default: {shown})"
         elif name not in _NO_DEFAULT:
             kw["default"] = getattr(config, name)
             if name == "tokens" and kw["default"] == ():

@@ -43,8 +43,10 @@ def _add_validate(sub) -> None:
                        description="Loads every task (skip policy: each problem is reported), encodes "
                                    "every grid in the compact format and round-trips it.")
     p.add_argument("source", help="a bundled set (arc1:eval), a file or a directory")
-    p.add_argument("--solutions", default=None)
-    p.add_argument("--max-size", type=int, default=30)
+    p.add_argument("--solutions", default=None, metavar="FILE",
+                   help="solutions file, when not found beside the challenges")
+    p.add_argument("--max-size", type=int, default=30, metavar="N",
+                   help="the largest number of rows and of columns a grid may have")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     _add_verbose(p)
     p.set_defaults(func=cmd_validate)

@@ -41,8 +41,10 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--log-every", type=int, default=d.log_every, help="steps per train line of log.jsonl")
     g = p.add_argument_group("recipe")
     add_shared_flags(g, ("rank", "alpha", "rslora", "tokens", "embedding_lr", "lr", "warmup_ratio"), d, "train")
-    g.add_argument("--schedule", default=d.schedule, choices=("cosine", "linear", "constant"))
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--schedule", default=d.schedule, choices=("cosine", "linear", "constant"),
+                   help="the learning rate after warm-up: down to 0 by a cosine or linearly, or held")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help="AdamW's decoupled weight decay")
     add_shared_flags(g, ("row_len",), d, "train")
     g.add_argument("--rows", type=int, default=d.rows, help="rows per batch")
     add_shared_flags(g, ("max_len", "loss_on", "objectives"), d, "train")
