@@ -290,3 +290,17 @@ def test_wandb_for_real_offline(tmp_path, monkeypatch):
     assert main(["train", *TRAIN, "--out", str(out), "--report-to", "wandb"]) == 0
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+def test_a_train_run_that_raises_still_finishes_its_wandb_run(tmp_path, fake_wandb, monkeypatch):
+    import arcfast.run.train as train
+
+    def broken(*a, **k):
+        raise RuntimeError("the model could not be loaded")
+
+    monkeypatch.setattr(train, "_train", broken)
+    with pytest.raises(RuntimeError):
+        train.run_train(train.FinetuneConfig(out=str(tmp_path / "t"), steps=1,
+                                             report_to=("wandb",)))
+    (run,) = fake_wandb.runs
+    assert run.finished == 1

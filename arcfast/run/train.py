@@ -149,12 +149,6 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
     :class:`arcfast.train.loss.StepStats`); returning True stops the run as a budget stop does
     (checkpoint and adapter written).
     """
-    from ..model.checkpoint import load_model
-    from ..samples.sampling import OBJECTIVES, SampleConfig
-    from ..train.trainer import FullTrainer, Trainer
-    from ..runtime import device as _device
-    from ..runtime import dtype as _dtype
-
     t_start = time.time()
     if cfg.steps < 1 or cfg.save_every < 0 or cfg.val_batches < 0 or cfg.log_every < 1 or cfg.rows < 1:
         raise ValueError("steps, log_every and rows must be >= 1; save_every and val_batches >= 0")
@@ -163,6 +157,19 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     jlog = open_log(out / "log.jsonl", cfg)   # mirrored to --report-to's trackers
+    try:
+        return _train(cfg, deadline, on_step, out, jlog, t_start)
+    finally:   # a run that raises still closes its log and finishes its trackers' runs
+        jlog.close()
+
+
+def _train(cfg: FinetuneConfig, deadline, on_step, out: Path, jlog, t_start: float) -> dict:
+    from ..model.checkpoint import load_model
+    from ..samples.sampling import OBJECTIVES, SampleConfig
+    from ..train.trainer import FullTrainer, Trainer
+    from ..runtime import device as _device
+    from ..runtime import dtype as _dtype
+
     mixture = parse_mixture(cfg.data)
     settings = cfg.batch_settings()
 
@@ -380,7 +387,6 @@ def run_train(cfg: FinetuneConfig, deadline: Optional[Deadline] = None,
     }
     atomic_write(out / "run.json", json.dumps(summary, indent=1))
     jlog(event="end", **{k: summary[k] for k in ("steps", "stopped", "seconds", "train_loss", "val_loss", "tokens_per_s")})
-    jlog.close()
     return summary
 
 
