@@ -304,3 +304,19 @@ def test_a_train_run_that_raises_still_finishes_its_wandb_run(tmp_path, fake_wan
                                              report_to=("wandb",)))
     (run,) = fake_wandb.runs
     assert run.finished == 1
+
+
+def test_a_resumed_ttft_run_goes_on_along_the_axes(tmp_path):
+    """--resume appends to the log: its steps and finished tasks continue the earlier run's axes,
+    and the tasks it keeps from before are not reported twice."""
+    out = tmp_path / "run"
+    args = ["ttft", *TTFT, "--tasks-per-group", "1", "--out", str(out), "--report-to", "tensorboard"]
+    assert main(args) == 0
+    first = [p for p in (out / "tasks").glob("*.json")]
+    first[0].unlink()   # one task to do again
+    assert main(args + ["--resume"]) == 0
+    got = scalars(out)
+    steps = [s for s, _ in got["train/loss"]]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) == 3 * 2   # 2 tasks, then 1, 2 steps each
+    close(got["train/loss"], [(i + 1, e["loss"]) for i, e in enumerate(e for e in events(out) if e["event"] == "step")])
+    assert [s for s, _ in got["task/steps"]] == [1, 2, 3]

@@ -24,6 +24,7 @@ once and dropped: it never takes the run down.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import math
 import os
@@ -157,15 +158,34 @@ _KINDS = {"tensorboard": TensorBoard, "wandb": WandB}
 # ----------------------------------------------------------------------------------------------
 # the log that mirrors its events to them
 
+def _counts(path: Path) -> tuple:
+    """(ttft steps, tasks finished) already in the log at ``path``: the axes' start for a run
+    that appends to it (0, 0 for a new log)."""
+    steps = tasks = 0
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return 0, 0
+    for line in lines:
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(e, dict):
+            steps += e.get("event") == "step"
+            tasks += e.get("event") == "task" and not e.get("resumed")
+    return steps, tasks
+
+
 class TrackedLog(JsonLog):
     """The run's JSON-lines log (each line written as by :class:`JsonLog`), its metric events also
     written to ``trackers`` (see the module docstring for which, under which tags)."""
 
     def __init__(self, path: Path, trackers: list):
+        # A resumed run appends to its log: its axes go on from where the log's earlier runs left them.
+        self.step, self.tasks = _counts(Path(path))
         super().__init__(path)
         self.trackers = list(trackers)
-        self.step = 0        # the training step axis: the last train event's step, or steps counted (ttft)
-        self.tasks = 0       # tasks finished
 
     def __call__(self, **event) -> None:
         super().__call__(**event)
@@ -186,6 +206,8 @@ class TrackedLog(JsonLog):
         elif kind == "val":
             self._write(_scalars("val/", {"loss": e.get("loss")}), int(e.get("step", self.step)), "train")
         elif kind == "task":
+            if e.get("resumed"):   # finished by an earlier run of this directory, reported then
+                return
             self.tasks += 1
             values = _scalars("task/", {k: e.get(k) for k in ("final_loss", "steps", "seconds")})
             values.update(_scalars("task/", e.get("metrics") or {}))
