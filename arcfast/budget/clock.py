@@ -86,6 +86,12 @@ def process_start(clock=time.monotonic) -> float:
     return now - age if 0.0 <= age < 86400.0 * 365 else now
 
 
+def default_margin(budget: float) -> float:
+    """The safety margin of a ``budget`` when none is given: 3% of it, at least 10 s and at most
+    5 min (the report and its plot take seconds)."""
+    return min(300.0, max(10.0, 0.03 * float(budget)))
+
+
 class Deadline:
     """A wall-clock deadline ``budget`` seconds after ``start`` (``time.monotonic`` by default).
 
@@ -98,8 +104,7 @@ class Deadline:
         self.clock = clock
         self.start = clock() if start is None else start
         self.budget = float(budget)
-        # 3% of the budget, at least 10 s and at most 5 min: the report and its plot take seconds.
-        self.margin = min(300.0, max(10.0, 0.03 * self.budget)) if margin is None else float(margin)
+        self.margin = default_margin(self.budget) if margin is None else float(margin)
 
     def elapsed(self) -> float:
         return self.clock() - self.start

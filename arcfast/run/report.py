@@ -114,8 +114,9 @@ def _plot_label(task_id: str) -> str:
     return text.replace("$", r"\$")
 
 
-def _pct(x: Optional[float]) -> str:
-    return "–" if x is None else f"{100 * x:.1f}%"
+def percent(x: Optional[float]) -> str:
+    """A share as ``12.5%``; ``–`` for none (or a value that is not a finite number)."""
+    return "–" if not isinstance(x, (int, float)) or not math.isfinite(x) else f"{100 * x:.1f}%"
 
 
 def _cell(text: Any) -> str:
@@ -137,14 +138,6 @@ class RunReport:
         """Record (or replace) one task's result."""
         with self._lock:
             self._results[result.task_id] = result
-
-    def ids(self) -> set:
-        with self._lock:
-            return set(self._results)
-
-    def get(self, task_id: str) -> Optional[TaskResult]:
-        with self._lock:
-            return self._results.get(task_id)
 
     @property
     def results(self) -> list[TaskResult]:
@@ -208,7 +201,7 @@ class RunReport:
         out.append("")
         if overall is not None:
             out += ["## Metrics (mean over tasks)", "", "| " + " | ".join(METRICS) + " |",
-                    "|" + "---:|" * len(METRICS), "| " + " | ".join(_pct(overall[m]) for m in METRICS) + " |", ""]
+                    "|" + "---:|" * len(METRICS), "| " + " | ".join(percent(overall[m]) for m in METRICS) + " |", ""]
         selection = self.selection()
         if selection is not None:
             chosen = self.meta.get("config", {}).get("select") if isinstance(self.meta.get("config"), dict) else None
@@ -216,7 +209,7 @@ class RunReport:
                     "|---|---:|---:|"]
             for name, m in selection.items():
                 label = f"{name} (submitted)" if name == chosen else name
-                out.append(f"| {label} | {_pct(m['vote_1'])} | {_pct(m['vote_2'])} |")
+                out.append(f"| {label} | {percent(m['vote_1'])} | {percent(m['vote_2'])} |")
             out.append("")
         shown = ("vote_2", "vote_1", "pass_n", "accuracy", "unanswered")
         head = ["task", "train s", "infer s", "steps", "tokens", "winning votes"]
@@ -229,7 +222,7 @@ class RunReport:
             row = [r.task_id, f"{r.train_seconds:.1f}", f"{r.inference_seconds:.1f}", str(r.steps),
                    str(r.train_tokens), votes]
             if overall is not None:
-                row += [_pct(r.metrics[m]) if r.metrics is not None else "–" for m in shown]
+                row += [percent(r.metrics[m]) if r.metrics is not None else "–" for m in shown]
             row.append(r.error or "")
             out.append("| " + " | ".join(_cell(x) for x in row) + " |")
         return "\n".join(out) + "\n"

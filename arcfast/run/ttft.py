@@ -329,10 +329,11 @@ class TTFTRun:
             plot = left > PLOT_SECONDS
             if not plot:
                 self.log(event="report_plot_skipped", reason="deadline", left_s=round(left, 2))
+            runs = {**self.others, **self.results}
             for t in tasks:   # as in run.json: a task with known outputs and no answer scores as unanswered
-                if t.has_solutions and (t.id not in self.report.ids() or self.report.get(t.id).metrics is None):
+                if t.has_solutions and (t.id not in runs or runs[t.id].metrics is None):
                     self.report.add(TaskResult(t.id, metrics=score_task(t, None),
-                                               error=self.results[t.id].error if t.id in self.results else None))
+                                               error=runs[t.id].error if t.id in runs else None))
             try:
                 self.report.write(self.out, plot=plot)
             except Exception as e:   # the report is a view of the results; it must not lose them

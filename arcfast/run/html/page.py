@@ -23,7 +23,7 @@ from markupsafe import Markup
 from ...answers.metrics import METRICS
 from ...budget.clock import format_duration
 from ...files import atomic_write
-from ..report import json_safe
+from ..report import json_safe, percent
 from .view import PALETTE, STATUSES, RunView
 
 _log = logging.getLogger("arcfast.run.html")
@@ -31,10 +31,6 @@ _ENV: Optional[jinja2.Environment] = None
 # What writing report.html is expected to take, at most (measured: `arcfast bench -k report`).
 HTML_SECONDS = 0.5
 HTML_SECONDS_PER_TASK = 0.01
-
-
-def _pct(x) -> str:
-    return "–" if not isinstance(x, (int, float)) or not math.isfinite(x) else f"{100 * x:.1f}%"
 
 
 def _num(x, digits: int = 2) -> str:
@@ -52,7 +48,7 @@ def environment() -> jinja2.Environment:
         env = jinja2.Environment(loader=jinja2.PackageLoader("arcfast.run.html", "templates"),
                                  autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
                                  lstrip_blocks=True)
-        env.filters.update(pct=_pct, num=_num, duration=_duration)
+        env.filters.update(pct=percent, num=_num, duration=_duration)
         env.policies["json.dumps_kwargs"] = {"sort_keys": False, "separators": (",", ":"), "allow_nan": False}
         _ENV = env
     return _ENV

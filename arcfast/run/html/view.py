@@ -23,6 +23,7 @@ import numpy as np
 
 from ..records import TaskRun, read_task_records, score_record
 from ...answers.metrics import score_task
+from ...budget.clock import default_margin
 from ..report import RunReport, TaskResult, task_result
 from ..outdir import task_id_from_filename
 
@@ -376,7 +377,7 @@ class RunView:
         budget = h["budget"]
         margin = h["margin"]
         if budget is not None and margin is None:
-            margin = min(300.0, max(10.0, 0.03 * budget))   # the default of arcfast.budget.clock.Deadline
+            margin = default_margin(budget)
         return {
             "budget": budget,
             "deadline": budget - margin if budget is not None and margin is not None else None,
