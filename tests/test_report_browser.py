@@ -101,9 +101,9 @@ def test_report_in_chromium(tmp_path, monkeypatch, page):
     assert page.locator(".detail-cell .cell.bad").count() == int((a != b).sum()) > 0
     assert page.locator(".detail-cell figure.g.wrong").count() == 1
 
-    page.locator("#filters button[data-status='error']").click()
+    page.locator("#filters button[data-filter='error']").click()
     assert page.locator("#task-table tr.task:visible").count() == 1
-    page.locator("#filters button[data-status='all']").click()
+    page.locator("#filters button[data-filter='all']").click()
     page.locator("#task-table th[data-key='seconds']").click()
     assert page.locator("#task-table tr.task:visible").count() == 5
     assert page.locator(".detail-cell").count() == 0   # sorting closed the open task

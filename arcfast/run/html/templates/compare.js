@@ -4,54 +4,8 @@
   var data = A.json("run-data");
   var rows = data.rows;
   rows.forEach(function (r) { r.seconds.forEach(function (s, k) { r["s" + k] = s; }); });
-  var tbody = document.querySelector("#task-table tbody");
-  var trs = Array.prototype.slice.call(tbody.querySelectorAll("tr.task"));
-  var filter = "differs", needle = "";
-
-  function apply() {
-    var shown = 0;
-    trs.forEach(function (tr) {
-      var r = rows[+tr.dataset.i];
-      var ok = (filter === "all" || r.differs) && (!needle || r.id.toLowerCase().indexOf(needle) >= 0);
-      tr.hidden = !ok;
-      var next = tr.nextElementSibling;
-      if (next && next.classList.contains("detail-row")) next.hidden = !ok;
-      if (ok) shown++;
-    });
-    document.getElementById("shown").textContent = shown + " of " + rows.length + " tasks shown";
-  }
-  document.querySelectorAll("#filters button").forEach(function (b) {
-    b.addEventListener("click", function () {
-      document.querySelectorAll("#filters button").forEach(function (o) { o.classList.remove("on"); });
-      b.classList.add("on");
-      filter = b.dataset.filter;
-      apply();
-    });
-  });
-  document.getElementById("find").addEventListener("input", function (e) { needle = e.target.value.toLowerCase(); apply(); });
-  document.querySelectorAll("#task-table th[data-key]").forEach(function (th) {
-    th.addEventListener("click", function () {
-      var desc = th.classList.contains("asc");
-      document.querySelectorAll("#task-table th").forEach(function (o) { o.classList.remove("asc", "desc"); });
-      th.classList.add(desc ? "desc" : "asc");
-      tbody.querySelectorAll("tr.detail-row").forEach(function (r) { r.remove(); });
-      trs.forEach(function (tr) { tr.classList.remove("open"); });
-      A.sortRows(tbody, trs, rows, th.dataset.key, desc);
-    });
-  });
-  trs.forEach(function (tr) {
-    tr.addEventListener("keydown", function (e) {
-      if (e.key === "Enter" || e.key === " ") { e.preventDefault(); tr.click(); }
-    });
-    tr.addEventListener("click", function () {
-      var next = tr.nextElementSibling;
-      if (next && next.classList.contains("detail-row")) { next.remove(); tr.classList.remove("open"); return; }
-      var cell = el("td", { class: "detail-cell", colspan: tr.children.length });
-      tr.after(el("tr", { class: "detail-row" }, cell));
-      tr.classList.add("open");
-      draw(cell, A.json("task-" + tr.dataset.i));
-    });
-  });
+  A.taskTable(rows, "differs", function (r, filter) { return filter === "all" || r.differs; },
+              function (cell, i) { draw(cell, A.json("task-" + i)); });
 
   function draw(host, t) {
     host.appendChild(el("h3", null, "Task ", el("code", { text: t.id })));
@@ -88,6 +42,5 @@
                                " (red: solved by one run, not the other)" })));
   }
 
-  apply();
   document.body.dataset.ready = "1";
 })();

@@ -173,19 +173,83 @@ var ARC = (function () {
 
   function json(id) { return JSON.parse(document.getElementById(id).textContent); }
 
-  /* Sorting a table's rows by a key of each row's data; rows are the <tr> elements, data[i]. */
-  function sortRows(tbody, rows, data, key, desc) {
-    var order = rows.slice().sort(function (a, b) {
-      var x = data[+a.dataset.i][key], y = data[+b.dataset.i][key];
-      if (x === y) return +a.dataset.i - +b.dataset.i;
-      if (x === null || x === undefined || x === "") return 1;
-      if (y === null || y === undefined || y === "") return -1;
-      var c = typeof x === "number" && typeof y === "number" ? x - y : String(x).localeCompare(String(y));
-      return desc ? -c : c;
+  /* The task table of a page (#task-table, #filters, #find, #shown): rows[i] is the data of the row
+     whose data-i is i. Filter buttons (data-filter) and the id box keep the rows where
+     keep(row, filter) holds; a header with data-key sorts by that key of the rows (open tasks
+     closed first); a row clicked, or Enter or Space on it, opens a detail row below it that
+     draw(cell, i) fills, or closes it. Returns {rows: the <tr> elements, toggle: (tr) -> void}. */
+  function taskTable(rows, filter, keep, draw) {
+    var tbody = document.querySelector("#task-table tbody");
+    var trs = Array.prototype.slice.call(tbody.querySelectorAll("tr.task"));
+    var needle = "";
+
+    function apply() {
+      var shown = 0;
+      trs.forEach(function (tr) {
+        var r = rows[+tr.dataset.i];
+        var ok = keep(r, filter) && (!needle || r.id.toLowerCase().indexOf(needle) >= 0);
+        tr.hidden = !ok;
+        var next = tr.nextElementSibling;
+        if (next && next.classList.contains("detail-row")) next.hidden = !ok;
+        if (ok) shown++;
+      });
+      document.getElementById("shown").textContent = shown + " of " + rows.length + " tasks shown";
+    }
+    function sort(key, desc) {
+      tbody.querySelectorAll("tr.detail-row").forEach(function (r) { r.remove(); });
+      trs.forEach(function (tr) { tr.classList.remove("open"); });
+      trs.slice().sort(function (a, b) {
+        var x = rows[+a.dataset.i][key], y = rows[+b.dataset.i][key];
+        if (x === y) return +a.dataset.i - +b.dataset.i;
+        if (x === null || x === undefined || x === "") return 1;
+        if (y === null || y === undefined || y === "") return -1;
+        var c = typeof x === "number" && typeof y === "number" ? x - y : String(x).localeCompare(String(y));
+        return desc ? -c : c;
+      }).forEach(function (tr) { tbody.appendChild(tr); });
+    }
+    function toggle(tr) {
+      var next = tr.nextElementSibling;
+      if (next && next.classList.contains("detail-row")) {
+        next.remove();
+        tr.classList.remove("open");
+        return;
+      }
+      var cell = el("td", { class: "detail-cell", colspan: tr.children.length });
+      tr.after(el("tr", { class: "detail-row", "data-i": tr.dataset.i }, cell));
+      tr.classList.add("open");
+      draw(cell, +tr.dataset.i);
+    }
+
+    document.querySelectorAll("#filters button").forEach(function (b) {
+      b.addEventListener("click", function () {
+        document.querySelectorAll("#filters button").forEach(function (o) { o.classList.remove("on"); });
+        b.classList.add("on");
+        filter = b.dataset.filter;
+        apply();
+      });
     });
-    order.forEach(function (tr) { tbody.appendChild(tr); });
+    document.getElementById("find").addEventListener("input", function (e) {
+      needle = e.target.value.toLowerCase();
+      apply();
+    });
+    document.querySelectorAll("#task-table th[data-key]").forEach(function (th) {
+      th.addEventListener("click", function () {
+        var desc = th.classList.contains("asc");
+        document.querySelectorAll("#task-table th").forEach(function (o) { o.classList.remove("asc", "desc"); });
+        th.classList.add(desc ? "desc" : "asc");
+        sort(th.dataset.key, desc);
+      });
+    });
+    trs.forEach(function (tr) {
+      tr.addEventListener("click", function () { toggle(tr); });
+      tr.addEventListener("keydown", function (e) {
+        if (e.key === "Enter" || e.key === " ") { e.preventDefault(); toggle(tr); }
+      });
+    });
+    apply();
+    return { rows: trs, toggle: toggle };
   }
 
   return { el: el, grid: grid, num: num, pct: pct, secs: secs, timeline: timeline, lossCurve: lossCurve,
-           scatter: scatter, json: json, sortRows: sortRows };
+           scatter: scatter, json: json, taskTable: taskTable };
 })();

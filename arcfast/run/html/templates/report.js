@@ -3,71 +3,10 @@
   var A = ARC, el = A.el;
   var run = A.json("run-data");
   var rows = run.rows;
-  var tbody = document.querySelector("#task-table tbody");
-  var trs = Array.prototype.slice.call(tbody.querySelectorAll("tr.task"));
-  var filter = "all", needle = "";
 
   A.timeline(document.getElementById("timeline-plot"), run.timeline);
-
-  /* -- the table ------------------------------------------------------------------------------- */
-  function closeAll() {
-    tbody.querySelectorAll("tr.detail-row").forEach(function (r) { r.remove(); });
-    trs.forEach(function (tr) { tr.classList.remove("open"); });
-  }
-  function applyFilter() {
-    var shown = 0;
-    trs.forEach(function (tr) {
-      var r = rows[+tr.dataset.i];
-      var ok = (filter === "all" || r.status === filter) && (!needle || r.id.toLowerCase().indexOf(needle) >= 0);
-      tr.hidden = !ok;
-      var next = tr.nextElementSibling;
-      if (next && next.classList.contains("detail-row")) next.hidden = !ok;
-      if (ok) shown++;
-    });
-    document.getElementById("shown").textContent = shown + " of " + rows.length + " tasks shown";
-  }
-  document.querySelectorAll("#filters button").forEach(function (b) {
-    b.addEventListener("click", function () {
-      document.querySelectorAll("#filters button").forEach(function (o) { o.classList.remove("on"); });
-      b.classList.add("on");
-      filter = b.dataset.status;
-      applyFilter();
-    });
-  });
-  document.getElementById("find").addEventListener("input", function (e) {
-    needle = e.target.value.toLowerCase();
-    applyFilter();
-  });
-  document.querySelectorAll("#task-table th[data-key]").forEach(function (th) {
-    th.addEventListener("click", function () {
-      var desc = th.classList.contains("asc");
-      document.querySelectorAll("#task-table th").forEach(function (o) { o.classList.remove("asc", "desc"); });
-      th.classList.add(desc ? "desc" : "asc");
-      closeAll();
-      A.sortRows(tbody, trs, rows, th.dataset.key, desc);
-    });
-  });
-  trs.forEach(function (tr) {
-    tr.addEventListener("click", function () { toggle(tr); });
-    tr.addEventListener("keydown", function (e) {
-      if (e.key === "Enter" || e.key === " ") { e.preventDefault(); toggle(tr); }
-    });
-  });
-
-  function toggle(tr) {
-    var next = tr.nextElementSibling;
-    if (next && next.classList.contains("detail-row")) {
-      next.remove();
-      tr.classList.remove("open");
-      return;
-    }
-    var i = +tr.dataset.i;
-    var cell = el("td", { class: "detail-cell", colspan: tr.children.length });
-    var row = el("tr", { class: "detail-row", "data-i": i }, cell);
-    tr.after(row);
-    tr.classList.add("open");
-    drawTask(cell, A.json("task-" + i));
-  }
+  var table = A.taskTable(rows, "all", function (r, filter) { return filter === "all" || r.status === filter; },
+                          function (cell, i) { drawTask(cell, A.json("task-" + i)); });
 
   /* -- one task --------------------------------------------------------------------------------- */
   function drawTask(host, t) {
@@ -166,8 +105,7 @@
     host.appendChild(box);
   }
 
-  applyFilter();
   var hash = /^#task=(\d+)$/.exec(location.hash);
-  if (hash) { var tr = trs[+hash[1]]; if (tr) { toggle(tr); tr.scrollIntoView(); } }
+  if (hash) { var tr = table.rows[+hash[1]]; if (tr) { table.toggle(tr); tr.scrollIntoView(); } }
   document.body.dataset.ready = "1";
 })();
