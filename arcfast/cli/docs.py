@@ -166,32 +166,17 @@ def _choices(action) -> Optional[list]:
 
 
 def _args(action) -> str:
-    """What follows the option on the command line, as argparse writes it (``P``, ``{a,b}``,
-    ``[X ...]``)."""
+    """What follows the option on the command line, as argparse's own help writes it (``P``,
+    ``{a,b}``, ``[X ...]``); choices given as a set or dict in sorted order."""
     if action.nargs == 0:
         return ""
-    choices = _choices(action)
-    if action.metavar is not None:
-        metavar = action.metavar
-    elif choices is not None:
-        metavar = "{" + ",".join(map(str, choices)) + "}"
-    else:
-        metavar = action.dest.upper() if action.option_strings else action.dest
-    names = list(metavar) if isinstance(metavar, tuple) else None
-    one = names[0] if names else metavar
-    if action.nargs is None:
-        return one
-    if action.nargs == argparse.OPTIONAL:
-        return f"[{one}]"
-    if action.nargs == argparse.ZERO_OR_MORE:
-        return f"[{one} ...]"
-    if action.nargs == argparse.ONE_OR_MORE:
-        return f"{one} [{one} ...]"
-    if action.nargs == argparse.PARSER:   # a command and its own arguments
-        return f"{one} ..."
-    if isinstance(action.nargs, int):
-        return " ".join(names or [metavar] * action.nargs)
-    return "..."
+    if action.metavar is None and isinstance(action.choices, (set, frozenset, dict)):
+        action = argparse.Action(action.option_strings, action.dest, nargs=action.nargs,
+                                 metavar="{" + ",".join(map(str, _choices(action))) + "}")
+    formatter = argparse.HelpFormatter("arcfast")
+    default = formatter._get_default_metavar_for_optional(action) if action.option_strings \
+        else formatter._get_default_metavar_for_positional(action)
+    return formatter._format_args(action, default)
 
 
 # The default _show_defaults appends to a help (as argparse's own BooleanOptionalAction did in older
